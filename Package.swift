@@ -1,0 +1,76 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+/// One set of settings for every target (CONVENTIONS.md §2).
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "intercom",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Intercom", targets: ["Intercom"]),
+        .library(name: "IntercomWire", targets: ["IntercomWire"]),
+        .executable(name: "intercom", targets: ["IntercomCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
+    ],
+    targets: [
+        // Wire: frames, handshake, codecs, limits. Pure: no I/O, no threads.
+        .target(
+            name: "IntercomWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        // The runtime: transports, connection/RPC peer, routing, process spawning.
+        .target(
+            name: "Intercom",
+            dependencies: [
+                "IntercomWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "IntercomCLI",
+            dependencies: [
+                "Intercom",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // A real child process that the tests spawn (never a mock of the transport).
+        .executableTarget(
+            name: "IntercomTestHelper",
+            dependencies: ["Intercom"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IntercomWireTests",
+            dependencies: ["IntercomWire", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IntercomTests",
+            dependencies: [
+                "Intercom", "IntercomWire", "IntercomTestHelper",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

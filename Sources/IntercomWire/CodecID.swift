@@ -1,0 +1,20 @@
+/// Names a payload codec in the handshake (one byte on the wire).
+public struct CodecID: Hashable, Sendable, CustomStringConvertible {
+    /// The byte on the wire; also the bit index in a hello's codec mask.
+    public let rawValue: UInt8
+    /// Wraps a raw codec byte.
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// The compact binary `Codable` coder (``BinaryEncoder``): the default.
+    public static let binary = CodecID(rawValue: 1)
+    /// JSON (`Foundation.JSONEncoder`): for debugging, the CLI and other languages.
+    public static let json = CodecID(rawValue: 2)
+
+    public var description: String {
+        switch self {
+        case .binary: "binary"
+        case .json: "json"
+        default: "codec(\(self.rawValue))"
+        }
+    }
+}

@@ -1,0 +1,144 @@
+public import NIOCore
+
+/// Flags carried in bytes 4–5 of the frame header.
+public struct FrameFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+    /// The payload is raw bytes, not encoded with the connection's codec.
+    public static let rawPayload = FrameFlags(rawValue: 1 << 0)
+    /// An error frame whose details hold the thrown error encoded with the connection's codec.
+    public static let typedError = FrameFlags(rawValue: 1 << 1)
+}
+
+/// One decoded frame: the fixed header's fields, the parsed header extension
+/// and the payload (a slice of the read buffer, not a copy).
+public struct Frame: Sendable {
+    /// The frame's kind.
+    public var kind: FrameKind
+    /// The frame's flags.
+    public var flags: FrameFlags
+    /// Correlation id: a call's id on its call, reply, error and cancel frames.
+    public var id: UInt64
+    /// The method (calls, messages) or topic (events, subscriptions), if any.
+    public var method: String?
+    /// The time the sender allowed for the call when it sent it, if any.
+    public var timeout: Duration?
+    /// The payload bytes.
+    public var payload: ByteBuffer
+
+    /// Creates a frame.
+    public init(
+        kind: FrameKind,
+        flags: FrameFlags = [],
+        id: UInt64 = 0,
+        method: String? = nil,
+        timeout: Duration? = nil,
+        payload: ByteBuffer = ByteBuffer()
+    ) {
+        self.kind = kind
+        self.flags = flags
+        self.id = id
+        self.method = method
+        self.timeout = timeout
+        self.payload = payload
+    }
+}
+
+/// Constants and writing of the fixed frame header (see docs/PROTOCOL.md).
+public enum FrameHeader {
+    /// `I`, `C`: the first two bytes of every frame.
+    public static let magic: (UInt8, UInt8) = (0x49, 0x43)
+    /// The protocol versions this build speaks.
+    public static let supportedVersions: ClosedRange<UInt8> = 1...1
+    /// The version this build writes.
+    public static let currentVersion: UInt8 = 1
+    /// Size of the fixed header in bytes.
+    public static let size = 20
+
+    /// Header-extension field tags.
+    enum ExtensionTag {
+        static let method: UInt8 = 1
+        static let timeout: UInt8 = 2
+    }
+
+    /// Where a frame under construction started, so its payload length can be patched in.
+    public struct Mark: Sendable {
+        let start: Int
+        let payloadStart: Int
+    }
+
+    /// Writes the fixed header and extension of a frame, leaving the payload
+    /// length to be filled in by ``finish(_:in:)`` once the payload is written
+    /// after it. This lets a frame and its payload be built in one buffer.
+    ///
+    /// - Precondition: `method` is at most 65,535 UTF-8 bytes (callers check names).
+    public static func begin(
+        into buffer: inout ByteBuffer,
+        kind: FrameKind,
+        flags: FrameFlags = [],
+        id: UInt64,
+        method: String? = nil,
+        timeout: Duration? = nil
+    ) -> Mark {
+        let start = buffer.writerIndex
+        buffer.writeInteger(Self.magic.0)
+        buffer.writeInteger(Self.magic.1)
+        buffer.writeInteger(Self.currentVersion)
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeInteger(flags.rawValue, endianness: .little)
+        let extensionLengthIndex = buffer.writerIndex
+        buffer.writeInteger(UInt16(0), endianness: .little)
+        buffer.writeInteger(id, endianness: .little)
+        buffer.writeInteger(UInt32(0), endianness: .little)
+        let extensionStart = buffer.writerIndex
+        if let method {
+            buffer.writeInteger(ExtensionTag.method)
+            let lengthIndex = buffer.writerIndex
+            buffer.writeInteger(UInt16(0), endianness: .little)
+            let written = buffer.writeString(method)
+            buffer.setInteger(UInt16(truncatingIfNeeded: written), at: lengthIndex, endianness: .little)
+        }
+        if let timeout {
+            buffer.writeInteger(ExtensionTag.timeout)
+            buffer.writeInteger(UInt16(8), endianness: .little)
+            buffer.writeInteger(UInt64(clamping: timeout.nanosecondsClamped), endianness: .little)
+        }
+        let extensionLength = buffer.writerIndex - extensionStart
+        buffer.setInteger(UInt16(truncatingIfNeeded: extensionLength), at: extensionLengthIndex, endianness: .little)
+        return Mark(start: start, payloadStart: buffer.writerIndex)
+    }
+
+    /// Fills in the payload length of the frame begun at `mark`.
+    ///
+    /// - Returns: the payload length in bytes.
+    @discardableResult
+    public static func finish(_ mark: Mark, in buffer: inout ByteBuffer) -> Int {
+        let length = buffer.writerIndex - mark.payloadStart
+        buffer.setInteger(UInt32(truncatingIfNeeded: length), at: mark.start + 16, endianness: .little)
+        return length
+    }
+
+    /// Appends a whole frame (header, extension, payload) to `buffer`.
+    public static func write(_ frame: Frame, into buffer: inout ByteBuffer) {
+        var payload = frame.payload
+        let mark = Self.begin(
+            into: &buffer, kind: frame.kind, flags: frame.flags, id: frame.id,
+            method: frame.method, timeout: frame.timeout
+        )
+        buffer.writeBuffer(&payload)
+        Self.finish(mark, in: &buffer)
+    }
+}
+
+extension Duration {
+    /// Nanoseconds, clamped to 0...Int64.max.
+    package var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = self.components
+        if seconds < 0 { return 0 }
+        let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return .max }
+        let (total, overflow2) = ns.addingReportingOverflow(attoseconds / 1_000_000_000)
+        return overflow2 ? .max : total
+    }
+}

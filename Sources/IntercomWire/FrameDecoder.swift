@@ -1,0 +1,106 @@
+public import NIOCore
+
+/// Cuts frames out of a byte stream. Pure: feed it bytes, take frames out.
+///
+/// Each header is checked as soon as its bytes arrive — magic, version, kind,
+/// extension size and payload size against ``WireLimits`` — so a bad or oversized
+/// frame is refused before its body is awaited or any memory is reserved for it.
+/// Payloads are slices of the input buffer, never copies.
+public struct FrameDecoder: Sendable {
+    /// The limits enforced on input.
+    public var limits: WireLimits
+
+    /// Creates a decoder enforcing `limits`.
+    public init(limits: WireLimits = .defaults) {
+        self.limits = limits
+    }
+
+    /// Takes the next whole frame from the front of `buffer`.
+    ///
+    /// - Returns: the frame, or `nil` if `buffer` does not yet hold a whole frame
+    ///   (nothing is consumed then).
+    /// - Throws: ``ProtocolError`` if the bytes cannot be the start of a valid frame.
+    public func next(from buffer: inout ByteBuffer) throws(ProtocolError) -> Frame? {
+        let readable = buffer.readableBytes
+        guard readable >= 4 else {
+            if readable >= 1 { try Self.checkMagic(buffer, count: readable) }
+            return nil
+        }
+        let base = buffer.readerIndex
+        try Self.checkMagic(buffer, count: 2)
+        let version = buffer.getInteger(at: base + 2, as: UInt8.self)!
+        guard FrameHeader.supportedVersions.contains(version) else {
+            throw ProtocolError(
+                .unsupportedVersion,
+                "frame has protocol version \(version); this side speaks \(FrameHeader.supportedVersions.lowerBound)...\(FrameHeader.supportedVersions.upperBound)"
+            )
+        }
+        let kindByte = buffer.getInteger(at: base + 3, as: UInt8.self)!
+        guard let kind = FrameKind(rawValue: kindByte) else {
+            throw ProtocolError(.unknownFrameKind, "unknown frame kind \(kindByte)")
+        }
+        guard readable >= FrameHeader.size else { return nil }
+        let flags = FrameFlags(rawValue: buffer.getInteger(at: base + 4, endianness: .little, as: UInt16.self)!)
+        let extensionLength = Int(buffer.getInteger(at: base + 6, endianness: .little, as: UInt16.self)!)
+        let id = buffer.getInteger(at: base + 8, endianness: .little, as: UInt64.self)!
+        let payloadLength = Int(buffer.getInteger(at: base + 16, endianness: .little, as: UInt32.self)!)
+        guard extensionLength <= self.limits.maxHeaderExtensionSize else {
+            throw ProtocolError(
+                .extensionTooLarge,
+                "\(kind) frame header extension is \(extensionLength) bytes; the limit is \(self.limits.maxHeaderExtensionSize)"
+            )
+        }
+        guard payloadLength <= self.limits.maxFrameSize else {
+            throw ProtocolError(
+                .frameTooLarge,
+                "\(kind) frame announces a \(payloadLength)-byte payload; the maximum frame size is \(self.limits.maxFrameSize) bytes"
+            )
+        }
+        guard readable >= FrameHeader.size + extensionLength + payloadLength else { return nil }
+
+        buffer.moveReaderIndex(forwardBy: FrameHeader.size)
+        var extensionBytes = buffer.readSlice(length: extensionLength)!
+        let payload = buffer.readSlice(length: payloadLength)!
+        var frame = Frame(kind: kind, flags: flags, id: id, payload: payload)
+        try Self.parseExtension(&extensionBytes, into: &frame)
+        return frame
+    }
+
+    private static func checkMagic(_ buffer: ByteBuffer, count: Int) throws(ProtocolError) {
+        let base = buffer.readerIndex
+        let first = buffer.getInteger(at: base, as: UInt8.self)!
+        let second = count >= 2 ? buffer.getInteger(at: base + 1, as: UInt8.self)! : FrameHeader.magic.1
+        guard first == FrameHeader.magic.0, second == FrameHeader.magic.1 else {
+            throw ProtocolError(
+                .badMagic,
+                "stream does not start with the Intercom magic 'IC' (got 0x\(String(first, radix: 16)) 0x\(String(second, radix: 16))); the peer is not speaking Intercom"
+            )
+        }
+    }
+
+    private static func parseExtension(_ bytes: inout ByteBuffer, into frame: inout Frame) throws(ProtocolError) {
+        while bytes.readableBytes > 0 {
+            guard let tag = bytes.readInteger(as: UInt8.self),
+                let length = bytes.readInteger(endianness: .little, as: UInt16.self),
+                var value = bytes.readSlice(length: Int(length))
+            else {
+                throw ProtocolError(.malformedExtension, "\(frame.kind) frame header extension ends inside a field")
+            }
+            switch tag {
+            case FrameHeader.ExtensionTag.method:
+                guard let method = String(validating: value.readableBytesView, as: UTF8.self) else {
+                    throw ProtocolError(.malformedExtension, "\(frame.kind) frame method name is not valid UTF-8")
+                }
+                frame.method = method
+            case FrameHeader.ExtensionTag.timeout:
+                guard length == 8, let ns = value.readInteger(endianness: .little, as: UInt64.self) else {
+                    throw ProtocolError(.malformedExtension, "\(frame.kind) frame timeout field is \(length) bytes, not 8")
+                }
+                frame.timeout = .nanoseconds(Int64(clamping: ns))
+            default:
+                // Unknown fields are skipped: later versions may add fields.
+                continue
+            }
+        }
+    }
+}

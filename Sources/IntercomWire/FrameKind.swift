@@ -1,0 +1,52 @@
+/// The kind of a frame: the fourth byte of every frame header.
+///
+/// A struct with static members rather than an enum, so that kinds can be added
+/// without breaking users (CONVENTIONS.md §8). Unknown kinds are refused by the
+/// decoder with ``ProtocolError/Code/unknownFrameKind``.
+public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
+    /// The byte on the wire.
+    public let rawValue: UInt8
+
+    /// Wraps a raw kind byte; returns `nil` for a byte that names no kind.
+    public init?(rawValue: UInt8) {
+        guard (1...13).contains(rawValue) else { return nil }
+        self.rawValue = rawValue
+    }
+
+    private init(_ raw: UInt8) { self.rawValue = raw }
+
+    /// Opens a connection: versions, name, pid, codec, limits. Sent by both sides.
+    public static let hello = FrameKind(1)
+    /// Reserved for asymmetric handshakes (accepting side's answer); not sent in version 1.
+    public static let welcome = FrameKind(2)
+    /// A request that expects a reply or an error with the same id.
+    public static let call = FrameKind(3)
+    /// The successful answer to the call with the same id.
+    public static let reply = FrameKind(4)
+    /// The failed answer to the call with the same id (or id 0: a connection-level error).
+    public static let error = FrameKind(5)
+    /// Asks the peer to cancel the call with the same id.
+    public static let cancel = FrameKind(6)
+    /// A one-way message: no reply.
+    public static let message = FrameKind(7)
+    /// An event published on a topic.
+    public static let event = FrameKind(8)
+    /// Asks the peer to send events of a topic.
+    public static let subscribe = FrameKind(9)
+    /// Stops a subscription.
+    public static let unsubscribe = FrameKind(10)
+    /// Liveness probe; answered with ``pong`` carrying the same id.
+    public static let ping = FrameKind(11)
+    /// Answer to ``ping``.
+    public static let pong = FrameKind(12)
+    /// The sender is closing the connection on purpose.
+    public static let goodbye = FrameKind(13)
+
+    public var description: String {
+        let names = [
+            "", "hello", "welcome", "call", "reply", "error", "cancel", "message", "event",
+            "subscribe", "unsubscribe", "ping", "pong", "goodbye",
+        ]
+        return Int(self.rawValue) < names.count ? names[Int(self.rawValue)] : "kind(\(self.rawValue))"
+    }
+}

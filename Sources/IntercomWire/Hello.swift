@@ -1,0 +1,132 @@
+public import NIOCore
+
+/// The handshake both sides send first on every connection (a `hello` frame).
+///
+/// The handshake is symmetric: each side sends its hello and reads the other's,
+/// then both apply ``negotiate(with:)`` and reach the same result, so neither side
+/// needs to know whether it "connected" or "accepted". See docs/PROTOCOL.md.
+public struct Hello: Hashable, Sendable {
+    /// Lowest protocol version this side speaks.
+    public var minVersion: UInt8
+    /// Highest protocol version this side speaks.
+    public var maxVersion: UInt8
+    /// The codec this side would like payloads in.
+    public var preferredCodec: CodecID
+    /// Every codec this side can read and write.
+    public var supportedCodecs: Set<CodecID>
+    /// Largest payload this side accepts; the other side must not send more.
+    public var maxFrameSize: UInt32
+    /// The sender's process id.
+    public var pid: UInt32
+    /// Capability bits (none are defined in version 1; unknown bits are ignored).
+    public var capabilities: UInt64
+    /// The sender's name: a service name, a role, or the executable's name.
+    public var name: String
+
+    /// Creates a hello.
+    public init(
+        minVersion: UInt8 = FrameHeader.supportedVersions.lowerBound,
+        maxVersion: UInt8 = FrameHeader.supportedVersions.upperBound,
+        preferredCodec: CodecID = .binary,
+        supportedCodecs: Set<CodecID> = [.binary, .json],
+        maxFrameSize: UInt32,
+        pid: UInt32,
+        capabilities: UInt64 = 0,
+        name: String
+    ) {
+        self.minVersion = minVersion
+        self.maxVersion = maxVersion
+        self.preferredCodec = preferredCodec
+        self.supportedCodecs = supportedCodecs
+        self.maxFrameSize = maxFrameSize
+        self.pid = pid
+        self.capabilities = capabilities
+        self.name = name
+    }
+
+    /// Longest peer name accepted, in UTF-8 bytes.
+    public static let maxNameLength = 1024
+
+    /// Writes the hello payload (not the frame header).
+    public func write(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(self.minVersion)
+        buffer.writeInteger(self.maxVersion)
+        buffer.writeInteger(self.preferredCodec.rawValue)
+        var mask: UInt8 = 0
+        for codec in self.supportedCodecs where codec.rawValue < 8 { mask |= 1 << codec.rawValue }
+        buffer.writeInteger(mask)
+        buffer.writeInteger(self.maxFrameSize, endianness: .little)
+        buffer.writeInteger(self.pid, endianness: .little)
+        buffer.writeInteger(self.capabilities, endianness: .little)
+        let name = self.name.utf8.count <= Self.maxNameLength ? self.name : String(self.name.prefix(256))
+        buffer.writeInteger(UInt16(name.utf8.count), endianness: .little)
+        buffer.writeString(name)
+    }
+
+    /// Parses a hello payload.
+    ///
+    /// - Throws: ``ProtocolError/Code/malformedHandshake`` if the payload is short,
+    ///   over-long or its name is not UTF-8.
+    public init(from payload: ByteBuffer) throws(ProtocolError) {
+        var buffer = payload
+        guard let minVersion = buffer.readInteger(as: UInt8.self),
+            let maxVersion = buffer.readInteger(as: UInt8.self),
+            let preferred = buffer.readInteger(as: UInt8.self),
+            let mask = buffer.readInteger(as: UInt8.self),
+            let maxFrameSize = buffer.readInteger(endianness: .little, as: UInt32.self),
+            let pid = buffer.readInteger(endianness: .little, as: UInt32.self),
+            let capabilities = buffer.readInteger(endianness: .little, as: UInt64.self),
+            let nameLength = buffer.readInteger(endianness: .little, as: UInt16.self),
+            Int(nameLength) <= Self.maxNameLength,
+            let nameBytes = buffer.readSlice(length: Int(nameLength)),
+            let name = String(validating: nameBytes.readableBytesView, as: UTF8.self)
+        else {
+            throw ProtocolError(.malformedHandshake, "hello payload of \(payload.readableBytes) bytes does not parse")
+        }
+        guard minVersion <= maxVersion else {
+            throw ProtocolError(.malformedHandshake, "hello offers versions \(minVersion)...\(maxVersion), an empty range")
+        }
+        var codecs = Set<CodecID>()
+        for bit in 0..<8 where mask & (1 << bit) != 0 { codecs.insert(CodecID(rawValue: UInt8(bit))) }
+        self.init(
+            minVersion: minVersion, maxVersion: maxVersion, preferredCodec: CodecID(rawValue: preferred),
+            supportedCodecs: codecs, maxFrameSize: maxFrameSize, pid: pid, capabilities: capabilities, name: name
+        )
+    }
+
+    /// What two hellos agree on.
+    public struct Agreement: Hashable, Sendable {
+        /// The protocol version both speak (the highest common one).
+        public var version: UInt8
+        /// The payload codec both use.
+        public var codec: CodecID
+    }
+
+    /// The version and codec this side and `other` agree on; both sides compute the same.
+    ///
+    /// Codec rule: if both prefer the same codec, that one; otherwise the lowest
+    /// numbered codec both support (binary before JSON).
+    /// - Throws: ``ProtocolError/Code/incompatiblePeer`` naming both sides' offers.
+    public func negotiate(with other: Hello) throws(ProtocolError) -> Agreement {
+        let high = min(self.maxVersion, other.maxVersion)
+        guard high >= max(self.minVersion, other.minVersion) else {
+            throw ProtocolError(
+                .incompatiblePeer,
+                "no common protocol version: this side speaks \(self.minVersion)...\(self.maxVersion), peer '\(other.name)' (pid \(other.pid)) speaks \(other.minVersion)...\(other.maxVersion); upgrade the older side"
+            )
+        }
+        let common = self.supportedCodecs.intersection(other.supportedCodecs)
+        let codec: CodecID
+        if self.preferredCodec == other.preferredCodec, common.contains(self.preferredCodec) {
+            codec = self.preferredCodec
+        } else if let lowest = common.min(by: { $0.rawValue < $1.rawValue }) {
+            codec = lowest
+        } else {
+            throw ProtocolError(
+                .incompatiblePeer,
+                "no common codec: this side supports \(self.supportedCodecs.map(\.description).sorted()), peer '\(other.name)' supports \(other.supportedCodecs.map(\.description).sorted())"
+            )
+        }
+        return Agreement(version: high, codec: codec)
+    }
+}

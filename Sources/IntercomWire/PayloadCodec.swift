@@ -1,0 +1,63 @@
+public import NIOCore
+internal import Foundation
+
+/// Turns `Codable` values into payload bytes and back: the binary coder or JSON.
+///
+/// Chosen per connection in the handshake. Both enforce ``WireLimits`` on input
+/// (the binary coder field by field; JSON through the frame size limit and
+/// Foundation's own nesting limit).
+public struct PayloadCodec: Sendable {
+    private enum Kind: Sendable { case binary, json }
+    private let kind: Kind
+    /// The limits enforced when decoding.
+    public var limits: WireLimits
+
+    /// The codec's identifier in the handshake.
+    public var id: CodecID { self.kind == .binary ? .binary : .json }
+
+    /// The compact binary coder (``BinaryEncoder``/``BinaryDecoder``).
+    public static func binary(limits: WireLimits = .defaults) -> PayloadCodec { PayloadCodec(kind: .binary, limits: limits) }
+    /// JSON through Foundation's coders; dates as ISO 8601 text, bytes as base64.
+    public static func json(limits: WireLimits = .defaults) -> PayloadCodec { PayloadCodec(kind: .json, limits: limits) }
+
+    /// The codec named by `id`, or `nil` if this build has none by that id.
+    public init?(id: CodecID, limits: WireLimits = .defaults) {
+        switch id {
+        case .binary: self.init(kind: .binary, limits: limits)
+        case .json: self.init(kind: .json, limits: limits)
+        default: return nil
+        }
+    }
+
+    private init(kind: Kind, limits: WireLimits) {
+        self.kind = kind
+        self.limits = limits
+    }
+
+    /// Appends the encoding of `value` to `buffer`.
+    /// - Throws: `EncodingError` if the value cannot be encoded.
+    public func encode<T: Encodable>(_ value: T, into buffer: inout ByteBuffer) throws {
+        switch self.kind {
+        case .binary:
+            try BinaryEncoder().encode(value, into: &buffer)
+        case .json:
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            encoder.outputFormatting = [.sortedKeys]
+            buffer.writeBytes(try encoder.encode(value))
+        }
+    }
+
+    /// Decodes a `T` from all of `buffer`.
+    /// - Throws: `DecodingError` if the bytes are not a valid encoding of `T`.
+    public func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
+        switch self.kind {
+        case .binary:
+            return try BinaryDecoder(limits: self.limits).decode(T.self, from: buffer)
+        case .json:
+            let decoder = JSONDecoder()
+            decoder.dateDecodingStrategy = .iso8601
+            return try decoder.decode(T.self, from: Data(buffer.readableBytesView))
+        }
+    }
+}
