@@ -1,0 +1,592 @@
+public import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+internal import DequeModule
+
+/// One end of a connection between two processes: it calls the other side's
+/// handlers, answers calls with its ``Router``, and sends and receives one-way
+/// messages. Both sides are peers: either may call the other, with many calls
+/// in flight in both directions.
+///
+/// Make one with ``Peer/pair(router:configuration:)``,
+/// ``Peer/connect(unixPath:router:configuration:)``, a ``PeerListener``,
+/// ``Peer/adopt(fileDescriptor:router:configuration:)`` or
+/// ``Peer/standardIO(router:configuration:)``; each returns once the handshake
+/// is done.
+///
+/// ```swift
+/// let ack = try await peer.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self, timeout: .seconds(1))
+/// try await peer.send("log.line", "exposure set")
+/// for try await note in peer.messages(as: Note.self) { … }
+/// ```
+///
+/// When the other process closes the connection or dies, every pending call fails
+/// at once with ``IntercomError/Code/peerLost``; messages that already arrived are
+/// still delivered before receiving ends with that error.
+public final class Peer: Sendable {
+    /// The name the other side gave in its handshake.
+    public let remoteName: String
+    /// The process id the other side reported in its handshake.
+    public let remotePID: Int32
+    /// The largest frame the other side accepts.
+    public let remoteMaxFrameSize: Int
+    /// The payload codec both sides agreed on.
+    public let codec: PayloadCodec
+    /// The configuration this side uses.
+    public let configuration: Configuration
+
+    let transport: any FrameTransport
+    let router: Router?
+    private let calls = Mutex(CallTable())
+    private let handlers = Mutex(HandlerTable())
+    private let inbox: Inbox
+    private let lifecycle = Mutex(Lifecycle())
+
+    /// Calls this side made and is waiting for.
+    private struct CallTable {
+        var nextID: UInt64 = 1
+        var pending: [UInt64: PendingCall] = [:]
+        var ended: IntercomError?
+    }
+
+    /// Handlers running (or queued) for calls the other side made.
+    private struct HandlerTable {
+        var running: [UInt64: Task<Void, Never>] = [:]
+        var active = 0
+        var queued = Deque<Frame>()
+        var ended = false
+    }
+
+    private struct Lifecycle {
+        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
+        var closed = false
+        var remoteSaidGoodbye = false
+        var closedLocally = false
+    }
+
+    init(transport: any FrameTransport, router: Router?, configuration: Configuration, remote: Hello, codec: PayloadCodec) {
+        self.transport = transport
+        self.router = router
+        self.configuration = configuration
+        self.remoteName = remote.name
+        self.remotePID = Int32(bitPattern: remote.pid)
+        self.remoteMaxFrameSize = Int(remote.maxFrameSize)
+        self.codec = codec
+        self.inbox = Inbox(capacity: configuration.inboxCapacity)
+        self.inbox.transport = transport
+    }
+
+    /// An executor that runs tasks on the thread serving this connection.
+    ///
+    /// A task that prefers it (`withTaskExecutorPreference(peer.executor) { … }`)
+    /// sends and receives without a thread hop: the fastest way to make many calls.
+    public var executor: any TaskExecutor { self.transport.executor }
+
+    // MARK: Calls
+
+    /// Calls `method` on the other side with `request` and returns its reply.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long to wait for the reply (default
+    ///     ``Configuration/defaultCallTimeout``). The remaining time travels in the
+    ///     frame; the handler's task is cancelled when it runs out.
+    /// - Throws: ``IntercomError`` (`timeout`, `peerLost`, `unknownMethod`, `remote`,
+    ///   `invalidPayload`, `frameTooLarge`, `cancelled`, `closed`, …), or the handler's
+    ///   own error if its type is in ``Configuration/remoteErrors``. Cancelling the
+    ///   calling task sends a cancel frame and cancels the handler's task.
+    public func call<Request: Encodable, Response: Decodable>(
+        _ method: String,
+        _ request: Request,
+        returning: Response.Type = Response.self,
+        timeout: Duration? = nil
+    ) async throws -> Response {
+        let reply = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
+        do {
+            return try self.codec.decode(Response.self, from: reply.payload)
+        } catch {
+            throw IntercomError(
+                .invalidPayload,
+                "reply to '\(method)' does not decode as \(Response.self): \(describeDecodingError(error))",
+                context: .init(method: method, callID: reply.id, peer: self.remoteName))
+        }
+    }
+
+    /// Calls `method` and waits for it to complete, ignoring any reply value.
+    ///
+    /// - Throws: as ``call(_:_:returning:timeout:)``.
+    public func call<Request: Encodable>(_ method: String, _ request: Request, timeout: Duration? = nil) async throws {
+        _ = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
+    }
+
+    /// Sends a `ping` frame and returns the round-trip time.
+    ///
+    /// - Throws: ``IntercomError`` `timeout`, `peerLost` or `closed`.
+    public func ping(timeout: Duration = .seconds(5)) async throws -> Duration {
+        let start = ContinuousClock.now
+        _ = try await self.exchange(nil, Optional<Int>.none, timeout: timeout, kind: .ping)
+        return ContinuousClock.now - start
+    }
+
+    /// Sends the frame of one call and waits for the frame that answers it.
+    private func exchange<Request: Encodable>(
+        _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call
+    ) async throws -> Frame {
+        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        if let method, method.utf8.count > 255 {
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
+        }
+        guard timeout > .zero else {
+            throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
+        }
+        let pending = PendingCall()
+        let id = try self.calls.withLock { table throws(IntercomError) -> UInt64 in
+            if let ended = table.ended { throw ended.with(context) }
+            defer { table.nextID &+= 1 }
+            return table.nextID
+        }
+        var frame = ByteBuffer()
+        if kind == .call {
+            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
+        } else {
+            let mark = FrameHeader.begin(into: &frame, kind: kind, id: id)
+            FrameHeader.finish(mark, in: &frame)
+        }
+        try await self.transport.waitUntilWritable()
+
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
+                let registered = self.calls.withLock { table -> Result<Void, IntercomError> in
+                    if let ended = table.ended { return .failure(ended.with(context)) }
+                    if pending.cancelled {
+                        return .failure(IntercomError(.cancelled, "the calling task was cancelled", context: context))
+                    }
+                    pending.continuation = continuation
+                    pending.method = method
+                    table.pending[id] = pending
+                    return .success(())
+                }
+                if case .failure(let error) = registered {
+                    continuation.resume(throwing: error)
+                    return
+                }
+                self.transport.send(frame)
+                let timer = self.transport.schedule(after: timeout) { [weak self] in
+                    self?.expire(id, after: timeout)
+                }
+                let alreadyDone = self.calls.withLock { table -> Bool in
+                    guard table.pending[id] != nil else { return true }
+                    pending.timer = timer
+                    return false
+                }
+                if alreadyDone { timer.cancel() }
+            }
+        } onCancel: {
+            self.cancelCall(id, pending: pending)
+        }
+    }
+
+    private func encodeFrame<Value: Encodable>(
+        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context
+    ) throws(IntercomError) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(128)
+        let mark = FrameHeader.begin(into: &buffer, kind: kind, id: id, method: method, timeout: timeout)
+        do {
+            try self.codec.encode(value, into: &buffer)
+        } catch {
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context)
+        }
+        let length = FrameHeader.finish(mark, in: &buffer)
+        guard length <= self.remoteMaxFrameSize else {
+            throw IntercomError(
+                .frameTooLarge,
+                "\(kind) payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'; send it in parts",
+                context: context)
+        }
+        return buffer
+    }
+
+    /// The timer of call `id` fired: fail it and tell the handler to stop.
+    private func expire(_ id: UInt64, after timeout: Duration) {
+        guard let call = self.calls.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
+        self.sendCancel(id)
+        call.continuation?.resume(
+            throwing: IntercomError(
+                .timeout, "no reply from '\(self.remoteName)' within \(timeout)",
+                context: .init(method: call.method, callID: id, peer: self.remoteName)))
+    }
+
+    private func cancelCall(_ id: UInt64, pending: PendingCall) {
+        let call = self.calls.withLock { table -> PendingCall? in
+            pending.cancelled = true
+            return table.pending.removeValue(forKey: id)
+        }
+        guard let call else { return }
+        call.timer?.cancel()
+        self.sendCancel(id)
+        call.continuation?.resume(
+            throwing: IntercomError(
+                .cancelled, "the calling task was cancelled; the handler was told to stop",
+                context: .init(method: call.method, callID: id, peer: self.remoteName)))
+    }
+
+    private func sendCancel(_ id: UInt64) {
+        var buffer = ByteBuffer()
+        let mark = FrameHeader.begin(into: &buffer, kind: .cancel, id: id)
+        FrameHeader.finish(mark, in: &buffer)
+        self.transport.send(buffer)
+    }
+
+    // MARK: One-way messages
+
+    /// Sends a one-way message: no reply, no acknowledgement. If the other side has
+    /// a handler for `method` it runs; otherwise the message waits in its inbox for
+    /// ``receive(as:timeout:)`` / ``messages(as:)``.
+    ///
+    /// Suspends while the outbound buffer is full (the other side is not reading).
+    ///
+    /// - Throws: ``IntercomError`` `closed`/`peerLost`, `frameTooLarge`, `invalidPayload`.
+    public func send<Message: Encodable>(_ method: String, _ message: Message) async throws(IntercomError) {
+        try await self.sendMessage(method: method, message)
+    }
+
+    /// Sends a one-way message without a method name; it lands in the other side's inbox.
+    ///
+    /// - Throws: as ``send(_:_:)``.
+    public func send<Message: Encodable>(_ message: Message) async throws(IntercomError) {
+        try await self.sendMessage(method: nil, message)
+    }
+
+    private func sendMessage<Message: Encodable>(method: String?, _ message: Message) async throws(IntercomError) {
+        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        if let method, method.utf8.count > 255 {
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
+        }
+        if let ended = self.calls.withLock({ $0.ended }) { throw ended.with(context) }
+        let frame = try self.encodeFrame(kind: .message, id: 0, method: method, timeout: nil, message, context: context)
+        try await self.transport.waitUntilWritable()
+        self.transport.send(frame)
+    }
+
+    /// Waits for the next unsolicited message and decodes it as `type`.
+    ///
+    /// Messages that arrived before the connection ended are delivered first; then
+    /// this throws ``IntercomError/Code/peerLost`` (or `closed` if this side closed).
+    ///
+    /// - Throws: ``IntercomError`` `timeout` if nothing arrives within `timeout`,
+    ///   `invalidPayload` if the message is not a `type` (the message is consumed).
+    public func receive<T: Decodable>(as type: T.Type = T.self, timeout: Duration? = nil) async throws(IntercomError) -> T {
+        let message = try await self.receiveMessage(timeout: timeout)
+        return try message.decode(as: T.self)
+    }
+
+    /// Waits for the next unsolicited message, still encoded.
+    ///
+    /// - Throws: as ``receive(as:timeout:)``.
+    public func receiveMessage(timeout: Duration? = nil) async throws(IntercomError) -> InboundMessage {
+        try await self.inbox.next(timeout: timeout)
+    }
+
+    /// The unsolicited messages as an `AsyncSequence`, each decoded as `type`. The
+    /// sequence throws when the connection ends (after the last message that arrived).
+    public func messages<T: Decodable>(as type: T.Type = T.self) -> MessageSequence<T> {
+        MessageSequence(peer: self)
+    }
+
+    // MARK: Closing
+
+    /// Says goodbye, flushes what is queued and closes the connection. Pending calls
+    /// fail with ``IntercomError/Code/closed``. Returns when the connection is closed.
+    public func close() async {
+        let first = self.lifecycle.withLock { state -> Bool in
+            defer { state.closedLocally = true }
+            return !state.closedLocally
+        }
+        if first {
+            self.endCalls(IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName)))
+            var goodbye = ByteBuffer()
+            let mark = FrameHeader.begin(into: &goodbye, kind: .goodbye, id: 0)
+            FrameHeader.finish(mark, in: &goodbye)
+            self.transport.send(goodbye)
+            self.transport.close()
+        }
+        await self.waitUntilClosed()
+    }
+
+    /// Returns when the connection has ended, whoever ended it.
+    public func waitUntilClosed() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let closed = self.lifecycle.withLock { state -> Bool in
+                if state.closed { return true }
+                state.closeWaiters.append(continuation)
+                return false
+            }
+            if closed { continuation.resume() }
+        }
+    }
+
+    /// Whether the connection has ended.
+    public var isClosed: Bool { self.lifecycle.withLock { $0.closed } }
+
+    /// Fails every pending call with `error` and refuses new ones.
+    private func endCalls(_ error: IntercomError) {
+        let orphans = self.calls.withLock { table -> [UInt64: PendingCall] in
+            if table.ended == nil { table.ended = error }
+            defer { table.pending.removeAll() }
+            return table.pending
+        }
+        for (id, call) in orphans {
+            call.timer?.cancel()
+            call.continuation?.resume(throwing: error.with(.init(method: call.method, callID: id, peer: self.remoteName)))
+        }
+    }
+}
+
+/// A call waiting for its reply. Fields are guarded by the peer's call-table lock.
+private final class PendingCall: @unchecked Sendable {
+    var continuation: UnsafeContinuation<Frame, any Error>?
+    var timer: (any ScheduledWork)?
+    var method: String?
+    var cancelled = false
+}
+
+extension IntercomError {
+    /// This error with the context filled in where it was empty.
+    func with(_ context: Context) -> IntercomError {
+        var copy = self
+        copy.context.method = copy.context.method ?? context.method
+        copy.context.callID = copy.context.callID ?? context.callID
+        copy.context.peer = copy.context.peer ?? context.peer
+        return copy
+    }
+}
+
+// MARK: - Receiving frames
+
+extension Peer: FrameReceiver {
+    func transportActive() {}
+
+    func receive(_ frame: Frame) {
+        switch frame.kind {
+        case .reply, .error, .pong:
+            self.complete(frame)
+        case .call:
+            self.accept(frame)
+        case .message:
+            if let method = frame.method, let router, router.hasOwnHandler(for: method) {
+                self.accept(frame)
+            } else {
+                self.inbox.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
+            }
+        case .cancel:
+            self.handlers.withLock { $0.running[frame.id] }?.cancel()
+        case .ping:
+            var pong = ByteBuffer()
+            let mark = FrameHeader.begin(into: &pong, kind: .pong, id: frame.id)
+            FrameHeader.finish(mark, in: &pong)
+            self.transport.send(pong)
+        case .goodbye:
+            self.lifecycle.withLock { $0.remoteSaidGoodbye = true }
+        default:
+            // hello twice, welcome, subscribe, …: not part of this version's conversation.
+            self.transportFailed(ProtocolError(.malformedHeader, "unexpected \(frame.kind) frame after the handshake"))
+            self.transport.close()
+        }
+    }
+
+    /// A reply, error or pong for a call of ours.
+    private func complete(_ frame: Frame) {
+        if frame.id == 0, frame.kind == .error {
+            // An error about the whole connection: the other side is about to close it.
+            let body = try? ErrorBody(from: frame.payload)
+            self.configuration.logger.warning(
+                "peer reported a connection error", metadata: ["peer": "\(self.remoteName)", "error": "\(body?.message ?? "?")"])
+            return
+        }
+        guard let call = self.calls.withLock({ $0.pending.removeValue(forKey: frame.id) }) else {
+            // Late reply (the call timed out or was cancelled): dropped.
+            return
+        }
+        call.timer?.cancel()
+        guard let continuation = call.continuation else { return }
+        if frame.kind == .error {
+            continuation.resume(throwing: self.remoteError(from: frame, method: call.method))
+        } else {
+            continuation.resume(returning: frame)
+        }
+    }
+
+    private func remoteError(from frame: Frame, method: String?) -> any Error {
+        let context = IntercomError.Context(method: method, callID: frame.id, peer: self.remoteName)
+        guard let body = try? ErrorBody(from: frame.payload) else {
+            return IntercomError(.protocolViolation, "error frame from '\(self.remoteName)' does not parse", context: context)
+        }
+        if frame.flags.contains(.typedError), let decode = self.configuration.remoteErrors.decoders[body.typeName],
+            let error = try? decode(body.details, self.codec)
+        {
+            return error
+        }
+        return IntercomError(
+            IntercomError.Code(wireName: body.code), body.message, context: context,
+            remoteType: body.typeName.isEmpty ? nil : body.typeName)
+    }
+
+    func transportFailed(_ error: ProtocolError) {
+        self.configuration.logger.warning(
+            "protocol violation; closing the connection", metadata: ["peer": "\(self.remoteName)", "error": "\(error)"])
+        self.endCalls(IntercomError(error, peer: self.remoteName))
+    }
+
+    func transportClosed() {
+        let (goodbye, local) = self.lifecycle.withLock { ($0.remoteSaidGoodbye, $0.closedLocally) }
+        let error: IntercomError
+        if local {
+            error = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
+        } else {
+            let how = goodbye ? "closed the connection" : "went away without saying goodbye (exited, crashed or was killed)"
+            error = IntercomError(
+                .peerLost, "peer '\(self.remoteName)' (pid \(self.remotePID)) \(how)", context: .init(peer: self.remoteName))
+        }
+        self.endCalls(error)
+        self.inbox.end(error)
+        let tasks = self.handlers.withLock { table -> [Task<Void, Never>] in
+            table.ended = true
+            table.queued.removeAll()
+            return Array(table.running.values)
+        }
+        for task in tasks { task.cancel() }
+        let waiters = self.lifecycle.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.closed = true
+            defer { state.closeWaiters.removeAll() }
+            return state.closeWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Serving calls
+
+    /// A call (or routed message) arrived: run it now or queue it behind the handler limit.
+    private func accept(_ frame: Frame) {
+        let (start, pause) = self.handlers.withLock { table -> (Bool, Bool) in
+            if table.ended { return (false, false) }
+            if table.active < self.configuration.maxConcurrentHandlers {
+                table.active += 1
+                self.startHandler(frame, table: &table)
+                return (true, false)
+            }
+            table.queued.append(frame)
+            return (false, table.queued.count == self.configuration.maxQueuedCalls)
+        }
+        _ = start
+        if pause { self.transport.setReadingPaused(true, reason: .callQueueFull) }
+    }
+
+    /// Starts the task for one call. Runs under the handler-table lock, so the task
+    /// is in `running` before it can finish and remove itself.
+    private func startHandler(_ frame: Frame, table: inout HandlerTable) {
+        let arrival = ContinuousClock.now
+        let deadline = frame.timeout.map { arrival.advanced(by: $0) }
+        let method = frame.method ?? ""
+        let context = CallContext(
+            method: method, callID: frame.id, deadline: deadline, peerName: self.remoteName, peerPID: self.remotePID, peer: self)
+        let call = IncomingCall(context: context, payload: frame.payload, codec: self.codec)
+        let isCall = frame.kind == .call
+        let executor: (any TaskExecutor)? =
+            self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
+        let task = Task(executorPreference: executor) {
+            await self.run(call, isCall: isCall, timeout: frame.timeout)
+        }
+        if isCall { table.running[frame.id] = task }
+    }
+
+    private func run(_ call: IncomingCall, isCall: Bool, timeout: Duration?) async {
+        let id = call.context.callID
+        // The deadline travels in the frame: cancel the handler when it passes, even
+        // if the caller's cancel frame never comes.
+        let timer = timeout.map { timeout in
+            self.transport.schedule(after: timeout) { [weak self] in
+                self?.handlers.withLock { $0.running[id] }?.cancel()
+            }
+        }
+        var reply: ByteBuffer?
+        do {
+            guard let handler = self.router?.handler(for: call.method) else {
+                let registered = self.router?.methods ?? []
+                throw IntercomError(
+                    .unknownMethod,
+                    "peer '\(self.configuration.name)' has no handler for '\(call.method)'"
+                        + (registered.isEmpty ? " (it registers no methods)" : "; it handles: \(registered.prefix(20).joined(separator: ", "))"),
+                    context: .init(method: call.method, callID: id))
+            }
+            let value = try await handler(call)
+            if isCall {
+                reply = try self.encodeReply(value, id: id, method: call.method)
+            }
+        } catch {
+            if isCall {
+                reply = self.encodeError(error, id: id, method: call.method)
+            } else {
+                self.configuration.logger.warning(
+                    "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
+            }
+        }
+        timer?.cancel()
+        if let reply {
+            try? await self.transport.waitUntilWritable()
+            self.transport.send(reply)
+        }
+        self.handlerFinished(id, isCall: isCall)
+    }
+
+    private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String) throws -> ByteBuffer {
+        let context = IntercomError.Context(method: method, callID: id, peer: self.remoteName)
+        guard let value else {
+            var buffer = ByteBuffer()
+            let mark = FrameHeader.begin(into: &buffer, kind: .reply, id: id)
+            FrameHeader.finish(mark, in: &buffer)
+            return buffer
+        }
+        return try self.encodeFrame(kind: .reply, id: id, method: nil, timeout: nil, value, context: context)
+    }
+
+    private func encodeError(_ error: any Error, id: UInt64, method: String) -> ByteBuffer {
+        var body: ErrorBody
+        var flags: FrameFlags = []
+        switch error {
+        case let error as IntercomError:
+            body = ErrorBody(code: error.code.name, typeName: error.remoteType ?? "", message: error.message)
+        case is CancellationError:
+            body = ErrorBody(code: IntercomError.Code.cancelled.name, message: "the handler of '\(method)' was cancelled")
+        default:
+            body = ErrorBody(
+                code: IntercomError.Code.remote.name, typeName: String(reflecting: type(of: error)),
+                message: "\(error)")
+            if let encodable = error as? any Encodable {
+                var details = ByteBuffer()
+                if (try? self.codec.encode(encodable, into: &details)) != nil {
+                    body.details = details
+                    flags.insert(.typedError)
+                }
+            }
+        }
+        var buffer = ByteBuffer()
+        let mark = FrameHeader.begin(into: &buffer, kind: .error, flags: flags, id: id)
+        body.write(into: &buffer)
+        FrameHeader.finish(mark, in: &buffer)
+        return buffer
+    }
+
+    private func handlerFinished(_ id: UInt64, isCall: Bool) {
+        let resume = self.handlers.withLock { table -> Bool in
+            if isCall { table.running.removeValue(forKey: id) }
+            table.active -= 1
+            guard !table.ended, let next = table.queued.popFirst() else { return false }
+            table.active += 1
+            self.startHandler(next, table: &table)
+            return table.queued.count == self.configuration.maxQueuedCalls - 1
+        }
+        if resume { self.transport.setReadingPaused(false, reason: .callQueueFull) }
+    }
+}
+

@@ -1,0 +1,25 @@
+/// What a handler knows about the call it is serving.
+public struct CallContext: Sendable {
+    /// The method the caller named.
+    public let method: String
+    /// The call's correlation id on its connection (0 for one-way messages).
+    public let callID: UInt64
+    /// When the caller stops waiting: the arrival time plus the time the caller allowed.
+    /// The handler's task is cancelled at this instant.
+    public let deadline: ContinuousClock.Instant?
+    /// The other side's handshake name.
+    public let peerName: String
+    /// The other side's process id as it reported it.
+    public let peerPID: Int32
+    /// The connection the call arrived on, so a handler can call back.
+    public let peer: Peer
+
+    /// Time left before the deadline (`nil` when the message has none, zero when past).
+    public var remainingTime: Duration? {
+        guard let deadline else { return nil }
+        return max(.zero, ContinuousClock.now.duration(to: deadline))
+    }
+
+    /// `true` for one-way messages, which get no reply.
+    public var isOneWay: Bool { self.callID == 0 }
+}

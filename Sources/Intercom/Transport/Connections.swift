@@ -1,0 +1,198 @@
+public import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import NIOPosix
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
+
+/// Installs the frame transport and the handshake on a new channel.
+///
+/// - Returns: the future of the peer, fulfilled when the handshake completes.
+func installPeer(on channel: any Channel, router: Router?, configuration: Peer.Configuration) throws -> EventLoopFuture<Peer> {
+    let transport = NIOFrameTransport(channel: channel, limits: configuration.limits, logger: configuration.logger)
+    try channel.pipeline.syncOperations.addHandler(transport.handler)
+    let promise = channel.eventLoop.makePromise(of: Peer.self)
+    transport.setReceiver(Handshake(transport: transport, router: router, configuration: configuration, promise: promise))
+    return promise.futureResult
+}
+
+/// The event loops every connection runs on (NIO's shared group).
+var intercomEventLoopGroup: any EventLoopGroup { MultiThreadedEventLoopGroup.singleton }
+
+extension Peer.Configuration {
+    var waterMark: ChannelOptions.Types.WriteBufferWaterMark {
+        let high = max(self.outboundHighWatermark, 1)
+        return .init(low: min(self.outboundLowWatermark, high), high: high)
+    }
+}
+
+/// Runs a NIO connect and the handshake that follows, mapping failures to ``IntercomError``.
+private func establish(
+    _ what: String,
+    configuration: Peer.Configuration,
+    _ connect: (_ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) -> EventLoopFuture<any Channel>,
+    router: Router?
+) async throws(IntercomError) -> Peer {
+    let box = FutureBox()
+    do {
+        _ = try await connect { channel in
+            do {
+                box.future = try installPeer(on: channel, router: router, configuration: configuration)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.get()
+    } catch {
+        throw IntercomError(systemError: error, doing: what)
+    }
+    guard let future = box.future else { throw IntercomError(.connectionFailed, "\(what): the channel did not initialise") }
+    do {
+        return try await future.get()
+    } catch let error as IntercomError {
+        throw error
+    } catch {
+        throw IntercomError(systemError: error, doing: what)
+    }
+}
+
+/// Carries the handshake future out of a channel initializer.
+private final class FutureBox: @unchecked Sendable {
+    // Written once on the event loop before the connect future completes; read after it.
+    var future: EventLoopFuture<Peer>?
+}
+
+extension IntercomError {
+    /// Maps a socket-level failure to a code a caller can act on.
+    init(systemError error: any Error, doing what: String) {
+        if let error = error as? IntercomError {
+            self = error
+            return
+        }
+        if let io = error as? IOError {
+            switch io.errnoCode {
+            case EACCES, EPERM:
+                self.init(.permissionDenied, "\(what): permission denied (\(io))")
+            case ENOENT, ECONNREFUSED:
+                self.init(.connectionFailed, "\(what): nobody is listening there (\(io))")
+            default:
+                self.init(.connectionFailed, "\(what): \(io)")
+            }
+            return
+        }
+        self.init(.connectionFailed, "\(what): \(error)")
+    }
+}
+
+extension Peer {
+    /// Makes two connected peers in this process over an anonymous socket pair
+    /// (multiprocessing's `Pipe()`): useful in tests and between tasks.
+    ///
+    /// To connect to a child process instead, make a ``SocketPair``, give the child
+    /// one descriptor and ``adopt(fileDescriptor:router:configuration:)`` the other.
+    ///
+    /// - Throws: ``IntercomError`` if the socket pair or the handshake fails.
+    public static func pair(
+        routers: (first: Router?, second: Router?) = (nil, nil),
+        configuration: Configuration = Configuration()
+    ) async throws(IntercomError) -> (Peer, Peer) {
+        let sockets = try SocketPair()
+        async let first = Self.adopt(fileDescriptor: sockets.first, router: routers.first, configuration: configuration)
+        async let second = Self.adopt(fileDescriptor: sockets.second, router: routers.second, configuration: configuration)
+        do {
+            return try await (first, second)
+        } catch let error as IntercomError {
+            throw error
+        } catch {
+            throw IntercomError(.connectionFailed, "\(error)")
+        }
+    }
+
+    /// Takes over a connected stream socket this process owns (an inherited
+    /// descriptor, one end of a ``SocketPair``). The peer closes it when done.
+    ///
+    /// - Throws: ``IntercomError`` if `fileDescriptor` is not a usable socket or the handshake fails.
+    public static func adopt(
+        fileDescriptor: Int32, router: Router? = nil, configuration: Configuration = Configuration()
+    ) async throws(IntercomError) -> Peer {
+        try await establish("adopting descriptor \(fileDescriptor)", configuration: configuration, { initializer in
+            ClientBootstrap(group: intercomEventLoopGroup)
+                .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
+                .channelInitializer(initializer)
+                .withConnectedSocket(fileDescriptor)
+        }, router: router)
+    }
+
+    /// Talks over this process's standard input and output (for a child whose parent
+    /// holds the other end). Anything else printed to standard output corrupts the
+    /// stream: log to standard error.
+    ///
+    /// - Throws: ``IntercomError`` if the descriptors are unusable or the handshake fails.
+    public static func standardIO(router: Router? = nil, configuration: Configuration = Configuration()) async throws(IntercomError) -> Peer {
+        try await establish("using standard input/output", configuration: configuration, { initializer in
+            NIOPipeBootstrap(group: intercomEventLoopGroup)
+                .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
+                .channelInitializer(initializer)
+                .takingOwnershipOfDescriptors(input: STDIN_FILENO, output: STDOUT_FILENO)
+        }, router: router)
+    }
+
+    /// Connects to a ``PeerListener`` on a Unix socket path.
+    ///
+    /// - Throws: ``IntercomError`` `connectionFailed` (nobody listening),
+    ///   `permissionDenied`, or a handshake failure.
+    public static func connect(
+        unixPath path: String, router: Router? = nil, configuration: Configuration = Configuration()
+    ) async throws(IntercomError) -> Peer {
+        try UnixSocketPath.check(path)
+        return try await establish("connecting to \(path)", configuration: configuration, { initializer in
+            ClientBootstrap(group: intercomEventLoopGroup)
+                .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
+                .channelInitializer(initializer)
+                .connect(unixDomainSocketPath: path)
+        }, router: router)
+    }
+}
+
+/// Two connected stream sockets (`socketpair(AF_UNIX, SOCK_STREAM)`), both
+/// close-on-exec. Give one to a child as its standard input (or dup it to a
+/// known number), adopt the other with ``Peer/adopt(fileDescriptor:router:configuration:)``.
+public struct SocketPair: Sendable {
+    /// One end.
+    public let first: Int32
+    /// The other end.
+    public let second: Int32
+
+    /// Makes a connected pair.
+    ///
+    /// - Throws: ``IntercomError`` `connectionFailed` with the OS error (e.g. out of descriptors).
+    public init() throws(IntercomError) {
+        var fds: [Int32] = [-1, -1]
+        #if canImport(Glibc)
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        #else
+        let type = SOCK_STREAM
+        #endif
+        guard socketpair(AF_UNIX, type, 0, &fds) == 0 else {
+            throw IntercomError(.connectionFailed, "socketpair failed: \(String(cString: strerror(errno)))")
+        }
+        self.first = fds[0]
+        self.second = fds[1]
+    }
+}
+
+enum UnixSocketPath {
+    /// `sun_path` holds 108 bytes on Linux, 104 on macOS, including the final NUL.
+    static let maxLength = 103
+
+    static func check(_ path: String) throws(IntercomError) {
+        guard !path.isEmpty, path.utf8.count <= Self.maxLength else {
+            throw IntercomError(
+                .invalidName,
+                "Unix socket path '\(path)' is \(path.utf8.count) bytes; it must be 1...\(Self.maxLength) (use a shorter directory, e.g. under /tmp)")
+        }
+    }
+}

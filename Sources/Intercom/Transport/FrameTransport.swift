@@ -1,0 +1,65 @@
+public import IntercomWire
+public import NIOCore
+
+/// What the RPC layer needs from a byte stream that carries frames.
+///
+/// Deliberately free of NIO channel types (only `ByteBuffer`, the wire module's
+/// byte type, appears), so that a shared-memory ring can be a peer of the
+/// sockets rather than a special case. All receiver callbacks of one transport
+/// arrive in order on one thread, the one ``executor`` runs jobs on.
+protocol FrameTransport: AnyObject, Sendable {
+    /// Runs jobs on the thread that delivers this transport's frames; tasks that
+    /// prefer it talk to the connection without a thread hop.
+    var executor: any TaskExecutor { get }
+
+    /// Sets who receives frames and the end of the stream; the first call also
+    /// starts reading. Call from the transport's thread, or before the first read.
+    func setReceiver(_ receiver: any FrameReceiver)
+
+    /// Queues bytes (whole frames) for sending and returns at once. Frames queued
+    /// from one thread go out in order; bytes queued after close are dropped.
+    func send(_ bytes: ByteBuffer)
+
+    /// Returns when the outbound buffer is below its high watermark.
+    ///
+    /// - Throws: ``IntercomError`` `closed`/`peerLost` when the stream ended,
+    ///   `cancelled` when the waiting task is cancelled.
+    func waitUntilWritable() async throws(IntercomError)
+
+    /// Pauses or resumes reading for one reason; reading resumes when no reason remains.
+    func setReadingPaused(_ paused: Bool, reason: ReadPauseReason)
+
+    /// Runs `body` on the transport's thread after `delay`, unless cancelled first.
+    func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork
+
+    /// Flushes what was queued and closes the stream.
+    func close()
+}
+
+/// Why reading from a transport is paused; reading resumes when no reason is left.
+struct ReadPauseReason: OptionSet, Sendable {
+    let rawValue: UInt8
+    init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The unsolicited-message inbox is full.
+    static let inboxFull = ReadPauseReason(rawValue: 1)
+    /// The queue of calls waiting for a free handler slot is full.
+    static let callQueueFull = ReadPauseReason(rawValue: 2)
+}
+
+/// A scheduled piece of work that can still be called off.
+protocol ScheduledWork: Sendable {
+    /// Calls the work off if it has not run yet.
+    func cancel()
+}
+
+/// Receives what a ``FrameTransport`` reads. Called on the transport's thread, in order.
+protocol FrameReceiver: AnyObject, Sendable {
+    /// The stream is open and writable: the handshake may begin.
+    func transportActive()
+    /// One whole frame arrived.
+    func receive(_ frame: Frame)
+    /// The bytes broke the protocol; the transport closes itself after this call.
+    func transportFailed(_ error: ProtocolError)
+    /// The stream ended (the other side closed it, died, or this side closed it).
+    func transportClosed()
+}

@@ -1,0 +1,318 @@
+internal import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+
+/// A ``FrameTransport`` over a NIO stream channel: Unix sockets, socket pairs,
+/// inherited descriptors and pipes.
+///
+/// Outbound frames from any thread are collected in an outbox and written in
+/// batches by one event-loop task per batch, so many small frames cost one
+/// `writev` rather than one syscall each. Senders wait in
+/// ``waitUntilWritable()`` while the channel is over its high watermark.
+final class NIOFrameTransport: FrameTransport {
+    let channel: any Channel
+    let executor: any TaskExecutor
+    private let loop: any EventLoop
+    let handler: FrameChannelHandler
+    private let outbox = Mutex(Outbox())
+
+    private struct Outbox {
+        var pending: [ByteBuffer] = []
+        var flushScheduled = false
+        var channelWritable = true
+        var closed = false
+        var nextWaiterID: UInt64 = 0
+        var writabilityWaiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
+    }
+
+    /// Frames smaller than this are copied into the previous buffer of the batch
+    /// (one `writev` element); larger ones are queued as they are (no copy).
+    private static let coalesceLimit = 4096
+
+    init(channel: any Channel, limits: WireLimits, logger: Logger) {
+        self.channel = channel
+        self.loop = channel.eventLoop
+        self.executor = EventLoopExecutor.forLoop(channel.eventLoop)
+        self.handler = FrameChannelHandler(limits: limits, logger: logger)
+        self.handler.transport = self
+    }
+
+    func setReceiver(_ receiver: any FrameReceiver) {
+        if self.loop.inEventLoop {
+            self.handler.setReceiver(receiver)
+        } else {
+            self.loop.execute { self.handler.setReceiver(receiver) }
+        }
+    }
+
+    func send(_ bytes: ByteBuffer) {
+        let mustSchedule = self.outbox.withLock { outbox -> Bool in
+            guard !outbox.closed else { return false }
+            if bytes.readableBytes < Self.coalesceLimit, var last = outbox.pending.popLast() {
+                if last.readableBytes < 64 * 1024 {
+                    var copy = bytes
+                    last.writeBuffer(&copy)
+                    outbox.pending.append(last)
+                } else {
+                    outbox.pending.append(last)
+                    outbox.pending.append(bytes)
+                }
+            } else {
+                outbox.pending.append(bytes)
+            }
+            if outbox.flushScheduled { return false }
+            outbox.flushScheduled = true
+            return true
+        }
+        if mustSchedule {
+            self.loop.execute { self.drainOutbox() }
+        }
+    }
+
+    /// On the event loop: writes everything queued and flushes once.
+    private func drainOutbox() {
+        let batch = self.outbox.withLock { outbox -> [ByteBuffer] in
+            outbox.flushScheduled = false
+            defer { outbox.pending.removeAll(keepingCapacity: true) }
+            return outbox.pending
+        }
+        guard !batch.isEmpty else { return }
+        for buffer in batch {
+            self.channel.write(buffer, promise: nil)
+        }
+        self.channel.flush()
+    }
+
+    func waitUntilWritable() async throws(IntercomError) {
+        let ready = try self.outbox.withLock { outbox throws(IntercomError) -> Bool in
+            if outbox.closed { throw IntercomError(.closed, "the connection is closed") }
+            return outbox.channelWritable
+        }
+        if ready { return }
+        let id = self.outbox.withLock { outbox in
+            outbox.nextWaiterID += 1
+            return outbox.nextWaiterID
+        }
+        do {
+            try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                    let outcome: Result<Void, IntercomError>? = self.outbox.withLock { outbox in
+                        if outbox.closed { return .failure(IntercomError(.closed, "the connection is closed")) }
+                        if outbox.channelWritable { return .success(()) }
+                        if Task.isCancelled {
+                            return .failure(IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
+                        }
+                        outbox.writabilityWaiters[id] = continuation
+                        return nil
+                    }
+                    if let outcome { continuation.resume(with: outcome) }
+                }
+            } onCancel: {
+                let waiter = self.outbox.withLock { $0.writabilityWaiters.removeValue(forKey: id) }
+                waiter?.resume(throwing: IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
+            }
+        } catch let error as IntercomError {
+            throw error
+        } catch {
+            throw IntercomError(.cancelled, "\(error)")
+        }
+    }
+
+    /// On the event loop: the channel's writability changed.
+    func writabilityChanged(_ writable: Bool) {
+        let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
+            outbox.channelWritable = writable
+            guard writable else { return [] }
+            defer { outbox.writabilityWaiters.removeAll() }
+            return Array(outbox.writabilityWaiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// On the event loop: the channel is gone; fail every waiting sender.
+    func markClosed() {
+        let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
+            outbox.closed = true
+            outbox.pending.removeAll()
+            defer { outbox.writabilityWaiters.removeAll() }
+            return Array(outbox.writabilityWaiters.values)
+        }
+        for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }
+    }
+
+    func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
+        if self.loop.inEventLoop {
+            self.handler.setReadingPaused(paused, reason: reason)
+        } else {
+            self.loop.execute { self.handler.setReadingPaused(paused, reason: reason) }
+        }
+    }
+
+    func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork {
+        let task = self.loop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { body() }
+        return NIOScheduledWork(task: task)
+    }
+
+    func close() {
+        self.loop.execute {
+            self.drainOutbox()
+            self.channel.close(promise: nil)
+        }
+    }
+}
+
+private struct NIOScheduledWork: ScheduledWork {
+    let task: Scheduled<Void>
+    func cancel() { self.task.cancel() }
+}
+
+/// The channel handler under ``NIOFrameTransport``: cuts frames from the byte
+/// stream, hands them to the receiver, holds reads back while paused, and closes
+/// the channel (after telling the peer why) on a protocol violation.
+final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
+    // @unchecked: every stored property is touched only on the channel's event loop.
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    weak var transport: NIOFrameTransport?
+    private var receiver: (any FrameReceiver)?
+    private let decoder: FrameDecoder
+    private let logger: Logger
+    private var cumulation: ByteBuffer?
+    private var context: ChannelHandlerContext?
+    private var activated = false
+    private var failed = false
+    private var pauseReasons: ReadPauseReason = []
+    private var readRequested = false
+    private var closedNotified = false
+
+    init(limits: WireLimits, logger: Logger) {
+        self.decoder = FrameDecoder(limits: limits)
+        self.logger = logger
+    }
+
+    func setReceiver(_ receiver: any FrameReceiver) {
+        self.receiver = receiver
+        if let context, context.channel.isActive { self.activate() }
+    }
+
+    private func activate() {
+        guard !self.activated, let receiver = self.receiver else { return }
+        self.activated = true
+        receiver.transportActive()
+        if let context, self.cumulation != nil { self.decodeFrames(context: context) }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { self.activate() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.activate()
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = self.unwrapInboundIn(data)
+        guard !self.failed else { return }
+        if self.cumulation == nil {
+            self.cumulation = bytes
+        } else {
+            self.cumulation!.writeBuffer(&bytes)
+        }
+        if self.activated { self.decodeFrames(context: context) }
+    }
+
+    private func decodeFrames(context: ChannelHandlerContext) {
+        while !self.failed, var buffer = self.cumulation {
+            self.cumulation = nil  // keep the storage uniquely referenced while slicing
+            let frame: Frame?
+            do {
+                frame = try self.decoder.next(from: &buffer)
+            } catch {
+                self.fail(error, context: context)
+                return
+            }
+            if buffer.readableBytes > 0 {
+                if buffer.readerIndex > 256 * 1024 { buffer.discardReadBytes() }
+                self.cumulation = buffer
+            }
+            guard let frame else { return }
+            self.receiver?.receive(frame)
+        }
+    }
+
+    private func fail(_ error: ProtocolError, context: ChannelHandlerContext) {
+        self.failed = true
+        self.cumulation = nil
+        self.logger.warning(
+            "closing connection after a protocol violation",
+            metadata: ["error": "\(error)", "remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "local")"])
+        self.receiver?.transportFailed(error)
+        // Tell the other side why, then close. Id 0: the error concerns the connection.
+        var buffer = context.channel.allocator.buffer(capacity: 64 + error.message.utf8.count)
+        let mark = FrameHeader.begin(into: &buffer, kind: .error, id: 0)
+        let code = error.code == .frameTooLarge ? "frameTooLarge" : "protocolViolation"
+        ErrorBody(code: code, typeName: "IntercomWire.ProtocolError", message: error.message).write(into: &buffer)
+        FrameHeader.finish(mark, in: &buffer)
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.transport?.writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.notifyClosed()
+        context.fireChannelInactive()
+    }
+
+    private func notifyClosed() {
+        guard !self.closedNotified else { return }
+        self.closedNotified = true
+        self.transport?.markClosed()
+        self.receiver?.transportClosed()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Connection reset and the like: the stream is over.
+        self.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // Half-closed by the other side: nothing more will arrive.
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.pauseReasons.isEmpty {
+            context.read()
+        } else {
+            self.readRequested = true
+        }
+    }
+
+    func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
+        if paused {
+            self.pauseReasons.insert(reason)
+        } else {
+            self.pauseReasons.remove(reason)
+            if self.pauseReasons.isEmpty, self.readRequested, let context = self.context {
+                self.readRequested = false
+                context.read()
+            }
+        }
+    }
+}
