@@ -294,6 +294,29 @@ public final class Peer: Sendable {
         MessageSequence(peer: self)
     }
 
+    // MARK: Observing
+
+    /// A snapshot of what is in flight on a connection.
+    public struct Statistics: Sendable, Hashable {
+        /// Calls this side made that wait for a reply.
+        public var pendingCalls: Int
+        /// Handlers running for the other side's calls and routed messages.
+        public var runningHandlers: Int
+        /// The other side's calls waiting for a free handler slot.
+        public var queuedCalls: Int
+        /// Tasks suspended because the outbound buffer is full (the other side is not reading).
+        public var blockedSenders: Int
+    }
+
+    /// What is in flight right now.
+    public var statistics: Statistics {
+        let pending = self.calls.withLock { $0.pending.count }
+        let (running, queued) = self.handlers.withLock { ($0.active, $0.queued.count) }
+        return Statistics(
+            pendingCalls: pending, runningHandlers: running, queuedCalls: queued,
+            blockedSenders: self.transport.blockedSenders)
+    }
+
     // MARK: Closing
 
     /// Says goodbye, flushes what is queued and closes the connection. Pending calls

@@ -1,4 +1,4 @@
-public import IntercomWire
+internal import IntercomWire
 internal import Logging
 internal import NIOCore
 internal import NIOPosix

@@ -1,5 +1,5 @@
-public import IntercomWire
-public import NIOCore
+internal import IntercomWire
+internal import NIOCore
 
 /// What the RPC layer needs from a byte stream that carries frames.
 ///
@@ -25,6 +25,9 @@ protocol FrameTransport: AnyObject, Sendable {
     /// - Throws: ``IntercomError`` `closed`/`peerLost` when the stream ended,
     ///   `cancelled` when the waiting task is cancelled.
     func waitUntilWritable() async throws(IntercomError)
+
+    /// How many tasks wait in ``waitUntilWritable()`` now.
+    var blockedSenders: Int { get }
 
     /// Pauses or resumes reading for one reason; reading resumes when no reason remains.
     func setReadingPaused(_ paused: Bool, reason: ReadPauseReason)

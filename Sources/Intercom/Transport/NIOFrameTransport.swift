@@ -141,6 +141,8 @@ final class NIOFrameTransport: FrameTransport {
         for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }
     }
 
+    var blockedSenders: Int { self.outbox.withLock { $0.writabilityWaiters.count } }
+
     func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
         if self.loop.inEventLoop {
             self.handler.setReadingPaused(paused, reason: reason)
@@ -262,7 +264,8 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
         let code = error.code == .frameTooLarge ? "frameTooLarge" : "protocolViolation"
         ErrorBody(code: code, typeName: "IntercomWire.ProtocolError", message: error.message).write(into: &buffer)
         FrameHeader.finish(mark, in: &buffer)
-        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

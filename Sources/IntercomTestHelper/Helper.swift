@@ -1,0 +1,166 @@
+// A real child process for the tests: it connects back to the test process
+// (over an inherited socket on standard input, or a Unix socket path) and
+// serves the handlers the tests call. Logs go to standard error.
+import Dispatch
+import Foundation
+import Intercom
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Options {
+    var connectPath: String?
+    var concurrency = 64
+    var stall = false
+    var stdio = false
+    var handlerOnConnectionThread = false
+
+    init(_ arguments: [String]) {
+        var iterator = arguments.dropFirst().makeIterator()
+        while let argument = iterator.next() {
+            switch argument {
+            case "--connect": self.connectPath = iterator.next()
+            case "--concurrency": self.concurrency = Int(iterator.next() ?? "") ?? 64
+            case "--stall": self.stall = true
+            case "--stdio": self.stdio = true
+            case "--connection-thread": self.handlerOnConnectionThread = true
+            default: fatalError("unknown argument \(argument)")
+            }
+        }
+    }
+}
+
+/// A plain (not Codable) error: it reaches the caller as type name + message.
+struct PlainError: Error, CustomStringConvertible {
+    var detail: String
+    var description: String { "plain failure: \(self.detail)" }
+}
+
+let activeHandlers = Atomic<Int>(0)
+let maxActiveHandlers = Atomic<Int>(0)
+
+func makeRouter() throws -> Router {
+    let router = Router()
+    try router.register("camera.exposure.set") { (request: SetExposure, _) in
+        Ack(ok: request.ms > 0, appliedMs: request.ms)
+    }
+    try router.register("math.add") { (request: AddRequest, _) in request.a + request.b }
+    try router.register("echo.bytes") { (bytes: [UInt8], _) in bytes }
+    try router.register("peer.pid") { (_: Int, _) in Int(getpid()) }
+    try router.register("fail.typed") { (reason: String, _) -> Int in
+        throw HelperError.refused(reason: reason, code: 42)
+    }
+    try router.register("fail.plain") { (detail: String, _) -> Int in
+        throw PlainError(detail: detail)
+    }
+    // Waits until cancelled (by the caller's cancel frame or by the deadline in the
+    // frame), then tells the caller what it observed.
+    try router.register("work.slow") { (_: Int, context: CallContext) -> Int in
+        let budget = context.remainingTime ?? .zero
+        try await context.peer.send("work.started", Int(context.callID))
+        let budgetMs = Int(budget.components.seconds * 1000 + budget.components.attoseconds / 1_000_000_000_000_000)
+        do {
+            try await Task.sleep(for: .seconds(3600))
+        } catch {
+            try? await context.peer.send(
+                "observed.cancelled", CancelReport(callID: context.callID, budgetMs: budgetMs))
+            throw error
+        }
+        return 0
+    }
+    // Simulated work of `ms` milliseconds; returns how many handlers ran at once at most.
+    try router.register("probe.concurrency") { (ms: Int, _) -> Int in
+        let now = activeHandlers.add(1, ordering: .sequentiallyConsistent).newValue
+        maxActiveHandlers.raise(to: now)
+        try? await Task.sleep(for: .milliseconds(ms))
+        activeHandlers.subtract(1, ordering: .sequentiallyConsistent)
+        return maxActiveHandlers.load(ordering: .sequentiallyConsistent)
+    }
+    try router.register("probe.reset") { (_: Int, _) -> Int in
+        maxActiveHandlers.store(0, ordering: .sequentiallyConsistent)
+        return 0
+    }
+    // Calls back into the caller while its call is in flight.
+    try router.register("callback.double") { (value: Int, context: CallContext) -> Int in
+        let doubled = try await context.peer.call("parent.double", value, returning: Int.self, timeout: .seconds(10))
+        return doubled + 1
+    }
+    try router.register("hang") { (_: Int, context: CallContext) -> Int in
+        try await context.peer.send("hang.started", Int(context.callID))
+        try await Task.sleep(for: .seconds(3600))
+        return 0
+    }
+    // Sends `count` notes, then closes the connection and exits.
+    try router.register("burst.then.exit") { (count: Int, context: CallContext) in
+        for index in 0..<count {
+            try await context.peer.send("burst", Note(index: index, text: "note \(index)"))
+        }
+        await context.peer.close()
+        exit(0)
+    }
+    return router
+}
+
+extension Atomic where Value == Int {
+    func raise(to value: Int) {
+        var current = self.load(ordering: .relaxed)
+        while value > current {
+            let (exchanged, original) = self.compareExchange(expected: current, desired: value, ordering: .sequentiallyConsistent)
+            if exchanged { return }
+            current = original
+        }
+    }
+}
+
+/// Resumes once SIGUSR1 arrives (the test's "start reading now").
+func waitForSIGUSR1() async {
+    signal(SIGUSR1, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        source.setEventHandler {
+            source.cancel()
+            continuation.resume()
+        }
+        source.resume()
+    }
+}
+
+@main
+struct Helper {
+    static func main() async throws {
+        let options = Options(CommandLine.arguments)
+        let router = try makeRouter()
+        var configuration = Peer.Configuration(name: "test-helper")
+        configuration.maxConcurrentHandlers = options.concurrency
+        configuration.remoteErrors.register(HelperError.self)
+        if options.stall { configuration.inboxCapacity = 16 }
+        if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
+
+        let peer: Peer
+        if let path = options.connectPath {
+            peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
+        } else if options.stdio {
+            peer = try await Peer.standardIO(router: router, configuration: configuration)
+        } else {
+            peer = try await Peer.adopt(fileDescriptor: 0, router: router, configuration: configuration)
+        }
+        if options.stall { await waitForSIGUSR1() }
+        // Unrouted messages: echo notes back (reversed), count the rest; end with the connection.
+        var received = 0
+        do {
+            for try await note in peer.messages(as: Note.self) {
+                received += 1
+                if note.text == "count?" {
+                    try await peer.send("count", received)
+                } else {
+                    try await peer.send("echo", Note(index: note.index, text: String(note.text.reversed())))
+                }
+            }
+        } catch {
+            // The connection ended: the test is done with this process.
+        }
+        exit(0)
+    }
+}

@@ -1,0 +1,53 @@
+// Types shared by the test helper process and the tests that drive it.
+
+/// The request of the example call.
+public struct SetExposure: Codable, Sendable, Equatable {
+    public var ms: Int
+    public init(ms: Int) { self.ms = ms }
+}
+
+/// The reply of the example call.
+public struct Ack: Codable, Sendable, Equatable {
+    public var ok: Bool
+    public var appliedMs: Int
+    public init(ok: Bool, appliedMs: Int) {
+        self.ok = ok
+        self.appliedMs = appliedMs
+    }
+}
+
+/// Two numbers to add.
+public struct AddRequest: Codable, Sendable {
+    public var a: Int
+    public var b: Int
+    public init(a: Int, b: Int) {
+        self.a = a
+        self.b = b
+    }
+}
+
+/// A Codable error both sides know: it crosses the connection as itself.
+public enum HelperError: Error, Codable, Sendable, Equatable {
+    case refused(reason: String, code: Int)
+}
+
+/// A one-way note for the message-channel tests.
+public struct Note: Codable, Sendable, Equatable {
+    public var index: Int
+    public var text: String
+    public init(index: Int, text: String) {
+        self.index = index
+        self.text = text
+    }
+}
+
+/// What a handler saw when its call was cancelled.
+public struct CancelReport: Codable, Sendable, Equatable {
+    public var callID: UInt64
+    /// The budget the handler was given (from the frame), in milliseconds.
+    public var budgetMs: Int
+    public init(callID: UInt64, budgetMs: Int) {
+        self.callID = callID
+        self.budgetMs = budgetMs
+    }
+}

@@ -1,0 +1,323 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Waits until `condition` holds, yielding between checks; fails after `timeout`.
+func waitUntil(
+    _ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out waiting until \(what)")
+            throw IntercomError(.timeout, "timed out waiting until \(what)")
+        }
+        await Task.yield()
+    }
+}
+
+@discardableResult
+func expectIntercomError(
+    _ code: IntercomError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void
+) async -> IntercomError? {
+    do {
+        try await body()
+        Issue.record("expected \(code), got success", sourceLocation: sourceLocation)
+    } catch let error as IntercomError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+        return error
+    } catch {
+        Issue.record("expected IntercomError \(code), got \(error)", sourceLocation: sourceLocation)
+    }
+    return nil
+}
+
+/// Every point of the core issue against a real child process, over a socket
+/// pair and over a Unix socket. Serialized so the descriptor audit is exact.
+@Suite(.serialized) struct PeerProcessTests {
+    @Test(arguments: TransportKind.allCases)
+    func typedCallsReachTheChild(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let ack = try await child.peer.call(
+                "camera.exposure.set", SetExposure(ms: 10), returning: Ack.self, timeout: .seconds(1))
+            #expect(ack == Ack(ok: true, appliedMs: 10))
+            #expect(try await child.peer.call("math.add", AddRequest(a: 40, b: 2), returning: Int.self) == 42)
+            let bytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+            #expect(try await child.peer.call("echo.bytes", bytes, returning: [UInt8].self) == bytes)
+            #expect(try await child.peer.call("peer.pid", 0, returning: Int.self) == Int(child.pid))
+            #expect(child.peer.remotePID == child.pid)
+            #expect(child.peer.remoteName == "test-helper")
+            _ = try await child.peer.ping()
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func unknownMethodAndBadPayloadKeepTheConnection(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let unknown = await expectIntercomError(.unknownMethod) {
+                _ = try await child.peer.call("no.such.method", 1, returning: Int.self)
+            }
+            #expect(unknown?.message.contains("no.such.method") == true)
+            #expect(unknown?.message.contains("math.add") == true, "lists what it handles")
+            let invalid = await expectIntercomError(.invalidPayload) {
+                _ = try await child.peer.call("math.add", "not numbers", returning: Int.self)
+            }
+            #expect(invalid?.message.contains("AddRequest") == true, "\(String(describing: invalid))")
+            let badReply = await expectIntercomError(.invalidPayload) {
+                _ = try await child.peer.call("math.add", AddRequest(a: 1, b: 1), returning: Note.self)
+            }
+            #expect(badReply?.message.contains("Note") == true)
+            #expect(try await child.peer.call("math.add", AddRequest(a: 1, b: 2), returning: Int.self) == 3)
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func handlerErrorsReachTheCaller(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            do {
+                _ = try await child.peer.call("fail.typed", "no film", returning: Int.self)
+                Issue.record("expected HelperError")
+            } catch let error as HelperError {
+                #expect(error == .refused(reason: "no film", code: 42))
+            }
+            let plain = await expectIntercomError(.remote) {
+                _ = try await child.peer.call("fail.plain", "lens cap on", returning: Int.self)
+            }
+            #expect(plain?.remoteType == "IntercomTestHelper.PlainError")
+            #expect(plain?.message == "plain failure: lens cap on")
+            #expect(plain?.context.method == "fail.plain")
+            // Without the type registered, a Codable error still arrives with its name.
+            let unregistered = try await ChildProcess.spawn(kind, configuration: Peer.Configuration(name: "bare"))
+            let error = await expectIntercomError(.remote) {
+                _ = try await unregistered.peer.call("fail.typed", "x", returning: Int.self)
+            }
+            #expect(error?.remoteType == "IntercomTestHelper.HelperError")
+            #expect(error?.message.contains("refused") == true)
+            await unregistered.shutdown()
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func manyCallsInFlightInBothDirections(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let router = Router()
+            // The parent answers the child's calls through a fallback handler.
+            try router.setFallback { call in
+                guard call.method == "parent.double" else {
+                    throw IntercomError(.unknownMethod, "parent handles only parent.double")
+                }
+                let value: Int = try call.decode()
+                return value * 2
+            }
+            let child = try await ChildProcess.spawn(kind, router: router)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<300 {
+                    group.addTask {
+                        if i % 2 == 0 {
+                            let sum = try await child.peer.call("math.add", AddRequest(a: i, b: 1), returning: Int.self)
+                            #expect(sum == i + 1)
+                        } else {
+                            // child → parent call nested inside parent → child call
+                            let result = try await child.peer.call("callback.double", i, returning: Int.self)
+                            #expect(result == i * 2 + 1)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(child.peer.statistics.pendingCalls == 0)
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func handlerConcurrencyLimit(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            for (limit, expectSerial) in [(1, true), (8, false)] {
+                let child = try await ChildProcess.spawn(kind, arguments: ["--concurrency", "\(limit)"])
+                let peaks = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for _ in 0..<8 {
+                        group.addTask { try await child.peer.call("probe.concurrency", 20, returning: Int.self) }
+                    }
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
+                }
+                if expectSerial {
+                    #expect(peaks.max() == 1, "limit 1 must run handlers one at a time: \(peaks)")
+                } else {
+                    #expect(peaks.max()! > 1, "limit 8 must let handlers overlap: \(peaks)")
+                    #expect(peaks.max()! <= 8)
+                }
+                await child.shutdown()
+            }
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func deadlinePassesTheHandlerIsCancelled(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let start = ContinuousClock.now
+            let error = await expectIntercomError(.timeout) {
+                _ = try await child.peer.call("work.slow", 0, returning: Int.self, timeout: .milliseconds(300))
+            }
+            #expect(ContinuousClock.now - start < .seconds(5))
+            #expect(error?.context.method == "work.slow")
+            #expect(try await child.peer.receiveMessage(timeout: .seconds(10)).method == "work.started")
+            let report = try await child.peer.receive(as: CancelReport.self, timeout: .seconds(10))
+            #expect(report.budgetMs > 0 && report.budgetMs <= 300, "the handler knew its budget: \(report)")
+            #expect(report.callID == error?.context.callID)
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func cancellingTheCallerCancelsTheHandler(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let peer = child.peer
+            let call = Task { try await peer.call("work.slow", 0, returning: Int.self, timeout: .seconds(60)) }
+            #expect(try await peer.receiveMessage(timeout: .seconds(10)).method == "work.started")
+            call.cancel()
+            let result = await call.result
+            #expect(throws: IntercomError.self) { try result.get() }
+            if case .failure(let error as IntercomError) = result { #expect(error.code == .cancelled) }
+            let report = try await peer.receive(as: CancelReport.self, timeout: .seconds(10))
+            #expect(report.budgetMs > 50_000, "cancelled by the cancel frame, long before its deadline")
+            // A late reply is dropped and the connection goes on.
+            #expect(try await peer.call("math.add", AddRequest(a: 2, b: 2), returning: Int.self) == 4)
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func killingTheChildFailsEveryPendingCallAtOnce(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let peer = child.peer
+            let failures = Locked<[(IntercomError.Code, ContinuousClock.Instant)]>([])
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<10 {
+                    group.addTask {
+                        do {
+                            _ = try await peer.call("hang", 0, returning: Int.self, timeout: .seconds(60))
+                        } catch let error as IntercomError {
+                            failures.withLock { $0.append((error.code, .now)) }
+                        }
+                    }
+                }
+                for _ in 0..<10 {
+                    #expect(try await peer.receiveMessage(timeout: .seconds(10)).method == "hang.started")
+                }
+                #expect(peer.statistics.pendingCalls == 10)
+                let killed = ContinuousClock.now
+                child.kill(SIGKILL)
+                try await group.waitForAll()
+                let results = failures.withLock { $0 }
+                #expect(results.count == 10)
+                #expect(results.allSatisfy { $0.0 == .peerLost }, "\(results.map(\.0))")
+                let slowest = results.map { $0.1 - killed }.max() ?? .zero
+                #expect(slowest < .milliseconds(100), "all pending calls failed \(slowest) after the kill")
+            }
+            let status = await child.waitForExit()
+            #expect(status == SIGKILL)
+            await expectIntercomError(.peerLost) { _ = try await peer.call("math.add", AddRequest(a: 1, b: 1), returning: Int.self) }
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func messageChannelDeliversEverythingThenEnds(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let peer = child.peer
+            for i in 0..<50 { try await peer.send(Note(index: i, text: "hello \(i)")) }
+            var echoes = 0
+            for try await note in peer.messages(as: Note.self) {
+                #expect(note == Note(index: echoes, text: String("hello \(echoes)".reversed())))
+                echoes += 1
+                if echoes == 50 { break }
+            }
+            await expectIntercomError(.timeout) { _ = try await peer.receive(as: Note.self, timeout: .milliseconds(50)) }
+            // The child sends 100 notes and exits: all 100 arrive, then receiving ends with peerLost.
+            try await peer.send("burst.then.exit", 100)
+            var burst: [Int] = []
+            do {
+                for try await note in peer.messages(as: Note.self) { burst.append(note.index) }
+                Issue.record("the sequence must end by throwing")
+            } catch {
+                #expect((error as? IntercomError)?.code == .peerLost, "\(error)")
+            }
+            #expect(burst == Array(0..<100))
+            await expectIntercomError(.peerLost) { _ = try await peer.receive(as: Note.self, timeout: .seconds(1)) }
+            #expect(await child.waitForExit() == 0)
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func senderSuspendsWhenThePeerDoesNotRead(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let configuration = ChildProcess.configuration {
+                $0.outboundHighWatermark = 64 << 10
+                $0.outboundLowWatermark = 16 << 10
+            }
+            let child = try await ChildProcess.spawn(kind, arguments: ["--stall"], configuration: configuration)
+            let peer = child.peer
+            let sent = Locked(0)
+            let total = 2000
+            let text = String(repeating: "x", count: 16 << 10)  // 2000 × 16 KiB = 32 MiB
+            let sender = Task {
+                for i in 0..<total {
+                    try await peer.send(Note(index: i, text: text))
+                    sent.withLock { $0 += 1 }
+                }
+            }
+            try await waitUntil("the sender is suspended") { peer.statistics.blockedSenders == 1 }
+            let sentWhenBlocked = sent.withLock { $0 }
+            #expect(sentWhenBlocked < total, "the sender must stop before everything is buffered")
+            // Memory stays bounded: what was accepted fits in socket buffers, the child's
+            // bounded inbox and our 64 KiB watermark — far less than the 32 MiB offered.
+            #expect(sentWhenBlocked * (16 << 10) < 16 << 20, "accepted \(sentWhenBlocked) notes before blocking")
+            child.kill(SIGUSR1)  // the child starts reading
+            try await sender.value
+            try await peer.send(Note(index: -1, text: "count?"))
+            var count = 0
+            while true {
+                let message = try await peer.receiveMessage(timeout: .seconds(30))
+                if message.method == "count" {
+                    count = try message.decode(as: Int.self)
+                    break
+                }
+            }
+            #expect(count == total + 1, "nothing was lost")
+            await child.shutdown()
+        }
+    }
+
+    @Test func standardInputAndOutputCarryAConnection() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair, arguments: ["--stdio"])
+            #expect(try await child.peer.call("math.add", AddRequest(a: 5, b: 6), returning: Int.self) == 11)
+            await child.shutdown()
+        }
+    }
+}
+
+/// A value behind a lock that closures can share.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { self.mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { self.mutex.withLock { body(&$0) } }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a test connects to its helper child.
+enum TransportKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case socketpair
+    case unix
+    var testDescription: String { self.rawValue }
+}
+
+/// A real `IntercomTestHelper` process connected to this test process.
+final class ChildProcess: Sendable {
+    let process: Process
+    let peer: Peer
+    let listener: PeerListener?
+    private let exit: AsyncStream<Int32>
+
+    var pid: Int32 { self.process.processIdentifier }
+
+    /// Path of the helper executable, next to the test bundle.
+    static var helperPath: String {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var directory = exe.deletingLastPathComponent()
+        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent("IntercomTestHelper").path),
+            directory.path != "/"
+        {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.appendingPathComponent("IntercomTestHelper").path
+    }
+
+    static func configuration(_ configure: (inout Peer.Configuration) -> Void = { _ in }) -> Peer.Configuration {
+        var configuration = Peer.Configuration(name: "test-parent")
+        configuration.remoteErrors.register(HelperError.self)
+        configure(&configuration)
+        return configuration
+    }
+
+    /// Spawns the helper and completes the handshake with it.
+    static func spawn(
+        _ kind: TransportKind, arguments: [String] = [], router: Router? = nil,
+        configuration: Peer.Configuration = ChildProcess.configuration()
+    ) async throws -> ChildProcess {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.helperPath)
+        let (exit, exitContinuation) = AsyncStream.makeStream(of: Int32.self)
+        process.terminationHandler = { process in
+            exitContinuation.yield(process.terminationStatus)
+            exitContinuation.finish()
+        }
+        switch kind {
+        case .socketpair:
+            let sockets = try SocketPair()
+            process.arguments = arguments
+            process.standardInput = FileHandle(fileDescriptor: sockets.second, closeOnDealloc: false)
+            try process.run()
+            close(sockets.second)
+            let peer = try await Peer.adopt(fileDescriptor: sockets.first, router: router, configuration: configuration)
+            return ChildProcess(process: process, peer: peer, listener: nil, exit: exit)
+        case .unix:
+            let path = TemporaryDirectory.shared.socketPath()
+            let listener = try await PeerListener.listen(unixPath: path, router: router, configuration: configuration)
+            process.arguments = ["--connect", path] + arguments
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            var iterator = listener.peers.makeAsyncIterator()
+            guard let peer = await iterator.next() else { throw IntercomError(.closed, "listener closed") }
+            return ChildProcess(process: process, peer: peer, listener: listener, exit: exit)
+        }
+    }
+
+    private init(process: Process, peer: Peer, listener: PeerListener?, exit: AsyncStream<Int32>) {
+        self.process = process
+        self.peer = peer
+        self.listener = listener
+        self.exit = exit
+    }
+
+    /// Waits for the child to exit and returns its status.
+    @discardableResult
+    func waitForExit() async -> Int32 {
+        for await status in self.exit { return status }
+        return self.process.terminationStatus
+    }
+
+    func kill(_ signal: Int32 = SIGKILL) {
+        _ = Glibc.kill(self.pid, signal)
+    }
+
+    /// Closes the connection (the child exits when it ends) and waits for the child.
+    func shutdown() async {
+        await self.peer.close()
+        await self.listener?.close()
+        let status = await self.waitForExit()
+        _ = status
+    }
+}
+
+/// One temporary directory for the test run's socket files, short enough for `sun_path`.
+final class TemporaryDirectory: Sendable {
+    static let shared = TemporaryDirectory()
+    let path: String
+    private let counter = Atomic<Int>(0)
+
+    private init() {
+        self.path = "/tmp/icom-test-\(getpid())"
+        mkdir(self.path, 0o700)
+    }
+
+    func socketPath() -> String {
+        "\(self.path)/s\(self.counter.add(1, ordering: .relaxed).newValue).sock"
+    }
+
+    /// Socket files still present in the directory.
+    var leftovers: [String] {
+        (try? FileManager.default.contentsOfDirectory(atPath: self.path)) ?? []
+    }
+}
+
+/// What the test process holds open: descriptors and child processes.
+enum ResourceAudit {
+    static func openDescriptors() -> [String: String] {
+        var result: [String: String] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            result[name] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)")) ?? "?"
+        }
+        return result
+    }
+
+    static func childPIDs() -> [Int32] {
+        var pids: [Int32] = []
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+            if let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) {
+                pids += text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            }
+        }
+        return pids
+    }
+
+    private static let warmedUp = Mutex(false)
+
+    /// Starts what is created once per process (event-loop threads, process
+    /// monitoring) so it does not count as a leak.
+    static func warmUp() async throws {
+        guard !Self.warmedUp.withLock({ $0 }) else { return }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/true")
+        try process.run()
+        process.waitUntilExit()
+        let (a, b) = try await Peer.pair()
+        await a.close()
+        await b.close()
+        Self.warmedUp.withLock { $0 = true }
+    }
+}
+
+/// Runs `body` and checks it left no descriptors, child processes or socket files behind.
+func withResourceCheck(_ body: () async throws -> Void) async throws {
+    try await ResourceAudit.warmUp()
+    let before = ResourceAudit.openDescriptors()
+    try await body()
+    let after = ResourceAudit.openDescriptors()
+    let leaked = after.filter { before[$0.key] == nil }
+    #expect(leaked.isEmpty, "descriptors left open: \(leaked)")
+    #expect(ResourceAudit.childPIDs().isEmpty, "child processes left running: \(ResourceAudit.childPIDs())")
+    #expect(TemporaryDirectory.shared.leftovers.isEmpty, "socket files left: \(TemporaryDirectory.shared.leftovers)")
+}
