@@ -62,7 +62,7 @@ func makeRouter() throws -> Router {
         try await context.peer.send("work.started", Int(context.callID))
         let budgetMs = Int(budget.components.seconds * 1000 + budget.components.attoseconds / 1_000_000_000_000_000)
         do {
-            try await Task.sleep(for: .seconds(3600))
+            try await waitUntilCancelled()
         } catch {
             try? await context.peer.send(
                 "observed.cancelled", CancelReport(callID: context.callID, budgetMs: budgetMs))
@@ -74,7 +74,7 @@ func makeRouter() throws -> Router {
     try router.register("probe.concurrency") { (ms: Int, _) -> Int in
         let now = activeHandlers.add(1, ordering: .sequentiallyConsistent).newValue
         maxActiveHandlers.raise(to: now)
-        try? await Task.sleep(for: .milliseconds(ms))
+        await simulateWork(milliseconds: ms)
         activeHandlers.subtract(1, ordering: .sequentiallyConsistent)
         return maxActiveHandlers.load(ordering: .sequentiallyConsistent)
     }
@@ -89,7 +89,7 @@ func makeRouter() throws -> Router {
     }
     try router.register("hang") { (_: Int, context: CallContext) -> Int in
         try await context.peer.send("hang.started", Int(context.callID))
-        try await Task.sleep(for: .seconds(3600))
+        try await waitUntilCancelled()
         return 0
     }
     // Sends `count` notes, then closes the connection and exits.
@@ -103,6 +103,22 @@ func makeRouter() throws -> Router {
     return router
 }
 
+/// Suspends until the task is cancelled, then throws `CancellationError`.
+func waitUntilCancelled() async throws {
+    let (never, continuation) = AsyncStream.makeStream(of: Never.self)
+    // Iterating an AsyncStream ends when the iterating task is cancelled.
+    for await _ in never {}
+    continuation.finish()
+    try Task.checkCancellation()
+}
+
+/// Stands in for a handler's real work: completes after `milliseconds`.
+func simulateWork(milliseconds: Int) async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(milliseconds)) { continuation.resume() }
+    }
+}
+
 extension Atomic where Value == Int {
     func raise(to value: Int) {
         var current = self.load(ordering: .relaxed)
@@ -114,16 +130,27 @@ extension Atomic where Value == Int {
     }
 }
 
-/// Resumes once SIGUSR1 arrives (the test's "start reading now").
+/// The self-pipe that carries SIGUSR1 out of the signal handler.
+nonisolated(unsafe) var signalPipe: [Int32] = [-1, -1]
+
+/// Catches SIGUSR1 from now on (before the connection exists, so an early signal
+/// cannot kill the process).
+func catchSIGUSR1() {
+    _ = pipe(&signalPipe)
+    signal(SIGUSR1) { _ in
+        var byte: UInt8 = 1
+        _ = write(signalPipe[1], &byte, 1)
+    }
+}
+
+/// Resumes once SIGUSR1 has arrived (the test's "start reading now").
 func waitForSIGUSR1() async {
-    signal(SIGUSR1, SIG_IGN)
-    let source = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        source.setEventHandler {
-            source.cancel()
+        Thread.detachNewThread {
+            var byte: UInt8 = 0
+            while read(signalPipe[0], &byte, 1) < 0 && errno == EINTR {}
             continuation.resume()
         }
-        source.resume()
     }
 }
 
@@ -131,6 +158,7 @@ func waitForSIGUSR1() async {
 struct Helper {
     static func main() async throws {
         let options = Options(CommandLine.arguments)
+        if options.stall { catchSIGUSR1() }
         let router = try makeRouter()
         var configuration = Peer.Configuration(name: "test-helper")
         configuration.maxConcurrentHandlers = options.concurrency
@@ -154,7 +182,9 @@ struct Helper {
                 received += 1
                 if note.text == "count?" {
                     try await peer.send("count", received)
-                } else {
+                } else if !options.stall {
+                    // (A stalled reader only counts: echoing 2,000 notes at a parent that
+                    // reads nothing until its sender finishes would deadlock both.)
                     try await peer.send("echo", Note(index: note.index, text: String(note.text.reversed())))
                 }
             }
