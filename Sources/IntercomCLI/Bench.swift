@@ -1,0 +1,184 @@
+import ArgumentParser
+import Foundation
+import Intercom
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `intercom bench`: the scenarios of DESIGN.md between this process and a real child.
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure call latency and message throughput between two processes (use a release build).")
+
+    enum Transport: String, ExpressibleByArgument, CaseIterable {
+        case socketpair, unix
+    }
+
+    enum Scenario: String, ExpressibleByArgument, CaseIterable {
+        case S1, S2, S3, S4, all
+    }
+
+    @Option(help: "socketpair or unix.") var transport: Transport = .socketpair
+    @Option(help: "S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight) or all.")
+    var scenario: Scenario = .all
+    @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
+
+    func run() async throws {
+        let child = try await BenchChild.spawn(self.transport)
+        let peer = child.peer
+        let name = "intercom-\(self.transport.rawValue)"
+        let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4] : [self.scenario]
+        var lines: [String] = []
+        // The calling task runs on the connection's event loop: no thread hop per call.
+        try await withTaskExecutorPreference(peer.executor) {
+            for scenario in scenarios {
+                progress("running \(scenario.rawValue) over \(self.transport.rawValue)…")
+                let line: String
+                switch scenario {
+                case .S1: line = try await s1(peer, name: name, n: self.count(20_000))
+                case .S2: line = try await s2(peer, name: name, n: self.count(1_000_000))
+                case .S3: line = try await s3(peer, name: name, n: self.count(500))
+                case .S4: line = try await s4(peer, name: name, n: self.count(100_000))
+                case .all: continue
+                }
+                FileHandle.standardOutput.write(Data((line + "\n").utf8))
+                lines.append(line)
+            }
+        }
+        await child.stop()
+        printSummary(lines)
+    }
+
+    private func count(_ base: Int) -> Int { max(32, Int(Double(base) * self.scale)) }
+}
+
+func progress(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+private func percentile(_ sorted: [Duration], _ p: Double) -> Duration {
+    sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+private func microseconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12
+}
+
+private func seconds(_ d: Duration) -> Double { microseconds(d) / 1e6 }
+
+let payload64 = [UInt8](repeating: 0x61, count: 64)
+
+func s1(_ peer: Peer, name: String, n: Int) async throws -> String {
+    for _ in 0..<2000 { _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self) }
+    var samples: [Duration] = []
+    samples.reserveCapacity(n)
+    let clock = ContinuousClock()
+    let start = clock.now
+    for _ in 0..<n {
+        let t0 = clock.now
+        _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self)
+        samples.append(clock.now - t0)
+    }
+    let total = clock.now - start
+    samples.sort()
+    return String(
+        format: "peer=%@ scenario=S1 median_us=%.2f p99_us=%.2f calls_per_s=%.0f n=%d", name,
+        microseconds(percentile(samples, 0.5)), microseconds(percentile(samples, 0.99)), Double(n) / seconds(total), n)
+}
+
+func s2(_ peer: Peer, name: String, n: Int) async throws -> String {
+    _ = try await peer.call("bench.reset", 0, returning: Int.self)
+    let clock = ContinuousClock()
+    let start = clock.now
+    for _ in 0..<n { try await peer.send(payload64) }
+    // The receiver counts what it really received; this call is answered after them.
+    let received = try await peer.call("bench.received", 0, returning: Int.self, timeout: .seconds(120))
+    let elapsed = clock.now - start
+    guard received == n else { throw ValidationError("S2: sent \(n) messages, the receiver counted \(received)") }
+    return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d", name, Double(received) / seconds(elapsed), received)
+}
+
+func s3(_ peer: Peer, name: String, n: Int) async throws -> String {
+    let big = [UInt8](repeating: 0x62, count: 1 << 20)
+    for _ in 0..<20 { _ = try await peer.call("bench.sink", big, returning: Bool.self) }
+    var samples: [Duration] = []
+    let clock = ContinuousClock()
+    for _ in 0..<n {
+        let t0 = clock.now
+        _ = try await peer.call("bench.sink", big, returning: Bool.self)
+        samples.append(clock.now - t0)
+    }
+    samples.sort()
+    let median = percentile(samples, 0.5)
+    let gbPerSecond = Double(1 << 20) / (microseconds(median) * 1000)
+    return String(
+        format: "peer=%@ scenario=S3 median_ms=%.3f gb_per_s=%.3f n=%d", name, microseconds(median) / 1000, gbPerSecond, n)
+}
+
+func s4(_ peer: Peer, name: String, n: Int) async throws -> String {
+    let depth = 32
+    let executor = peer.executor
+    let clock = ContinuousClock()
+    let start = clock.now
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for worker in 0..<depth {
+            let calls = n / depth + (worker < n % depth ? 1 : 0)
+            group.addTask(executorPreference: executor) {
+                for _ in 0..<calls { _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self) }
+            }
+        }
+        try await group.waitForAll()
+    }
+    let elapsed = clock.now - start
+    return String(format: "peer=%@ scenario=S4 calls_per_s=%.0f depth=%d n=%d", name, Double(n) / seconds(elapsed), depth, n)
+}
+
+func printSummary(_ lines: [String]) {
+    progress("\nsummary")
+    progress("scenario  result")
+    for line in lines {
+        let fields = line.split(separator: " ")
+        let scenario = fields.first { $0.hasPrefix("scenario=") }?.dropFirst(9) ?? "?"
+        let rest = fields.filter { !$0.hasPrefix("peer=") && !$0.hasPrefix("scenario=") }.joined(separator: "  ")
+        progress("\(scenario.padding(toLength: 8, withPad: " ", startingAt: 0))  \(rest)")
+    }
+}
+
+/// The benchmark's server: a second copy of this executable.
+struct BenchChild {
+    let process: Process
+    let peer: Peer
+    let listener: PeerListener?
+
+    static func spawn(_ transport: Bench.Transport) async throws -> BenchChild {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var configuration = Peer.Configuration(name: "intercom-bench")
+        configuration.handlerExecution = .connectionThread
+        switch transport {
+        case .socketpair:
+            let sockets = try SocketPair()
+            process.arguments = ["bench-server"]
+            process.standardInput = FileHandle(fileDescriptor: sockets.second, closeOnDealloc: false)
+            try process.run()
+            close(sockets.second)
+            let peer = try await Peer.adopt(fileDescriptor: sockets.first, configuration: configuration)
+            return BenchChild(process: process, peer: peer, listener: nil)
+        case .unix:
+            let path = "/tmp/intercom-bench-\(getpid()).sock"
+            let listener = try await PeerListener.listen(unixPath: path, configuration: configuration)
+            process.arguments = ["bench-server", "--connect", path]
+            try process.run()
+            var peers = listener.peers.makeAsyncIterator()
+            guard let peer = await peers.next() else { throw ValidationError("the bench server did not connect") }
+            return BenchChild(process: process, peer: peer, listener: listener)
+        }
+    }
+
+    func stop() async {
+        await self.peer.close()
+        await self.listener?.close()
+        self.process.waitUntilExit()
+    }
+}

@@ -1,0 +1,44 @@
+import ArgumentParser
+import Intercom
+import Synchronization
+
+/// `intercom bench-server`: the child side of `intercom bench` (not for direct use).
+struct BenchServer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-server", abstract: "The child process of `intercom bench`.", shouldDisplay: false)
+
+    @Option(help: "Connect to this Unix socket instead of using standard input.") var connect: String?
+
+    func run() async throws {
+        let router = Router()
+        let received = Atomic<Int>(0)
+        try router.register("bench.echo") { (bytes: [UInt8], _) in bytes }
+        try router.register("bench.sink") { (bytes: [UInt8], _) in !bytes.isEmpty }
+        try router.register("bench.reset") { (_: Int, _) -> Int in
+            received.store(0, ordering: .relaxed)
+            return 0
+        }
+        var configuration = Peer.Configuration(name: "intercom-bench-server")
+        configuration.handlerExecution = .connectionThread
+        // S2: calls are answered in order with messages on the connection thread,
+        // so "received" is asked only after every message before it was counted.
+        configuration.maxConcurrentHandlers = 1
+        let peer: Peer
+        if let path = self.connect {
+            peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
+        } else {
+            peer = try await Peer.adopt(fileDescriptor: 0, router: router, configuration: configuration)
+        }
+        try router.register("bench.received") { (_: Int, _) -> Int in received.load(ordering: .relaxed) }
+        await withTaskExecutorPreference(peer.executor) {
+            do {
+                while true {
+                    _ = try await peer.receiveMessage()
+                    received.add(1, ordering: .relaxed)
+                }
+            } catch {
+                // The connection ended: the benchmark is over.
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The `intercom` command-line tool.
+@main
+struct IntercomCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "intercom",
+        abstract: "Typed inter-process calls and messages for Swift.",
+        subcommands: [Bench.self, BenchServer.self]
+    )
+}
