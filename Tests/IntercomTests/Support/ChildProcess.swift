@@ -106,24 +106,20 @@ final class ChildProcess: Sendable {
     }
 }
 
-/// One temporary directory for the test run's socket files, short enough for `sun_path`.
+/// Socket paths for this test run: `/tmp/icom-<pid>-<n>.sock` (short enough for
+/// `sun_path`, no directory to clean up).
 final class TemporaryDirectory: Sendable {
     static let shared = TemporaryDirectory()
-    let path: String
+    private let prefix = "icom-\(getpid())-"
     private let counter = Atomic<Int>(0)
 
-    private init() {
-        self.path = "/tmp/icom-test-\(getpid())"
-        mkdir(self.path, 0o700)
-    }
-
     func socketPath() -> String {
-        "\(self.path)/s\(self.counter.add(1, ordering: .relaxed).newValue).sock"
+        "/tmp/\(self.prefix)\(self.counter.add(1, ordering: .relaxed).newValue).sock"
     }
 
-    /// Socket files still present in the directory.
+    /// Socket files of this run still present.
     var leftovers: [String] {
-        (try? FileManager.default.contentsOfDirectory(atPath: self.path)) ?? []
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix(self.prefix) }
     }
 }
 
@@ -176,8 +172,41 @@ enum ResourceAudit {
     }
 }
 
+/// One audited test at a time across all suites (the audit reads process-wide state).
+final class AuditGate: Sendable {
+    static let shared = AuditGate()
+    private let state = Mutex<(busy: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let granted = self.state.withLock { state -> Bool in
+                if !state.busy {
+                    state.busy = true
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if granted { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let next = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiters.isEmpty {
+                state.busy = false
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        next?.resume()
+    }
+}
+
 /// Runs `body` and checks it left no descriptors, child processes or socket files behind.
 func withResourceCheck(_ body: () async throws -> Void) async throws {
+    await AuditGate.shared.acquire()
+    defer { AuditGate.shared.release() }
     try await ResourceAudit.warmUp()
     let before = ResourceAudit.openDescriptors()
     try await body()

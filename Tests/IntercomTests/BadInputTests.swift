@@ -1,0 +1,199 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import IntercomWire
+import NIOCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A deliberately misbehaving client: a plain blocking socket writing raw bytes.
+struct RawClient {
+    let fd: Int32
+
+    init(unixPath path: String) throws {
+        self.fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard result == 0 else { throw IntercomError(.connectionFailed, "raw connect failed: \(errno)") }
+    }
+
+    init(fileDescriptor: Int32) { self.fd = fileDescriptor }
+
+    func write(_ buffer: ByteBuffer) {
+        let bytes = Array(buffer.readableBytesView)
+        _ = bytes.withUnsafeBytes { Glibc.write(self.fd, $0.baseAddress, $0.count) }
+    }
+
+    /// Reads until the other side closes (or 10 s pass); returns the frames it sent.
+    func readUntilClosed() -> (frames: [Frame], closed: Bool) {
+        var buffer = ByteBuffer()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var closed = false
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
+            if n == 0 { closed = true; break }
+            if n < 0 { break }
+            buffer.writeBytes(chunk[0..<n])
+        }
+        var frames: [Frame] = []
+        while let frame = try? FrameDecoder().next(from: &buffer) { frames.append(frame) }
+        return (frames, closed)
+    }
+
+    func close() { _ = Glibc.close(self.fd) }
+
+    static func hello() -> ByteBuffer {
+        var buffer = ByteBuffer()
+        let mark = FrameHeader.begin(into: &buffer, kind: .hello, id: 0)
+        Hello(maxFrameSize: 1 << 20, pid: UInt32(getpid()), name: "raw").write(into: &buffer)
+        FrameHeader.finish(mark, in: &buffer)
+        return buffer
+    }
+
+    /// A bare header: magic, version, kind, no flags, no extension, id 1, the given length.
+    static func header(version: UInt8 = 1, kind: UInt8 = 3, length: UInt32) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeBytes([0x49, 0x43, version, kind, 0, 0, 0, 0])
+        b.writeInteger(UInt64(1), endianness: .little)
+        b.writeInteger(length, endianness: .little)
+        return b
+    }
+}
+
+@Suite(.serialized) struct BadInputTests {
+    /// Each bad client is told what was wrong and disconnected; a well-behaved child
+    /// on the same listener keeps calling without a single error.
+    @Test func malformedClientsAreDisconnectedWhileAGoodClientCarriesOn() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.unix)
+            let listener = try #require(child.listener)
+            let good = Task {
+                for i in 0..<200 {
+                    let sum = try await child.peer.call("math.add", AddRequest(a: i, b: i), returning: Int.self)
+                    #expect(sum == 2 * i)
+                }
+            }
+            let cases: [(String, ByteBuffer, String)] = [
+                ("wrong magic", ByteBuffer(string: "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "not speaking Intercom"),
+                ("unsupported version", RawClient.header(version: 9, kind: 1, length: 0), "version 9"),
+                ("unknown kind", RawClient.header(kind: 77, length: 0), "unknown frame kind 77"),
+                (
+                    "4 GiB length after a good hello",
+                    { var b = RawClient.hello(); var h = RawClient.header(length: .max); b.writeBuffer(&h); return b }(),
+                    "4294967295"
+                ),
+            ]
+            for (name, bytes, expected) in cases {
+                let raw = try RawClient(unixPath: listener.path)
+                raw.write(bytes)
+                let (frames, closed) = raw.readUntilClosed()
+                raw.close()
+                #expect(closed, "\(name): the server must close the connection")
+                let errors = frames.filter { $0.kind == .error }.compactMap { try? ErrorBody(from: $0.payload) }
+                #expect(errors.contains { $0.message.contains(expected) }, "\(name): got \(errors.map(\.message))")
+            }
+            try await good.value
+            #expect(try await child.peer.call("math.add", AddRequest(a: 1, b: 2), returning: Int.self) == 3)
+            await child.shutdown()
+        }
+    }
+
+    /// Over a socket pair: garbage after the handshake fails the pending call with a
+    /// protocol error instead of hanging, and the process's other connection is fine.
+    @Test func garbageOnASocketPairFailsPendingCallsAndClosesOnlyThatConnection() async throws {
+        try await withResourceCheck {
+            let other = try await ChildProcess.spawn(.socketpair)
+            let sockets = try SocketPair()
+            let raw = RawClient(fileDescriptor: sockets.second)
+            raw.write(RawClient.hello())
+            let peer = try await Peer.adopt(fileDescriptor: sockets.first, configuration: ChildProcess.configuration())
+            let pending = Task { try await peer.call("anything", 1, returning: Int.self, timeout: .seconds(30)) }
+            try await waitUntil("the call is pending") { peer.statistics.pendingCalls == 1 }
+            raw.write(ByteBuffer(string: "garbage!"))
+            let result = await pending.result
+            #expect(throws: IntercomError.self) { try result.get() }
+            if case .failure(let error as IntercomError) = result { #expect(error.code == .protocolViolation, "\(error)") }
+            await peer.waitUntilClosed()
+            raw.close()
+            #expect(try await other.peer.call("math.add", AddRequest(a: 2, b: 3), returning: Int.self) == 5)
+            await other.shutdown()
+        }
+    }
+
+    @Test func oversizedOutgoingPayloadIsRefusedBeforeSending() async throws {
+        try await withResourceCheck {
+            let configuration = Peer.Configuration.defaults { $0.limits.maxFrameSize = 1024 }
+            let router = Router()
+            try router.register("echo") { (bytes: [UInt8], _) in bytes }
+            let (a, b) = try await Peer.pair(routers: (nil, router), configuration: configuration)
+            let error = await expectIntercomError(.frameTooLarge) {
+                _ = try await a.call("echo", [UInt8](repeating: 1, count: 4096), returning: [UInt8].self)
+            }
+            #expect(error?.message.contains("1024") == true)
+            #expect(try await a.call("echo", [UInt8](repeating: 1, count: 10), returning: [UInt8].self).count == 10)
+            await a.close()
+            await b.close()
+        }
+    }
+}
+
+@Suite struct RouterTests {
+    @Test func registeringANameTwiceIsAnError() throws {
+        let router = Router()
+        try router.register("camera.exposure.set") { (_: Int, _) in 1 }
+        #expect(throws: IntercomError.self) { try router.register("camera.exposure.set") { (_: Int, _) in 2 } }
+        do {
+            try router.register("camera.exposure.set") { (_: String, _) in "x" }
+        } catch {
+            #expect(error.code == .conflict)
+            #expect(error.message.contains("camera.exposure.set"))
+        }
+        try router.setFallback { _ in nil }
+        #expect(throws: IntercomError.self) { try router.setFallback { _ in nil } }
+        #expect(router.methods == ["camera.exposure.set"])
+        #expect(router.unregister("camera.exposure.set"))
+        try router.register("camera.exposure.set") { (_: Int, _) in 3 }
+    }
+
+    @Test(arguments: ["", "camera..set", ".camera", "camera.", "has space", String(repeating: "a", count: 300)])
+    func badNamesAreRefused(name: String) {
+        do {
+            try Router().register(name) { (_: Int, _) in 1 }
+            Issue.record("'\(name)' was accepted")
+        } catch {
+            #expect(error.code == .invalidName)
+        }
+    }
+
+    @Test func oneWayMessagesRunTheirHandlerOrLandInTheInbox() async throws {
+      try await withResourceCheck {
+        let router = Router()
+        let seen = Locked<[String]>([])
+        try router.register("log.line") { (line: String, _) in seen.withLock { $0.append(line) } }
+        let (a, b) = try await Peer.pair(routers: (nil, router))
+        try await b.send("reply.here", "unrouted")
+        try await a.send("log.line", "first")
+        try await a.send(Note(index: 1, text: "to the inbox"))
+        #expect(try await b.receive(as: Note.self, timeout: .seconds(5)) == Note(index: 1, text: "to the inbox"))
+        #expect(try await a.receiveMessage(timeout: .seconds(5)).method == "reply.here")
+        try await waitUntil("the handler ran") { seen.withLock { $0 } == ["first"] }
+        await a.close()
+        await expectIntercomError(.closed) { _ = try await a.receive(as: Note.self) }
+        await expectIntercomError(.peerLost) { _ = try await b.receive(as: Note.self) }
+        await b.close()
+      }
+    }
+}
