@@ -10,6 +10,7 @@ public struct CodecID: Hashable, Sendable, CustomStringConvertible {
     /// JSON (`Foundation.JSONEncoder`): for debugging, the CLI and other languages.
     public static let json = CodecID(rawValue: 2)
 
+    /// The codec's name (`binary`, `json`).
     public var description: String {
         switch self {
         case .binary: "binary"

@@ -2,7 +2,9 @@ public import NIOCore
 
 /// Flags carried in bytes 4–5 of the frame header.
 public struct FrameFlags: OptionSet, Hashable, Sendable {
+    /// The flag bits.
     public let rawValue: UInt16
+    /// Flags from their bits.
     public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// The payload is raw bytes, not encoded with the connection's codec.

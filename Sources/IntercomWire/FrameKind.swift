@@ -42,6 +42,7 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
     /// The sender is closing the connection on purpose.
     public static let goodbye = FrameKind(13)
 
+    /// The kind's name.
     public var description: String {
         let names = [
             "", "hello", "welcome", "call", "reply", "error", "cancel", "message", "event",

@@ -33,6 +33,7 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         /// The peers share no protocol version or codec.
         public static let incompatiblePeer = Code(.incompatiblePeer)
 
+        /// The code's name.
         public var description: String { "\(self.value)" }
     }
 
@@ -47,5 +48,6 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         self.message = message
     }
 
+    /// The code and message on one line.
     public var description: String { "ProtocolError(\(self.code)): \(self.message)" }
 }

@@ -53,6 +53,7 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         /// The operating system refused access.
         public static let permissionDenied = Code("permissionDenied")
 
+        /// The code's name.
         public var description: String { self.name }
     }
 
@@ -90,6 +91,7 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         self.remoteType = remoteType
     }
 
+    /// The code, context and message on one line.
     public var description: String {
         var parts = ["IntercomError.\(self.code)"]
         if let method = self.context.method { parts.append("method=\(method)") }

@@ -149,5 +149,6 @@ public struct MessageSequence<Element: Decodable>: AsyncSequence, Sendable {
         }
     }
 
+    /// Makes an iterator that receives from the peer's inbox.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(peer: self.peer) }
 }
