@@ -33,8 +33,8 @@ struct BenchServer: AsyncParsableCommand {
         await withTaskExecutorPreference(peer.executor) {
             do {
                 while true {
-                    _ = try await peer.receiveMessage()
-                    received.add(1, ordering: .relaxed)
+                    let batch = try await peer.receiveMessages()
+                    received.add(batch.count, ordering: .relaxed)
                 }
             } catch {
                 // The connection ended: the benchmark is over.

@@ -126,6 +126,22 @@ final class Inbox: Sendable {
         }
     }
 
+    /// Waits for at least one message, then takes up to `limit` in all under one lock.
+    func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
+        let first = try await self.next(timeout: timeout)
+        guard limit > 1 else { return [first] }
+        let (rest, resume) = self.state.withLock { state -> ([InboundMessage], Bool) in
+            let count = min(limit - 1, state.messages.count)
+            let rest = Array(state.messages.prefix(count))
+            state.messages.removeFirst(count)
+            let resume = state.paused && state.messages.count < self.capacity / 2 + 1
+            if resume { state.paused = false }
+            return (rest, resume)
+        }
+        if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+        return [first] + rest
+    }
+
     private func fail(_ id: UInt64, _ error: IntercomError) {
         let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
         waiter?.resume(throwing: error)

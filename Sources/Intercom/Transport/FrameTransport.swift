@@ -20,6 +20,11 @@ protocol FrameTransport: AnyObject, Sendable {
     /// from one thread go out in order; bytes queued after close are dropped.
     func send(_ bytes: ByteBuffer)
 
+    /// Queues bytes like ``send(_:)`` if the outbound buffer is below its high
+    /// watermark; otherwise queues nothing and returns `false` (the caller waits in
+    /// ``waitUntilWritable()`` and sends then). One lock for the common case.
+    func sendIfWritable(_ bytes: ByteBuffer) -> Bool
+
     /// Returns when the outbound buffer is below its high watermark.
     ///
     /// - Throws: ``IntercomError`` `closed`/`peerLost` when the stream ended,

@@ -47,8 +47,21 @@ final class NIOFrameTransport: FrameTransport {
     }
 
     func send(_ bytes: ByteBuffer) {
+        self.enqueue(bytes, onlyIfWritable: false)
+    }
+
+    func sendIfWritable(_ bytes: ByteBuffer) -> Bool {
+        self.enqueue(bytes, onlyIfWritable: true)
+    }
+
+    /// Appends to the outbox (unless `onlyIfWritable` and the channel is over its
+    /// watermark, or the stream is closed) and schedules a drain if none is pending.
+    @discardableResult
+    private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
+        var accepted = false
         let mustSchedule = self.outbox.withLock { outbox -> Bool in
-            guard !outbox.closed else { return false }
+            guard !outbox.closed, !onlyIfWritable || outbox.channelWritable else { return false }
+            accepted = true
             if bytes.readableBytes < Self.coalesceLimit, var last = outbox.pending.popLast() {
                 if last.readableBytes < 64 * 1024 {
                     var copy = bytes
@@ -68,6 +81,7 @@ final class NIOFrameTransport: FrameTransport {
         if mustSchedule {
             self.loop.execute { self.drainOutbox() }
         }
+        return accepted
     }
 
     /// On the event loop: writes everything queued and flushes once.
