@@ -92,8 +92,10 @@ func s2(_ peer: Peer, name: String, n: Int) async throws -> String {
     let clock = ContinuousClock()
     let start = clock.now
     for _ in 0..<n { try await peer.send(payload64) }
-    // The receiver counts what it really received; this call is answered after them.
-    let received = try await peer.call("bench.received", 0, returning: Int.self, timeout: .seconds(120))
+    // The receiver counts what it really received; the end marker comes after every
+    // message on the stream, and the receiver answers it with its count.
+    try await peer.send("bench.s2.end", 0)
+    let received = try await peer.receive(as: Int.self, timeout: .seconds(120))
     let elapsed = clock.now - start
     guard received == n else { throw ValidationError("S2: sent \(n) messages, the receiver counted \(received)") }
     return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d", name, Double(received) / seconds(elapsed), received)

@@ -20,21 +20,22 @@ struct BenchServer: AsyncParsableCommand {
         }
         var configuration = Peer.Configuration(name: "intercom-bench-server")
         configuration.handlerExecution = .connectionThread
-        // S2: calls are answered in order with messages on the connection thread,
-        // so "received" is asked only after every message before it was counted.
-        configuration.maxConcurrentHandlers = 1
         let peer: Peer
         if let path = self.connect {
             peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
         } else {
             peer = try await Peer.adopt(fileDescriptor: 0, router: router, configuration: configuration)
         }
-        try router.register("bench.received") { (_: Int, _) -> Int in received.load(ordering: .relaxed) }
         await withTaskExecutorPreference(peer.executor) {
             do {
                 while true {
-                    let batch = try await peer.receiveMessages()
-                    received.add(batch.count, ordering: .relaxed)
+                    for message in try await peer.receiveMessages() {
+                        if message.method == "bench.s2.end" {
+                            try await peer.send(received.exchange(0, ordering: .relaxed))
+                        } else {
+                            received.add(1, ordering: .relaxed)
+                        }
+                    }
                 }
             } catch {
                 // The connection ended: the benchmark is over.

@@ -190,6 +190,15 @@ struct RawClient {
         #expect(try await b.receive(as: Note.self, timeout: .seconds(5)) == Note(index: 1, text: "to the inbox"))
         #expect(try await a.receiveMessage(timeout: .seconds(5)).method == "reply.here")
         try await waitUntil("the handler ran") { seen.withLock { $0 } == ["first"] }
+        // A burst drains in batches, in order, nothing lost.
+        for i in 0..<500 { try await a.send(Note(index: i, text: "")) }
+        var drained: [Int] = []
+        while drained.count < 500 {
+            let batch = try await b.receiveMessages(limit: 128, timeout: .seconds(5))
+            #expect(!batch.isEmpty && batch.count <= 128)
+            drained += try batch.map { try $0.decode(as: Note.self).index }
+        }
+        #expect(drained == Array(0..<500))
         await a.close()
         await expectIntercomError(.closed) { _ = try await a.receive(as: Note.self) }
         await expectIntercomError(.peerLost) { _ = try await b.receive(as: Note.self) }

@@ -87,6 +87,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         self.transport.close()
     }
 
+    func endOfReadBatch() {}
+
     func transportFailed(_ error: ProtocolError) {
         self.fail(IntercomError(error, peer: nil))
     }

@@ -46,6 +46,31 @@ final class Inbox: Sendable {
         self.capacity = max(1, capacity)
     }
 
+    /// On the transport thread: messages arrived (in order), queued under one lock.
+    func append(contentsOf messages: [InboundMessage]) {
+        var handed: [(UnsafeContinuation<InboundMessage, any Error>, InboundMessage)] = []
+        let pause = self.state.withLock { state -> Bool in
+            for message in messages {
+                var waiter: UnsafeContinuation<InboundMessage, any Error>?
+                while waiter == nil, let id = state.waiterOrder.popFirst() {
+                    waiter = state.waiters.removeValue(forKey: id)
+                }
+                if let waiter {
+                    handed.append((waiter, message))
+                } else {
+                    state.messages.append(message)
+                }
+            }
+            if state.messages.count >= self.capacity, !state.paused {
+                state.paused = true
+                return true
+            }
+            return false
+        }
+        for (waiter, message) in handed { waiter.resume(returning: message) }
+        if pause { self.transport?.setReadingPaused(true, reason: .inboxFull) }
+    }
+
     /// On the transport thread: a message arrived.
     func append(_ message: InboundMessage) {
         let (waiter, pause) = self.state.withLock { state -> (UnsafeContinuation<InboundMessage, any Error>?, Bool) in

@@ -42,6 +42,7 @@ public final class Peer: Sendable {
     private let handlers = Mutex(HandlerTable())
     private let inbox: Inbox
     private let lifecycle = Mutex(Lifecycle())
+    private let arrivals = Arrivals()
 
     /// Calls this side made and is waiting for.
     private struct CallTable {
@@ -381,6 +382,12 @@ public final class Peer: Sendable {
     }
 }
 
+/// Messages read in the current batch, not yet in the inbox.
+private final class Arrivals: @unchecked Sendable {
+    // Touched only on the transport's thread (receive / endOfReadBatch / transportClosed).
+    var messages: [InboundMessage] = []
+}
+
 /// A call waiting for its reply. Fields are guarded by the peer's call-table lock.
 private final class PendingCall: @unchecked Sendable {
     var continuation: UnsafeContinuation<Frame, any Error>?
@@ -415,7 +422,8 @@ extension Peer: FrameReceiver {
             if let method = frame.method, let router, router.hasOwnHandler(for: method) {
                 self.accept(frame)
             } else {
-                self.inbox.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
+                // Collected until the end of this read, then queued under one lock.
+                self.arrivals.messages.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
             }
         case .cancel:
             self.handlers.withLock { $0.running[frame.id] }?.cancel()
@@ -431,6 +439,12 @@ extension Peer: FrameReceiver {
             self.transportFailed(ProtocolError(.malformedHeader, "unexpected \(frame.kind) frame after the handshake"))
             self.transport.close()
         }
+    }
+
+    func endOfReadBatch() {
+        guard !self.arrivals.messages.isEmpty else { return }
+        self.inbox.append(contentsOf: self.arrivals.messages)
+        self.arrivals.messages.removeAll(keepingCapacity: true)
     }
 
     /// A reply, error or pong for a call of ours.
@@ -477,6 +491,7 @@ extension Peer: FrameReceiver {
     }
 
     func transportClosed() {
+        self.endOfReadBatch()
         let (goodbye, local) = self.lifecycle.withLock { ($0.remoteSaidGoodbye, $0.closedLocally) }
         let error: IntercomError
         if local {

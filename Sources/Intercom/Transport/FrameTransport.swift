@@ -66,6 +66,9 @@ protocol FrameReceiver: AnyObject, Sendable {
     func transportActive()
     /// One whole frame arrived.
     func receive(_ frame: Frame)
+    /// The frames of one read have all been delivered (a good moment to publish
+    /// what was collected from them in one go).
+    func endOfReadBatch()
     /// The bytes broke the protocol; the transport closes itself after this call.
     func transportFailed(_ error: ProtocolError)
     /// The stream ended (the other side closed it, died, or this side closed it).

@@ -260,9 +260,10 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
                 if buffer.readerIndex > 256 * 1024 { buffer.discardReadBytes() }
                 self.cumulation = buffer
             }
-            guard let frame else { return }
+            guard let frame else { break }
             self.receiver?.receive(frame)
         }
+        self.receiver?.endOfReadBatch()
     }
 
     private func fail(_ error: ProtocolError, context: ChannelHandlerContext) {
