@@ -71,23 +71,6 @@ final class Inbox: Sendable {
         if pause { self.transport?.setReadingPaused(true, reason: .inboxFull) }
     }
 
-    /// On the transport thread: a message arrived.
-    func append(_ message: InboundMessage) {
-        let (waiter, pause) = self.state.withLock { state -> (UnsafeContinuation<InboundMessage, any Error>?, Bool) in
-            while let id = state.waiterOrder.popFirst() {
-                if let waiter = state.waiters.removeValue(forKey: id) { return (waiter, false) }
-            }
-            state.messages.append(message)
-            if state.messages.count >= self.capacity, !state.paused {
-                state.paused = true
-                return (nil, true)
-            }
-            return (nil, false)
-        }
-        if let waiter { waiter.resume(returning: message) }
-        if pause { self.transport?.setReadingPaused(true, reason: .inboxFull) }
-    }
-
     /// The stream ended: waiters fail now, later receivers after the queued messages.
     func end(_ error: IntercomError) {
         let waiters = self.state.withLock { state -> [UnsafeContinuation<InboundMessage, any Error>] in

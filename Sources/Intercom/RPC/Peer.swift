@@ -521,17 +521,16 @@ extension Peer: FrameReceiver {
 
     /// A call (or routed message) arrived: run it now or queue it behind the handler limit.
     private func accept(_ frame: Frame) {
-        let (start, pause) = self.handlers.withLock { table -> (Bool, Bool) in
-            if table.ended { return (false, false) }
+        let pause = self.handlers.withLock { table -> Bool in
+            if table.ended { return false }
             if table.active < self.configuration.maxConcurrentHandlers {
                 table.active += 1
                 self.startHandler(frame, table: &table)
-                return (true, false)
+                return false
             }
             table.queued.append(frame)
-            return (false, table.queued.count == self.configuration.maxQueuedCalls)
+            return table.queued.count == self.configuration.maxQueuedCalls
         }
-        _ = start
         if pause { self.transport.setReadingPaused(true, reason: .callQueueFull) }
     }
 
