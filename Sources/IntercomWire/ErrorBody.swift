@@ -56,3 +56,22 @@ public struct ErrorBody: Sendable {
         self.init(code: code, typeName: typeName, message: message, details: buffer)
     }
 }
+
+extension ErrorBody {
+    /// The body that tells the other side why its connection is being closed.
+    public init(connectionError error: ProtocolError) {
+        self.init(
+            code: error.code == .frameTooLarge ? "frameTooLarge" : "protocolViolation",
+            typeName: "IntercomWire.ProtocolError", message: error.message)
+    }
+
+    /// A whole error frame carrying this body (id 0: about the whole connection).
+    public func frame(id: UInt64, flags: FrameFlags = []) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(FrameHeader.size + 8 + self.code.utf8.count + self.typeName.utf8.count + self.message.utf8.count)
+        let mark = FrameHeader.begin(into: &buffer, kind: .error, flags: flags, id: id)
+        self.write(into: &buffer)
+        FrameHeader.finish(mark, in: &buffer)
+        return buffer
+    }
+}

@@ -121,6 +121,15 @@ public enum FrameHeader {
         return length
     }
 
+    /// A frame with no payload and no extension (cancel, ping, pong, goodbye, empty reply).
+    public static func empty(kind: FrameKind, id: UInt64) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(Self.size)
+        let mark = Self.begin(into: &buffer, kind: kind, id: id)
+        Self.finish(mark, in: &buffer)
+        return buffer
+    }
+
     /// Appends a whole frame (header, extension, payload) to `buffer`.
     public static func write(_ frame: Frame, into buffer: inout ByteBuffer) {
         var payload = frame.payload

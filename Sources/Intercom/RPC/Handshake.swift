@@ -78,11 +78,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     /// Tells the other side why the handshake failed, then closes.
     private func refuse(_ error: ProtocolError) {
-        var buffer = ByteBuffer()
-        let mark = FrameHeader.begin(into: &buffer, kind: .error, id: 0)
-        ErrorBody(code: "protocolViolation", typeName: "IntercomWire.ProtocolError", message: error.message).write(into: &buffer)
-        FrameHeader.finish(mark, in: &buffer)
-        self.transport.send(buffer)
+        self.transport.send(ErrorBody(connectionError: error).frame(id: 0))
         self.fail(IntercomError(error, peer: nil))
         self.transport.close()
     }

@@ -16,13 +16,9 @@ public struct InboundMessage: Sendable {
     ///
     /// - Throws: ``IntercomError`` `invalidPayload` naming the type and what did not match.
     public func decode<T: Decodable>(as type: T.Type = T.self) throws(IntercomError) -> T {
-        do {
-            return try self.codec.decode(T.self, from: self.payload)
-        } catch {
-            throw IntercomError(
-                .invalidPayload, "message does not decode as \(T.self): \(describeDecodingError(error))",
-                context: .init(method: self.method))
-        }
+        try self.codec.decodePayload(
+            T.self, from: self.payload, what: self.method.map { "message '\($0)'" } ?? "message",
+            context: .init(method: self.method))
     }
 }
 

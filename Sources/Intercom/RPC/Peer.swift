@@ -39,6 +39,7 @@ public final class Peer: Sendable {
     let transport: any FrameTransport
     let router: Router?
     private let calls = Mutex(CallTable())
+    private let nextCallID = Atomic<UInt64>(1)
     private let handlers = Mutex(HandlerTable())
     private let inbox: Inbox
     private let lifecycle = Mutex(Lifecycle())
@@ -46,7 +47,6 @@ public final class Peer: Sendable {
 
     /// Calls this side made and is waiting for.
     private struct CallTable {
-        var nextID: UInt64 = 1
         var pending: [UInt64: PendingCall] = [:]
         var ended: IntercomError?
     }
@@ -103,14 +103,9 @@ public final class Peer: Sendable {
         timeout: Duration? = nil
     ) async throws -> Response {
         let reply = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
-        do {
-            return try self.codec.decode(Response.self, from: reply.payload)
-        } catch {
-            throw IntercomError(
-                .invalidPayload,
-                "reply to '\(method)' does not decode as \(Response.self): \(describeDecodingError(error))",
-                context: .init(method: method, callID: reply.id, peer: self.remoteName))
-        }
+        return try self.codec.decodePayload(
+            Response.self, from: reply.payload, what: "reply to '\(method)'",
+            context: .init(method: method, callID: reply.id, peer: self.remoteName))
     }
 
     /// Calls `method` and waits for it to complete, ignoring any reply value.
@@ -141,19 +136,12 @@ public final class Peer: Sendable {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
         let pending = PendingCall()
-        let id = try self.calls.withLock { table throws(IntercomError) -> UInt64 in
-            if let ended = table.ended { throw ended.with(context) }
-            defer { table.nextID &+= 1 }
-            return table.nextID
-        }
-        var frame = ByteBuffer()
-        if kind == .call {
-            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
-        } else {
-            let mark = FrameHeader.begin(into: &frame, kind: kind, id: id)
-            FrameHeader.finish(mark, in: &frame)
-        }
-        try await self.transport.waitUntilWritable()
+        let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
+        let frame =
+            kind == .call
+            ? try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
+            : FrameHeader.empty(kind: kind, id: id)
+        try await self.waitUntilWritable(context: context)
 
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
@@ -184,6 +172,17 @@ public final class Peer: Sendable {
             }
         } onCancel: {
             self.cancelCall(id, pending: pending)
+        }
+    }
+
+    /// Waits for room in the outbound buffer. If the connection ended, throws why
+    /// it ended (`peerLost` with the peer's name, or `closed`), not just that it did.
+    private func waitUntilWritable(context: IntercomError.Context) async throws(IntercomError) {
+        do {
+            try await self.transport.waitUntilWritable()
+        } catch {
+            if let ended = self.calls.withLock({ $0.ended }) { throw ended.with(context) }
+            throw error.with(context)
         }
     }
 
@@ -233,10 +232,7 @@ public final class Peer: Sendable {
     }
 
     private func sendCancel(_ id: UInt64) {
-        var buffer = ByteBuffer()
-        let mark = FrameHeader.begin(into: &buffer, kind: .cancel, id: id)
-        FrameHeader.finish(mark, in: &buffer)
-        self.transport.send(buffer)
+        self.transport.send(FrameHeader.empty(kind: .cancel, id: id))
     }
 
     // MARK: One-way messages
@@ -267,12 +263,7 @@ public final class Peer: Sendable {
         let frame = try self.encodeFrame(kind: .message, id: 0, method: method, timeout: nil, message, context: context)
         while !self.transport.sendIfWritable(frame) {
             // Over the watermark, or closed (then this throws closed/peerLost).
-            do {
-                try await self.transport.waitUntilWritable()
-            } catch {
-                if let ended = self.calls.withLock({ $0.ended }) { throw ended.with(context) }
-                throw error.with(context)
-            }
+            try await self.waitUntilWritable(context: context)
         }
     }
 
@@ -344,10 +335,7 @@ public final class Peer: Sendable {
         }
         if first {
             self.endCalls(IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName)))
-            var goodbye = ByteBuffer()
-            let mark = FrameHeader.begin(into: &goodbye, kind: .goodbye, id: 0)
-            FrameHeader.finish(mark, in: &goodbye)
-            self.transport.send(goodbye)
+            self.transport.send(FrameHeader.empty(kind: .goodbye, id: 0))
             self.transport.close()
         }
         await self.waitUntilClosed()
@@ -428,10 +416,7 @@ extension Peer: FrameReceiver {
         case .cancel:
             self.handlers.withLock { $0.running[frame.id] }?.cancel()
         case .ping:
-            var pong = ByteBuffer()
-            let mark = FrameHeader.begin(into: &pong, kind: .pong, id: frame.id)
-            FrameHeader.finish(mark, in: &pong)
-            self.transport.send(pong)
+            self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
         case .goodbye:
             self.lifecycle.withLock { $0.remoteSaidGoodbye = true }
         default:
@@ -593,12 +578,7 @@ extension Peer: FrameReceiver {
 
     private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String) throws -> ByteBuffer {
         let context = IntercomError.Context(method: method, callID: id, peer: self.remoteName)
-        guard let value else {
-            var buffer = ByteBuffer()
-            let mark = FrameHeader.begin(into: &buffer, kind: .reply, id: id)
-            FrameHeader.finish(mark, in: &buffer)
-            return buffer
-        }
+        guard let value else { return FrameHeader.empty(kind: .reply, id: id) }
         return try self.encodeFrame(kind: .reply, id: id, method: nil, timeout: nil, value, context: context)
     }
 
@@ -622,11 +602,7 @@ extension Peer: FrameReceiver {
                 }
             }
         }
-        var buffer = ByteBuffer()
-        let mark = FrameHeader.begin(into: &buffer, kind: .error, flags: flags, id: id)
-        body.write(into: &buffer)
-        FrameHeader.finish(mark, in: &buffer)
-        return buffer
+        return body.frame(id: id, flags: flags)
     }
 
     private func handlerFinished(_ id: UInt64, isCall: Bool) {

@@ -19,14 +19,25 @@ public struct IncomingCall: Sendable {
     /// - Throws: ``IntercomError`` with code ``IntercomError/Code/invalidPayload``
     ///   naming the method, the expected type and what did not match.
     public func decode<T: Decodable>(as type: T.Type = T.self) throws(IntercomError) -> T {
+        try self.codec.decodePayload(
+            T.self, from: self.payload, what: "payload of '\(self.method)'",
+            context: .init(method: self.method, callID: self.context.callID, peer: self.context.peerName))
+    }
+}
+
+extension PayloadCodec {
+    /// Decodes `type`, turning any failure into ``IntercomError`` `invalidPayload`
+    /// that names `what` was decoded, the expected type, the codec and the mismatch.
+    func decodePayload<T: Decodable>(
+        _ type: T.Type, from buffer: ByteBuffer, what: String, context: IntercomError.Context
+    ) throws(IntercomError) -> T {
         do {
-            return try self.codec.decode(T.self, from: self.payload)
+            return try self.decode(T.self, from: buffer)
         } catch {
             throw IntercomError(
                 .invalidPayload,
-                "payload of '\(self.method)' does not decode as \(T.self) (\(self.codec.id) codec): \(describeDecodingError(error))",
-                context: .init(method: self.method, callID: self.context.callID, peer: self.context.peerName)
-            )
+                "\(what) does not decode as \(T.self) (\(self.id) codec): \(describeDecodingError(error))",
+                context: context)
         }
     }
 }

@@ -88,7 +88,8 @@ final class NIOFrameTransport: FrameTransport {
     private func drainOutbox() {
         let batch = self.outbox.withLock { outbox -> [ByteBuffer] in
             outbox.flushScheduled = false
-            defer { outbox.pending.removeAll(keepingCapacity: true) }
+            // Hand the array over; keeping its capacity would only force a copy-on-write.
+            defer { outbox.pending = [] }
             return outbox.pending
         }
         guard !batch.isEmpty else { return }
@@ -274,11 +275,7 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
             metadata: ["error": "\(error)", "remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "local")"])
         self.receiver?.transportFailed(error)
         // Tell the other side why, then close. Id 0: the error concerns the connection.
-        var buffer = context.channel.allocator.buffer(capacity: 64 + error.message.utf8.count)
-        let mark = FrameHeader.begin(into: &buffer, kind: .error, id: 0)
-        let code = error.code == .frameTooLarge ? "frameTooLarge" : "protocolViolation"
-        ErrorBody(code: code, typeName: "IntercomWire.ProtocolError", message: error.message).write(into: &buffer)
-        FrameHeader.finish(mark, in: &buffer)
+        let buffer = ErrorBody(connectionError: error).frame(id: 0)
         let channel = context.channel
         context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
     }
