@@ -13,6 +13,14 @@ public struct BinaryEncoder: Sendable {
     /// Appends the encoding of `value` to `buffer`.
     /// - Throws: `EncodingError` if a value's `encode(to:)` throws.
     public func encode<T: Encodable>(_ value: T, into buffer: inout ByteBuffer) throws {
+        // Raw bytes are the most common payload: skip the encoder object and the
+        // dynamic conformance check (the comparison folds away when specialised).
+        if T.self == [UInt8].self {
+            let bytes = unsafeBitCast(value, to: [UInt8].self)
+            buffer.writeVarint(UInt64(bytes.count))
+            buffer.writeBytes(bytes)
+            return
+        }
         let impl = BinaryEncoderImpl(buffer: ByteBuffer())
         swap(&impl.buffer, &buffer)
         defer { swap(&impl.buffer, &buffer) }

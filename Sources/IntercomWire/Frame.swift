@@ -83,31 +83,38 @@ public enum FrameHeader {
         method: String? = nil,
         timeout: Duration? = nil
     ) -> Mark {
+        // One bounds check and one exclusive access for the whole header instead of
+        // one per field: this function runs once per frame on every hot path.
+        let methodLength = method?.utf8.count ?? 0
+        let extensionLength = (method == nil ? 0 : 3 + methodLength) + (timeout == nil ? 0 : 11)
         let start = buffer.writerIndex
-        buffer.writeInteger(Self.magic.0)
-        buffer.writeInteger(Self.magic.1)
-        buffer.writeInteger(Self.currentVersion)
-        buffer.writeInteger(kind.rawValue)
-        buffer.writeInteger(flags.rawValue, endianness: .little)
-        let extensionLengthIndex = buffer.writerIndex
-        buffer.writeInteger(UInt16(0), endianness: .little)
-        buffer.writeInteger(id, endianness: .little)
-        buffer.writeInteger(UInt32(0), endianness: .little)
-        let extensionStart = buffer.writerIndex
-        if let method {
-            buffer.writeInteger(ExtensionTag.method)
-            let lengthIndex = buffer.writerIndex
-            buffer.writeInteger(UInt16(0), endianness: .little)
-            let written = buffer.writeString(method)
-            buffer.setInteger(UInt16(truncatingIfNeeded: written), at: lengthIndex, endianness: .little)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.size + extensionLength) { raw in
+            raw.storeBytes(of: Self.magic.0, toByteOffset: 0, as: UInt8.self)
+            raw.storeBytes(of: Self.magic.1, toByteOffset: 1, as: UInt8.self)
+            raw.storeBytes(of: Self.currentVersion, toByteOffset: 2, as: UInt8.self)
+            raw.storeBytes(of: kind.rawValue, toByteOffset: 3, as: UInt8.self)
+            raw.storeBytes(of: flags.rawValue.littleEndian, toByteOffset: 4, as: UInt16.self)
+            raw.storeBytes(of: UInt16(truncatingIfNeeded: extensionLength).littleEndian, toByteOffset: 6, as: UInt16.self)
+            raw.storeBytes(of: id.littleEndian, toByteOffset: 8, as: UInt64.self)
+            raw.storeBytes(of: UInt32(0), toByteOffset: 16, as: UInt32.self)  // payload length: see finish
+            var offset = Self.size
+            if var method {
+                raw.storeBytes(of: ExtensionTag.method, toByteOffset: offset, as: UInt8.self)
+                raw.storeBytes(of: UInt16(truncatingIfNeeded: methodLength).littleEndian, toByteOffset: offset + 1, as: UInt16.self)
+                method.withUTF8 { utf8 in
+                    UnsafeMutableRawBufferPointer(rebasing: raw[(offset + 3)...]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+                }
+                offset += 3 + methodLength
+            }
+            if let timeout {
+                raw.storeBytes(of: ExtensionTag.timeout, toByteOffset: offset, as: UInt8.self)
+                raw.storeBytes(of: UInt16(8).littleEndian, toByteOffset: offset + 1, as: UInt16.self)
+                raw.storeBytes(
+                    of: UInt64(clamping: timeout.nanosecondsClamped).littleEndian, toByteOffset: offset + 3, as: UInt64.self)
+                offset += 11
+            }
+            return offset
         }
-        if let timeout {
-            buffer.writeInteger(ExtensionTag.timeout)
-            buffer.writeInteger(UInt16(8), endianness: .little)
-            buffer.writeInteger(UInt64(clamping: timeout.nanosecondsClamped), endianness: .little)
-        }
-        let extensionLength = buffer.writerIndex - extensionStart
-        buffer.setInteger(UInt16(truncatingIfNeeded: extensionLength), at: extensionLengthIndex, endianness: .little)
         return Mark(start: start, payloadStart: buffer.writerIndex)
     }
 

@@ -30,7 +30,11 @@ struct RawClient {
         guard result == 0 else { throw IntercomError(.connectionFailed, "raw connect failed: \(errno)") }
     }
 
-    init(fileDescriptor: Int32) { self.fd = fileDescriptor }
+    init(fileDescriptor: Int32) {
+        self.fd = fileDescriptor
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
 
     func write(_ buffer: ByteBuffer) {
         let bytes = Array(buffer.readableBytesView)
@@ -51,6 +55,24 @@ struct RawClient {
         var frames: [Frame] = []
         while let frame = try? FrameDecoder().next(from: &buffer) { frames.append(frame) }
         return (frames, closed)
+    }
+
+    /// Reads until `count` frames have arrived (or the other side closes, or 10 s
+    /// pass without a byte); returns the frames read.
+    func readFrames(_ count: Int) -> [Frame] {
+        var buffer = ByteBuffer()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var frames: [Frame] = []
+        while frames.count < count {
+            if let frame = try? FrameDecoder().next(from: &buffer) {
+                frames.append(frame)
+                continue
+            }
+            let n = chunk.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            buffer.writeBytes(chunk[0..<n])
+        }
+        return frames
     }
 
     func close() { _ = Glibc.close(self.fd) }

@@ -49,14 +49,22 @@ public final class Peer: Sendable {
     private struct CallTable {
         var pending: [UInt64: PendingCall] = [:]
         var ended: IntercomError?
+        var timer = DeadlineTimer()
     }
 
     /// Handlers running (or queued) for calls the other side made.
     private struct HandlerTable {
-        var running: [UInt64: Task<Void, Never>] = [:]
+        var running: [UInt64: RunningHandler] = [:]
         var active = 0
         var queued = Deque<Frame>()
         var ended = false
+        var timer = DeadlineTimer()
+    }
+
+    private struct RunningHandler {
+        let task: Task<Void, Never>
+        /// When the caller stops waiting (from the frame's timeout), if it said.
+        let deadline: ContinuousClock.Instant?
     }
 
     private struct Lifecycle {
@@ -135,7 +143,7 @@ public final class Peer: Sendable {
         guard timeout > .zero else {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
-        let pending = PendingCall()
+        let pending = PendingCall(method: method, timeout: timeout, deadline: ContinuousClock.now.advanced(by: timeout))
         let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame =
             kind == .call
@@ -151,8 +159,8 @@ public final class Peer: Sendable {
                         return .failure(IntercomError(.cancelled, "the calling task was cancelled", context: context))
                     }
                     pending.continuation = continuation
-                    pending.method = method
                     table.pending[id] = pending
+                    if table.timer.needsTimer(for: pending.deadline) { self.armCallTimer(at: pending.deadline) }
                     return .success(())
                 }
                 if case .failure(let error) = registered {
@@ -160,15 +168,6 @@ public final class Peer: Sendable {
                     return
                 }
                 self.transport.send(frame)
-                let timer = self.transport.schedule(after: timeout) { [weak self] in
-                    self?.expire(id, after: timeout)
-                }
-                let alreadyDone = self.calls.withLock { table -> Bool in
-                    guard table.pending[id] != nil else { return true }
-                    pending.timer = timer
-                    return false
-                }
-                if alreadyDone { timer.cancel() }
             }
         } onCancel: {
             self.cancelCall(id, pending: pending)
@@ -207,14 +206,36 @@ public final class Peer: Sendable {
         return buffer
     }
 
-    /// The timer of call `id` fired: fail it and tell the handler to stop.
-    private func expire(_ id: UInt64, after timeout: Duration) {
-        guard let call = self.calls.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-        self.sendCancel(id)
-        call.continuation?.resume(
-            throwing: IntercomError(
-                .timeout, "no reply from '\(self.remoteName)' within \(timeout)",
-                context: .init(method: call.method, callID: id, peer: self.remoteName)))
+    private func armCallTimer(at deadline: ContinuousClock.Instant) {
+        _ = self.transport.schedule(after: deadline - .now) { [weak self] in self?.expireOverdueCalls() }
+    }
+
+    /// The call timer fired: fail every call past its deadline, tell their handlers
+    /// to stop, and arm the timer for the next deadline.
+    private func expireOverdueCalls() {
+        let now = ContinuousClock.now
+        let overdue = self.calls.withLock { table -> [(UInt64, PendingCall)] in
+            table.timer.fired(at: now)
+            var overdue: [(UInt64, PendingCall)] = []
+            var next: ContinuousClock.Instant?
+            for (id, call) in table.pending {
+                if call.deadline <= now {
+                    overdue.append((id, call))
+                } else if next.map({ call.deadline < $0 }) ?? true {
+                    next = call.deadline
+                }
+            }
+            for (id, _) in overdue { table.pending.removeValue(forKey: id) }
+            if let next, table.timer.needsTimer(for: next) { self.armCallTimer(at: next) }
+            return overdue
+        }
+        for (id, call) in overdue {
+            self.sendCancel(id)
+            call.continuation?.resume(
+                throwing: IntercomError(
+                    .timeout, "no reply from '\(self.remoteName)' within \(call.timeout)",
+                    context: .init(method: call.method, callID: id, peer: self.remoteName)))
+        }
     }
 
     private func cancelCall(_ id: UInt64, pending: PendingCall) {
@@ -223,7 +244,6 @@ public final class Peer: Sendable {
             return table.pending.removeValue(forKey: id)
         }
         guard let call else { return }
-        call.timer?.cancel()
         self.sendCancel(id)
         call.continuation?.resume(
             throwing: IntercomError(
@@ -364,7 +384,6 @@ public final class Peer: Sendable {
             return table.pending
         }
         for (id, call) in orphans {
-            call.timer?.cancel()
             call.continuation?.resume(throwing: error.with(.init(method: call.method, callID: id, peer: self.remoteName)))
         }
     }
@@ -379,9 +398,16 @@ private final class Arrivals: @unchecked Sendable {
 /// A call waiting for its reply. Fields are guarded by the peer's call-table lock.
 private final class PendingCall: @unchecked Sendable {
     var continuation: UnsafeContinuation<Frame, any Error>?
-    var timer: (any ScheduledWork)?
-    var method: String?
+    let method: String?
+    let timeout: Duration
+    let deadline: ContinuousClock.Instant
     var cancelled = false
+
+    init(method: String?, timeout: Duration, deadline: ContinuousClock.Instant) {
+        self.method = method
+        self.timeout = timeout
+        self.deadline = deadline
+    }
 }
 
 extension IntercomError {
@@ -414,7 +440,7 @@ extension Peer: FrameReceiver {
                 self.arrivals.messages.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
             }
         case .cancel:
-            self.handlers.withLock { $0.running[frame.id] }?.cancel()
+            self.handlers.withLock { $0.running[frame.id] }?.task.cancel()
         case .ping:
             self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
         case .goodbye:
@@ -445,7 +471,6 @@ extension Peer: FrameReceiver {
             // Late reply (the call timed out or was cancelled): dropped.
             return
         }
-        call.timer?.cancel()
         guard let continuation = call.continuation else { return }
         if frame.kind == .error {
             continuation.resume(throwing: self.remoteError(from: frame, method: call.method))
@@ -488,12 +513,12 @@ extension Peer: FrameReceiver {
         }
         self.endCalls(error)
         self.inbox.end(error)
-        let tasks = self.handlers.withLock { table -> [Task<Void, Never>] in
+        let handlers = self.handlers.withLock { table -> [RunningHandler] in
             table.ended = true
             table.queued.removeAll()
             return Array(table.running.values)
         }
-        for task in tasks { task.cancel() }
+        for handler in handlers { handler.task.cancel() }
         let waiters = self.lifecycle.withLock { state -> [UnsafeContinuation<Void, Never>] in
             state.closed = true
             defer { state.closeWaiters.removeAll() }
@@ -532,20 +557,43 @@ extension Peer: FrameReceiver {
         let executor: (any TaskExecutor)? =
             self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
         let task = Task(executorPreference: executor) {
-            await self.run(call, isCall: isCall, timeout: frame.timeout)
+            await self.run(call, isCall: isCall)
         }
-        if isCall { table.running[frame.id] = task }
+        guard isCall else { return }
+        table.running[frame.id] = RunningHandler(task: task, deadline: deadline)
+        // The deadline travels in the frame: the handler is cancelled when it passes,
+        // even if the caller's cancel frame never comes.
+        if let deadline, table.timer.needsTimer(for: deadline) { self.armHandlerTimer(at: deadline) }
     }
 
-    private func run(_ call: IncomingCall, isCall: Bool, timeout: Duration?) async {
-        let id = call.context.callID
-        // The deadline travels in the frame: cancel the handler when it passes, even
-        // if the caller's cancel frame never comes.
-        let timer = timeout.map { timeout in
-            self.transport.schedule(after: timeout) { [weak self] in
-                self?.handlers.withLock { $0.running[id] }?.cancel()
+    private func armHandlerTimer(at deadline: ContinuousClock.Instant) {
+        _ = self.transport.schedule(after: deadline - .now) { [weak self] in self?.cancelOverdueHandlers() }
+    }
+
+    /// The handler timer fired: cancel every handler past its caller's deadline and
+    /// arm the timer for the next one. (Handlers remove themselves when they end.)
+    private func cancelOverdueHandlers() {
+        let now = ContinuousClock.now
+        let overdue = self.handlers.withLock { table -> [Task<Void, Never>] in
+            table.timer.fired(at: now)
+            var overdue: [Task<Void, Never>] = []
+            var next: ContinuousClock.Instant?
+            for handler in table.running.values {
+                guard let deadline = handler.deadline else { continue }
+                if deadline <= now {
+                    if !handler.task.isCancelled { overdue.append(handler.task) }
+                } else if next.map({ deadline < $0 }) ?? true {
+                    next = deadline
+                }
             }
+            if let next, table.timer.needsTimer(for: next) { self.armHandlerTimer(at: next) }
+            return overdue
         }
+        for task in overdue { task.cancel() }
+    }
+
+    private func run(_ call: IncomingCall, isCall: Bool) async {
+        let id = call.context.callID
         var reply: ByteBuffer?
         do {
             guard let handler = self.router?.handler(for: call.method) else {
@@ -568,7 +616,6 @@ extension Peer: FrameReceiver {
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
             }
         }
-        timer?.cancel()
         if let reply {
             try? await self.transport.waitUntilWritable()
             self.transport.send(reply)

@@ -1,0 +1,27 @@
+/// Bookkeeping for one event-loop timer that serves many deadlines.
+///
+/// Arming a timer per call costs an allocation plus a heap insert and removal on
+/// the event loop — about a tenth of a small call's round trip. Instead, a table
+/// of calls arms a timer only when a new deadline comes before the one already
+/// armed (with equal timeouts, almost never), and when that timer fires it
+/// handles everything overdue and arms the next. Timers are never cancelled; one
+/// that fires with nothing due just re-arms for the earliest remaining deadline.
+///
+/// Not synchronised: it lives inside the table it serves, under that table's lock.
+struct DeadlineTimer {
+    /// When the earliest armed timer fires, if one is armed.
+    private var armedAt: ContinuousClock.Instant?
+
+    /// Whether a timer must be armed for `deadline` (none is armed, or the armed
+    /// one fires later). If so, the caller arms it; it is recorded as armed.
+    mutating func needsTimer(for deadline: ContinuousClock.Instant) -> Bool {
+        if let armedAt, armedAt <= deadline { return false }
+        self.armedAt = deadline
+        return true
+    }
+
+    /// A timer fired at `now`: the armed one is used up if it was due.
+    mutating func fired(at now: ContinuousClock.Instant) {
+        if let armedAt, armedAt <= now { self.armedAt = nil }
+    }
+}
