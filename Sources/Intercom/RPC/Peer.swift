@@ -616,7 +616,8 @@ extension Peer: FrameReceiver {
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
             }
         }
-        if let reply {
+        if let reply, !self.transport.sendIfWritable(reply) {
+            // Over the watermark: wait for the caller to read (or the connection to end).
             try? await self.transport.waitUntilWritable()
             self.transport.send(reply)
         }
