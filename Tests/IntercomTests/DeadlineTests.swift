@@ -1,4 +1,5 @@
 import Intercom
+import IntercomTestHelper
 import IntercomWire
 import NIOCore
 import Testing
@@ -26,6 +27,23 @@ import Testing
             }
             long.cancel()
             await expectIntercomError(.cancelled) { _ = try await long.value }
+            await child.shutdown()
+        }
+    }
+
+    /// A reply that comes after the caller gave up is dropped (and counted); the
+    /// connection carries on.
+    @Test func aLateReplyIsDroppedAndTheConnectionCarriesOn() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair)
+            // probe.concurrency simulates 600 ms of work and ignores cancellation.
+            await expectIntercomError(.timeout) {
+                _ = try await child.peer.call("probe.concurrency", 600, returning: Int.self, timeout: .milliseconds(100))
+            }
+            #expect(child.peer.statistics.lateReplies == 0)
+            try await waitUntil("the late reply arrived", timeout: .seconds(10)) { child.peer.statistics.lateReplies == 1 }
+            #expect(child.peer.statistics.pendingCalls == 0)
+            #expect(try await child.peer.call("math.add", AddRequest(a: 1, b: 2), returning: Int.self) == 3)
             await child.shutdown()
         }
     }

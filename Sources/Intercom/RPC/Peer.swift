@@ -40,6 +40,7 @@ public final class Peer: Sendable {
     let router: Router?
     private let calls = Mutex(CallTable())
     private let nextCallID = Atomic<UInt64>(1)
+    private let lateReplies = Atomic<Int>(0)
     private let handlers = Mutex(HandlerTable())
     private let inbox: Inbox
     private let lifecycle = Mutex(Lifecycle())
@@ -333,6 +334,9 @@ public final class Peer: Sendable {
         public var queuedCalls: Int
         /// Tasks suspended because the outbound buffer is full (the other side is not reading).
         public var blockedSenders: Int
+        /// Replies that arrived after their call had timed out or been cancelled,
+        /// and were dropped, since the connection opened.
+        public var lateReplies: Int
     }
 
     /// What is in flight right now.
@@ -341,7 +345,8 @@ public final class Peer: Sendable {
         let (running, queued) = self.handlers.withLock { ($0.active, $0.queued.count) }
         return Statistics(
             pendingCalls: pending, runningHandlers: running, queuedCalls: queued,
-            blockedSenders: self.transport.blockedSenders)
+            blockedSenders: self.transport.blockedSenders,
+            lateReplies: self.lateReplies.load(ordering: .relaxed))
     }
 
     // MARK: Closing
@@ -469,6 +474,7 @@ extension Peer: FrameReceiver {
         }
         guard let call = self.calls.withLock({ $0.pending.removeValue(forKey: frame.id) }) else {
             // Late reply (the call timed out or was cancelled): dropped.
+            self.lateReplies.add(1, ordering: .relaxed)
             return
         }
         guard let continuation = call.continuation else { return }
