@@ -45,6 +45,21 @@ public final class Peer: Sendable {
     private let inbox: Inbox
     private let lifecycle = Mutex(Lifecycle())
     private let arrivals = Arrivals()
+    private let subscriptions = Mutex(Subscriptions())
+    private let remoteTopics = Mutex(RemoteTopics())
+
+    /// This side's subscriptions to the other side's events, by topic.
+    private struct Subscriptions {
+        var byTopic: [String: [ObjectIdentifier: EventQueue]] = [:]
+        var ended: IntercomError?
+    }
+
+    /// The topics the other side subscribed to, and per topic how many events
+    /// were dropped since the last one sent (reported in the next event's id).
+    private struct RemoteTopics {
+        var topics: Set<String> = []
+        var missed: [String: Int] = [:]
+    }
 
     /// Calls this side made and is waiting for.
     private struct CallTable {
@@ -322,6 +337,105 @@ public final class Peer: Sendable {
         MessageSequence(peer: self)
     }
 
+    // MARK: Events
+
+    /// Subscribes to the other side's events on `topic`.
+    ///
+    /// Events wait in a queue of `bufferSize`; when it is full, `overflow` decides:
+    /// drop the oldest and deliver ``EventDelivery/lagged(missed:)``, or end the
+    /// subscription. The connection keeps reading either way, so a slow subscriber
+    /// never holds up the publisher or its calls.
+    public func events<Value: Decodable & Sendable>(
+        _ topic: String, as type: Value.Type = Value.self, bufferSize: Int = 1024,
+        overflow: EventOverflowPolicy = .dropOldest
+    ) -> EventSubscription<Value> {
+        let queue = EventQueue(topic: topic, capacity: bufferSize, policy: overflow)
+        let first = self.subscriptions.withLock { table -> Bool? in
+            if let ended = table.ended {
+                queue.end(ended)
+                return nil
+            }
+            let first = table.byTopic[topic] == nil
+            table.byTopic[topic, default: [:]][ObjectIdentifier(queue)] = queue
+            return first
+        }
+        if first == true {
+            var frame = ByteBuffer()
+            let mark = FrameHeader.begin(into: &frame, kind: .subscribe, id: 0, method: topic)
+            FrameHeader.finish(mark, in: &frame)
+            self.transport.send(frame)
+        }
+        return EventSubscription(queue: queue, peer: self)
+    }
+
+    /// Ends one subscription; the other side is told when its topic has no subscriber left.
+    func unsubscribe(_ queue: EventQueue) {
+        let last = self.subscriptions.withLock { table -> Bool in
+            guard table.byTopic[queue.topic]?.removeValue(forKey: ObjectIdentifier(queue)) != nil else { return false }
+            if table.byTopic[queue.topic]?.isEmpty == true {
+                table.byTopic[queue.topic] = nil
+                return table.ended == nil
+            }
+            return false
+        }
+        queue.end(IntercomError(.closed, "unsubscribed from '\(queue.topic)'"))
+        if last {
+            var frame = ByteBuffer()
+            let mark = FrameHeader.begin(into: &frame, kind: .unsubscribe, id: 0, method: queue.topic)
+            FrameHeader.finish(mark, in: &frame)
+            self.transport.send(frame)
+        }
+    }
+
+    /// Publishes an event to the other side if it subscribes to `topic`. Never
+    /// waits: if the connection's outbound buffer is full the event is dropped and
+    /// the subscriber learns how many it missed with the next event it gets.
+    ///
+    /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode,
+    ///   `frameTooLarge` if it is over the other side's limit.
+    @discardableResult
+    public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishOutcome {
+        guard self.isSubscribed(to: topic) else { return .notSubscribed }
+        var payload = ByteBuffer()
+        do {
+            try self.codec.encode(value, into: &payload)
+        } catch {
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
+        }
+        return try self.publishEncoded(topic, payload: payload)
+    }
+
+    /// Whether the other side subscribes to `topic`.
+    public func isSubscribed(to topic: String) -> Bool {
+        self.remoteTopics.withLock { $0.topics.contains(topic) }
+    }
+
+    /// Publishes an already-encoded event (one encoding for many subscribers).
+    func publishEncoded(_ topic: String, payload: ByteBuffer) throws(IntercomError) -> PublishOutcome {
+        guard payload.readableBytes <= self.remoteMaxFrameSize else {
+            throw IntercomError(
+                .frameTooLarge,
+                "event of \(payload.readableBytes) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'",
+                context: .init(method: topic, peer: self.remoteName))
+        }
+        return self.remoteTopics.withLock { state -> PublishOutcome in
+            guard state.topics.contains(topic) else { return .notSubscribed }
+            let missed = state.missed[topic] ?? 0
+            var frame = ByteBuffer()
+            frame.reserveCapacity(FrameHeader.size + 3 + topic.utf8.count + payload.readableBytes)
+            let mark = FrameHeader.begin(into: &frame, kind: .event, id: UInt64(missed), method: topic)
+            var body = payload
+            frame.writeBuffer(&body)
+            FrameHeader.finish(mark, in: &frame)
+            if self.transport.sendIfWritable(frame) {
+                state.missed[topic] = nil
+                return .sent
+            }
+            state.missed[topic] = missed + 1
+            return .dropped
+        }
+    }
+
     // MARK: Observing
 
     /// A snapshot of what is in flight on a connection.
@@ -450,10 +564,32 @@ extension Peer: FrameReceiver {
             self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
         case .goodbye:
             self.lifecycle.withLock { $0.remoteSaidGoodbye = true }
+        case .event:
+            self.deliverEvent(frame)
+        case .subscribe:
+            if let topic = frame.method { self.remoteTopics.withLock { _ = $0.topics.insert(topic) } }
+        case .unsubscribe:
+            if let topic = frame.method {
+                self.remoteTopics.withLock { state in
+                    state.topics.remove(topic)
+                    state.missed[topic] = nil
+                }
+            }
         default:
             // hello twice, welcome, subscribe, …: not part of this version's conversation.
             self.transportFailed(ProtocolError(.malformedHeader, "unexpected \(frame.kind) frame after the handshake"))
             self.transport.close()
+        }
+    }
+
+    /// An event arrived: hand it to every local subscription of its topic.
+    private func deliverEvent(_ frame: Frame) {
+        guard let topic = frame.method else { return }
+        let queues = self.subscriptions.withLock { $0.byTopic[topic].map { Array($0.values) } ?? [] }
+        let missed = Int(clamping: frame.id)
+        for queue in queues where !queue.append(frame.payload, missedBefore: missed) {
+            // Overflowed under `.disconnect`: the subscription is over.
+            self.unsubscribe(queue)
         }
     }
 
@@ -519,6 +655,12 @@ extension Peer: FrameReceiver {
         }
         self.endCalls(error)
         self.inbox.end(error)
+        let queues = self.subscriptions.withLock { table -> [EventQueue] in
+            table.ended = error
+            defer { table.byTopic.removeAll() }
+            return table.byTopic.values.flatMap { $0.values }
+        }
+        for queue in queues { queue.end(error) }
         let handlers = self.handlers.withLock { table -> [RunningHandler] in
             table.ended = true
             table.queued.removeAll()

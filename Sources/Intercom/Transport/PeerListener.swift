@@ -1,3 +1,4 @@
+internal import IntercomWire
 internal import Logging
 internal import NIOCore
 internal import NIOPosix
@@ -41,10 +42,15 @@ public final class PeerListener: Sendable {
     /// A stale socket file (left by a process that died) is replaced; a path where
     /// another process is still accepting is refused.
     ///
+    /// - Parameters:
+    ///   - allowedUIDs: if set, only processes running as one of these user ids may
+    ///     connect (checked with `SO_PEERCRED` before the handshake, so no handler
+    ///     ever runs for anyone else; refused clients get a `permissionDenied` error frame).
     /// - Throws: ``IntercomError`` `nameInUse` (someone listens there), `permissionDenied`,
     ///   `invalidName` (path too long), `connectionFailed` (other OS errors).
     public static func listen(
-        unixPath path: String, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration()
+        unixPath path: String, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration(),
+        allowedUIDs: Set<UInt32>? = nil
     ) async throws(IntercomError) -> PeerListener {
         try UnixSocketPath.check(path)
         try Self.removeStaleSocket(at: path)
@@ -57,19 +63,29 @@ public final class PeerListener: Sendable {
                 .serverChannelOption(ChannelOptions.backlog, value: 256)
                 .childChannelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
                 .childChannelInitializer { child in
-                    do {
-                        let future = try installPeer(on: child, router: router, configuration: configuration)
-                        future.whenComplete { result in
-                            switch result {
-                            case .success(let peer):
-                                box.listener?.adopt(peer)
-                            case .failure(let error):
-                                logger.warning("refused a connection", metadata: ["path": "\(path)", "error": "\(error)"])
-                            }
+                    let check: EventLoopFuture<String?> =
+                        allowedUIDs.map { credentialRefusal(child, allowed: $0) } ?? child.eventLoop.makeSucceededFuture(nil)
+                    return check.flatMap { refusal in
+                        if let refusal {
+                            // Before the handshake: no handler can run for this client.
+                            logger.warning("refused a connection", metadata: ["path": "\(path)", "reason": "\(refusal)"])
+                            let frame = ErrorBody(code: IntercomError.Code.permissionDenied.name, message: refusal).frame(id: 0)
+                            return child.writeAndFlush(frame).always { _ in child.close(promise: nil) }
                         }
-                        return child.eventLoop.makeSucceededVoidFuture()
-                    } catch {
-                        return child.eventLoop.makeFailedFuture(error)
+                        do {
+                            let future = try installPeer(on: child, router: router, configuration: configuration)
+                            future.whenComplete { result in
+                                switch result {
+                                case .success(let peer):
+                                    box.listener?.adopt(peer)
+                                case .failure(let error):
+                                    logger.warning("refused a connection", metadata: ["path": "\(path)", "error": "\(error)"])
+                                }
+                            }
+                            return child.eventLoop.makeSucceededVoidFuture()
+                        } catch {
+                            return child.eventLoop.makeFailedFuture(error)
+                        }
                     }
                 }
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false)
@@ -98,6 +114,11 @@ public final class PeerListener: Sendable {
             await peer.waitUntilClosed()
             _ = self?.accepted.withLock { $0?.removeValue(forKey: ObjectIdentifier(peer)) }
         }
+    }
+
+    /// The connections accepted and still open.
+    public var connectedPeers: [Peer] {
+        self.accepted.withLock { $0.map { Array($0.values) } ?? [] }
     }
 
     /// Stops accepting, closes every connection it accepted, and removes the socket file.
@@ -143,6 +164,37 @@ public final class PeerListener: Sendable {
             throw IntercomError(.permissionDenied, "no permission to use \(path)")
         }
     }
+}
+
+#if canImport(Glibc)
+/// Linux's `struct ucred` (the Glibc module does not export it without `_GNU_SOURCE`).
+private struct LinuxPeerCredentials: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}
+#endif
+
+/// Why a just-accepted connection may not talk to us (nil if it may), from the
+/// kernel's record of the connecting process's credentials.
+private func credentialRefusal(_ channel: any Channel, allowed: Set<UInt32>) -> EventLoopFuture<String?> {
+    guard let provider = channel as? any SocketOptionProvider else {
+        return channel.eventLoop.makeSucceededFuture("cannot read the peer's credentials")
+    }
+    #if canImport(Glibc)
+    let future: EventLoopFuture<LinuxPeerCredentials> = provider.unsafeGetSocketOption(
+        level: .socket, name: NIOBSDSocket.Option(rawValue: SO_PEERCRED))
+    return future.map { credentials -> String? in
+        allowed.contains(credentials.uid)
+            ? nil : "uid \(credentials.uid) (pid \(credentials.pid)) is not allowed to connect"
+    }.recover { "cannot read the peer's credentials: \($0)" }
+    #else
+    let future: EventLoopFuture<xucred> = provider.unsafeGetSocketOption(
+        level: NIOBSDSocket.OptionLevel(rawValue: 0 /* SOL_LOCAL */), name: NIOBSDSocket.Option(rawValue: LOCAL_PEERCRED))
+    return future.map { credentials -> String? in
+        allowed.contains(credentials.cr_uid) ? nil : "uid \(credentials.cr_uid) is not allowed to connect"
+    }.recover { "cannot read the peer's credentials: \($0)" }
+    #endif
 }
 
 /// Lets the child initializer find the listener, which exists only after bind.

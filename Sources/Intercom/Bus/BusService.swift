@@ -1,0 +1,194 @@
+internal import Foundation
+internal import IntercomWire
+internal import NIOCore
+internal import Synchronization
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
+
+/// A service serving a name on a ``Bus``: it holds the name's lock, accepts
+/// connections on the name's socket, and publishes events to subscribers.
+///
+/// Made by ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
+/// Close it to give the name up; if the process dies instead, the kernel drops
+/// the lock and the next lookup removes the leftovers.
+public final class BusService: Sendable {
+    /// The name served.
+    public let name: String
+    /// The record other processes see.
+    public let info: ServiceInfo
+    /// The bus.
+    public let bus: Bus
+
+    private let listener: PeerListener
+    private let lock: NameLock
+    private let recordPath: String
+    private let state = Mutex(State())
+
+    private struct State {
+        var closed = false
+        var quitRequested = false
+        var quitWaiters: [UnsafeContinuation<Void, Never>] = []
+    }
+
+    private init(name: String, info: ServiceInfo, bus: Bus, listener: PeerListener, lock: NameLock, recordPath: String) {
+        self.name = name
+        self.info = info
+        self.bus = bus
+        self.listener = listener
+        self.lock = lock
+        self.recordPath = recordPath
+    }
+
+    static func start(
+        name: String, bus: Bus, directory: BusDirectory, lock: NameLock, router: Router,
+        configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?
+    ) async throws(IntercomError) -> BusService {
+        let box = ServiceBox()
+        try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in
+            guard let service = box.service else { throw IntercomError(.closed, "service '\(name)' is starting") }
+            return service.info
+        }
+        try router.register("intercom.quit") { (_: Int, _: CallContext) -> Bool in
+            guard let service = box.service else { return false }
+            // Reply first; stop serving right after (the reply's connection is closed with the others).
+            Task { await service.requestQuit() }
+            return true
+        }
+        let socketPath = directory.socketPath(name)
+        let listener = try await PeerListener.listen(
+            unixPath: socketPath, router: router, configuration: configuration, allowedUIDs: allowedUIDs)
+        guard chmod(socketPath, 0o600) == 0 else {
+            await listener.close()
+            throw IntercomError(.permissionDenied, "cannot make \(socketPath) private (chmod 0600 failed)")
+        }
+        let info = ServiceInfo(
+            name: name, pid: getpid(), startTime: Date(), protocolVersion: Int(FrameHeader.currentVersion),
+            methods: router.methods.sorted())
+        let recordPath = directory.recordPath(name)
+        do {
+            try Self.writeRecord(info, to: recordPath, in: directory.path)
+        } catch {
+            await listener.close()
+            throw error
+        }
+        let service = BusService(name: name, info: info, bus: bus, listener: listener, lock: lock, recordPath: recordPath)
+        box.service = service
+        return service
+    }
+
+    /// Writes the record beside a temporary name and renames it into place: readers
+    /// see no record or a whole one, and the rename never follows a planted symlink.
+    private static func writeRecord(_ info: ServiceInfo, to path: String, in directory: String) throws(IntercomError) {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(info) else {
+            throw IntercomError(.invalidPayload, "cannot encode the service record")
+        }
+        let temporary = "\(directory)/.\(info.name).json.\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw IntercomError(.permissionDenied, "cannot write \(temporary): \(String(cString: strerror(errno)))")
+        }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        closeDescriptor(fd)
+        guard written == data.count, rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw IntercomError(.permissionDenied, "cannot write the service record \(path)")
+        }
+    }
+
+    /// Connections from clients, as they arrive (each already past the credential
+    /// check and the handshake).
+    public var clients: AsyncStream<Peer> { self.listener.peers }
+
+    /// The clients connected now.
+    public var connectedClients: [Peer] { self.listener.connectedPeers }
+
+    /// Publishes an event to every client subscribed to `topic`. Never waits: a
+    /// client whose connection is full misses the event and is told how many it
+    /// missed with the next one it gets.
+    ///
+    /// - Returns: which clients it was sent to and which missed it.
+    /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
+    @discardableResult
+    public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishReport {
+        let subscribers = self.listener.connectedPeers.filter { $0.isSubscribed(to: topic) }
+        var report = PublishReport()
+        guard let codec = subscribers.first?.codec else { return report }
+        var payload = ByteBuffer()
+        do {
+            try codec.encode(value, into: &payload)
+        } catch {
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
+        }
+        for peer in subscribers {
+            // Peers that negotiated another codec get their own encoding.
+            let outcome =
+                peer.codec.id == codec.id ? try peer.publishEncoded(topic, payload: payload) : try peer.publish(topic, value)
+            let label = "\(peer.remoteName) (pid \(peer.remotePID))"
+            switch outcome {
+            case .sent: report.sentTo.append(label)
+            case .dropped: report.droppedFor.append(label)
+            case .notSubscribed: break
+            }
+        }
+        return report
+    }
+
+    /// Returns when someone asked this service to quit (the built-in
+    /// `intercom.quit`, used by `replace:` and by broadcasts) or it was closed.
+    public func waitForQuit() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let now = self.state.withLock { state -> Bool in
+                if state.quitRequested || state.closed { return true }
+                state.quitWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    private func requestQuit() async {
+        let waiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.quitRequested = true
+            defer { state.quitWaiters.removeAll() }
+            return state.quitWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+        await self.close()
+    }
+
+    /// Stops serving: closes every client connection, removes the record and the
+    /// socket, and gives up the name (the lock file goes last).
+    public func close() async {
+        let (first, waiters) = self.state.withLock { state -> (Bool, [UnsafeContinuation<Void, Never>]) in
+            defer {
+                state.closed = true
+                state.quitWaiters.removeAll()
+            }
+            return (!state.closed, state.quitWaiters)
+        }
+        for waiter in waiters { waiter.resume() }
+        guard first else { return }
+        unlink(self.recordPath)
+        await self.listener.close()
+        self.lock.release()
+    }
+}
+
+/// Lets the built-in handlers reach the service, which exists only after listening.
+private final class ServiceBox: @unchecked Sendable {
+    // Written once before the record is published (so before any client can find
+    // the service by name); read by handlers afterwards.
+    var service: BusService?
+}
+
+#if canImport(Glibc)
+private func closeDescriptor(_ fd: Int32) { _ = Glibc.close(fd) }
+#elseif canImport(Darwin)
+private func closeDescriptor(_ fd: Int32) { _ = Darwin.close(fd) }
+#endif
