@@ -16,6 +16,10 @@ struct Options {
     var stall = false
     var stdio = false
     var handlerOnConnectionThread = false
+    /// Serve on a bus instead of connecting to the test: `--serve NAME --bus DIR`.
+    var serveName: String?
+    var busDirectory: String?
+    var replace = false
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -26,6 +30,9 @@ struct Options {
             case "--stall": self.stall = true
             case "--stdio": self.stdio = true
             case "--connection-thread": self.handlerOnConnectionThread = true
+            case "--serve": self.serveName = iterator.next()
+            case "--bus": self.busDirectory = iterator.next()
+            case "--replace": self.replace = true
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -166,6 +173,9 @@ struct Helper {
         if options.stall { configuration.inboxCapacity = 16 }
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
 
+        if let name = options.serveName, let directory = options.busDirectory {
+            try await serveOnBus(name: name, directory: directory, router: router, options: options, configuration: configuration)
+        }
         let peer: Peer
         if let path = options.connectPath {
             peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
@@ -193,4 +203,36 @@ struct Helper {
         }
         exit(0)
     }
+}
+
+/// Lets bus handlers reach the service, which exists only once it serves.
+final class ServiceHolder: @unchecked Sendable {
+    // Set before the service's record is written, so before any client finds it.
+    var service: BusService?
+}
+
+/// `--serve NAME --bus DIR`: serves the test router (plus `events.burst`) under
+/// NAME until asked to quit, then exits 0.
+func serveOnBus(name: String, directory: String, router: Router, options: Options, configuration: Peer.Configuration)
+    async throws -> Never
+{
+    let holder = ServiceHolder()
+    try router.register("events.burst") { (burst: Burst, _: CallContext) -> BurstTally in
+        var tally = BurstTally(sent: 0, dropped: 0)
+        for index in 0..<burst.count {
+            guard let service = holder.service else { throw IntercomError(.closed, "not serving yet") }
+            let report = try service.publish(burst.topic, index)
+            tally.sent += report.sentTo.count
+            tally.dropped += report.droppedFor.count
+        }
+        return tally
+    }
+    var configuration = configuration
+    configuration.name = name
+    let service = try await Bus(directory: directory).serve(
+        name, router: router, replace: options.replace, configuration: configuration)
+    holder.service = service
+    await service.waitForQuit()
+    await service.close()
+    exit(0)
 }

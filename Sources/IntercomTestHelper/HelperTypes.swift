@@ -51,3 +51,24 @@ public struct CancelReport: Codable, Sendable, Equatable {
         self.budgetMs = budgetMs
     }
 }
+
+/// Asks a serving helper to publish `count` events (0, 1, 2, …) on `topic`.
+public struct Burst: Codable, Sendable {
+    public var topic: String
+    public var count: Int
+    public init(topic: String, count: Int) {
+        self.topic = topic
+        self.count = count
+    }
+}
+
+/// What a burst did: per subscriber, events sent and events dropped because the
+/// subscriber's connection was full.
+public struct BurstTally: Codable, Sendable, Equatable {
+    public var sent: Int
+    public var dropped: Int
+    public init(sent: Int, dropped: Int) {
+        self.sent = sent
+        self.dropped = dropped
+    }
+}

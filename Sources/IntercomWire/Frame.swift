@@ -11,6 +11,9 @@ public struct FrameFlags: OptionSet, Hashable, Sendable {
     public static let rawPayload = FrameFlags(rawValue: 1 << 0)
     /// An error frame whose details hold the thrown error encoded with the connection's codec.
     public static let typedError = FrameFlags(rawValue: 1 << 1)
+    /// An event frame that carries no event, only the count (in its id) of events
+    /// on its topic the publisher had to drop since the last one it sent.
+    public static let lagNotice = FrameFlags(rawValue: 1 << 2)
 }
 
 /// One decoded frame: the fixed header's fields, the parsed header extension

@@ -29,6 +29,8 @@ public final class BusService: Sendable {
 
     private struct State {
         var closed = false
+        var finished = false
+        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
         var quitRequested = false
         var quitWaiters: [UnsafeContinuation<Void, Never>] = []
     }
@@ -65,7 +67,8 @@ public final class BusService: Sendable {
             throw IntercomError(.permissionDenied, "cannot make \(socketPath) private (chmod 0600 failed)")
         }
         let info = ServiceInfo(
-            name: name, pid: getpid(), startTime: Date(), protocolVersion: Int(FrameHeader.currentVersion),
+            name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
+            protocolVersion: Int(FrameHeader.currentVersion),
             methods: router.methods.sorted())
         let recordPath = directory.recordPath(name)
         do {
@@ -173,10 +176,28 @@ public final class BusService: Sendable {
             return (!state.closed, state.quitWaiters)
         }
         for waiter in waiters { waiter.resume() }
-        guard first else { return }
+        guard first else {
+            // Someone else is closing: return when they are done, so a caller that
+            // exits right after never leaves the files behind.
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                let done = self.state.withLock { state -> Bool in
+                    if state.finished { return true }
+                    state.closeWaiters.append(continuation)
+                    return false
+                }
+                if done { continuation.resume() }
+            }
+            return
+        }
         unlink(self.recordPath)
         await self.listener.close()
         self.lock.release()
+        let closeWaiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.finished = true
+            defer { state.closeWaiters.removeAll() }
+            return state.closeWaiters
+        }
+        for waiter in closeWaiters { waiter.resume() }
     }
 }
 

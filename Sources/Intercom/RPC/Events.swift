@@ -1,5 +1,5 @@
-public import IntercomWire
-public import NIOCore
+internal import IntercomWire
+internal import NIOCore
 internal import Synchronization
 internal import DequeModule
 
@@ -72,6 +72,18 @@ final class EventQueue: Sendable {
         }
         waiter?.resume()
         return keep
+    }
+
+    /// On the connection's thread: the publisher dropped `count` events for us.
+    func addMissed(_ count: Int) {
+        let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
+            guard state.ended == nil, count > 0 else { return nil }
+            state.missed += count
+            state.missedTotal += count
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
     }
 
     /// Ends the subscription (connection gone, or unsubscribed) after what is queued.

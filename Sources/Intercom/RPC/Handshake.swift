@@ -71,6 +71,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                 IntercomError(
                     IntercomError.Code(wireName: body?.code ?? "protocolViolation"),
                     "the other side refused the handshake: \(body?.message ?? "unreadable error frame")"))
+            self.transport.close()
         default:
             self.refuse(ProtocolError(.malformedHandshake, "expected a hello frame first, got \(frame.kind)"))
         }
@@ -84,6 +85,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     func endOfReadBatch() {}
+    func transportWritable() {}
 
     func transportFailed(_ error: ProtocolError) {
         self.fail(IntercomError(error, peer: nil))

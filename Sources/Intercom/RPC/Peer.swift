@@ -545,6 +545,19 @@ extension IntercomError {
 extension Peer: FrameReceiver {
     func transportActive() {}
 
+    /// The connection drained after being full: tell subscribers what they missed
+    /// now, rather than with the next event (which may never come).
+    func transportWritable() {
+        self.remoteTopics.withLock { state in
+            for (topic, missed) in state.missed where missed > 0 {
+                var frame = ByteBuffer()
+                let mark = FrameHeader.begin(into: &frame, kind: .event, flags: .lagNotice, id: UInt64(missed), method: topic)
+                FrameHeader.finish(mark, in: &frame)
+                if self.transport.sendIfWritable(frame) { state.missed[topic] = nil }
+            }
+        }
+    }
+
     func receive(_ frame: Frame) {
         switch frame.kind {
         case .reply, .error, .pong:
@@ -587,6 +600,10 @@ extension Peer: FrameReceiver {
         guard let topic = frame.method else { return }
         let queues = self.subscriptions.withLock { $0.byTopic[topic].map { Array($0.values) } ?? [] }
         let missed = Int(clamping: frame.id)
+        if frame.flags.contains(.lagNotice) {
+            for queue in queues { queue.addMissed(missed) }
+            return
+        }
         for queue in queues where !queue.append(frame.payload, missedBefore: missed) {
             // Overflowed under `.disconnect`: the subscription is over.
             self.unsubscribe(queue)

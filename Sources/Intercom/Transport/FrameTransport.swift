@@ -73,4 +73,6 @@ protocol FrameReceiver: AnyObject, Sendable {
     func transportFailed(_ error: ProtocolError)
     /// The stream ended (the other side closed it, died, or this side closed it).
     func transportClosed()
+    /// The outbound buffer drained below its low watermark after being full.
+    func transportWritable()
 }

@@ -151,6 +151,7 @@ final class NIOFrameTransport: FrameTransport {
             return Array(outbox.writabilityWaiters.values)
         }
         for waiter in waiters { waiter.resume() }
+        if writable { self.handler.notifyWritable() }
     }
 
     /// On the event loop: the channel is gone; fail every waiting sender.
@@ -291,6 +292,10 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         self.transport?.writabilityChanged(context.channel.isWritable)
         context.fireChannelWritabilityChanged()
+    }
+
+    func notifyWritable() {
+        self.receiver?.transportWritable()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -70,7 +70,7 @@ public final class PeerListener: Sendable {
                             // Before the handshake: no handler can run for this client.
                             logger.warning("refused a connection", metadata: ["path": "\(path)", "reason": "\(refusal)"])
                             let frame = ErrorBody(code: IntercomError.Code.permissionDenied.name, message: refusal).frame(id: 0)
-                            return child.writeAndFlush(frame).always { _ in child.close(promise: nil) }
+                            return child.pipeline.addHandler(RefuseOnActive(frame: frame))
                         }
                         do {
                             let future = try installPeer(on: child, router: router, configuration: configuration)
@@ -195,6 +195,24 @@ private func credentialRefusal(_ channel: any Channel, allowed: Set<UInt32>) -> 
         allowed.contains(credentials.cr_uid) ? nil : "uid \(credentials.cr_uid) is not allowed to connect"
     }.recover { "cannot read the peer's credentials: \($0)" }
     #endif
+}
+
+/// Sends one error frame as soon as the connection is active, then closes it.
+/// (Writing from the child initializer itself would wait for a registration that
+/// waits for the initializer.)
+private final class RefuseOnActive: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    let frame: ByteBuffer
+    init(frame: ByteBuffer) { self.frame = frame }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(self.frame)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Nothing the refused client sends is read.
+    }
 }
 
 /// Lets the child initializer find the listener, which exists only after bind.

@@ -1,0 +1,239 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The bus with real service processes: claiming names, finding services,
+/// leftovers of dead services, events, and the security checks.
+@Suite(.serialized) struct BusTests {
+    @Test func aServiceIsFoundListedCalledAndQuits() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let bus = temporary.bus
+                // Waiting starts before the service exists and returns once it is ready.
+                async let found = bus.waitForService("camera", timeout: .seconds(20))
+                let service = try ServiceProcess(name: "camera", bus: temporary)
+                let info = try await found
+                #expect(info.pid == service.pid)
+                #expect(info.methods.contains("camera.exposure.set"))
+                #expect(info.methods.contains("intercom.quit"))
+                #expect(try bus.services().map(\.name) == ["camera"])
+                #expect(Set(temporary.files) == ["camera.json", "camera.lock", "camera.sock"])
+
+                let camera = try await bus.connect(to: "camera")
+                let ack = try await camera.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
+                #expect(ack == Ack(ok: true, appliedMs: 10))
+                #expect(try await camera.call("intercom.info", 0, returning: ServiceInfo.self) == info)
+                #expect(try await camera.call("intercom.quit", 0, returning: Bool.self))
+                await camera.waitUntilClosed()
+                #expect(await service.waitForExit() == 0)
+                #expect(try bus.services().isEmpty)
+            }
+        }
+    }
+
+    @Test func connectingToAMissingServiceSaysWhatIsRunning() async throws {
+        try await withTemporaryBus { temporary in
+            let service = try await temporary.bus.serve("present")
+            await expectIntercomError(.serviceNotFound) { _ = try await temporary.bus.connect(to: "absent") }
+            do {
+                _ = try await temporary.bus.connect(to: "absent")
+            } catch let error as IntercomError {
+                #expect(error.message.contains("running: present"), "\(error)")
+            }
+            await expectIntercomError(.timeout) {
+                _ = try await temporary.bus.waitForService("absent", timeout: .milliseconds(200))
+            }
+            await service.close()
+        }
+    }
+
+    @Test func aSecondClaimantGetsNameInUseUnlessItReplaces() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let bus = temporary.bus
+                let first = try ServiceProcess(name: "camera", bus: temporary)
+                _ = try await bus.waitForService("camera", timeout: .seconds(20))
+                let error = await expectIntercomError(.nameInUse) { _ = try await bus.serve("camera") }
+                #expect(error?.message.contains("pid \(first.pid)") == true, "\(String(describing: error))")
+                // Also within one process: the lock is per open file, not per process.
+                let other = try await bus.serve("other")
+                await expectIntercomError(.nameInUse) { _ = try await bus.serve("other") }
+                await other.close()
+
+                let replacement = try await bus.serve("camera", replace: true)
+                #expect(await first.waitForExit() == 0, "the old service was asked to quit")
+                #expect(try bus.service(named: "camera")?.pid == getpid())
+                await replacement.close()
+            }
+        }
+    }
+
+    @Test func twoProcessesRacingForANameOneWinsEveryTime() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                for round in 0..<20 {
+                    let name = "race\(round)"
+                    let a = try ServiceProcess(name: name, bus: temporary)
+                    let b = try ServiceProcess(name: name, bus: temporary)
+                    let info = try await temporary.bus.waitForService(name, timeout: .seconds(20))
+                    let (winner, loser) = info.pid == a.pid ? (a, b) : (b, a)
+                    #expect(info.pid == winner.pid)
+                    #expect(await loser.waitForExit() != 0, "round \(round): the loser must fail with nameInUse")
+                    let peer = try await temporary.bus.connect(to: name)
+                    _ = try? await peer.call("intercom.quit", 0, returning: Bool.self)
+                    await peer.close()
+                    #expect(await winner.waitForExit() == 0)
+                }
+            }
+        }
+    }
+
+    @Test func leftoversOfKilledServicesAreCleanedOnTheNextLookup() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                var services: [ServiceProcess] = []
+                for index in 0..<50 {
+                    services.append(try ServiceProcess(name: "victim\(index)", bus: temporary))
+                }
+                for index in 0..<50 { _ = try await temporary.bus.waitForService("victim\(index)", timeout: .seconds(30)) }
+                #expect(try temporary.bus.services().count == 50)
+                for service in services { service.kill(SIGKILL) }
+                for service in services { await service.waitForExit() }
+                #expect(temporary.files.count == 150, "the dead left their files: \(temporary.files.count)")
+                #expect(try temporary.bus.services().isEmpty)
+                #expect(temporary.files.isEmpty, "cleaned up: \(temporary.files)")
+            }
+        }
+    }
+
+    @Test func killingAServiceTellsCallersAndSubscribersAndARestartIsReachable() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let bus = temporary.bus
+                let first = try ServiceProcess(name: "camera", bus: temporary)
+                let camera = try await bus.connect(to: "camera", waitingUpTo: .seconds(20))
+                let frames = camera.events("frames", as: Int.self)
+                let pending = Task { try await camera.call("hang", 0, returning: Int.self, timeout: .seconds(60)) }
+                _ = try await camera.receiveMessage(timeout: .seconds(10))  // "hang.started"
+                first.kill(SIGKILL)
+                await expectIntercomError(.peerLost) { _ = try await pending.value }
+                await expectIntercomError(.peerLost) { for try await _ in frames {} }
+                await first.waitForExit()
+
+                let second = try ServiceProcess(name: "camera", bus: temporary)
+                let again = try await bus.connect(to: "camera", waitingUpTo: .seconds(20))
+                #expect(again.remotePID == second.pid)
+                #expect(try await again.call("math.add", AddRequest(a: 2, b: 2), returning: Int.self) == 4)
+                _ = try? await again.call("intercom.quit", 0, returning: Bool.self)
+                await again.close()
+                #expect(await second.waitForExit() == 0)
+            }
+        }
+    }
+
+    /// A subscriber that does not read while 100,000 events are published: the
+    /// publisher never waits, the subscriber's queue stays at its cap, and every
+    /// event is accounted for — received, or reported as missed.
+    @Test func aSlowSubscriberLosesEventsByItsPolicyAndTheCountsAddUp() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "ticker", bus: temporary)
+                let peer = try await temporary.bus.connect(to: "ticker", waitingUpTo: .seconds(20))
+                let ticks = peer.events("ticks", as: Int.self, bufferSize: 1000, overflow: .dropOldest)
+                let total = 100_000
+                let tally = try await peer.call(
+                    "events.burst", Burst(topic: "ticks", count: total), returning: BurstTally.self, timeout: .seconds(120))
+                #expect(tally.sent + tally.dropped == total)
+                #expect(ticks.counts.queued <= 1000, "the queue stays at its cap")
+
+                var received: [Int] = []
+                var missed = 0
+                for try await delivery in ticks {
+                    switch delivery {
+                    case .event(let value): received.append(value)
+                    case .lagged(let count): missed += count
+                    }
+                    if received.count + missed == total { break }
+                }
+                #expect(received.count + missed == total, "sent = received + dropped")
+                #expect(received.count <= 1000)
+                #expect(missed >= total - 1000)
+                #expect(received == received.sorted(), "events arrive in order")
+                #expect(received.last == total - 1, "drop-oldest keeps the newest")
+
+                // The other policy: the subscription ends with `busy` when it overflows.
+                let strict = peer.events("strict", as: Int.self, bufferSize: 10, overflow: .disconnect)
+                _ = try await peer.call("events.burst", Burst(topic: "strict", count: 100), returning: BurstTally.self)
+                var delivered = 0
+                let error = await expectIntercomError(.busy) {
+                    for try await _ in strict { delivered += 1 }
+                }
+                #expect(delivered == 10, "what was queued before the overflow is delivered: \(delivered)")
+                #expect(error?.message.contains("strict") == true)
+
+                _ = try? await peer.call("intercom.quit", 0, returning: Bool.self)
+                await peer.close()
+                #expect(await service.waitForExit() == 0)
+            }
+        }
+    }
+
+    @Test func unsafeDirectoriesAndPlantedFilesAreRefused() async throws {
+        try await withTemporaryBus(expectEmpty: false) { temporary in
+            // Open to others: refused (checked with lstat).
+            chmod(temporary.directory, 0o755)
+            await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("camera") }
+            #expect(throws: IntercomError.self) { try temporary.bus.services() }
+            chmod(temporary.directory, 0o700)
+
+            // A symlink in place of the bus directory: refused, not followed.
+            let link = temporary.directory + "-link"
+            symlink(temporary.directory, link)
+            defer { unlink(link) }
+            await expectIntercomError(.permissionDenied) { _ = try await Bus(directory: link).serve("camera") }
+
+            // Planted symlinks where a service's files go: refused, never followed or deleted.
+            let target = temporary.directory + "/target"
+            #expect(FileManager.default.createFile(atPath: target, contents: Data("keep".utf8)))
+            symlink(target, temporary.directory + "/evil.sock")
+            await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("evil") }
+            #expect(FileManager.default.fileExists(atPath: temporary.directory + "/evil.sock"))
+            symlink(target, temporary.directory + "/trap.lock")
+            await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("trap") }
+            #expect((try? String(contentsOfFile: target, encoding: .utf8)) == "keep")
+
+            // A socket path over the platform limit: a clear error, not truncation.
+            await expectIntercomError(.invalidName) {
+                _ = try await temporary.bus.serve(String(repeating: "x", count: 120))
+            }
+        }
+    }
+
+    @Test func aClientOfAnotherUserIsRefusedBeforeAnyHandlerRuns() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let ran = Atomic<Int>(0)
+                let router = Router()
+                try router.register("touch") { (_: Int, _: CallContext) -> Int in
+                    ran.add(1, ordering: .relaxed)
+                    return 1
+                }
+                // The credential check is forced to fail: only a uid that is not ours may connect.
+                let service = try await temporary.bus.serve("guarded", router: router, access: .users([getuid() &+ 1]))
+                let error = await expectIntercomError(.permissionDenied) {
+                    let peer = try await temporary.bus.connect(to: "guarded")
+                    _ = try await peer.call("touch", 0, returning: Int.self)
+                }
+                #expect(error?.message.contains("uid \(getuid())") == true, "\(String(describing: error))")
+                #expect(ran.load(ordering: .relaxed) == 0)
+                await service.close()
+            }
+        }
+    }
+}
