@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The bus with real service processes: claiming names, finding services,
@@ -26,7 +26,8 @@ import Glibc
                 #expect(Set(temporary.files) == ["camera.json", "camera.lock", "camera.sock"])
 
                 let camera = try await bus.connect(to: "camera")
-                let ack = try await camera.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
+                let ack = try await camera.call(
+                    "camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
                 #expect(ack == Ack(ok: true, appliedMs: 10))
                 #expect(try await camera.call("intercom.info", 0, returning: ServiceInfo.self) == info)
                 #expect(try await camera.call("intercom.quit", 0, returning: Bool.self))
@@ -38,18 +39,22 @@ import Glibc
     }
 
     @Test func connectingToAMissingServiceSaysWhatIsRunning() async throws {
-        try await withTemporaryBus { temporary in
-            let service = try await temporary.bus.serve("present")
-            await expectIntercomError(.serviceNotFound) { _ = try await temporary.bus.connect(to: "absent") }
-            do {
-                _ = try await temporary.bus.connect(to: "absent")
-            } catch let error as IntercomError {
-                #expect(error.message.contains("running: present"), "\(error)")
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try await temporary.bus.serve("present")
+                await expectIntercomError(.serviceNotFound) {
+                    _ = try await temporary.bus.connect(to: "absent")
+                }
+                do {
+                    _ = try await temporary.bus.connect(to: "absent")
+                } catch let error as IntercomError {
+                    #expect(error.message.contains("running: present"), "\(error)")
+                }
+                await expectIntercomError(.timeout) {
+                    _ = try await temporary.bus.waitForService("absent", timeout: .milliseconds(200))
+                }
+                await service.close()
             }
-            await expectIntercomError(.timeout) {
-                _ = try await temporary.bus.waitForService("absent", timeout: .milliseconds(200))
-            }
-            await service.close()
         }
     }
 
@@ -84,7 +89,8 @@ import Glibc
                     let info = try await temporary.bus.waitForService(name, timeout: .seconds(20))
                     let (winner, loser) = info.pid == a.pid ? (a, b) : (b, a)
                     #expect(info.pid == winner.pid)
-                    #expect(await loser.waitForExit() != 0, "round \(round): the loser must fail with nameInUse")
+                    #expect(
+                        await loser.waitForExit() != 0, "round \(round): the loser must fail with nameInUse")
                     let peer = try await temporary.bus.connect(to: name)
                     _ = try? await peer.call("intercom.quit", 0, returning: Bool.self)
                     await peer.close()
@@ -101,7 +107,9 @@ import Glibc
                 for index in 0..<50 {
                     services.append(try ServiceProcess(name: "victim\(index)", bus: temporary))
                 }
-                for index in 0..<50 { _ = try await temporary.bus.waitForService("victim\(index)", timeout: .seconds(30)) }
+                for index in 0..<50 {
+                    _ = try await temporary.bus.waitForService("victim\(index)", timeout: .seconds(30))
+                }
                 #expect(try temporary.bus.services().count == 50)
                 for service in services { service.kill(SIGKILL) }
                 for service in services { await service.waitForExit() }
@@ -119,7 +127,9 @@ import Glibc
                 let first = try ServiceProcess(name: "camera", bus: temporary)
                 let camera = try await bus.connect(to: "camera", waitingUpTo: .seconds(20))
                 let frames = camera.events("frames", as: Int.self)
-                let pending = Task { try await camera.call("hang", 0, returning: Int.self, timeout: .seconds(60)) }
+                let pending = Task {
+                    try await camera.call("hang", 0, returning: Int.self, timeout: .seconds(60))
+                }
                 _ = try await camera.receiveMessage(timeout: .seconds(10))  // "hang.started"
                 first.kill(SIGKILL)
                 await expectIntercomError(.peerLost) { _ = try await pending.value }
@@ -148,7 +158,8 @@ import Glibc
                 let ticks = peer.events("ticks", as: Int.self, bufferSize: 1000, overflow: .dropOldest)
                 let total = 100_000
                 let tally = try await peer.call(
-                    "events.burst", Burst(topic: "ticks", count: total), returning: BurstTally.self, timeout: .seconds(120))
+                    "events.burst", Burst(topic: "ticks", count: total), returning: BurstTally.self,
+                    timeout: .seconds(120))
                 #expect(tally.sent + tally.dropped == total)
                 #expect(ticks.counts.queued <= 1000, "the queue stays at its cap")
 
@@ -169,7 +180,8 @@ import Glibc
 
                 // The other policy: the subscription ends with `busy` when it overflows.
                 let strict = peer.events("strict", as: Int.self, bufferSize: 10, overflow: .disconnect)
-                _ = try await peer.call("events.burst", Burst(topic: "strict", count: 100), returning: BurstTally.self)
+                _ = try await peer.call(
+                    "events.burst", Burst(topic: "strict", count: 100), returning: BurstTally.self)
                 var delivered = 0
                 let error = await expectIntercomError(.busy) {
                     for try await _ in strict { delivered += 1 }
@@ -185,32 +197,36 @@ import Glibc
     }
 
     @Test func unsafeDirectoriesAndPlantedFilesAreRefused() async throws {
-        try await withTemporaryBus(expectEmpty: false) { temporary in
-            // Open to others: refused (checked with lstat).
-            chmod(temporary.directory, 0o755)
-            await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("camera") }
-            #expect(throws: IntercomError.self) { try temporary.bus.services() }
-            chmod(temporary.directory, 0o700)
+        try await withResourceCheck {
+            try await withTemporaryBus(expectEmpty: false) { temporary in
+                // Open to others: refused (checked with lstat).
+                chmod(temporary.directory, 0o755)
+                await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("camera") }
+                #expect(throws: IntercomError.self) { try temporary.bus.services() }
+                chmod(temporary.directory, 0o700)
 
-            // A symlink in place of the bus directory: refused, not followed.
-            let link = temporary.directory + "-link"
-            symlink(temporary.directory, link)
-            defer { unlink(link) }
-            await expectIntercomError(.permissionDenied) { _ = try await Bus(directory: link).serve("camera") }
+                // A symlink in place of the bus directory: refused, not followed.
+                let link = temporary.directory + "-link"
+                symlink(temporary.directory, link)
+                defer { unlink(link) }
+                await expectIntercomError(.permissionDenied) {
+                    _ = try await Bus(directory: link).serve("camera")
+                }
 
-            // Planted symlinks where a service's files go: refused, never followed or deleted.
-            let target = temporary.directory + "/target"
-            #expect(FileManager.default.createFile(atPath: target, contents: Data("keep".utf8)))
-            symlink(target, temporary.directory + "/evil.sock")
-            await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("evil") }
-            #expect(FileManager.default.fileExists(atPath: temporary.directory + "/evil.sock"))
-            symlink(target, temporary.directory + "/trap.lock")
-            await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("trap") }
-            #expect((try? String(contentsOfFile: target, encoding: .utf8)) == "keep")
+                // Planted symlinks where a service's files go: refused, never followed or deleted.
+                let target = temporary.directory + "/target"
+                #expect(FileManager.default.createFile(atPath: target, contents: Data("keep".utf8)))
+                symlink(target, temporary.directory + "/evil.sock")
+                await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("evil") }
+                #expect(FileManager.default.fileExists(atPath: temporary.directory + "/evil.sock"))
+                symlink(target, temporary.directory + "/trap.lock")
+                await expectIntercomError(.permissionDenied) { _ = try await temporary.bus.serve("trap") }
+                #expect((try? String(contentsOfFile: target, encoding: .utf8)) == "keep")
 
-            // A socket path over the platform limit: a clear error, not truncation.
-            await expectIntercomError(.invalidName) {
-                _ = try await temporary.bus.serve(String(repeating: "x", count: 120))
+                // A socket path over the platform limit: a clear error, not truncation.
+                await expectIntercomError(.invalidName) {
+                    _ = try await temporary.bus.serve(String(repeating: "x", count: 120))
+                }
             }
         }
     }
@@ -225,7 +241,8 @@ import Glibc
                     return 1
                 }
                 // The credential check is forced to fail: only a uid that is not ours may connect.
-                let service = try await temporary.bus.serve("guarded", router: router, access: .users([getuid() &+ 1]))
+                let service = try await temporary.bus.serve(
+                    "guarded", router: router, access: .users([getuid() &+ 1]))
                 let error = await expectIntercomError(.permissionDenied) {
                     let peer = try await temporary.bus.connect(to: "guarded")
                     _ = try await peer.call("touch", 0, returning: Int.self)
