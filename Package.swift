@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(
             name: "IntercomTests",
             dependencies: [
-                "Intercom", "IntercomWire", "IntercomTestHelper",
+                "Intercom", "IntercomWire", "IntercomTestHelper", "IntercomCLI",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -14,6 +14,9 @@ public struct FrameFlags: OptionSet, Hashable, Sendable {
     /// An event frame that carries no event, only the count (in its id) of events
     /// on its topic the publisher had to drop since the last one it sent.
     public static let lagNotice = FrameFlags(rawValue: 1 << 2)
+    /// The payload is JSON whatever codec the connection agreed on (a call with
+    /// this flag is answered with it too): how tools call typed handlers.
+    public static let jsonPayload = FrameFlags(rawValue: 1 << 3)
 }
 
 /// One decoded frame: the fixed header's fields, the parsed header extension

@@ -130,8 +130,8 @@ public final class BusService: Sendable {
         }
         for peer in subscribers {
             // Peers that negotiated another codec get their own encoding.
-            let outcome =
-                peer.codec.id == codec.id ? try peer.publishEncoded(topic, payload: payload) : try peer.publish(topic, value)
+            let shared = peer.codec.id == codec.id && !peer.wantsJSON(topic)
+            let outcome = shared ? try peer.publishEncoded(topic, payload: payload) : try peer.publish(topic, value)
             let label = "\(peer.remoteName) (pid \(peer.remotePID))"
             switch outcome {
             case .sent: report.sentTo.append(label)

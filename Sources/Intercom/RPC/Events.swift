@@ -25,7 +25,7 @@ public enum EventOverflowPolicy: Sendable, Hashable {
 /// One subscription's bounded queue of still-encoded events.
 final class EventQueue: Sendable {
     private struct State {
-        var events = Deque<ByteBuffer>()
+        var events = Deque<(topic: String, payload: ByteBuffer)>()
         var missed = 0
         var waiter: UnsafeContinuation<Void, Never>?
         var ended: IntercomError?
@@ -47,7 +47,7 @@ final class EventQueue: Sendable {
     /// On the connection's thread: an event arrived after `missedBefore` the
     /// publisher could not send. Returns false if the subscription overflowed
     /// under `.disconnect` and has ended.
-    func append(_ payload: ByteBuffer, missedBefore: Int) -> Bool {
+    func append(topic: String, _ payload: ByteBuffer, missedBefore: Int) -> Bool {
         let (waiter, keep) = self.state.withLock { state -> (UnsafeContinuation<Void, Never>?, Bool) in
             guard state.ended == nil else { return (nil, true) }
             state.missed += missedBefore
@@ -66,7 +66,7 @@ final class EventQueue: Sendable {
                     return (state.waiter, false)
                 }
             }
-            state.events.append(payload)
+            state.events.append((topic, payload))
             defer { state.waiter = nil }
             return (state.waiter, true)
         }
@@ -97,7 +97,7 @@ final class EventQueue: Sendable {
     }
 
     enum Next {
-        case event(ByteBuffer)
+        case event(topic: String, payload: ByteBuffer)
         case lagged(Int)
         case end(IntercomError)
     }
@@ -112,7 +112,7 @@ final class EventQueue: Sendable {
                 }
                 if let event = state.events.popFirst() {
                     state.receivedTotal += 1
-                    return .event(event)
+                    return .event(topic: event.topic, payload: event.payload)
                 }
                 if let ended = state.ended { return .end(ended) }
                 return nil
@@ -181,7 +181,7 @@ public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sen
         /// The next delivery; throws when the subscription ends.
         public mutating func next() async throws -> EventDelivery<Value>? {
             switch await self.queue.next() {
-            case .event(let payload):
+            case .event(_, let payload):
                 return .event(
                     try self.codec.decodePayload(
                         Value.self, from: payload, what: "event on '\(self.queue.topic)'",
@@ -199,6 +199,49 @@ public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sen
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(queue: self.queue, codec: self.peer.codec)
     }
+}
+
+/// What a JSON subscription yields.
+public enum JSONEvent: Sendable, Hashable {
+    /// An event: its topic and its payload as JSON text.
+    case event(topic: String, json: String)
+    /// `missed` events were dropped because the subscriber fell behind.
+    case lagged(missed: Int)
+}
+
+/// Events as JSON text (see ``Peer/jsonEvents(_:bufferSize:)``). Ends with an
+/// error when the connection ends.
+public struct JSONEventSubscription: AsyncSequence, Sendable {
+    public typealias Element = JSONEvent
+
+    let queue: EventQueue
+    let peer: Peer
+
+    /// Stops the subscription; iteration ends normally.
+    public func cancel() {
+        self.peer.unsubscribe(self.queue)
+    }
+
+    /// Iterates the deliveries.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let queue: EventQueue
+
+        /// The next delivery; throws when the connection ends.
+        public mutating func next() async throws -> JSONEvent? {
+            switch await self.queue.next() {
+            case .event(let topic, let payload):
+                return .event(topic: topic, json: String(buffer: payload))
+            case .lagged(let missed):
+                return .lagged(missed: missed)
+            case .end(let error):
+                if error.code == .closed, error.message.hasPrefix("unsubscribed") { return nil }
+                throw error
+            }
+        }
+    }
+
+    /// An iterator over the deliveries.
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(queue: self.queue) }
 }
 
 /// The outcome of publishing one event on one connection.

@@ -57,8 +57,11 @@ public final class Peer: Sendable {
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).
     private struct RemoteTopics {
-        var topics: Set<String> = []
+        /// Topic (or `*`, every topic) → whether the subscriber wants JSON payloads.
+        var subscribed: [String: Bool] = [:]
         var missed: [String: Int] = [:]
+
+        func subscription(for topic: String) -> Bool? { self.subscribed[topic] ?? self.subscribed["*"] }
     }
 
     /// Calls this side made and is waiting for.
@@ -148,9 +151,21 @@ public final class Peer: Sendable {
         return ContinuousClock.now - start
     }
 
+    /// Calls `method` with a JSON argument and returns the JSON reply, whatever
+    /// codec the connection uses: the handler decodes the JSON as its typed
+    /// request and answers in JSON. For tools (`intercom call`) and scripts.
+    ///
+    /// - Returns: the reply's JSON text (`null` for a handler without a value).
+    /// - Throws: as ``call(_:_:returning:timeout:)``.
+    public func callJSON(_ method: String, json: String, timeout: Duration? = nil) async throws -> String {
+        let reply = try await self.exchange(
+            method, Optional<Int>.none, timeout: timeout ?? self.configuration.defaultCallTimeout, jsonArgument: json)
+        return reply.payload.readableBytes == 0 ? "null" : String(buffer: reply.payload)
+    }
+
     /// Sends the frame of one call and waits for the frame that answers it.
     private func exchange<Request: Encodable>(
-        _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call
+        _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil
     ) async throws -> Frame {
         let context = IntercomError.Context(method: method, peer: self.remoteName)
         if let method, method.utf8.count > 255 {
@@ -161,10 +176,18 @@ public final class Peer: Sendable {
         }
         let pending = PendingCall(method: method, timeout: timeout, deadline: ContinuousClock.now.advanced(by: timeout))
         let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
-        let frame =
-            kind == .call
-            ? try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
-            : FrameHeader.empty(kind: kind, id: id)
+        let frame: ByteBuffer
+        if let jsonArgument {
+            var buffer = ByteBuffer()
+            let mark = FrameHeader.begin(into: &buffer, kind: .call, flags: .jsonPayload, id: id, method: method, timeout: timeout)
+            buffer.writeString(jsonArgument)
+            FrameHeader.finish(mark, in: &buffer)
+            frame = buffer
+        } else if kind == .call {
+            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
+        } else {
+            frame = FrameHeader.empty(kind: kind, id: id)
+        }
         try await self.waitUntilWritable(context: context)
 
         return try await withTaskCancellationHandler {
@@ -202,13 +225,14 @@ public final class Peer: Sendable {
     }
 
     private func encodeFrame<Value: Encodable>(
-        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context
+        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
+        codec: PayloadCodec? = nil, flags: FrameFlags = []
     ) throws(IntercomError) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(128)
-        let mark = FrameHeader.begin(into: &buffer, kind: kind, id: id, method: method, timeout: timeout)
+        let mark = FrameHeader.begin(into: &buffer, kind: kind, flags: flags, id: id, method: method, timeout: timeout)
         do {
-            try self.codec.encode(value, into: &buffer)
+            try (codec ?? self.codec).encode(value, into: &buffer)
         } catch {
             throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context)
         }
@@ -349,6 +373,18 @@ public final class Peer: Sendable {
         _ topic: String, as type: Value.Type = Value.self, bufferSize: Int = 1024,
         overflow: EventOverflowPolicy = .dropOldest
     ) -> EventSubscription<Value> {
+        EventSubscription(queue: self.subscribe(topic, bufferSize: bufferSize, overflow: overflow, json: false), peer: self)
+    }
+
+    /// Subscribes to the other side's events on `topic` (`*`: every topic) as JSON
+    /// text, whatever codec the connection uses: for tools like `intercom watch`.
+    /// Use a connection of its own for it (typed subscriptions to the same topics
+    /// on the same connection take precedence and arrive in the connection's codec).
+    public func jsonEvents(_ topic: String = "*", bufferSize: Int = 1024) -> JSONEventSubscription {
+        JSONEventSubscription(queue: self.subscribe(topic, bufferSize: bufferSize, overflow: .dropOldest, json: true), peer: self)
+    }
+
+    private func subscribe(_ topic: String, bufferSize: Int, overflow: EventOverflowPolicy, json: Bool) -> EventQueue {
         let queue = EventQueue(topic: topic, capacity: bufferSize, policy: overflow)
         let first = self.subscriptions.withLock { table -> Bool? in
             if let ended = table.ended {
@@ -361,11 +397,11 @@ public final class Peer: Sendable {
         }
         if first == true {
             var frame = ByteBuffer()
-            let mark = FrameHeader.begin(into: &frame, kind: .subscribe, id: 0, method: topic)
+            let mark = FrameHeader.begin(into: &frame, kind: .subscribe, flags: json ? .jsonPayload : [], id: 0, method: topic)
             FrameHeader.finish(mark, in: &frame)
             self.transport.send(frame)
         }
-        return EventSubscription(queue: queue, peer: self)
+        return queue
     }
 
     /// Ends one subscription; the other side is told when its topic has no subscriber left.
@@ -395,23 +431,29 @@ public final class Peer: Sendable {
     ///   `frameTooLarge` if it is over the other side's limit.
     @discardableResult
     public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishOutcome {
-        guard self.isSubscribed(to: topic) else { return .notSubscribed }
+        guard let json = self.remoteTopics.withLock({ $0.subscription(for: topic) }) else { return .notSubscribed }
+        let codec = json ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         var payload = ByteBuffer()
         do {
-            try self.codec.encode(value, into: &payload)
+            try codec.encode(value, into: &payload)
         } catch {
             throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
         }
-        return try self.publishEncoded(topic, payload: payload)
+        return try self.publishEncoded(topic, payload: payload, json: json)
     }
 
-    /// Whether the other side subscribes to `topic`.
+    /// Whether the other side subscribes to `topic` (or to every topic).
     public func isSubscribed(to topic: String) -> Bool {
-        self.remoteTopics.withLock { $0.topics.contains(topic) }
+        self.remoteTopics.withLock { $0.subscription(for: topic) != nil }
+    }
+
+    /// Whether the other side asked for `topic`'s events in JSON.
+    func wantsJSON(_ topic: String) -> Bool {
+        self.remoteTopics.withLock { $0.subscription(for: topic) == true }
     }
 
     /// Publishes an already-encoded event (one encoding for many subscribers).
-    func publishEncoded(_ topic: String, payload: ByteBuffer) throws(IntercomError) -> PublishOutcome {
+    func publishEncoded(_ topic: String, payload: ByteBuffer, json: Bool = false) throws(IntercomError) -> PublishOutcome {
         guard payload.readableBytes <= self.remoteMaxFrameSize else {
             throw IntercomError(
                 .frameTooLarge,
@@ -419,11 +461,12 @@ public final class Peer: Sendable {
                 context: .init(method: topic, peer: self.remoteName))
         }
         return self.remoteTopics.withLock { state -> PublishOutcome in
-            guard state.topics.contains(topic) else { return .notSubscribed }
+            guard state.subscription(for: topic) != nil else { return .notSubscribed }
             let missed = state.missed[topic] ?? 0
             var frame = ByteBuffer()
             frame.reserveCapacity(FrameHeader.size + 3 + topic.utf8.count + payload.readableBytes)
-            let mark = FrameHeader.begin(into: &frame, kind: .event, id: UInt64(missed), method: topic)
+            let mark = FrameHeader.begin(
+                into: &frame, kind: .event, flags: json ? .jsonPayload : [], id: UInt64(missed), method: topic)
             var body = payload
             frame.writeBuffer(&body)
             FrameHeader.finish(mark, in: &frame)
@@ -580,11 +623,13 @@ extension Peer: FrameReceiver {
         case .event:
             self.deliverEvent(frame)
         case .subscribe:
-            if let topic = frame.method { self.remoteTopics.withLock { _ = $0.topics.insert(topic) } }
+            if let topic = frame.method {
+                self.remoteTopics.withLock { $0.subscribed[topic] = frame.flags.contains(.jsonPayload) }
+            }
         case .unsubscribe:
             if let topic = frame.method {
                 self.remoteTopics.withLock { state in
-                    state.topics.remove(topic)
+                    state.subscribed[topic] = nil
                     state.missed[topic] = nil
                 }
             }
@@ -598,13 +643,15 @@ extension Peer: FrameReceiver {
     /// An event arrived: hand it to every local subscription of its topic.
     private func deliverEvent(_ frame: Frame) {
         guard let topic = frame.method else { return }
-        let queues = self.subscriptions.withLock { $0.byTopic[topic].map { Array($0.values) } ?? [] }
+        let queues = self.subscriptions.withLock { table -> [EventQueue] in
+            Array((table.byTopic[topic] ?? [:]).values) + Array((table.byTopic["*"] ?? [:]).values)
+        }
         let missed = Int(clamping: frame.id)
         if frame.flags.contains(.lagNotice) {
             for queue in queues { queue.addMissed(missed) }
             return
         }
-        for queue in queues where !queue.append(frame.payload, missedBefore: missed) {
+        for queue in queues where !queue.append(topic: topic, frame.payload, missedBefore: missed) {
             // Overflowed under `.disconnect`: the subscription is over.
             self.unsubscribe(queue)
         }
@@ -717,7 +764,8 @@ extension Peer: FrameReceiver {
         let method = frame.method ?? ""
         let context = CallContext(
             method: method, callID: frame.id, deadline: deadline, peerName: self.remoteName, peerPID: self.remotePID, peer: self)
-        let call = IncomingCall(context: context, payload: frame.payload, codec: self.codec)
+        let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
+        let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
         let isCall = frame.kind == .call
         let executor: (any TaskExecutor)? =
             self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
@@ -771,7 +819,7 @@ extension Peer: FrameReceiver {
             }
             let value = try await handler(call)
             if isCall {
-                reply = try self.encodeReply(value, id: id, method: call.method)
+                reply = try self.encodeReply(value, id: id, method: call.method, codec: call.codec)
             }
         } catch {
             if isCall {
@@ -789,10 +837,15 @@ extension Peer: FrameReceiver {
         self.handlerFinished(id, isCall: isCall)
     }
 
-    private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String) throws -> ByteBuffer {
+    private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
+        throws -> ByteBuffer
+    {
         let context = IntercomError.Context(method: method, callID: id, peer: self.remoteName)
         guard let value else { return FrameHeader.empty(kind: .reply, id: id) }
-        return try self.encodeFrame(kind: .reply, id: id, method: nil, timeout: nil, value, context: context)
+        // A JSON call (see `callJSON`) is answered in JSON.
+        let flags: FrameFlags = codec.id == self.codec.id ? [] : .jsonPayload
+        return try self.encodeFrame(
+            kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec, flags: flags)
     }
 
     private func encodeError(_ error: any Error, id: UInt64, method: String) -> ByteBuffer {

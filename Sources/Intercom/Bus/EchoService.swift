@@ -1,0 +1,75 @@
+public import Foundation
+internal import Synchronization
+
+/// The diagnostic service behind `intercom echo`: a service to try things out
+/// and to test tools against.
+///
+/// Methods: `echo` (returns its JSON argument), `sleep` (waits the given number
+/// of milliseconds, returns it), `fail` (throws an error with the given message),
+/// `exit` (stops serving; the process exits with the code ``run(on:name:tickInterval:)``
+/// returns). Publishes a ``Tick`` on topic `tick` every second.
+public enum EchoService {
+    /// What `tick` events carry.
+    public struct Tick: Codable, Sendable, Hashable {
+        /// 1, 2, 3, … since the service started.
+        public var count: Int
+        /// When it was published.
+        public var time: Date
+    }
+
+    /// The error `fail` throws.
+    public struct Failure: Error, Codable, Sendable, CustomStringConvertible {
+        /// The message the caller gave.
+        public var message: String
+        /// The message.
+        public var description: String { self.message }
+    }
+
+    /// Serves the echo service under `name` on `bus` until it is asked to quit
+    /// (`intercom.quit`) or to exit.
+    ///
+    /// - Returns: the exit status `exit` asked for, or 0 after a quit.
+    /// - Throws: as ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
+    public static func run(on bus: Bus, name: String = "echo", tickInterval: Duration = .seconds(1)) async throws -> Int32 {
+        let router = Router()
+        let holder = EchoHolder()
+        try router.register("echo") { (value: JSONValue, _: CallContext) in value }
+        try router.register("sleep") { (milliseconds: Int, _: CallContext) -> Int in
+            try await Task.sleep(for: .milliseconds(milliseconds))
+            return milliseconds
+        }
+        try router.register("fail") { (message: String, _: CallContext) -> Bool in
+            throw Failure(message: message)
+        }
+        try router.register("exit") { (code: Int32, context: CallContext) -> Bool in
+            let peer = context.peer
+            holder.exitCode.withLock { $0 = code }
+            Task {
+                // Let the reply go out first: wait until no handler is running on this connection.
+                while peer.statistics.runningHandlers > 0 { await Task.yield() }
+                await holder.service?.close()
+            }
+            return true
+        }
+        let service = try await bus.serve(name, router: router)
+        holder.service = service
+        let ticker = Task {
+            var count = 0
+            while !Task.isCancelled {
+                try? await Task.sleep(for: tickInterval)
+                count += 1
+                _ = try? service.publish("tick", Tick(count: count, time: Date()))
+            }
+        }
+        await service.waitForQuit()
+        ticker.cancel()
+        await service.close()
+        return holder.exitCode.withLock { $0 }
+    }
+}
+
+private final class EchoHolder: @unchecked Sendable {
+    // `service` is set once, right after the service starts serving.
+    var service: BusService?
+    let exitCode = Mutex<Int32>(0)
+}

@@ -1,0 +1,193 @@
+import ArgumentParser
+import Foundation
+import Intercom
+
+/// `--bus NAME`, shared by every command that talks to a bus.
+struct BusOptions: ParsableArguments {
+    @Option(help: "The bus to use (default: default). INTERCOM_BUS_DIR, if set, names its directory instead.")
+    var bus: String = "default"
+
+    func resolve() throws(IntercomError) -> Bus { try Bus(self.bus) }
+}
+
+/// Runs `body`; an ``IntercomError`` becomes `error: CODE: message` on standard
+/// error and exit status 1.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as IntercomError {
+        let type = error.remoteType.map { " (\($0))" } ?? ""
+        progress("error: \(error.code)\(type): \(error.message)")
+        throw ExitCode.failure
+    }
+}
+
+/// `intercom list`: the live services on the bus.
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the live services on the bus.")
+
+    @OptionGroup var busOptions: BusOptions
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let services = try self.busOptions.resolve().services()
+            if self.json {
+                let encoder = JSONEncoder()
+                encoder.dateEncodingStrategy = .iso8601
+                encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+                print(String(decoding: try encoder.encode(services), as: UTF8.self))
+                return
+            }
+            guard !services.isEmpty else {
+                print("no services on bus \(try self.busOptions.resolve().directory)")
+                return
+            }
+            let rows = services.map { service -> [String] in
+                let methods = service.methods.filter { !$0.hasPrefix("intercom.") }
+                return [service.name, "\(service.pid)", formatUptime(Date().timeIntervalSince(service.startTime)),
+                    methods.joined(separator: ", ")]
+            }
+            printTable(header: ["NAME", "PID", "UPTIME", "METHODS"], rows: rows)
+        }
+    }
+}
+
+func formatUptime(_ seconds: TimeInterval) -> String {
+    let total = max(0, Int(seconds))
+    if total < 60 { return "\(total)s" }
+    if total < 3600 { return "\(total / 60)m\(total % 60)s" }
+    return "\(total / 3600)h\(total % 3600 / 60)m"
+}
+
+func printTable(header: [String], rows: [[String]]) {
+    let widths = header.indices.map { column in
+        ([header] + rows).map { $0[column].count }.max() ?? 0
+    }
+    for row in [header] + rows {
+        let cells = row.enumerated().map { index, cell in
+            index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+        }
+        print(cells.joined(separator: "  "))
+    }
+}
+
+/// `intercom call SERVICE METHOD [JSON]`.
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Call a method of a service with a JSON argument and print the JSON reply.")
+
+    @OptionGroup var busOptions: BusOptions
+    @Argument(help: "The service's name.") var service: String
+    @Argument(help: "The method, e.g. camera.exposure.set.") var method: String
+    @Argument(help: "The argument as JSON (default: null).") var json: String = "null"
+    @Option(help: "Seconds to wait for the reply.") var timeout: Double = 10
+
+    func run() async throws {
+        try await reportingErrors {
+            let peer = try await self.busOptions.resolve().connect(to: self.service)
+            let reply = try await peer.callJSON(self.method, json: self.json, timeout: .milliseconds(Int(self.timeout * 1000)))
+            print(reply)
+            await peer.close()
+        }
+    }
+}
+
+/// `intercom ping SERVICE [--count N]`.
+struct Ping: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Measure round trips to a service.")
+
+    @OptionGroup var busOptions: BusOptions
+    @Argument(help: "The service's name.") var service: String
+    @Option(help: "How many pings.") var count: Int = 10
+
+    func run() async throws {
+        try await reportingErrors {
+            let peer = try await self.busOptions.resolve().connect(to: self.service)
+            var samples: [Duration] = []
+            for index in 1...max(1, self.count) {
+                let rtt = try await peer.ping()
+                samples.append(rtt)
+                print("reply from \(self.service) (pid \(peer.remotePID)): seq=\(index) time=\(formatMicroseconds(rtt))")
+            }
+            await peer.close()
+            samples.sort()
+            let median = samples[samples.count / 2]
+            let p99 = samples[min(samples.count - 1, Int(Double(samples.count) * 0.99))]
+            print(
+                "\(samples.count) pings: min \(formatMicroseconds(samples[0])), median \(formatMicroseconds(median)), p99 \(formatMicroseconds(p99))"
+            )
+        }
+    }
+}
+
+func formatMicroseconds(_ duration: Duration) -> String {
+    let microseconds = Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) / 1e12
+    return String(format: "%.1f µs", microseconds)
+}
+
+/// `intercom watch [TOPIC…]`.
+struct Watch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print events as they arrive, with time and source (all topics of all live services by default).")
+
+    @OptionGroup var busOptions: BusOptions
+    @Argument(help: "Topics to watch (default: all).") var topics: [String] = []
+    @Option(help: "Watch only this service.") var service: String?
+
+    func run() async throws {
+        try await reportingErrors {
+            let bus = try self.busOptions.resolve()
+            let names = try self.service.map { [$0] } ?? bus.services().map(\.name)
+            guard !names.isEmpty else { throw IntercomError(.serviceNotFound, "no services on bus \(bus.directory)") }
+            let topics = self.topics.isEmpty ? ["*"] : self.topics
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for name in names {
+                    let peer = try await bus.connect(to: name)
+                    for topic in topics {
+                        let events = peer.jsonEvents(topic)
+                        group.addTask {
+                            let formatter = ISO8601DateFormatter()
+                            formatter.formatOptions = [.withTime, .withColonSeparatorInTime, .withFractionalSeconds]
+                            do {
+                                for try await event in events {
+                                    let time = formatter.string(from: Date())
+                                    switch event {
+                                    case .event(let topic, let json): printLine("\(time) \(name) \(topic) \(json)")
+                                    case .lagged(let missed): printLine("\(time) \(name) (missed \(missed) events)")
+                                    }
+                                }
+                            } catch let error as IntercomError {
+                                printLine("\(formatter.string(from: Date())) \(name) gone: \(error.code)")
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+}
+
+/// Prints a line and flushes at once (watch output is read live, often through a pipe).
+func printLine(_ text: String) {
+    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+}
+
+/// `intercom echo [--name NAME]`.
+struct Echo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a diagnostic service: echo, sleep, fail and exit methods, and a tick event every second.")
+
+    @OptionGroup var busOptions: BusOptions
+    @Option(help: "The name to serve under.") var name: String = "echo"
+
+    func run() async throws {
+        try await reportingErrors {
+            let bus = try self.busOptions.resolve()
+            progress("serving '\(self.name)' on \(bus.directory)")
+            let status = try await EchoService.run(on: bus, name: self.name)
+            if status != 0 { throw ExitCode(status) }
+        }
+    }
+}

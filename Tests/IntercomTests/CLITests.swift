@@ -1,0 +1,135 @@
+import Foundation
+import Intercom
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A run of the `intercom` executable.
+struct CLIRun {
+    var status: Int32
+    var output: String
+    var errors: String
+}
+
+/// The `intercom` executable built next to the test helper.
+var intercomPath: String {
+    URL(fileURLWithPath: ChildProcess.helperPath).deletingLastPathComponent().appendingPathComponent("intercom").path
+}
+
+/// Starts `intercom arguments…` on the bus at `busDirectory`.
+func startCLI(_ arguments: [String], busDirectory: String) throws -> (Process, Pipe, Pipe, AsyncStream<Int32>) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: intercomPath)
+    process.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    environment["INTERCOM_BUS_DIR"] = busDirectory
+    process.environment = environment
+    process.standardInput = FileHandle.nullDevice
+    let output = Pipe()
+    let errors = Pipe()
+    process.standardOutput = output
+    process.standardError = errors
+    let (exit, continuation) = AsyncStream.makeStream(of: Int32.self)
+    process.terminationHandler = { process in
+        continuation.yield(process.terminationStatus)
+        continuation.finish()
+    }
+    try process.run()
+    return (process, output, errors, exit)
+}
+
+/// Runs `intercom arguments…` to completion.
+func runCLI(_ arguments: [String], busDirectory: String) async throws -> CLIRun {
+    let (_, output, errors, exit) = try startCLI(arguments, busDirectory: busDirectory)
+    // Read both pipes to the end (the process exits when it is done writing).
+    async let out = Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
+    async let err = Task.detached { errors.fileHandleForReading.readDataToEndOfFile() }.value
+    let (outData, errData) = await (out, err)
+    var status: Int32 = -1
+    for await code in exit { status = code }
+    try? output.fileHandleForReading.close()
+    try? errors.fileHandleForReading.close()
+    return CLIRun(status: status, output: String(decoding: outData, as: UTF8.self), errors: String(decoding: errData, as: UTF8.self))
+}
+
+/// `intercom list`, `call`, `ping`, `watch` and `echo`, end to end as separate processes.
+@Suite(.serialized) struct CLITests {
+    @Test func listCallPingWatchAndEchoEndToEnd() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let directory = temporary.directory
+                let (echo, echoOut, echoErr, echoExit) = try startCLI(["echo", "--name", "e1"], busDirectory: directory)
+                let info = try await temporary.bus.waitForService("e1", timeout: .seconds(30))
+                #expect(info.pid == echo.processIdentifier)
+
+                // list: a table, and JSON that decodes as service records.
+                let table = try await runCLI(["list"], busDirectory: directory)
+                #expect(table.status == 0)
+                #expect(table.output.contains("NAME") && table.output.contains("e1"))
+                #expect(table.output.contains("echo, exit, fail, sleep"), "\(table.output)")
+                let json = try await runCLI(["list", "--json"], busDirectory: directory)
+                let decoder = JSONDecoder()
+                decoder.dateDecodingStrategy = .iso8601
+                let listed = try decoder.decode([ServiceInfo].self, from: Data(json.output.utf8))
+                #expect(listed.map(\.name) == ["e1"])
+                #expect(listed.first?.pid == echo.processIdentifier)
+
+                // call: JSON in, JSON out; errors with their code and exit status 1.
+                let echoed = try await runCLI(["call", "e1", "echo", #"{"a":[1,2,"x"]}"#], busDirectory: directory)
+                #expect(echoed.status == 0)
+                #expect(echoed.output == "{\"a\":[1,2,\"x\"]}\n")
+                let slept = try await runCLI(["call", "e1", "sleep", "5"], busDirectory: directory)
+                #expect(slept.output == "5\n")
+                let failed = try await runCLI(["call", "e1", "fail", #""boom""#], busDirectory: directory)
+                #expect(failed.status == 1)
+                #expect(failed.errors.contains("error: remote") && failed.errors.contains("boom"), "\(failed.errors)")
+                let badArgument = try await runCLI(["call", "e1", "sleep", #""soon""#], busDirectory: directory)
+                #expect(badArgument.status == 1)
+                #expect(badArgument.errors.contains("invalidPayload"), "\(badArgument.errors)")
+                let missing = try await runCLI(["call", "nobody", "x"], busDirectory: directory)
+                #expect(missing.status == 1)
+                #expect(missing.errors.contains("serviceNotFound") && missing.errors.contains("running: e1"))
+                let unknown = try await runCLI(["call", "e1", "no.such.method"], busDirectory: directory)
+                #expect(unknown.status == 1)
+                #expect(unknown.errors.contains("unknownMethod"))
+
+                // ping: per-ping lines and the statistics.
+                let ping = try await runCLI(["ping", "e1", "--count", "5"], busDirectory: directory)
+                #expect(ping.status == 0)
+                #expect(ping.output.components(separatedBy: "seq=").count == 6)
+                #expect(ping.output.contains("5 pings: min") && ping.output.contains("median") && ping.output.contains("p99"))
+
+                // watch: prints the echo service's ticks as they come, with time and source.
+                let (watch, watchOut, watchErr, watchExit) = try startCLI(["watch", "tick"], busDirectory: directory)
+                let line = await Task.detached { () -> String in
+                    var collected = Data()
+                    while !collected.contains(UInt8(ascii: "\n")) {
+                        let chunk = watchOut.fileHandleForReading.availableData
+                        if chunk.isEmpty { break }
+                        collected.append(chunk)
+                    }
+                    return String(decoding: collected, as: UTF8.self)
+                }.value
+                #expect(line.contains(" e1 tick {\"count\":"), "\(line)")
+                kill(watch.processIdentifier, SIGTERM)
+                for await _ in watchExit {}
+                try? watchOut.fileHandleForReading.close()
+                try? watchErr.fileHandleForReading.close()
+
+                // echo's exit method: the service stops and the process exits with the code.
+                let exited = try await runCLI(["call", "e1", "exit", "3"], busDirectory: directory)
+                #expect(exited.output == "true\n")
+                var status: Int32 = -1
+                for await code in echoExit { status = code }
+                #expect(status == 3)
+                try? echoOut.fileHandleForReading.close()
+                try? echoErr.fileHandleForReading.close()
+                let after = try await runCLI(["list"], busDirectory: directory)
+                #expect(after.output.contains("no services"))
+            }
+        }
+    }
+}
