@@ -19,7 +19,8 @@ struct Bench: AsyncParsableCommand {
         case S1, S2, S3, S4, all
     }
 
-    @Option(help: "socketpair or unix.") var transport: Transport = .socketpair
+    @Option(help: "socketpair, or unix (a named service on a private bus, found and connected through the bus).")
+    var transport: Transport = .socketpair
     @Option(help: "S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight) or all.")
     var scenario: Scenario = .all
     @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
@@ -151,7 +152,7 @@ func printSummary(_ lines: [String]) {
 struct BenchChild {
     let process: Process
     let peer: Peer
-    let listener: PeerListener?
+    let busDirectory: String?
 
     static func spawn(_ transport: Bench.Transport) async throws -> BenchChild {
         let process = Process()
@@ -166,21 +167,22 @@ struct BenchChild {
             try process.run()
             close(sockets.second)
             let peer = try await Peer.adopt(fileDescriptor: sockets.first, configuration: configuration)
-            return BenchChild(process: process, peer: peer, listener: nil)
+            return BenchChild(process: process, peer: peer, busDirectory: nil)
         case .unix:
-            let path = "/tmp/intercom-bench-\(getpid()).sock"
-            let listener = try await PeerListener.listen(unixPath: path, configuration: configuration)
-            process.arguments = ["bench-server", "--connect", path]
+            // The server claims a name on a private bus; this side finds it there like any client.
+            let directory = "/tmp/intercom-bench-\(getpid())"
+            mkdir(directory, 0o700)
+            process.arguments = ["bench-server", "--serve", "bench", "--bus-directory", directory]
             try process.run()
-            var peers = listener.peers.makeAsyncIterator()
-            guard let peer = await peers.next() else { throw ValidationError("the bench server did not connect") }
-            return BenchChild(process: process, peer: peer, listener: listener)
+            let peer = try await Bus(directory: directory).connect(
+                to: "bench", waitingUpTo: .seconds(30), configuration: configuration)
+            return BenchChild(process: process, peer: peer, busDirectory: directory)
         }
     }
 
     func stop() async {
         await self.peer.close()
-        await self.listener?.close()
         self.process.waitUntilExit()
+        if let busDirectory { rmdir(busDirectory) }
     }
 }

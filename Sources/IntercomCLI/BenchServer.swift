@@ -8,6 +8,8 @@ struct BenchServer: AsyncParsableCommand {
         commandName: "bench-server", abstract: "The child process of `intercom bench`.", shouldDisplay: false)
 
     @Option(help: "Connect to this Unix socket instead of using standard input.") var connect: String?
+    @Option(help: "Serve under this name on the bus in --bus-directory instead.") var serve: String?
+    @Option(help: "The bus directory for --serve.") var busDirectory: String?
 
     func run() async throws {
         let router = Router()
@@ -21,7 +23,14 @@ struct BenchServer: AsyncParsableCommand {
         var configuration = Peer.Configuration(name: "intercom-bench-server")
         configuration.handlerExecution = .connectionThread
         let peer: Peer
-        if let path = self.connect {
+        var service: BusService?
+        if let name = self.serve, let directory = self.busDirectory {
+            let served = try await Bus(directory: directory).serve(name, router: router, configuration: configuration)
+            service = served
+            var clients = served.clients.makeAsyncIterator()
+            guard let client = await clients.next() else { return }
+            peer = client
+        } else if let path = self.connect {
             peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
         } else {
             peer = try await Peer.adopt(fileDescriptor: 0, router: router, configuration: configuration)
@@ -41,5 +50,6 @@ struct BenchServer: AsyncParsableCommand {
                 // The connection ended: the benchmark is over.
             }
         }
+        await service?.close()
     }
 }
