@@ -227,6 +227,8 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
         }
         return tally
     }
+    try router.handle(CameraExposureCommand.self) { command, _ in Ack(ok: command.ms > 0, appliedMs: command.ms) }
+    try router.handle(SnapshotCommand.self) { _, _ in Int(getpid()) }
     var configuration = configuration
     configuration.name = name
     let service = try await Bus(directory: directory).serve(

@@ -1,4 +1,5 @@
 // Types shared by the test helper process and the tests that drive it.
+public import Intercom
 
 /// The request of the example call.
 public struct SetExposure: Codable, Sendable, Equatable {
@@ -71,4 +72,38 @@ public struct BurstTally: Codable, Sendable, Equatable {
         self.sent = sent
         self.dropped = dropped
     }
+}
+
+/// A typed command to the `camera` service (the helper serving as camera handles it).
+public struct CameraExposureCommand: Command, Equatable {
+    public typealias Reply = Ack
+    public static let name = "camera.exposure.command"
+    public static let delivery = CommandDelivery.service("camera")
+    public var ms: Int
+    public init(ms: Int) { self.ms = ms }
+}
+
+/// A broadcast command: every helper service answers with its pid.
+public struct SnapshotCommand: Command {
+    public typealias Reply = Int
+    public static let name = "snapshot.take"
+    public static let delivery = CommandDelivery.broadcast
+    public init() {}
+}
+
+/// A command for the coordinator (the test process serves it).
+public struct StatusCommand: Command {
+    public typealias Reply = String
+    public static let name = "status.report"
+    public static let delivery = CommandDelivery.coordinator
+    public var from: String
+    public init(from: String) { self.from = from }
+}
+
+/// A command nobody handles: the start-up check must name it.
+public struct UnhandledCommand: Command {
+    public typealias Reply = Bool
+    public static let name = "nobody.handles"
+    public static let delivery = CommandDelivery.service("camera")
+    public init() {}
 }

@@ -61,7 +61,17 @@ final class BinaryDecoderImpl: Decoder {
         self.openKeyed = nil
         self.openUnkeyed = nil
         defer { (self.openKeyed, self.openUnkeyed) = saved }
-        return try T(from: self)
+        let start = self.buffer.readerIndex
+        let value = try T(from: self)
+        if self.openKeyed == nil, self.openUnkeyed == nil, self.buffer.readerIndex == start,
+            self.buffer.getInteger(at: start, endianness: .little, as: UInt32.self) == 0
+        {
+            // A type without stored properties: its synthesised `encode(to:)` opens an
+            // (empty) keyed container, its synthesised `init(from:)` opens none. Skip
+            // the empty container's count so what follows lines up.
+            self.buffer.moveReaderIndex(forwardBy: 4)
+        }
+        return value
     }
 
     // MARK: Errors

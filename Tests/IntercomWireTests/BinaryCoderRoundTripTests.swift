@@ -128,6 +128,36 @@ import Testing
         try check(Float.nan.isNaN); try check(-Float.infinity)
     }
 
+    struct Empty: Codable, Hashable {}
+    final class EmptyClass: Codable, Equatable {
+        static func == (lhs: EmptyClass, rhs: EmptyClass) -> Bool { true }
+    }
+    struct HoldsEmpties: Codable, Equatable {
+        var before: Int
+        var empty: Empty
+        var empties: [Empty]
+        var optionalEmpty: Empty?
+        var keyed: [Empty: Int]
+        var object: EmptyClass
+        var after: String
+    }
+
+    /// Types without stored properties (command markers like `struct Snapshot: Codable {}`):
+    /// their synthesised encoder opens an empty container that their decoder never reads.
+    @Test func typesWithoutStoredPropertiesRoundTrip() throws {
+        func check<T: Codable & Equatable>(_ value: T) throws {
+            let encoded = try BinaryEncoder().encode(value)
+            #expect(try BinaryDecoder().decode(T.self, from: encoded) == value, "\(T.self)")
+        }
+        try check(Empty())
+        try check([Empty(), Empty(), Empty()])
+        try check(HoldsEmpties(
+            before: 0, empty: Empty(), empties: [Empty(), Empty()], optionalEmpty: Empty(), keyed: [Empty(): 0],
+            object: EmptyClass(), after: "end"))
+        try check(HoldsEmpties(
+            before: -1, empty: Empty(), empties: [], optionalEmpty: nil, keyed: [:], object: EmptyClass(), after: ""))
+    }
+
     @Test func rawBytesAreNotInflated() throws {
         let bytes = [UInt8](repeating: 0xAB, count: 1 << 16)
         let encoded = try BinaryEncoder().encode(bytes)

@@ -52,6 +52,8 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let serviceNotFound = Code("serviceNotFound")
         /// The operating system refused access.
         public static let permissionDenied = Code("permissionDenied")
+        /// A declared command has no reachable handler (checked at start-up).
+        public static let missingHandler = Code("missingHandler")
 
         /// The code's name.
         public var description: String { self.name }
