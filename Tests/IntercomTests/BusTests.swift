@@ -24,6 +24,11 @@ import Testing
                 #expect(info.methods.contains("intercom.quit"))
                 #expect(try bus.services().map(\.name) == ["camera"])
                 #expect(Set(temporary.files) == ["camera.json", "camera.lock", "camera.sock"])
+                for file in ["camera.json", "camera.lock", "camera.sock"] {
+                    var info = stat()
+                    #expect(lstat(temporary.directory + "/" + file, &info) == 0)
+                    #expect(info.st_mode & 0o777 == 0o600, "\(file) is private")
+                }
 
                 let camera = try await bus.connect(to: "camera")
                 let ack = try await camera.call(
@@ -114,6 +119,9 @@ import Testing
                 for service in services { service.kill(SIGKILL) }
                 for service in services { await service.waitForExit() }
                 #expect(temporary.files.count == 150, "the dead left their files: \(temporary.files.count)")
+                let listed = try await runCLI(["list"], busDirectory: temporary.directory)
+                #expect(listed.status == 0)
+                #expect(listed.output.contains("no services"), "intercom list shows none of them: \(listed.output)")
                 #expect(try temporary.bus.services().isEmpty)
                 #expect(temporary.files.isEmpty, "cleaned up: \(temporary.files)")
             }

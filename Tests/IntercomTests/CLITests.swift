@@ -19,13 +19,17 @@ var intercomPath: String {
     URL(fileURLWithPath: ChildProcess.helperPath).deletingLastPathComponent().appendingPathComponent("intercom").path
 }
 
-/// Starts `intercom arguments…` on the bus at `busDirectory`.
-func startCLI(_ arguments: [String], busDirectory: String) throws -> (Process, Pipe, Pipe, AsyncStream<Int32>) {
+/// Starts `intercom arguments…` on the bus at `busDirectory` (or, if nil, with
+/// `environment` deciding where buses are).
+func startCLI(_ arguments: [String], busDirectory: String?, environment extra: [String: String] = [:]) throws -> (
+    Process, Pipe, Pipe, AsyncStream<Int32>
+) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: intercomPath)
     process.arguments = arguments
     var environment = ProcessInfo.processInfo.environment
     environment["INTERCOM_BUS_DIR"] = busDirectory
+    environment.merge(extra) { $1 }
     process.environment = environment
     process.standardInput = FileHandle.nullDevice
     let output = Pipe()
@@ -42,8 +46,8 @@ func startCLI(_ arguments: [String], busDirectory: String) throws -> (Process, P
 }
 
 /// Runs `intercom arguments…` to completion.
-func runCLI(_ arguments: [String], busDirectory: String) async throws -> CLIRun {
-    let (_, output, errors, exit) = try startCLI(arguments, busDirectory: busDirectory)
+func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: String] = [:]) async throws -> CLIRun {
+    let (_, output, errors, exit) = try startCLI(arguments, busDirectory: busDirectory, environment: environment)
     // Read both pipes to the end (the process exits when it is done writing).
     async let out = Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
     async let err = Task.detached { errors.fileHandleForReading.readDataToEndOfFile() }.value
@@ -57,6 +61,30 @@ func runCLI(_ arguments: [String], busDirectory: String) async throws -> CLIRun 
 
 /// `intercom list`, `call`, `ping`, `watch` and `echo`, end to end as separate processes.
 @Suite(.serialized) struct CLITests {
+    /// `--bus NAME` picks `$XDG_RUNTIME_DIR/intercom/NAME` when INTERCOM_BUS_DIR is not set.
+    @Test func busNamesSelectSeparateBuses() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { runtime in
+                let environment = ["XDG_RUNTIME_DIR": runtime.directory]
+                let (_, out, err, exit) = try startCLI(["echo", "--bus", "b1", "--name", "e"], busDirectory: nil, environment: environment)
+                let b1 = Bus(directory: runtime.directory + "/intercom/b1")
+                _ = try await b1.waitForService("e", timeout: .seconds(30))
+                let onB1 = try await runCLI(["list", "--bus", "b1"], busDirectory: nil, environment: environment)
+                #expect(onB1.output.contains("e "), "\(onB1.output)")
+                let onB2 = try await runCLI(["list", "--bus", "b2"], busDirectory: nil, environment: environment)
+                #expect(onB2.output.contains("no services"), "\(onB2.output)")
+                let quit = try await runCLI(["call", "--bus", "b1", "e", "intercom.quit", "0"], busDirectory: nil, environment: environment)
+                #expect(quit.output == "true\n")
+                for await status in exit { #expect(status == 0) }
+                try? out.fileHandleForReading.close()
+                try? err.fileHandleForReading.close()
+                // The bus directories are ours to remove; the service left nothing in b1.
+                #expect(((try? FileManager.default.contentsOfDirectory(atPath: runtime.directory + "/intercom/b1")) ?? ["?"]).isEmpty)
+                try FileManager.default.removeItem(atPath: runtime.directory + "/intercom")
+            }
+        }
+    }
+
     @Test func listCallPingWatchAndEchoEndToEnd() async throws {
         try await withResourceCheck {
             try await withTemporaryBus { temporary in
