@@ -29,16 +29,23 @@ extension Bus {
         return await withTaskGroup(of: (String, Result<Reply, IntercomError>).self) { group in
             for target in targets {
                 group.addTask {
+                    var configuration = Peer.Configuration()
+                    configuration.handshakeTimeout = timeout
+                    let peer: Peer
+                    do throws(IntercomError) {
+                        peer = try await self.connect(to: target.name, configuration: configuration)
+                    } catch {
+                        return (target.name, .failure(error))
+                    }
                     do {
-                        var configuration = Peer.Configuration()
-                        configuration.handshakeTimeout = timeout
-                        let peer = try await self.connect(to: target.name, configuration: configuration)
-                        defer { Task { await peer.close() } }
                         let reply = try await peer.call(method, message, returning: Reply.self, timeout: timeout)
+                        await peer.close()
                         return (target.name, .success(reply))
                     } catch let error as IntercomError {
+                        await peer.close()
                         return (target.name, .failure(error))
                     } catch {
+                        await peer.close()
                         return (target.name, .failure(IntercomError(.remote, "\(error)")))
                     }
                 }

@@ -84,6 +84,10 @@ public struct Bus: Sendable {
     {
         let path = directory.lockPath(name)
         let deadline = ContinuousClock.now + timeout
+        // Someone who lists or waits for services takes a free lock for a moment to
+        // clean up after a dead holder (then removes the lock file). Give such a
+        // brief holder time to let go before calling the name taken.
+        let graceEnd = ContinuousClock.now + .milliseconds(250)
         let watcher = DirectoryWatcher(path: directory.path)
         var askedToQuit = false
         while true {
@@ -91,6 +95,10 @@ public struct Bus: Sendable {
             case .acquired(let lock)?:
                 return lock
             case .held?, nil:
+                if !replace, case let grace = graceEnd - .now, grace > .zero, self.readRecord(name, in: directory) == nil {
+                    await watcher.waitForChange(upTo: grace)
+                    continue
+                }
                 guard replace else {
                     let holder = self.readRecord(name, in: directory).map { " (pid \($0.pid))" } ?? ""
                     throw IntercomError(.nameInUse, "service '\(name)' is already served on this bus\(holder)")

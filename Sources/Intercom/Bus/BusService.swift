@@ -53,10 +53,15 @@ public final class BusService: Sendable {
             guard let service = box.service else { throw IntercomError(.closed, "service '\(name)' is starting") }
             return service.info
         }
-        try router.register("intercom.quit") { (_: Int, _: CallContext) -> Bool in
+        try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
             guard let service = box.service else { return false }
-            // Reply first; stop serving right after (the reply's connection is closed with the others).
-            Task { await service.requestQuit() }
+            let peer = context.peer
+            Task {
+                // Reply first: stop serving once this handler's reply is queued (closing
+                // flushes what is queued), so the caller learns that the quit was taken.
+                while peer.statistics.runningHandlers > 0 { await Task.yield() }
+                await service.requestQuit()
+            }
             return true
         }
         let socketPath = directory.socketPath(name)
