@@ -763,7 +763,8 @@ extension Peer: FrameReceiver {
         let deadline = frame.timeout.map { arrival.advanced(by: $0) }
         let method = frame.method ?? ""
         let context = CallContext(
-            method: method, callID: frame.id, deadline: deadline, peerName: self.remoteName, peerPID: self.remotePID, peer: self)
+            method: method, callID: frame.id, deadline: deadline, timeout: frame.timeout, peerName: self.remoteName,
+            peerPID: self.remotePID, peer: self)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
         let isCall = frame.kind == .call
@@ -823,7 +824,7 @@ extension Peer: FrameReceiver {
             }
         } catch {
             if isCall {
-                reply = self.encodeError(error, id: id, method: call.method)
+                reply = self.encodeError(Self.deadlineError(error, call.context) ?? error, id: id, method: call.method)
             } else {
                 self.configuration.logger.warning(
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
@@ -846,6 +847,16 @@ extension Peer: FrameReceiver {
         let flags: FrameFlags = codec.id == self.codec.id ? [] : .jsonPayload
         return try self.encodeFrame(
             kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec, flags: flags)
+    }
+
+    /// A handler stopped by its deadline answers `timeout`, not `cancelled`: the
+    /// caller's own timer and this reply race, and the caller must see one answer.
+    private static func deadlineError(_ error: any Error, _ context: CallContext) -> IntercomError? {
+        let cancelled = error is CancellationError || (error as? IntercomError)?.code == .cancelled
+        guard cancelled, let deadline = context.deadline, deadline <= .now else { return nil }
+        let budget = context.timeout.map { " within \($0)" } ?? ""
+        return IntercomError(
+            .timeout, "no reply from the handler of '\(context.method)'\(budget): it ran past the caller's deadline")
     }
 
     private func encodeError(_ error: any Error, id: UInt64, method: String) -> ByteBuffer {

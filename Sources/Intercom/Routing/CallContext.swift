@@ -7,6 +7,8 @@ public struct CallContext: Sendable {
     /// When the caller stops waiting: the arrival time plus the time the caller allowed.
     /// The handler's task is cancelled at this instant.
     public let deadline: ContinuousClock.Instant?
+    /// The time the caller allowed for the call, as it said in the frame.
+    public var timeout: Duration? = nil
     /// The other side's handshake name.
     public let peerName: String
     /// The other side's process id as it reported it.
