@@ -20,6 +20,15 @@ struct Options {
     var serveName: String?
     var busDirectory: String?
     var replace = false
+    /// Process tests: exit at once with this code (a crash at start-up).
+    var exitNow: Int32?
+    /// Process tests: after the handshake, exit with this code / raise this signal.
+    var exitAfterHandshake: Int32?
+    var signalAfterHandshake: Int32?
+    /// Process tests: ignore SIGTERM and keep running after the connection ends.
+    var linger = false
+    /// Process tests: spawn a worker of our own and report its pid as message "grandchild".
+    var spawnGrandchild = false
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -33,6 +42,11 @@ struct Options {
             case "--serve": self.serveName = iterator.next()
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
+            case "--exit-now": self.exitNow = Int32(iterator.next() ?? "")
+            case "--exit-after-handshake": self.exitAfterHandshake = Int32(iterator.next() ?? "")
+            case "--signal-after-handshake": self.signalAfterHandshake = Int32(iterator.next() ?? "")
+            case "--linger": self.linger = true
+            case "--spawn-grandchild": self.spawnGrandchild = true
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -164,7 +178,11 @@ func waitForSIGUSR1() async {
 @main
 struct Helper {
     static func main() async throws {
+        // The descriptors this process was started with, before it opens any itself.
+        let inherited = openDescriptors()
         let options = Options(CommandLine.arguments)
+        if let code = options.exitNow { exit(code) }
+        if options.linger { signal(SIGTERM, SIG_IGN) }
         if options.stall { catchSIGUSR1() }
         let router = try makeRouter()
         var configuration = Peer.Configuration(name: "test-helper")
@@ -176,8 +194,11 @@ struct Helper {
         if let name = options.serveName, let directory = options.busDirectory {
             try await serveOnBus(name: name, directory: directory, router: router, options: options, configuration: configuration)
         }
+        try router.register("fds.inherited") { (_: Int, _: CallContext) -> [Int] in inherited }
         let peer: Peer
-        if let path = options.connectPath {
+        if Peer.hasParent {
+            peer = try await Peer.parent(router: router, configuration: configuration)
+        } else if let path = options.connectPath {
             peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
         } else if options.stdio {
             peer = try await Peer.standardIO(router: router, configuration: configuration)
@@ -185,6 +206,15 @@ struct Helper {
             peer = try await Peer.adopt(fileDescriptor: 0, router: router, configuration: configuration)
         }
         if options.stall { await waitForSIGUSR1() }
+        if let code = options.exitAfterHandshake { exit(code) }
+        if let signal = options.signalAfterHandshake { raise(signal) }
+        var grandchild: Worker?
+        if options.spawnGrandchild {
+            let spec = WorkerSpec(executablePath: CommandLine.arguments[0], arguments: ["--linger"])
+            let worker = try await Worker.spawn(spec)
+            grandchild = worker
+            try await peer.send("grandchild", Int(worker.pid))
+        }
         // Unrouted messages: echo notes back (reversed), count the rest; end with the connection.
         var received = 0
         do {
@@ -201,6 +231,12 @@ struct Helper {
         } catch {
             // The connection ended: the test is done with this process.
         }
+        if options.linger {
+            // Ignore the goodbye as well: only SIGKILL ends this process.
+            let (never, _) = AsyncStream.makeStream(of: Never.self)
+            for await _ in never {}
+        }
+        _ = grandchild
         exit(0)
     }
 }
@@ -237,4 +273,10 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
     await service.waitForQuit()
     await service.close()
     exit(0)
+}
+
+/// The open descriptors (the one used to list them is left out).
+func openDescriptors() -> [Int] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return entries.compactMap { Int($0) }.filter { fcntl(Int32($0), F_GETFD) >= 0 }.sorted()
 }

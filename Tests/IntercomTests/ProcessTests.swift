@@ -1,0 +1,153 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The helper as a worker (it finds its parent connection through the environment).
+func helperSpec(_ arguments: [String] = []) -> WorkerSpec {
+    // No crash backtraces: a child that dies of SIGSEGV should die at once.
+    WorkerSpec(executablePath: ChildProcess.helperPath, arguments: arguments, environment: ["SWIFT_BACKTRACE": "enable=no"])
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+func isAlive(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+    // Field 3 (after "pid (comm)") is the state; Z is a zombie.
+    guard let close = stat.lastIndex(of: ")") else { return false }
+    return !stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z")
+}
+
+@Suite(.serialized) struct ProcessTests {
+    @Test func aSpawnedWorkerIsConnectedAndHasOnlyItsOwnDescriptors() async throws {
+        try await withResourceCheck {
+            let worker = try await Worker.spawn(helperSpec(), configuration: ChildProcess.configuration())
+            #expect(try await worker.peer.call("peer.pid", 0, returning: Int.self) == Int(worker.pid))
+            #expect(worker.peer.remotePID == worker.pid)
+            // 0 is the connection (named by INTERCOM_PARENT_FD); 1 and 2 are the parent's output.
+            #expect(try await worker.peer.call("fds.inherited", 0, returning: [Int].self) == [0, 1, 2])
+            #expect(await worker.stop() == .exited(0))
+        }
+    }
+
+    @Test func twoHundredChildrenWithMixedExitsAreReportedAndReaped() async throws {
+        try await withResourceCheck {
+            let outcomes = Locked<[(expected: ProcessExitStatus, got: ProcessExitStatus)]>([])
+            for batch in 0..<10 {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in (batch * 20)..<(batch * 20 + 20) {
+                        group.addTask {
+                            let expected: ProcessExitStatus
+                            let worker: Worker
+                            switch index % 4 {
+                            case 0:
+                                expected = .exited(0)
+                                worker = try await Worker.spawn(helperSpec(["--exit-after-handshake", "0"]))
+                            case 1:
+                                expected = .exited(1)
+                                worker = try await Worker.spawn(helperSpec(["--exit-after-handshake", "1"]))
+                            case 2:
+                                expected = .signaled(SIGKILL)
+                                worker = try await Worker.spawn(helperSpec())
+                                worker.kill(SIGKILL)
+                            default:
+                                expected = .signaled(SIGSEGV)
+                                worker = try await Worker.spawn(helperSpec(["--signal-after-handshake", "\(SIGSEGV)"]))
+                            }
+                            let status = await worker.waitForExit()
+                            await worker.peer.close()
+                            outcomes.withLock { $0.append((expected, status)) }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            let all = outcomes.withLock { $0 }
+            #expect(all.count == 200)
+            let wrong = all.filter { $0.expected != $0.got }
+            #expect(wrong.isEmpty, "misreported: \(wrong.prefix(5))")
+            // withResourceCheck: no child (zombie or not) is left.
+        }
+    }
+
+    @Test func childrenDieWithTheirParent() async throws {
+        try await withResourceCheck {
+            // The helper is the parent here: it spawns a worker of its own that would
+            // otherwise run forever (it ignores SIGTERM and goodbyes).
+            let parent = try await ChildProcess.spawn(.socketpair, arguments: ["--spawn-grandchild"])
+            let message = try await parent.peer.receiveMessage(timeout: .seconds(20))
+            #expect(message.method == "grandchild")
+            let grandchild = Int32(try message.decode(as: Int.self))
+            #expect(isAlive(grandchild))
+            parent.kill(SIGKILL)
+            await parent.waitForExit()
+            await parent.peer.waitUntilClosed()
+            let killed = ContinuousClock.now
+            try await waitUntil("the grandchild is gone", timeout: .seconds(1)) { !isAlive(grandchild) }
+            #expect(ContinuousClock.now - killed < .seconds(1))
+        }
+    }
+
+    @Test func aCrashLoopStopsAtThePolicyLimitAndSaysSo() async throws {
+        try await withResourceCheck {
+            let supervisor = Supervisor()
+            supervisor.start(
+                "crasher", helperSpec(["--exit-now", "3"]),
+                policy: .onFailure(maxRestarts: 3, window: .seconds(60), backoff: .milliseconds(10)))
+            var events: [LifecycleEvent] = []
+            for await event in supervisor.events {
+                events.append(event)
+                if case .failed = event { break }
+            }
+            let exits = events.filter { if case .exited(_, _, .exited(3)) = $0 { true } else { false } }
+            let restarts = events.compactMap { event -> Int? in
+                if case .restarting(_, let attempt, _) = event { attempt } else { nil }
+            }
+            #expect(exits.count == 4, "the first run and three restarts: \(events)")
+            #expect(restarts == [1, 2, 3])
+            guard case .failed(let name, let reason)? = events.last else {
+                Issue.record("no failed event: \(events)")
+                return
+            }
+            #expect(name == "crasher")
+            #expect(reason.contains("exited(3)"))
+            #expect(supervisor.restartCount(of: "crasher") == 3)
+            await supervisor.stopAll()
+        }
+    }
+
+    @Test func aSupervisedWorkerKilledWithSIGKILLIsRestarted() async throws {
+        try await withResourceCheck {
+            let supervisor = Supervisor()
+            supervisor.start("steady", helperSpec(), policy: .onFailure(backoff: .milliseconds(10)))
+            var iterator = supervisor.events.makeAsyncIterator()
+            guard case .started(_, let first)? = await iterator.next() else { throw IntercomError(.closed, "no start") }
+            supervisor.worker(named: "steady")?.kill(SIGKILL)
+            #expect(await iterator.next() == .exited(name: "steady", pid: first, status: .signaled(SIGKILL)))
+            guard case .restarting(_, 1, _)? = await iterator.next() else { throw IntercomError(.closed, "no restart") }
+            guard case .started(_, let second)? = await iterator.next() else { throw IntercomError(.closed, "no second start") }
+            #expect(second != first)
+            #expect(try await supervisor.worker(named: "steady")?.peer.call("peer.pid", 0, returning: Int.self) == Int(second))
+            await supervisor.stopAll()
+            var rest: [LifecycleEvent] = []
+            while let event = await iterator.next() { rest.append(event) }
+            #expect(rest == [.exited(name: "steady", pid: second, status: .exited(0)), .stopped(name: "steady")])
+        }
+    }
+
+    @Test func aChildThatIgnoresSIGTERMIsKilledAfterTheGracePeriod() async throws {
+        try await withResourceCheck {
+            let worker = try await Worker.spawn(helperSpec(["--linger"]))
+            let start = ContinuousClock.now
+            let status = await worker.stop(grace: .seconds(1))
+            let took = ContinuousClock.now - start
+            #expect(status == .signaled(SIGKILL))
+            #expect(took >= .seconds(1))
+            #expect(took <= .milliseconds(1200), "grace + at most 200 ms, took \(took)")
+        }
+    }
+}
