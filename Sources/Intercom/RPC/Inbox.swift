@@ -77,6 +77,22 @@ final class Inbox: Sendable {
         for waiter in waiters { waiter.resume(throwing: error) }
     }
 
+    /// The next queued message, if one is there now; throws once the stream
+    /// ended and nothing is left.
+    func tryNext() throws(IntercomError) -> InboundMessage? {
+        let (message, resume) = try self.state.withLock { state throws(IntercomError) -> (InboundMessage?, Bool) in
+            if let message = state.messages.popFirst() {
+                let resume = state.paused && state.messages.count < self.capacity / 2 + 1
+                if resume { state.paused = false }
+                return (message, resume)
+            }
+            if let ended = state.ended { throw ended }
+            return (nil, false)
+        }
+        if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+        return message
+    }
+
     func next(timeout: Duration?) async throws(IntercomError) -> InboundMessage {
         enum Immediate { case message(InboundMessage, resume: Bool), failure(IntercomError) }
         let immediate = self.state.withLock { state -> Immediate? in

@@ -42,7 +42,7 @@ public final class Peer: Sendable {
     private let nextCallID = Atomic<UInt64>(1)
     private let lateReplies = Atomic<Int>(0)
     private let handlers = Mutex(HandlerTable())
-    private let inbox: Inbox
+    let inbox: Inbox
     private let lifecycle = Mutex(Lifecycle())
     private let arrivals = Arrivals()
     private let subscriptions = Mutex(Subscriptions())
@@ -69,6 +69,16 @@ public final class Peer: Sendable {
         var pending: [UInt64: PendingCall] = [:]
         var ended: IntercomError?
         var timer = DeadlineTimer()
+        /// Tasks waiting until no call is pending (``waitForOutstandingCalls(timeout:)``).
+        var drainWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        var nextDrainWaiter: UInt64 = 0
+
+        /// After a removal: the drain waiters to wake if nothing is pending now.
+        mutating func takeDrainWaitersIfIdle() -> [CheckedContinuation<Bool, Never>] {
+            guard self.pending.isEmpty, !self.drainWaiters.isEmpty else { return [] }
+            defer { self.drainWaiters.removeAll() }
+            return Array(self.drainWaiters.values)
+        }
     }
 
     /// Handlers running (or queued) for calls the other side made.
@@ -267,6 +277,7 @@ public final class Peer: Sendable {
             }
             for (id, _) in overdue { table.pending.removeValue(forKey: id) }
             if let next, table.timer.needsTimer(for: next) { self.armCallTimer(at: next) }
+            for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) }
             return overdue
         }
         for (id, call) in overdue {
@@ -281,6 +292,7 @@ public final class Peer: Sendable {
     private func cancelCall(_ id: UInt64, pending: PendingCall) {
         let call = self.calls.withLock { table -> PendingCall? in
             pending.cancelled = true
+            defer { for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) } }
             return table.pending.removeValue(forKey: id)
         }
         guard let call else { return }
@@ -479,6 +491,44 @@ public final class Peer: Sendable {
         }
     }
 
+    // MARK: Waiting for calls
+
+    /// Returns once no call this side made is waiting for its reply (every one
+    /// answered, failed, timed out or cancelled).
+    ///
+    /// - Throws: ``IntercomError/Code/timeout`` if calls are still pending after `timeout`.
+    public func waitForOutstandingCalls(timeout: Duration) async throws(IntercomError) {
+        let id = self.calls.withLock { table -> UInt64 in
+            table.nextDrainWaiter += 1
+            return table.nextDrainWaiter
+        }
+        let timer = Mutex<Task<Void, Never>?>(nil)
+        let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let registered = self.calls.withLock { table -> Bool in
+                if table.pending.isEmpty { return false }
+                table.drainWaiters[id] = continuation
+                return true
+            }
+            guard registered else {
+                continuation.resume(returning: true)
+                return
+            }
+            // Armed only once the waiter is registered, so it cannot fire too early to find it.
+            timer.withLock {
+                $0 = Task {
+                    try? await Task.sleep(for: timeout)
+                    let waiter = self.calls.withLock { $0.drainWaiters.removeValue(forKey: id) }
+                    waiter?.resume(returning: false)
+                }
+            }
+        }
+        timer.withLock { $0?.cancel() }
+        guard drained else {
+            let left = self.calls.withLock { $0.pending.count }
+            throw IntercomError(.timeout, "\(left) call(s) to '\(self.remoteName)' still pending after \(timeout)")
+        }
+    }
+
     // MARK: Observing
 
     /// A snapshot of what is in flight on a connection.
@@ -542,7 +592,10 @@ public final class Peer: Sendable {
     private func endCalls(_ error: IntercomError) {
         let orphans = self.calls.withLock { table -> [UInt64: PendingCall] in
             if table.ended == nil { table.ended = error }
-            defer { table.pending.removeAll() }
+            defer {
+                table.pending.removeAll()
+                for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) }
+            }
             return table.pending
         }
         for (id, call) in orphans {
@@ -672,7 +725,11 @@ extension Peer: FrameReceiver {
                 "peer reported a connection error", metadata: ["peer": "\(self.remoteName)", "error": "\(body?.message ?? "?")"])
             return
         }
-        guard let call = self.calls.withLock({ $0.pending.removeValue(forKey: frame.id) }) else {
+        let (removed, drained) = self.calls.withLock { table in
+            (table.pending.removeValue(forKey: frame.id), table.takeDrainWaitersIfIdle())
+        }
+        for waiter in drained { waiter.resume(returning: true) }
+        guard let call = removed else {
             // Late reply (the call timed out or was cancelled): dropped.
             self.lateReplies.add(1, ordering: .relaxed)
             return

@@ -11,6 +11,9 @@ protocol FrameTransport: AnyObject, Sendable {
     /// Runs jobs on the thread that delivers this transport's frames; tasks that
     /// prefer it talk to the connection without a thread hop.
     var executor: any TaskExecutor { get }
+    /// Whether the caller runs on the thread that serves this transport (blocking
+    /// it there would stop the transport itself).
+    var isOnTransportThread: Bool { get }
 
     /// Sets who receives frames and the end of the stream; the first call also
     /// starts reading. Call from the transport's thread, or before the first read.

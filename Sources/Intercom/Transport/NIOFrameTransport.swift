@@ -44,6 +44,8 @@ final class NIOFrameTransport: FrameTransport {
         self.handler.transport = self
     }
 
+    var isOnTransportThread: Bool { self.loop.inEventLoop }
+
     func setReceiver(_ receiver: any FrameReceiver) {
         if self.loop.inEventLoop {
             self.handler.setReceiver(receiver)

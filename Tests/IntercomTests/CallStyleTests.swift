@@ -1,0 +1,121 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import Testing
+
+/// Runs `body` on a plain thread (as code that is not `async` would) and returns its result.
+func onPlainThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async -> Result<T, any Error> {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: Result { try body() }) }
+    }
+}
+
+/// Calls `callBlocking` from a synchronous function (allowed even when the caller is async).
+func blockingAdd(_ peer: Peer) throws -> Int {
+    try peer.callBlocking("math.add", AddRequest(a: 1, b: 1), returning: Int.self)
+}
+
+/// Blocking, deferred and polled call styles (epyrpc, IPC::Manager) against a real child.
+@Suite(.serialized) struct CallStyleTests {
+    @Test func blockingCallsWithATimeout() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair)
+            let peer = child.peer
+            let sum = await onPlainThread {
+                try peer.callBlocking("math.add", AddRequest(a: 20, b: 22), returning: Int.self, timeout: .seconds(10))
+            }
+            #expect(try sum.get() == 42)
+            let late = await onPlainThread {
+                try peer.callBlocking("hang", 0, returning: Int.self, timeout: .milliseconds(200))
+            }
+            #expect(throws: IntercomError.self) { try late.get() }
+            if case .failure(let error as IntercomError) = late { #expect(error.code == .timeout) }
+            // On the connection's own thread a blocking call would deadlock: refused.
+            let onLoop: Result<Int, any Error> = await withTaskExecutorPreference(peer.executor) {
+                Result { try blockingAdd(peer) }
+            }
+            if case .failure(let error as IntercomError) = onLoop {
+                #expect(error.code == .busy)
+            } else {
+                Issue.record("expected busy, got \(onLoop)")
+            }
+            await child.shutdown()
+        }
+    }
+
+    @Test func callsCollectedLaterPolledWaitedForOrCalledBack() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair)
+            let peer = child.peer
+            // Still running: poll says so.
+            let hanging = peer.startCall("hang", 0, returning: Int.self, timeout: .seconds(30))
+            _ = try await peer.receiveMessage(timeout: .seconds(10))  // "hang.started"
+            #expect(hanging.poll() == nil)
+            #expect(!hanging.isCompleted)
+
+            // A callback on completion.
+            let (results, continuation) = AsyncStream.makeStream(of: Int.self)
+            let add = peer.startCall("math.add", AddRequest(a: 2, b: 3), returning: Int.self)
+            add.onCompletion { result in
+                continuation.yield((try? result.get()) ?? -1)
+                continuation.finish()
+            }
+            var iterator = results.makeAsyncIterator()
+            #expect(await iterator.next() == 5)
+            #expect(try add.poll()?.get() == 5)
+            #expect(try await add.value == 5)
+
+            // Blocking wait from a plain thread, with a timeout that is too short, then long enough.
+            let slow = peer.startCall("probe.concurrency", 300, returning: Int.self)
+            let tooSoon = await onPlainThread { try slow.wait(timeout: .milliseconds(20)) }
+            if case .failure(let error as IntercomError) = tooSoon { #expect(error.code == .timeout) } else { Issue.record("\(tooSoon)") }
+            let inTime = await onPlainThread { try slow.wait(timeout: .seconds(10)) }
+            #expect((try? inTime.get()) != nil)
+
+            // Cancelling tells the handler to stop; the handle reports it.
+            hanging.cancel()
+            await #expect(throws: IntercomError.self) { try await hanging.value }
+            await child.shutdown()
+        }
+    }
+
+    @Test func waitingForAllOutstandingCalls() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair)
+            let peer = child.peer
+            let calls = (0..<5).map { _ in peer.startCall("probe.concurrency", 50, returning: Int.self) }
+            try await waitUntil("the calls are sent") { peer.statistics.pendingCalls == 5 }
+            try await peer.waitForOutstandingCalls(timeout: .seconds(10))
+            #expect(peer.statistics.pendingCalls == 0)
+            // Every reply has arrived (each handle stores its result right after).
+            for call in calls { #expect(try await call.value >= 1) }
+
+            let hanging = peer.startCall("hang", 0, returning: Int.self, timeout: .seconds(30))
+            try await waitUntil("the hanging call is sent") { peer.statistics.pendingCalls == 1 }
+            await expectIntercomError(.timeout) { try await peer.waitForOutstandingCalls(timeout: .milliseconds(100)) }
+            let blocked = await onPlainThread { try peer.waitForOutstandingCallsBlocking(timeout: .milliseconds(100)) }
+            #expect(throws: IntercomError.self) { try blocked.get() }
+            hanging.cancel()
+            try await peer.waitForOutstandingCalls(timeout: .seconds(10))
+            await child.shutdown()
+        }
+    }
+
+    @Test func unsolicitedMessagesCanBePolled() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair)
+            let peer = child.peer
+            #expect(try peer.pollMessage() == nil)
+            let nothing = await onPlainThread { try peer.pollMessage(timeout: .milliseconds(50)) }
+            #expect(try nothing.get() == nil)
+            try await peer.send(Note(index: 1, text: "abc"))
+            let echoed = await onPlainThread { try peer.pollMessage(timeout: .seconds(10)) }
+            let message = try echoed.get()
+            #expect(message?.method == "echo")
+            #expect(try message?.decode(as: Note.self) == Note(index: 1, text: "cba"))
+            await child.shutdown()
+            // After the end: the connection's end is reported, not nil.
+            #expect(throws: IntercomError.self) { _ = try peer.pollMessage() }
+        }
+    }
+}
