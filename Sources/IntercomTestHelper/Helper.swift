@@ -4,6 +4,9 @@
 import Dispatch
 import Foundation
 import Intercom
+import Logging
+import ServiceLifecycle
+import UnixSignals
 import Synchronization
 
 #if canImport(Glibc)
@@ -29,6 +32,8 @@ struct Options {
     var linger = false
     /// Process tests: spawn a worker of our own and report its pid as message "grandchild".
     var spawnGrandchild = false
+    /// With --serve: run the service and a supervised worker in a ServiceGroup (SIGTERM stops both).
+    var lifecycle = false
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -47,6 +52,7 @@ struct Options {
             case "--signal-after-handshake": self.signalAfterHandshake = Int32(iterator.next() ?? "")
             case "--linger": self.linger = true
             case "--spawn-grandchild": self.spawnGrandchild = true
+            case "--lifecycle": self.lifecycle = true
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -267,6 +273,22 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
     try router.handle(SnapshotCommand.self) { _, _ in Int(getpid()) }
     var configuration = configuration
     configuration.name = name
+    if options.lifecycle {
+        // A supervised worker (this executable again) and the bus service, both
+        // stopped by SIGTERM through swift-service-lifecycle.
+        let supervisor = Supervisor()
+        supervisor.start(
+            "worker", WorkerSpec(executablePath: CommandLine.arguments[0], environment: ["SWIFT_BACKTRACE": "enable=no"]))
+        var events = supervisor.events.makeAsyncIterator()
+        guard case .started(_, let workerPID)? = await events.next() else { exit(3) }
+        try router.register("lifecycle.worker.pid") { (_: Int, _: CallContext) in Int(workerPID) }
+        let service = try await Bus(directory: directory).serve(name, router: router, configuration: configuration)
+        holder.service = service
+        let group = ServiceGroup(
+            services: [service, supervisor], gracefulShutdownSignals: [.sigterm], logger: Logger(label: "test-helper"))
+        try await group.run()
+        exit(0)
+    }
     let service = try await Bus(directory: directory).serve(
         name, router: router, replace: options.replace, configuration: configuration)
     holder.service = service

@@ -151,3 +151,22 @@ func isAlive(_ pid: Int32) -> Bool {
         }
     }
 }
+
+/// swift-service-lifecycle: SIGTERM stops a bus service and a supervisor in one ServiceGroup cleanly.
+@Suite(.serialized) struct LifecycleTests {
+    @Test func sigtermShutsTheServiceAndItsWorkersDownCleanly() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let process = try ServiceProcess(name: "managed", bus: temporary, arguments: ["--lifecycle"])
+                let peer = try await temporary.bus.connect(to: "managed", waitingUpTo: .seconds(30))
+                let workerPID = Int32(try await peer.call("lifecycle.worker.pid", 0, returning: Int.self))
+                #expect(isAlive(workerPID))
+                process.kill(SIGTERM)
+                await peer.waitUntilClosed()
+                #expect(await process.waitForExit() == 0, "a graceful shutdown exits 0")
+                #expect(!isAlive(workerPID), "the supervised worker was stopped and reaped")
+                // withTemporaryBus: the service's files are gone (its name was given up).
+            }
+        }
+    }
+}
