@@ -289,11 +289,14 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
         try await group.run()
         exit(0)
     }
+    // A worker spawned by a parent also keeps its parent connection (same handlers).
+    let parent = Peer.hasParent ? try await Peer.parent(router: router, configuration: configuration) : nil
     let service = try await Bus(directory: directory).serve(
         name, router: router, replace: options.replace, configuration: configuration)
     holder.service = service
     await service.waitForQuit()
     await service.close()
+    await parent?.close()
     exit(0)
 }
 

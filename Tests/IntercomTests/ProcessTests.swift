@@ -34,6 +34,21 @@ func isAlive(_ pid: Int32) -> Bool {
         }
     }
 
+    @Test func aWorkerOnTheBusIsReachableBothWays() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let worker = try await Worker.spawn(helperSpec(["--serve", "w1", "--bus", temporary.directory]))
+                #expect(try await worker.peer.call("peer.pid", 0, returning: Int.self) == Int(worker.pid))
+                let viaBus = try await temporary.bus.connect(to: "w1", waitingUpTo: .seconds(20))
+                #expect(try await viaBus.call("peer.pid", 0, returning: Int.self) == Int(worker.pid))
+                #expect(try await viaBus.call("intercom.quit", 0, returning: Bool.self))
+                await viaBus.waitUntilClosed()
+                #expect(await worker.waitForExit() == .exited(0))
+                await worker.peer.close()
+            }
+        }
+    }
+
     @Test func twoHundredChildrenWithMixedExitsAreReportedAndReaped() async throws {
         try await withResourceCheck {
             let outcomes = Locked<[(expected: ProcessExitStatus, got: ProcessExitStatus)]>([])
