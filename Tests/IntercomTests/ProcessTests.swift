@@ -107,6 +107,27 @@ func isAlive(_ pid: Int32) -> Bool {
         }
     }
 
+    /// Workers are reaped through their own pidfd: a child someone else started
+    /// (here with Foundation's Process) keeps its exit status for its owner.
+    @Test func otherCodesChildrenAreNeverReaped() async throws {
+        try await withResourceCheck {
+            let other = Process()
+            other.executableURL = URL(fileURLWithPath: "/bin/sh")
+            other.arguments = ["-c", "exit 7"]
+            let (exited, continuation) = AsyncStream.makeStream(of: Int32.self)
+            other.terminationHandler = { continuation.yield($0.terminationStatus); continuation.finish() }
+            try other.run()
+            for _ in 0..<5 {
+                let worker = try await Worker.spawn(helperSpec(["--exit-after-handshake", "0"]))
+                #expect(await worker.waitForExit() == .exited(0))
+                await worker.peer.close()
+            }
+            var status: Int32 = -1
+            for await code in exited { status = code }
+            #expect(status == 7, "the other child's status reached its owner")
+        }
+    }
+
     @Test func aCrashLoopStopsAtThePolicyLimitAndSaysSo() async throws {
         try await withResourceCheck {
             let supervisor = Supervisor()
@@ -141,7 +162,11 @@ func isAlive(_ pid: Int32) -> Bool {
             supervisor.start("steady", helperSpec(), policy: .onFailure(backoff: .milliseconds(10)))
             var iterator = supervisor.events.makeAsyncIterator()
             guard case .started(_, let first)? = await iterator.next() else { throw IntercomError(.closed, "no start") }
-            supervisor.worker(named: "steady")?.kill(SIGKILL)
+            let firstWorker = try #require(supervisor.worker(named: "steady"))
+            let pending = Task { try await firstWorker.peer.call("hang", 0, returning: Int.self, timeout: .seconds(60)) }
+            _ = try await firstWorker.peer.receiveMessage(timeout: .seconds(10))  // "hang.started"
+            firstWorker.kill(SIGKILL)
+            await expectIntercomError(.peerLost) { _ = try await pending.value }
             #expect(await iterator.next() == .exited(name: "steady", pid: first, status: .signaled(SIGKILL)))
             guard case .restarting(_, 1, _)? = await iterator.next() else { throw IntercomError(.closed, "no restart") }
             guard case .started(_, let second)? = await iterator.next() else { throw IntercomError(.closed, "no second start") }
@@ -157,8 +182,12 @@ func isAlive(_ pid: Int32) -> Bool {
     @Test func aChildThatIgnoresSIGTERMIsKilledAfterTheGracePeriod() async throws {
         try await withResourceCheck {
             let worker = try await Worker.spawn(helperSpec(["--linger"]))
+            // A call in flight when the stop begins fails with a clear error; it does not vanish.
+            let inFlight = Task { try await worker.peer.call("hang", 0, returning: Int.self, timeout: .seconds(60)) }
+            _ = try await worker.peer.receiveMessage(timeout: .seconds(10))  // "hang.started"
             let start = ContinuousClock.now
             let status = await worker.stop(grace: .seconds(1))
+            await expectIntercomError(.closed) { _ = try await inFlight.value }
             let took = ContinuousClock.now - start
             #expect(status == .signaled(SIGKILL))
             #expect(took >= .seconds(1))
