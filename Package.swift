@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "Intercom", targets: ["Intercom"]),
         .library(name: "IntercomWire", targets: ["IntercomWire"]),
         .executable(name: "intercom", targets: ["IntercomCLI"]),
+        .executable(name: "actors-example", targets: ["ActorsExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -56,11 +57,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Example: a distributed actor protocol shared by a service and its clients.
+        .target(
+            name: "IntercomActorExample",
+            dependencies: ["Intercom"],
+            path: "Examples/Calculator",
+            swiftSettings: swiftSettings
+        ),
+        // Example: two processes talking through distributed actors (`swift run actors-example`).
+        .executableTarget(
+            name: "ActorsExample",
+            dependencies: ["Intercom", "IntercomActorExample"],
+            path: "Examples/ActorsExample",
+            swiftSettings: swiftSettings
+        ),
         // A real child process that the tests spawn (never a mock of the transport).
         .executableTarget(
             name: "IntercomTestHelper",
             dependencies: [
-                "Intercom",
+                "Intercom", "IntercomActorExample",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -72,10 +87,22 @@ let package = Package(
             dependencies: ["IntercomWire", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        // What every test module shares: the resource audit and its gate.
+        .target(
+            name: "IntercomTestSupport",
+            dependencies: ["Intercom"],
+            swiftSettings: swiftSettings
+        ),
+        // Clients of the calculator that import only its protocol module, never the implementation.
+        .testTarget(
+            name: "IntercomActorTests",
+            dependencies: ["Intercom", "IntercomActorExample", "IntercomTestHelper", "IntercomTestSupport"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "IntercomTests",
             dependencies: [
-                "Intercom", "IntercomWire", "IntercomTestHelper", "IntercomCLI",
+                "Intercom", "IntercomWire", "IntercomTestHelper", "IntercomCLI", "IntercomTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

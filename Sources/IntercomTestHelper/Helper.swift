@@ -34,6 +34,8 @@ struct Options {
     var spawnGrandchild = false
     /// With --serve: run the service and a supervised worker in a ServiceGroup (SIGTERM stops both).
     var lifecycle = false
+    /// Host distributed actors on the bus service NAME: `--actors NAME --bus DIR`.
+    var actorsName: String?
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -53,6 +55,7 @@ struct Options {
             case "--linger": self.linger = true
             case "--spawn-grandchild": self.spawnGrandchild = true
             case "--lifecycle": self.lifecycle = true
+            case "--actors": self.actorsName = iterator.next()
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -197,6 +200,9 @@ struct Helper {
         if options.stall { configuration.inboxCapacity = 16 }
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
 
+        if let name = options.actorsName, let directory = options.busDirectory {
+            try await serveActors(name: name, directory: directory)
+        }
         if let name = options.serveName, let directory = options.busDirectory {
             try await serveOnBus(name: name, directory: directory, router: router, options: options, configuration: configuration)
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Intercom
+import IntercomTestSupport
 import IntercomTestHelper
 import Synchronization
 import Testing

@@ -1,4 +1,5 @@
 import Intercom
+import IntercomTestSupport
 import IntercomTestHelper
 import IntercomWire
 import NIOCore

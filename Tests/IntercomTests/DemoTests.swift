@@ -1,5 +1,6 @@
 import Foundation
 import Intercom
+import IntercomTestSupport
 import Testing
 
 /// `intercom demo` end to end, in short mode, on a private bus.

@@ -54,6 +54,8 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let permissionDenied = Code("permissionDenied")
         /// A declared command has no reachable handler (checked at start-up).
         public static let missingHandler = Code("missingHandler")
+        /// No distributed actor with that id lives at its endpoint (never did, or was deinitialised).
+        public static let actorNotFound = Code("actorNotFound")
 
         /// The code's name.
         public var description: String { self.name }

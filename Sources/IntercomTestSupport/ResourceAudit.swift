@@ -1,0 +1,125 @@
+// Shared by every test module of the package: the resource audit must see the
+// whole test process, so every test that starts processes or opens sockets
+// takes the same gate, whichever module it is in.
+import Foundation
+import Intercom
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Socket paths for this test run: `/tmp/icom-<pid>-<n>.sock` (short enough for
+/// `sun_path`, no directory to clean up).
+public final class TemporaryDirectory: Sendable {
+    public static let shared = TemporaryDirectory()
+    private let prefix = "icom-\(getpid())-"
+    private let counter = Atomic<Int>(0)
+
+    public func socketPath() -> String {
+        "/tmp/\(self.prefix)\(self.counter.add(1, ordering: .relaxed).newValue).sock"
+    }
+
+    /// Socket files of this run still present.
+    public var leftovers: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix(self.prefix) }
+    }
+}
+
+/// What the test process holds open: descriptors and child processes.
+public enum ResourceAudit {
+    public static func openDescriptors() -> [String: String] {
+        var result: [String: String] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            result[name] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)")) ?? "?"
+        }
+        return result
+    }
+
+    public static func childPIDs() -> [Int32] {
+        var pids: [Int32] = []
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+            if let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) {
+                pids += text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            }
+        }
+        return pids
+    }
+
+    private static let warmedUp = Mutex(false)
+
+    /// Starts what is created once per process (event-loop threads, process
+    /// monitoring) so it does not count as a leak.
+    public static func warmUp() async throws {
+        guard !Self.warmedUp.withLock({ $0 }) else { return }
+        // libdispatch opens its epoll, eventfd and timerfd on first use of a timer.
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(1)) { continuation.resume() }
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/true")
+        process.standardInput = FileHandle.nullDevice
+        let (exited, continuation) = AsyncStream.makeStream(of: Void.self)
+        process.terminationHandler = { _ in continuation.finish() }
+        try process.run()
+        for await _ in exited {}
+        // Enough connections that every event loop of the shared group has started
+        // (each loop opens its epoll, eventfd and timerfd on first use).
+        for _ in 0..<8 {
+            let (a, b) = try await Peer.pair()
+            _ = try await a.ping()
+            await a.close()
+            await b.close()
+        }
+        Self.warmedUp.withLock { $0 = true }
+    }
+}
+
+/// One audited test at a time across all suites (the audit reads process-wide state).
+public final class AuditGate: Sendable {
+    public static let shared = AuditGate()
+    private let state = Mutex<(busy: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    public func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let granted = self.state.withLock { state -> Bool in
+                if !state.busy {
+                    state.busy = true
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if granted { continuation.resume() }
+        }
+    }
+
+    public func release() {
+        let next = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiters.isEmpty {
+                state.busy = false
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        next?.resume()
+    }
+}
+
+/// Runs `body` and checks it left no descriptors, child processes or socket files behind.
+public func withResourceCheck(_ body: () async throws -> Void) async throws {
+    await AuditGate.shared.acquire()
+    defer { AuditGate.shared.release() }
+    try await ResourceAudit.warmUp()
+    let before = ResourceAudit.openDescriptors()
+    try await body()
+    let after = ResourceAudit.openDescriptors()
+    // Runtime-internal descriptors (libdispatch and Foundation run loops open an
+    // epoll/eventfd/timerfd per worker thread, lazily) are not ours; every socket,
+    // pipe and file is.
+    let leaked = after.filter { before[$0.key] == nil && !$0.value.hasPrefix("anon_inode:") }
+    #expect(leaked.isEmpty, "descriptors left open: \(leaked)")
+    #expect(ResourceAudit.childPIDs().isEmpty, "child processes left running: \(ResourceAudit.childPIDs())")
+    #expect(TemporaryDirectory.shared.leftovers.isEmpty, "socket files left: \(TemporaryDirectory.shared.leftovers)")
+}
