@@ -96,7 +96,7 @@ let package = Package(
         // Clients of the calculator that import only its protocol module, never the implementation.
         .testTarget(
             name: "IntercomActorTests",
-            dependencies: ["Intercom", "IntercomActorExample", "IntercomTestHelper", "IntercomTestSupport"],
+            dependencies: ["Intercom", "IntercomActorExample", "IntercomTestHelper", "IntercomTestSupport", "ActorsExample"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

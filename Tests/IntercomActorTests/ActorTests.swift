@@ -186,6 +186,30 @@ private final class CalculatorHost: Sendable {
         }
     }
 
+    /// Over a socket pair to a spawned worker (the example in Examples/ActorsExample).
+    @Test func theExampleCallsAWorkersActorOverASocketPair() async throws {
+        try await withResourceCheck {
+            let path = URL(fileURLWithPath: helperPath).deletingLastPathComponent().appendingPathComponent("actors-example").path
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardInput = FileHandle.nullDevice
+            let (exited, continuation) = AsyncStream.makeStream(of: Int32.self)
+            process.terminationHandler = { continuation.yield($0.terminationStatus); continuation.finish() }
+            try process.run()
+            let text = await Task.detached { String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }.value
+            var status: Int32 = -1
+            for await code in exited { status = code }
+            try? output.fileHandleForReading.close()
+            #expect(status == 0, "\(text)")
+            #expect(text.contains("add(40, 2)        = 42"))
+            #expect(text.contains("divide(84, by: 2) = 42"))
+            #expect(text.contains("threw divisionByZero(dividend: 1)"))
+            #expect(text.contains("worker exited(0)"))
+        }
+    }
+
     @Test func anActorInTheSameProcessIsCalledDirectly() async throws {
         let system = IntercomActorSystem(endpoint: "local")
         let local = LocalCounter(actorSystem: system)
