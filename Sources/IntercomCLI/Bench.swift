@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Distributed
 import Intercom
 
 #if canImport(Glibc)
@@ -37,7 +38,16 @@ struct Bench: AsyncParsableCommand {
                 progress("running \(scenario.rawValue) over \(self.transport.rawValue)…")
                 let line: String
                 switch scenario {
-                case .S1: line = try await s1(peer, name: name, n: self.count(20_000))
+                case .S1:
+                    line = try await s1(peer, name: name, n: self.count(20_000))
+                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+                    lines.append(line)
+                    progress("running S1 through a distributed actor over \(self.transport.rawValue)…")
+                    let actorLine = try await s1Actor(
+                        peer, name: "intercom-actor-\(self.transport.rawValue)", n: self.count(20_000))
+                    FileHandle.standardOutput.write(Data((actorLine + "\n").utf8))
+                    lines.append(actorLine)
+                    continue
                 case .S2: line = try await s2(peer, name: name, n: self.count(1_000_000))
                 case .S3: line = try await s3(peer, name: name, n: self.count(500))
                 case .S4: line = try await s4(peer, name: name, n: self.count(100_000))
@@ -79,6 +89,28 @@ func s1(_ peer: Peer, name: String, n: Int) async throws -> String {
     for _ in 0..<n {
         let t0 = clock.now
         _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self)
+        samples.append(clock.now - t0)
+    }
+    let total = clock.now - start
+    samples.sort()
+    return String(
+        format: "peer=%@ scenario=S1 median_us=%.2f p99_us=%.2f calls_per_s=%.0f n=%d", name,
+        microseconds(percentile(samples, 0.5)), microseconds(percentile(samples, 0.99)), Double(n) / seconds(total), n)
+}
+
+/// S1 again, as a distributed actor call (`$echo.echo(bytes)`) on the same connection.
+func s1Actor(_ peer: Peer, name: String, n: Int) async throws -> String {
+    let system = IntercomActorSystem()
+    system.register(peer, as: "bench")
+    let echo = try BenchEchoActor.resolve(id: IntercomActorID(endpoint: "bench", name: "echo"), using: system)
+    for _ in 0..<2000 { _ = try await echo.echo(payload64) }
+    var samples: [Duration] = []
+    samples.reserveCapacity(n)
+    let clock = ContinuousClock()
+    let start = clock.now
+    for _ in 0..<n {
+        let t0 = clock.now
+        _ = try await echo.echo(payload64)
         samples.append(clock.now - t0)
     }
     let total = clock.now - start

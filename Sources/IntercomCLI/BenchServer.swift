@@ -1,4 +1,5 @@
 import ArgumentParser
+import Distributed
 import Intercom
 import Synchronization
 
@@ -20,6 +21,12 @@ struct BenchServer: AsyncParsableCommand {
             received.store(0, ordering: .relaxed)
             return 0
         }
+        // The actor-call S1: the same echo as a distributed actor.
+        let system = IntercomActorSystem(endpoint: "bench")
+        let echo = BenchEchoActor(actorSystem: system)
+        system.publish(echo, as: "echo")
+        try system.install(on: router)
+        defer { _ = echo }
         var configuration = Peer.Configuration(name: "intercom-bench-server")
         configuration.handlerExecution = .connectionThread
         let peer: Peer
@@ -52,4 +59,11 @@ struct BenchServer: AsyncParsableCommand {
         }
         await service?.close()
     }
+}
+
+/// The distributed actor behind the actor-call S1 line.
+distributed actor BenchEchoActor {
+    typealias ActorSystem = IntercomActorSystem
+
+    distributed func echo(_ bytes: [UInt8]) -> [UInt8] { bytes }
 }
