@@ -81,36 +81,29 @@ private func seconds(_ d: Duration) -> Double { microseconds(d) / 1e6 }
 let payload64 = [UInt8](repeating: 0x61, count: 64)
 
 func s1(_ peer: Peer, name: String, n: Int) async throws -> String {
-    for _ in 0..<2000 { _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self) }
-    var samples: [Duration] = []
-    samples.reserveCapacity(n)
-    let clock = ContinuousClock()
-    let start = clock.now
-    for _ in 0..<n {
-        let t0 = clock.now
+    try await measureRoundTrips(name: name, n: n) {
         _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self)
-        samples.append(clock.now - t0)
     }
-    let total = clock.now - start
-    samples.sort()
-    return String(
-        format: "peer=%@ scenario=S1 median_us=%.2f p99_us=%.2f calls_per_s=%.0f n=%d", name,
-        microseconds(percentile(samples, 0.5)), microseconds(percentile(samples, 0.99)), Double(n) / seconds(total), n)
 }
 
-/// S1 again, as a distributed actor call (`$echo.echo(bytes)`) on the same connection.
+/// S1 again, as a distributed actor call (`echo.echo(bytes)`) on the same connection.
 func s1Actor(_ peer: Peer, name: String, n: Int) async throws -> String {
     let system = IntercomActorSystem()
     system.register(peer, as: "bench")
     let echo = try BenchEchoActor.resolve(id: IntercomActorID(endpoint: "bench", name: "echo"), using: system)
-    for _ in 0..<2000 { _ = try await echo.echo(payload64) }
+    return try await measureRoundTrips(name: name, n: n) { _ = try await echo.echo(payload64) }
+}
+
+/// Times `n` sequential round trips after 2,000 warm-up ones; the S1 line.
+func measureRoundTrips(name: String, n: Int, _ roundTrip: () async throws -> Void) async throws -> String {
+    for _ in 0..<2000 { try await roundTrip() }
     var samples: [Duration] = []
     samples.reserveCapacity(n)
     let clock = ContinuousClock()
     let start = clock.now
     for _ in 0..<n {
         let t0 = clock.now
-        _ = try await echo.echo(payload64)
+        try await roundTrip()
         samples.append(clock.now - t0)
     }
     let total = clock.now - start

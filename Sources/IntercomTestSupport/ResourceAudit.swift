@@ -1,7 +1,7 @@
 // Shared by every test module of the package: the resource audit must see the
 // whole test process, so every test that starts processes or opens sockets
 // takes the same gate, whichever module it is in.
-import Foundation
+public import Foundation
 import Intercom
 import Synchronization
 import Testing
@@ -122,4 +122,40 @@ public func withResourceCheck(_ body: () async throws -> Void) async throws {
     #expect(leaked.isEmpty, "descriptors left open: \(leaked)")
     #expect(ResourceAudit.childPIDs().isEmpty, "child processes left running: \(ResourceAudit.childPIDs())")
     #expect(TemporaryDirectory.shared.leftovers.isEmpty, "socket files left: \(TemporaryDirectory.shared.leftovers)")
+}
+
+/// A child started with Foundation's `Process` whose exit a test can await.
+public final class WatchedProcess: Sendable {
+    /// The process (configure it before ``run()``).
+    public let process: Process
+    private let exit: AsyncStream<Int32>
+
+    /// Watches `process`, which must not be running yet.
+    public init(_ process: Process) {
+        let (exit, continuation) = AsyncStream.makeStream(of: Int32.self)
+        process.terminationHandler = { process in
+            continuation.yield(process.terminationStatus)
+            continuation.finish()
+        }
+        self.process = process
+        self.exit = exit
+    }
+
+    /// Starts it.
+    public func run() throws { try self.process.run() }
+
+    /// Its pid.
+    public var pid: Int32 { self.process.processIdentifier }
+
+    /// Waits for it to exit (it is reaped by then) and returns its status.
+    @discardableResult
+    public func waitForExit() async -> Int32 {
+        for await status in self.exit { return status }
+        return self.process.terminationStatus
+    }
+
+    /// Sends it `signal`.
+    public func kill(_ signal: Int32 = SIGKILL) {
+        _ = Glibc.kill(self.pid, signal)
+    }
 }

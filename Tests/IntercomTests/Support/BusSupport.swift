@@ -43,9 +43,9 @@ func withTemporaryBus(expectEmpty: Bool = true, _ body: (TemporaryBus) async thr
 /// A helper process serving a name on a bus (`--serve NAME --bus DIR`), not
 /// connected to the test: the test finds it through the bus like anyone would.
 final class ServiceProcess: Sendable {
-    let process: Process
-    private let exit: AsyncStream<Int32>
-    var pid: Int32 { self.process.processIdentifier }
+    private let watched: WatchedProcess
+    var process: Process { self.watched.process }
+    var pid: Int32 { self.watched.pid }
 
     init(name: String, bus: TemporaryBus, arguments: [String] = []) throws {
         let process = Process()
@@ -53,24 +53,13 @@ final class ServiceProcess: Sendable {
         process.arguments = ["--serve", name, "--bus", bus.directory] + arguments
         process.standardInput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        let (exit, continuation) = AsyncStream.makeStream(of: Int32.self)
-        process.terminationHandler = { process in
-            continuation.yield(process.terminationStatus)
-            continuation.finish()
-        }
-        try process.run()
-        self.process = process
-        self.exit = exit
+        self.watched = WatchedProcess(process)
+        try self.watched.run()
     }
 
     /// Waits for the process to exit; returns its exit status.
     @discardableResult
-    func waitForExit() async -> Int32 {
-        for await status in self.exit { return status }
-        return self.process.terminationStatus
-    }
+    func waitForExit() async -> Int32 { await self.watched.waitForExit() }
 
-    func kill(_ signal: Int32 = SIGKILL) {
-        _ = Glibc.kill(self.pid, signal)
-    }
+    func kill(_ signal: Int32 = SIGKILL) { self.watched.kill(signal) }
 }

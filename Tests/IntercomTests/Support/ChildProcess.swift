@@ -21,7 +21,7 @@ final class ChildProcess: Sendable {
     let process: Process
     let peer: Peer
     let listener: PeerListener?
-    private let exit: AsyncStream<Int32>
+    private let exit: WatchedProcess
 
     var pid: Int32 { self.process.processIdentifier }
 
@@ -51,11 +51,7 @@ final class ChildProcess: Sendable {
     ) async throws -> ChildProcess {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.helperPath)
-        let (exit, exitContinuation) = AsyncStream.makeStream(of: Int32.self)
-        process.terminationHandler = { process in
-            exitContinuation.yield(process.terminationStatus)
-            exitContinuation.finish()
-        }
+        let exit = WatchedProcess(process)
         switch kind {
         case .socketpair:
             let sockets = try SocketPair()
@@ -80,7 +76,7 @@ final class ChildProcess: Sendable {
         }
     }
 
-    private init(process: Process, peer: Peer, listener: PeerListener?, exit: AsyncStream<Int32>) {
+    private init(process: Process, peer: Peer, listener: PeerListener?, exit: WatchedProcess) {
         self.process = process
         self.peer = peer
         self.listener = listener
@@ -89,14 +85,9 @@ final class ChildProcess: Sendable {
 
     /// Waits for the child to exit and returns its status.
     @discardableResult
-    func waitForExit() async -> Int32 {
-        for await status in self.exit { return status }
-        return self.process.terminationStatus
-    }
+    func waitForExit() async -> Int32 { await self.exit.waitForExit() }
 
-    func kill(_ signal: Int32 = SIGKILL) {
-        _ = Glibc.kill(self.pid, signal)
-    }
+    func kill(_ signal: Int32 = SIGKILL) { self.exit.kill(signal) }
 
     /// Closes the connection (the child exits when it ends) and waits for the child.
     func shutdown() async {
