@@ -18,7 +18,9 @@ import Testing
             let child = try await ChildProcess.spawn(kind)
             let peer = child.peer
             let long = Task { try await peer.call("work.slow", 0, returning: Int.self, timeout: .seconds(60)) }
-            try await waitUntil("the long call is pending") { peer.statistics.pendingCalls == 1 }
+            // The handler says when it starts: the long call is in flight from then on.
+            #expect(try await peer.receiveMessage(timeout: .seconds(20)).method == "work.started")
+            #expect(peer.statistics.pendingCalls == 1)
             for attempt in 1...2 {
                 let error = await expectIntercomError(.timeout) {
                     _ = try await peer.call("work.slow", attempt, returning: Int.self, timeout: .milliseconds(200))
