@@ -239,6 +239,31 @@ struct ActorCall: Codable, Sendable {
     var target: String
     var generics: [String]
     var arguments: [[UInt8]]
+
+    init(actor: String, target: String, generics: [String], arguments: [[UInt8]]) {
+        self.actor = actor
+        self.target = target
+        self.generics = generics
+        self.arguments = arguments
+    }
+
+    // Positional, not keyed: both ends are this code, and field names on every
+    // call were a measurable part of an actor call's overhead.
+    init(from decoder: any Decoder) throws {
+        var fields = try decoder.unkeyedContainer()
+        self.actor = try fields.decode(String.self)
+        self.target = try fields.decode(String.self)
+        self.generics = try fields.decode([String].self)
+        self.arguments = try fields.decode([[UInt8]].self)
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var fields = encoder.unkeyedContainer()
+        try fields.encode(self.actor)
+        try fields.encode(self.target)
+        try fields.encode(self.generics)
+        try fields.encode(self.arguments)
+    }
 }
 
 /// The outcome: the encoded result, or the error.
@@ -252,6 +277,27 @@ struct ActorReply: Codable, Sendable {
 
     init(error: ActorFailure) {
         self.error = error
+    }
+
+    // Positional: a tag (0 value, 1 error), then the one that is there.
+    init(from decoder: any Decoder) throws {
+        var fields = try decoder.unkeyedContainer()
+        if try fields.decode(UInt8.self) == 0 {
+            self.value = try fields.decode([UInt8].self)
+        } else {
+            self.error = try fields.decode(ActorFailure.self)
+        }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var fields = encoder.unkeyedContainer()
+        if let error = self.error {
+            try fields.encode(UInt8(1))
+            try fields.encode(error)
+        } else {
+            try fields.encode(UInt8(0))
+            try fields.encode(self.value ?? [])
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 public import Distributed
 internal import IntercomWire
 internal import NIOCore
+internal import Synchronization
 
 /// Records a distributed call's generic arguments and arguments (binary codec).
 public struct IntercomInvocationEncoder: DistributedTargetInvocationEncoder {
@@ -58,7 +59,7 @@ public struct IntercomInvocationDecoder: DistributedTargetInvocationDecoder {
     /// really implements the protocol, so the stub type is replaced by it.
     public mutating func decodeGenericSubstitutions() throws -> [Any.Type] {
         try self.call.generics.map { name in
-            guard let type = _typeByName(name) else {
+            guard let type = knownTypes.type(named: name) else {
                 throw IntercomError(.invalidPayload, "generic argument type '\(name)' is not known in this process")
             }
             if type is any _DistributedActorStub.Type { return self.actorType }
@@ -109,5 +110,25 @@ public final class IntercomResultHandler: DistributedTargetInvocationResultHandl
     /// The target threw.
     public func onThrow<Err: Error>(error: Err) async throws {
         self.reply = ActorReply(error: ActorFailure(error))
+    }
+}
+
+/// Types looked up by mangled name, remembered: demangling on every call is slow,
+/// and the set of types a process sees in calls is small.
+private let knownTypes = TypeCache()
+
+private final class TypeCache: Sendable {
+    private let types = Mutex<[String: TypeBox]>([:])
+
+    private struct TypeBox: @unchecked Sendable {
+        // Metatypes are immutable; the box only lets them sit in a Mutex.
+        let type: Any.Type
+    }
+
+    func type(named name: String) -> Any.Type? {
+        if let known = self.types.withLock({ $0[name] }) { return known.type }
+        guard let type = _typeByName(name) else { return nil }
+        self.types.withLock { $0[name] = TypeBox(type: type) }
+        return type
     }
 }
