@@ -36,6 +36,8 @@ struct Options {
     var lifecycle = false
     /// Host distributed actors on the bus service NAME: `--actors NAME --bus DIR`.
     var actorsName: String?
+    /// Echo records between two shared-memory rings mapped from standard input.
+    var ringEchoCapacity: Int?
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -56,6 +58,7 @@ struct Options {
             case "--spawn-grandchild": self.spawnGrandchild = true
             case "--lifecycle": self.lifecycle = true
             case "--actors": self.actorsName = iterator.next()
+            case "--ring-echo": self.ringEchoCapacity = Int(iterator.next() ?? "")
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -191,6 +194,7 @@ struct Helper {
         let inherited = openDescriptors()
         let options = Options(CommandLine.arguments)
         if let code = options.exitNow { exit(code) }
+        if let capacity = options.ringEchoCapacity { ringEcho(capacity: capacity) }
         if options.linger { signal(SIGTERM, SIG_IGN) }
         if options.stall { catchSIGUSR1() }
         let router = try makeRouter()
@@ -310,4 +314,31 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
 func openDescriptors() -> [Int] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
     return entries.compactMap { Int($0) }.filter { fcntl(Int32($0), F_GETFD) >= 0 }.sorted()
+}
+
+/// `--ring-echo CAPACITY`: standard input is a memfd holding two rings (to the
+/// helper, then back); every record read from the first is written to the
+/// second, until an empty record arrives. Exits 0, or 2 on a protocol error.
+func ringEcho(capacity: Int) -> Never {
+    let ringSize = SharedMemoryRing.size(capacity: capacity)
+    do {
+        let region = try SharedMemoryRegion(mapping: dup(0), size: 2 * ringSize)
+        let inbound = try SharedMemoryRing.open(at: region.base, size: ringSize)
+        let outbound = try SharedMemoryRing.open(at: region.base + ringSize, size: ringSize)
+        var reader = SharedMemoryRing.ReaderState()
+        var writer = SharedMemoryRing.WriterState()
+        while true {
+            guard let record = try inbound.tryRead(state: &reader) else {
+                inbound.waitForData(state: reader, spins: 100, timeout: .milliseconds(100))
+                continue
+            }
+            if record.isEmpty { exit(0) }
+            while try !record.withUnsafeBytes({ try outbound.tryWrite($0, state: &writer) }) {
+                outbound.waitForSpace(needed: record.count, state: writer, spins: 100, timeout: .milliseconds(100))
+            }
+        }
+    } catch {
+        FileHandle.standardError.write(Data("ring echo: \(error)\n".utf8))
+        exit(2)
+    }
 }

@@ -1,0 +1,213 @@
+#if os(Linux)
+internal import Atomics
+package import IntercomWire
+
+/// A single-producer/single-consumer ring of length-prefixed records in shared
+/// memory: the building block of the shared-memory transport (one ring per
+/// direction).
+///
+/// Layout (little-endian; docs/PROTOCOL.md, "Shared-memory ring"):
+///
+/// | offset | size | field |
+/// |---:|---:|---|
+/// | 0 | 4 | magic `ICSR` |
+/// | 4 | 4 | layout version (1) |
+/// | 8 | 4 | data capacity in bytes (a power of two) |
+/// | 64 | 8 | head: bytes ever written (the writer's) |
+/// | 128 | 8 | tail: bytes ever read (the reader's) |
+/// | 192 | 4 | data-futex word (bumped when a sleeping reader must wake) |
+/// | 196 | 4 | reader-sleeping flag |
+/// | 256 | 4 | space-futex word (bumped when a sleeping writer must wake) |
+/// | 260 | 4 | writer-sleeping flag |
+/// | 320 | capacity | data |
+///
+/// A record is a u32 payload length and the payload, padded to 8 bytes; it may
+/// wrap around the end of the data area.
+///
+/// The other side may be broken or hostile: each side keeps its own position
+/// privately and reads the other's once per operation, copies every length it
+/// reads from shared memory before checking it, and turns any inconsistency
+/// into a ``ProtocolError`` — never a crash or an endless loop.
+package struct SharedMemoryRing: @unchecked Sendable {
+    // The pointers address the shared region, which outlives the ring (the
+    // region object is kept by whoever holds the ring).
+    static let magic: UInt32 = 0x5253_4349  // "ICSR"
+    static let layoutVersion: UInt32 = 1
+    package static let headerSize = 320
+
+    let base: UnsafeMutableRawPointer
+    package let capacity: Int
+    private let head: UnsafeAtomic<UInt64>
+    private let tail: UnsafeAtomic<UInt64>
+    private let dataFutex: UnsafeAtomic<UInt32>
+    private let readerSleeping: UnsafeAtomic<UInt32>
+    private let spaceFutex: UnsafeAtomic<UInt32>
+    private let writerSleeping: UnsafeAtomic<UInt32>
+    private var data: UnsafeMutableRawPointer { self.base + Self.headerSize }
+
+    /// The bytes a ring with `capacity` data bytes needs.
+    package static func size(capacity: Int) -> Int { Self.headerSize + capacity }
+
+    /// Formats a new ring at `base` (`capacity` must be a power of two ≥ 64).
+    package static func create(at base: UnsafeMutableRawPointer, capacity: Int) -> SharedMemoryRing {
+        precondition(capacity >= 64 && capacity & (capacity - 1) == 0, "ring capacity must be a power of two")
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: Self.headerSize)
+        base.storeBytes(of: Self.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        base.storeBytes(of: Self.layoutVersion.littleEndian, toByteOffset: 4, as: UInt32.self)
+        base.storeBytes(of: UInt32(capacity).littleEndian, toByteOffset: 8, as: UInt32.self)
+        return SharedMemoryRing(base: base, capacity: capacity)
+    }
+
+    /// Opens a ring another process formatted, checking its header against `size`.
+    package static func open(at base: UnsafeMutableRawPointer, size: Int) throws(ProtocolError) -> SharedMemoryRing {
+        let magic = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+        let version = UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        let capacity = Int(UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        guard magic == Self.magic else { throw ProtocolError(.badMagic, "shared-memory ring has magic \(magic)") }
+        guard version == Self.layoutVersion else {
+            throw ProtocolError(.unsupportedVersion, "shared-memory ring layout \(version); this build reads \(Self.layoutVersion)")
+        }
+        guard capacity >= 64, capacity & (capacity - 1) == 0, Self.size(capacity: capacity) <= size else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring capacity \(capacity) does not fit its \(size)-byte region")
+        }
+        return SharedMemoryRing(base: base, capacity: capacity)
+    }
+
+    private init(base: UnsafeMutableRawPointer, capacity: Int) {
+        self.base = base
+        self.capacity = capacity
+        func word<T: AtomicValue>(_ offset: Int, _: T.Type) -> UnsafeAtomic<T> {
+            UnsafeAtomic<T>(at: (base + offset).assumingMemoryBound(to: T.AtomicRepresentation.self))
+        }
+        self.head = word(64, UInt64.self)
+        self.tail = word(128, UInt64.self)
+        self.dataFutex = word(192, UInt32.self)
+        self.readerSleeping = word(196, UInt32.self)
+        self.spaceFutex = word(256, UInt32.self)
+        self.writerSleeping = word(260, UInt32.self)
+    }
+
+    /// The most payload one record can carry.
+    package var maxRecord: Int { self.capacity - 8 }
+
+    private static func recordSize(_ payload: Int) -> Int { (4 + payload + 7) & ~7 }
+
+    // MARK: Writing (one writer)
+
+    /// The writer's private position.
+    package struct WriterState {
+        package var head: UInt64 = 0
+        package init() {}
+    }
+
+    /// Appends one record if there is room; false if the ring is full.
+    ///
+    /// - Throws: ``ProtocolError`` if the reader's position is impossible (a
+    ///   corrupted or hostile reader).
+    package func tryWrite(_ payload: UnsafeRawBufferPointer, state: inout WriterState) throws(ProtocolError) -> Bool {
+        precondition(payload.count <= self.maxRecord, "record larger than the ring")
+        let tail = self.tail.load(ordering: .acquiring)
+        let used = state.head &- tail
+        guard used <= UInt64(self.capacity) else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: reader position \(tail) is ahead of the writer's \(state.head)")
+        }
+        let size = Self.recordSize(payload.count)
+        guard UInt64(size) <= UInt64(self.capacity) - used else { return false }
+        var length = UInt32(payload.count).littleEndian
+        withUnsafeBytes(of: &length) { self.copyIn($0, at: state.head) }
+        self.copyIn(payload, at: state.head &+ 4)
+        state.head &+= UInt64(size)
+        self.head.store(state.head, ordering: .sequentiallyConsistent)
+        if self.readerSleeping.load(ordering: .sequentiallyConsistent) != 0 {
+            self.readerSleeping.store(0, ordering: .sequentiallyConsistent)
+            self.dataFutex.wrappingIncrement(ordering: .sequentiallyConsistent)
+            Futex.wake(self.base + 192)
+        }
+        return true
+    }
+
+    /// Sleeps until the reader frees room (or `timeout`), after spinning `spins` times.
+    package func waitForSpace(needed: Int, state: WriterState, spins: Int, timeout: Duration) {
+        let size = UInt64(Self.recordSize(needed))
+        func hasRoom() -> Bool {
+            let used = state.head &- self.tail.load(ordering: .acquiring)
+            return used > UInt64(self.capacity) || size <= UInt64(self.capacity) - used
+        }
+        for _ in 0..<spins where hasRoom() { return }
+        let seen = self.spaceFutex.load(ordering: .sequentiallyConsistent)
+        self.writerSleeping.store(1, ordering: .sequentiallyConsistent)
+        if hasRoom() { return }
+        Futex.wait(self.base + 256, expected: seen, timeout: timeout)
+    }
+
+    // MARK: Reading (one reader)
+
+    /// The reader's private position.
+    package struct ReaderState {
+        package var tail: UInt64 = 0
+        package init() {}
+    }
+
+    /// Takes the next record if there is one.
+    ///
+    /// - Throws: ``ProtocolError`` if what the writer published is inconsistent.
+    package func tryRead(state: inout ReaderState) throws(ProtocolError) -> [UInt8]? {
+        let head = self.head.load(ordering: .acquiring)
+        let used = head &- state.tail
+        if used == 0 { return nil }
+        guard used <= UInt64(self.capacity), used >= 8 else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: writer position \(head) is inconsistent with the reader's \(state.tail)")
+        }
+        var lengthBytes: UInt32 = 0
+        withUnsafeMutableBytes(of: &lengthBytes) { self.copyOut($0, at: state.tail) }
+        let length = Int(UInt32(littleEndian: lengthBytes))  // one copy, checked, then used
+        let size = Self.recordSize(length)
+        guard length <= self.maxRecord, UInt64(size) <= used else {
+            throw ProtocolError(.frameTooLarge, "shared-memory ring: a record of \(length) bytes does not fit the \(used) bytes published")
+        }
+        let payload = [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
+            self.copyOut(UnsafeMutableRawBufferPointer(buffer), at: state.tail &+ 4)
+            count = length
+        }
+        state.tail &+= UInt64(size)
+        self.tail.store(state.tail, ordering: .sequentiallyConsistent)
+        if self.writerSleeping.load(ordering: .sequentiallyConsistent) != 0 {
+            self.writerSleeping.store(0, ordering: .sequentiallyConsistent)
+            self.spaceFutex.wrappingIncrement(ordering: .sequentiallyConsistent)
+            Futex.wake(self.base + 256)
+        }
+        return payload
+    }
+
+    /// Sleeps until a record arrives (or `timeout`), after spinning `spins` times.
+    package func waitForData(state: ReaderState, spins: Int, timeout: Duration) {
+        func hasData() -> Bool { self.head.load(ordering: .acquiring) != state.tail }
+        for _ in 0..<spins where hasData() { return }
+        let seen = self.dataFutex.load(ordering: .sequentiallyConsistent)
+        self.readerSleeping.store(1, ordering: .sequentiallyConsistent)
+        if hasData() { return }
+        Futex.wait(self.base + 192, expected: seen, timeout: timeout)
+    }
+
+    // MARK: Wrapping copies
+
+    private func copyIn(_ bytes: UnsafeRawBufferPointer, at position: UInt64) {
+        let offset = Int(position & UInt64(self.capacity - 1))
+        let first = min(bytes.count, self.capacity - offset)
+        (self.data + offset).copyMemory(from: bytes.baseAddress!, byteCount: first)
+        if first < bytes.count {
+            self.data.copyMemory(from: bytes.baseAddress! + first, byteCount: bytes.count - first)
+        }
+    }
+
+    private func copyOut(_ bytes: UnsafeMutableRawBufferPointer, at position: UInt64) {
+        guard bytes.count > 0 else { return }
+        let offset = Int(position & UInt64(self.capacity - 1))
+        let first = min(bytes.count, self.capacity - offset)
+        bytes.baseAddress!.copyMemory(from: self.data + offset, byteCount: first)
+        if first < bytes.count {
+            (bytes.baseAddress! + first).copyMemory(from: self.data, byteCount: bytes.count - first)
+        }
+    }
+}
+#endif

@@ -1,0 +1,206 @@
+#if os(Linux)
+import Foundation
+import Intercom
+import IntercomTestSupport
+import IntercomWire
+import Testing
+import Glibc
+
+/// The shared-memory ring under the coming shared-memory transport (issue #6):
+/// records across two mappings and across processes, a full ring, waiting on
+/// the futex, and a hostile writer.
+@Suite(.serialized) struct SharedMemoryRingTests {
+    /// Deterministic record contents: index `i` has length `i % 301` and bytes derived from `i`.
+    static func record(_ index: Int) -> [UInt8] {
+        (0..<(index % 301)).map { UInt8(truncatingIfNeeded: index &* 31 &+ $0) }
+    }
+
+    @Test func recordsCrossTwoMappingsInOrderWithWraparound() async throws {
+        let capacity = 4096
+        let size = SharedMemoryRing.size(capacity: capacity)
+        let writerRegion = try SharedMemoryRegion(creating: size)
+        let readerRegion = try SharedMemoryRegion(mapping: dup(writerRegion.fd), size: size)
+        let ring = SharedMemoryRing.create(at: writerRegion.base, capacity: capacity)
+        let readerRing = try SharedMemoryRing.open(at: readerRegion.base, size: size)
+        let count = 50_000
+        async let written: Void = onThread {
+            var state = SharedMemoryRing.WriterState()
+            for index in 0..<count {
+                let bytes = Self.record(index)
+                while try !bytes.withUnsafeBytes({ try ring.tryWrite($0, state: &state) }) {
+                    ring.waitForSpace(needed: bytes.count, state: state, spins: 64, timeout: .milliseconds(100))
+                }
+            }
+        }
+        let mismatches: Int = try await onThread {
+            var state = SharedMemoryRing.ReaderState()
+            var mismatches = 0
+            var index = 0
+            while index < count {
+                guard let record = try readerRing.tryRead(state: &state) else {
+                    readerRing.waitForData(state: state, spins: 64, timeout: .milliseconds(100))
+                    continue
+                }
+                if record != Self.record(index) { mismatches += 1 }
+                index += 1
+            }
+            return mismatches
+        }
+        try await written
+        #expect(mismatches == 0)
+    }
+
+    @Test func aFullRingRefusesUntilTheReaderFreesRoom() throws {
+        let size = SharedMemoryRing.size(capacity: 256)
+        let region = try SharedMemoryRegion(creating: size)
+        let ring = SharedMemoryRing.create(at: region.base, capacity: 256)
+        var writer = SharedMemoryRing.WriterState()
+        var reader = SharedMemoryRing.ReaderState()
+        let bytes = [UInt8](repeating: 7, count: 60)  // 64 bytes a record: four fit
+        var accepted = 0
+        while try bytes.withUnsafeBytes({ try ring.tryWrite($0, state: &writer) }) { accepted += 1 }
+        #expect(accepted == 4)
+        #expect(try ring.tryRead(state: &reader) == bytes)
+        #expect(try bytes.withUnsafeBytes { try ring.tryWrite($0, state: &writer) })
+        for _ in 0..<4 { #expect(try ring.tryRead(state: &reader) == bytes) }
+        #expect(try ring.tryRead(state: &reader) == nil)
+    }
+
+    /// An idle reader sleeps on the futex instead of spinning: the thread uses
+    /// almost no CPU while it waits 300 ms for data that never comes.
+    @Test func anIdleReaderSleepsOnTheFutex() async throws {
+        let size = SharedMemoryRing.size(capacity: 4096)
+        let region = try SharedMemoryRegion(creating: size)
+        let ring = SharedMemoryRing.create(at: region.base, capacity: 4096)
+        let (wall, cpu) = await onThread { () -> (Duration, Duration) in
+            let start = ContinuousClock.now
+            let cpuStart = threadCPUTime()
+            ring.waitForData(state: SharedMemoryRing.ReaderState(), spins: 1000, timeout: .milliseconds(300))
+            return (ContinuousClock.now - start, threadCPUTime() - cpuStart)
+        }
+        #expect(wall >= .milliseconds(250), "it waited for the timeout: \(wall)")
+        #expect(cpu < .milliseconds(30), "and slept rather than spun: \(cpu) of CPU")
+    }
+
+    /// A writer that corrupts the ring (random bytes over the head and the data
+    /// while records flow): the reader only ever gets records or typed errors.
+    @Test func aHostileWriterCausesTypedErrorsOnlyNeverACrashOrAHang() async throws {
+        var errors = 0
+        var records = 0
+        for seed in 0..<200 {
+            let size = SharedMemoryRing.size(capacity: 1024)
+            let region = try SharedMemoryRegion(creating: size)
+            let ring = SharedMemoryRing.create(at: region.base, capacity: 1024)
+            var writer = SharedMemoryRing.WriterState()
+            var reader = SharedMemoryRing.ReaderState()
+            var generator = SplitMix(seed: UInt64(seed))
+            for step in 0..<200 {
+                let bytes = Self.record(step)
+                _ = try? bytes.withUnsafeBytes { try ring.tryWrite($0, state: &writer) }
+                // Flip a few random bytes: in the data, or in the published head.
+                for _ in 0..<Int(generator.next() % 3) {
+                    let offset = generator.next() % 2 == 0
+                        ? 64 + Int(generator.next() % 8)
+                        : SharedMemoryRing.headerSize + Int(generator.next() % 1024)
+                    region.base.storeBytes(of: UInt8(truncatingIfNeeded: generator.next()), toByteOffset: offset, as: UInt8.self)
+                }
+                do {
+                    while let record = try ring.tryRead(state: &reader) {
+                        #expect(record.count <= ring.maxRecord)
+                        records += 1
+                    }
+                } catch {
+                    errors += 1
+                    break  // a real connection closes here
+                }
+            }
+        }
+        #expect(errors > 0, "corruption was detected")
+        #expect(records > 0)
+        // A corrupted header is refused when the ring is opened.
+        let region = try SharedMemoryRegion(creating: SharedMemoryRing.size(capacity: 64))
+        _ = SharedMemoryRing.create(at: region.base, capacity: 64)
+        region.base.storeBytes(of: UInt32(3), toByteOffset: 4, as: UInt32.self)
+        #expect(throws: ProtocolError.self) { try SharedMemoryRing.open(at: region.base, size: region.size) }
+    }
+
+    /// Across processes: a child maps the same memfd (its standard input) and
+    /// echoes every record back through the second ring.
+    @Test func aChildProcessEchoesRecordsThroughSharedMemory() async throws {
+        try await withResourceCheck {
+            let capacity = 8192
+            let ringSize = SharedMemoryRing.size(capacity: capacity)
+            let region = try SharedMemoryRegion(creating: 2 * ringSize)
+            let toChild = SharedMemoryRing.create(at: region.base, capacity: capacity)
+            let fromChild = SharedMemoryRing.create(at: region.base + ringSize, capacity: capacity)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ChildProcess.helperPath)
+            process.arguments = ["--ring-echo", "\(capacity)"]
+            process.standardInput = FileHandle(fileDescriptor: region.fd, closeOnDealloc: false)
+            let child = WatchedProcess(process)
+            try child.run()
+            let count = 20_000
+            async let sent: Void = onThread {
+                var state = SharedMemoryRing.WriterState()
+                for index in 1...count + 1 {
+                    let bytes = index <= count ? Self.record(index) + [1] : []  // never empty until the end
+                    while try !bytes.withUnsafeBytes({ try toChild.tryWrite($0, state: &state) }) {
+                        toChild.waitForSpace(needed: bytes.count, state: state, spins: 64, timeout: .milliseconds(100))
+                    }
+                }
+            }
+            let mismatches: Int = try await onThread {
+                var state = SharedMemoryRing.ReaderState()
+                var mismatches = 0
+                var index = 1
+                let deadline = ContinuousClock.now + .seconds(60)
+                while index <= count, ContinuousClock.now < deadline {
+                    guard let record = try fromChild.tryRead(state: &state) else {
+                        fromChild.waitForData(state: state, spins: 64, timeout: .milliseconds(100))
+                        continue
+                    }
+                    if record != Self.record(index) + [1] { mismatches += 1 }
+                    index += 1
+                }
+                return mismatches + (count + 1 - index)
+            }
+            try await sent
+            #expect(mismatches == 0)
+            #expect(await child.waitForExit() == 0)
+        }
+    }
+}
+
+/// Runs `body` on a thread of its own (ring waits block their thread).
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: body()) }
+    }
+}
+
+/// CPU time used by the calling thread.
+func threadCPUTime() -> Duration {
+    var spec = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spec)
+    return .seconds(spec.tv_sec) + .nanoseconds(spec.tv_nsec)
+}
+
+/// A small deterministic generator for the corruption test.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { self.state = seed }
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+#endif
