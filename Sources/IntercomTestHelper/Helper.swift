@@ -328,14 +328,9 @@ func ringEcho(capacity: Int) -> Never {
         var reader = SharedMemoryRing.ReaderState()
         var writer = SharedMemoryRing.WriterState()
         while true {
-            guard let record = try inbound.tryRead(state: &reader) else {
-                inbound.waitForData(state: reader, spins: 100, timeout: .milliseconds(100))
-                continue
-            }
+            guard let record = try inbound.read(state: &reader, until: .now + .seconds(60)) else { exit(3) }
             if record.isEmpty { exit(0) }
-            while try !record.withUnsafeBytes({ try outbound.tryWrite($0, state: &writer) }) {
-                outbound.waitForSpace(needed: record.count, state: writer, spins: 100, timeout: .milliseconds(100))
-            }
+            try outbound.write(record, state: &writer)
         }
     } catch {
         FileHandle.standardError.write(Data("ring echo: \(error)\n".utf8))

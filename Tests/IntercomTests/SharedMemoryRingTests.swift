@@ -25,24 +25,15 @@ import Glibc
         let count = 50_000
         async let written: Void = onThread {
             var state = SharedMemoryRing.WriterState()
-            for index in 0..<count {
-                let bytes = Self.record(index)
-                while try !bytes.withUnsafeBytes({ try ring.tryWrite($0, state: &state) }) {
-                    ring.waitForSpace(needed: bytes.count, state: state, spins: 64, timeout: .milliseconds(100))
-                }
-            }
+            for index in 0..<count { try ring.write(Self.record(index), state: &state) }
         }
         let mismatches: Int = try await onThread {
             var state = SharedMemoryRing.ReaderState()
+            let deadline = ContinuousClock.now + .seconds(60)
             var mismatches = 0
-            var index = 0
-            while index < count {
-                guard let record = try readerRing.tryRead(state: &state) else {
-                    readerRing.waitForData(state: state, spins: 64, timeout: .milliseconds(100))
-                    continue
-                }
+            for index in 0..<count {
+                let record = try readerRing.read(state: &state, until: deadline)
                 if record != Self.record(index) { mismatches += 1 }
-                index += 1
             }
             return mismatches
         }
@@ -142,27 +133,18 @@ import Glibc
             let count = 20_000
             async let sent: Void = onThread {
                 var state = SharedMemoryRing.WriterState()
-                for index in 1...count + 1 {
-                    let bytes = index <= count ? Self.record(index) + [1] : []  // never empty until the end
-                    while try !bytes.withUnsafeBytes({ try toChild.tryWrite($0, state: &state) }) {
-                        toChild.waitForSpace(needed: bytes.count, state: state, spins: 64, timeout: .milliseconds(100))
-                    }
-                }
+                for index in 1...count { try toChild.write(Self.record(index) + [1], state: &state) }  // never empty…
+                try toChild.write([], state: &state)  // …until the end
             }
             let mismatches: Int = try await onThread {
                 var state = SharedMemoryRing.ReaderState()
-                var mismatches = 0
-                var index = 1
                 let deadline = ContinuousClock.now + .seconds(60)
-                while index <= count, ContinuousClock.now < deadline {
-                    guard let record = try fromChild.tryRead(state: &state) else {
-                        fromChild.waitForData(state: state, spins: 64, timeout: .milliseconds(100))
-                        continue
-                    }
+                var mismatches = 0
+                for index in 1...count {
+                    let record = try fromChild.read(state: &state, until: deadline)
                     if record != Self.record(index) + [1] { mismatches += 1 }
-                    index += 1
                 }
-                return mismatches + (count + 1 - index)
+                return mismatches
             }
             try await sent
             #expect(mismatches == 0)

@@ -189,6 +189,35 @@ package struct SharedMemoryRing: @unchecked Sendable {
         Futex.wait(self.base + 192, expected: seen, timeout: timeout)
     }
 
+    // MARK: Blocking forms (for a thread that owns one side)
+
+    /// Writes one record, waiting for room as long as it takes.
+    package func write(_ payload: [UInt8], state: inout WriterState, spins: Int = 64) throws(ProtocolError) {
+        while true {
+            let written: Bool
+            do {
+                written = try payload.withUnsafeBytes { try self.tryWrite($0, state: &state) }
+            } catch let error as ProtocolError {
+                throw error
+            } catch {
+                preconditionFailure("tryWrite throws only ProtocolError")  // withUnsafeBytes erases the type
+            }
+            if written { return }
+            self.waitForSpace(needed: payload.count, state: state, spins: spins, timeout: .milliseconds(100))
+        }
+    }
+
+    /// Reads the next record, waiting for one until `deadline` (nil when it passes).
+    package func read(state: inout ReaderState, until deadline: ContinuousClock.Instant, spins: Int = 64)
+        throws(ProtocolError) -> [UInt8]?
+    {
+        while ContinuousClock.now < deadline {
+            if let record = try self.tryRead(state: &state) { return record }
+            self.waitForData(state: state, spins: spins, timeout: .milliseconds(100))
+        }
+        return nil
+    }
+
     // MARK: Wrapping copies
 
     private func copyIn(_ bytes: UnsafeRawBufferPointer, at position: UInt64) {
