@@ -4,11 +4,22 @@ import IntercomTestSupport
 import IntercomTestHelper
 import Testing
 
+/// Runs `body` on a thread of its own (blocking calls and ring waits block their thread).
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: body()) }
+    }
+}
+
 /// Runs `body` on a plain thread (as code that is not `async` would) and returns its result.
 func onPlainThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async -> Result<T, any Error> {
-    await withCheckedContinuation { continuation in
-        Thread.detachNewThread { continuation.resume(returning: Result { try body() }) }
-    }
+    await onThread { Result { try body() } }
 }
 
 /// Calls `callBlocking` from a synchronous function (allowed even when the caller is async).

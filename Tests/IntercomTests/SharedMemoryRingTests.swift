@@ -153,19 +153,6 @@ import Glibc
     }
 }
 
-/// Runs `body` on a thread of its own (ring waits block their thread).
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
-    }
-}
-
-func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in
-        Thread.detachNewThread { continuation.resume(returning: body()) }
-    }
-}
-
 /// CPU time used by the calling thread.
 func threadCPUTime() -> Duration {
     var spec = timespec()

@@ -175,7 +175,7 @@ public struct Bus: Sendable {
 
     private func readRecord(_ name: String, in directory: BusDirectory) -> ServiceInfo? {
         let path = directory.recordPath(name)
-        let fd = openFile(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        let fd = POSIX.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { return nil }
         let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         guard let data = try? handle.readToEnd() else { return nil }
@@ -257,9 +257,3 @@ public enum BusAccess: Sendable, Hashable {
         }
     }
 }
-
-#if canImport(Glibc)
-private func openFile(_ path: String, _ flags: Int32) -> Int32 { Glibc.open(path, flags) }
-#elseif canImport(Darwin)
-private func openFile(_ path: String, _ flags: Int32) -> Int32 { Darwin.open(path, flags) }
-#endif

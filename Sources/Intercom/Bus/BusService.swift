@@ -55,13 +55,9 @@ public final class BusService: Sendable {
         }
         try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
             guard let service = box.service else { return false }
-            let peer = context.peer
-            Task {
-                // Reply first: stop serving once this handler's reply is queued (closing
-                // flushes what is queued), so the caller learns that the quit was taken.
-                while peer.statistics.runningHandlers > 0 { await Task.yield() }
-                await service.requestQuit()
-            }
+            // Stop serving once the reply is queued (closing flushes what is queued),
+            // so the caller learns that the quit was taken.
+            context.afterReply { await service.requestQuit() }
             return true
         }
         let socketPath = directory.socketPath(name)
@@ -102,7 +98,7 @@ public final class BusService: Sendable {
             throw IntercomError(.permissionDenied, "cannot write \(temporary): \(String(cString: strerror(errno)))")
         }
         let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        closeDescriptor(fd)
+        POSIX.close(fd)
         guard written == data.count, rename(temporary, path) == 0 else {
             unlink(temporary)
             throw IntercomError(.permissionDenied, "cannot write the service record \(path)")
@@ -124,19 +120,19 @@ public final class BusService: Sendable {
     /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
     @discardableResult
     public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishReport {
-        let subscribers = self.listener.connectedPeers.filter { $0.isSubscribed(to: topic) }
         var report = PublishReport()
-        guard let codec = subscribers.first?.codec else { return report }
-        var payload = ByteBuffer()
-        do {
-            try codec.encode(value, into: &payload)
-        } catch {
-            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
-        }
-        for peer in subscribers {
-            // Peers that negotiated another codec get their own encoding.
-            let shared = peer.codec.id == codec.id && !peer.wantsJSON(topic)
-            let outcome = shared ? try peer.publishEncoded(topic, payload: payload) : try peer.publish(topic, value)
+        // Encoded once, with the codec of the first binary subscriber; subscribers
+        // that want JSON or agreed on another codec get their own encoding.
+        var shared: (codec: CodecID, payload: ByteBuffer)?
+        for peer in self.listener.connectedPeers {
+            guard let json = peer.subscriptionFormat(for: topic) else { continue }
+            let outcome: PublishOutcome
+            if json || (shared.map { $0.codec != peer.codec.id } ?? false) {
+                outcome = try peer.publish(topic, value)
+            } else {
+                if shared == nil { shared = (peer.codec.id, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
+                outcome = try peer.publishEncoded(topic, payload: shared!.payload)
+            }
             let label = "\(peer.remoteName) (pid \(peer.remotePID))"
             switch outcome {
             case .sent: report.sentTo.append(label)
@@ -212,9 +208,3 @@ private final class ServiceBox: @unchecked Sendable {
     // the service by name); read by handlers afterwards.
     var service: BusService?
 }
-
-#if canImport(Glibc)
-private func closeDescriptor(_ fd: Int32) { _ = Glibc.close(fd) }
-#elseif canImport(Darwin)
-private func closeDescriptor(_ fd: Int32) { _ = Darwin.close(fd) }
-#endif

@@ -42,13 +42,8 @@ public enum EchoService {
             throw Failure(message: message)
         }
         try router.register("exit") { (code: Int32, context: CallContext) -> Bool in
-            let peer = context.peer
             holder.exitCode.withLock { $0 = code }
-            Task {
-                // Let the reply go out first: wait until no handler is running on this connection.
-                while peer.statistics.runningHandlers > 0 { await Task.yield() }
-                await holder.service?.close()
-            }
+            context.afterReply { await holder.service?.close() }
             return true
         }
         let service = try await bus.serve(name, router: router)

@@ -126,7 +126,7 @@ public final class Worker: Sendable {
         }
         var pids = started.makeAsyncIterator()
         guard let pid = await pids.next() else {
-            _ = closeDescriptor(sockets.first)
+            POSIX.close(sockets.first)
             return .failedToStart(
                 IntercomError(
                     .connectionFailed,
@@ -137,7 +137,7 @@ public final class Worker: Sendable {
             return .running(Worker(spec: spec, pid: pid, peer: peer, exit: record))
         } catch {
             // It died (or never spoke Intercom): report how it ended.
-            _ = sendSignal(pid, SIGKILL)
+            POSIX.kill(pid, SIGKILL)
             let status = await record.wait()
             return .failedToStart(
                 IntercomError(
@@ -163,7 +163,7 @@ public final class Worker: Sendable {
     /// Sends `signal` to the child (no-op once it has been reaped).
     public func kill(_ signal: Int32) {
         guard self.exit.status == nil else { return }
-        _ = sendSignal(self.pid, signal)
+        POSIX.kill(self.pid, signal)
     }
 
     /// Stops the child gracefully: says goodbye (closes the connection), sends
@@ -263,11 +263,3 @@ final class ExitRecord: Sendable {
         waiter?.resume(returning: status)
     }
 }
-
-#if canImport(Glibc)
-private func closeDescriptor(_ fd: Int32) -> Int32 { Glibc.close(fd) }
-private func sendSignal(_ pid: Int32, _ signal: Int32) -> Int32 { Glibc.kill(pid, signal) }
-#elseif canImport(Darwin)
-private func closeDescriptor(_ fd: Int32) -> Int32 { Darwin.close(fd) }
-private func sendSignal(_ pid: Int32, _ signal: Int32) -> Int32 { Darwin.kill(pid, signal) }
-#endif

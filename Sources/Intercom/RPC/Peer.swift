@@ -443,25 +443,32 @@ public final class Peer: Sendable {
     ///   `frameTooLarge` if it is over the other side's limit.
     @discardableResult
     public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishOutcome {
-        guard let json = self.remoteTopics.withLock({ $0.subscription(for: topic) }) else { return .notSubscribed }
+        guard let json = self.subscriptionFormat(for: topic) else { return .notSubscribed }
         let codec = json ? PayloadCodec.json(limits: self.codec.limits) : self.codec
+        return try self.publishEncoded(topic, payload: Self.encodeEvent(value, with: codec, topic: topic), json: json)
+    }
+
+    /// An event's payload encoded with `codec`.
+    static func encodeEvent<Value: Encodable>(_ value: Value, with codec: PayloadCodec, topic: String)
+        throws(IntercomError) -> ByteBuffer
+    {
         var payload = ByteBuffer()
         do {
             try codec.encode(value, into: &payload)
         } catch {
             throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
         }
-        return try self.publishEncoded(topic, payload: payload, json: json)
+        return payload
     }
 
     /// Whether the other side subscribes to `topic` (or to every topic).
     public func isSubscribed(to topic: String) -> Bool {
-        self.remoteTopics.withLock { $0.subscription(for: topic) != nil }
+        self.subscriptionFormat(for: topic) != nil
     }
 
-    /// Whether the other side asked for `topic`'s events in JSON.
-    func wantsJSON(_ topic: String) -> Bool {
-        self.remoteTopics.withLock { $0.subscription(for: topic) == true }
+    /// How the other side subscribed to `topic`: nil if it did not, true if it asked for JSON.
+    func subscriptionFormat(for topic: String) -> Bool? {
+        self.remoteTopics.withLock { $0.subscription(for: topic) }
     }
 
     /// Publishes an already-encoded event (one encoding for many subscribers).
@@ -697,7 +704,10 @@ extension Peer: FrameReceiver {
     private func deliverEvent(_ frame: Frame) {
         guard let topic = frame.method else { return }
         let queues = self.subscriptions.withLock { table -> [EventQueue] in
-            Array((table.byTopic[topic] ?? [:]).values) + Array((table.byTopic["*"] ?? [:]).values)
+            var queues: [EventQueue] = []
+            if let exact = table.byTopic[topic] { queues.append(contentsOf: exact.values) }
+            if let all = table.byTopic["*"] { queues.append(contentsOf: all.values) }
+            return queues
         }
         let missed = Int(clamping: frame.id)
         if frame.flags.contains(.lagNotice) {
@@ -893,6 +903,10 @@ extension Peer: FrameReceiver {
             self.transport.send(reply)
         }
         self.handlerFinished(id, isCall: isCall)
+        let afterReply = call.context.replyActions.take()
+        if !afterReply.isEmpty {
+            Task { for action in afterReply { await action() } }
+        }
     }
 
     private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)

@@ -8,7 +8,7 @@ public struct IncomingCall: Sendable {
     public let context: CallContext
     /// The payload exactly as it arrived (encoded with ``codec`` unless the sender sent raw bytes).
     public let payload: ByteBuffer
-    /// The codec the connection negotiated.
+    /// The codec of this payload: the connection's, or JSON for a JSON call (``Peer/callJSON(_:json:timeout:)``).
     public let codec: PayloadCodec
 
     /// The method name the caller used.

@@ -142,7 +142,7 @@ public final class PeerListener: Sendable {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return }
-        defer { _ = closeDescriptor(fd) }
+        defer { POSIX.close(fd) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
@@ -152,7 +152,7 @@ public final class PeerListener: Sendable {
         }
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connectSocket(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                POSIX.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
         if connected == 0 {
@@ -221,11 +221,3 @@ private final class ListenerBox: @unchecked Sendable {
     // (a handshake needs a round trip on the event loop after accept).
     weak var listener: PeerListener?
 }
-
-#if canImport(Glibc)
-private let closeDescriptor = Glibc.close
-private let connectSocket = Glibc.connect
-#elseif canImport(Darwin)
-private let closeDescriptor = Darwin.close
-private let connectSocket = Darwin.connect
-#endif
