@@ -94,6 +94,8 @@ public final class Peer: Sendable {
         let task: Task<Void, Never>
         /// When the caller stops waiting (from the frame's timeout), if it said.
         let deadline: ContinuousClock.Instant?
+        /// ``CallContext/afterReply(_:)`` work, run once the reply is queued.
+        var afterReply: [@Sendable () async -> Void] = []
     }
 
     private struct Lifecycle {
@@ -903,10 +905,6 @@ extension Peer: FrameReceiver {
             self.transport.send(reply)
         }
         self.handlerFinished(id, isCall: isCall)
-        let afterReply = call.context.replyActions.take()
-        if !afterReply.isEmpty {
-            Task { for action in afterReply { await action() } }
-        }
     }
 
     private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
@@ -954,15 +952,29 @@ extension Peer: FrameReceiver {
     }
 
     private func handlerFinished(_ id: UInt64, isCall: Bool) {
-        let resume = self.handlers.withLock { table -> Bool in
-            if isCall { table.running.removeValue(forKey: id) }
+        let (resume, afterReply) = self.handlers.withLock { table -> (Bool, [@Sendable () async -> Void]) in
+            let afterReply = isCall ? table.running.removeValue(forKey: id)?.afterReply ?? [] : []
             table.active -= 1
-            guard !table.ended, let next = table.queued.popFirst() else { return false }
+            guard !table.ended, let next = table.queued.popFirst() else { return (false, afterReply) }
             table.active += 1
             self.startHandler(next, table: &table)
-            return table.queued.count == self.configuration.maxQueuedCalls - 1
+            return (table.queued.count == self.configuration.maxQueuedCalls - 1, afterReply)
         }
         if resume { self.transport.setReadingPaused(false, reason: .callQueueFull) }
+        if !afterReply.isEmpty {
+            Task { for action in afterReply { await action() } }
+        }
+    }
+
+    /// Registers ``CallContext/afterReply(_:)`` work for call `id` (at once for a
+    /// one-way message, which has no reply, or a call no longer running).
+    func afterReply(to id: UInt64, _ action: @escaping @Sendable () async -> Void) {
+        let registered = self.handlers.withLock { table -> Bool in
+            guard id != 0, table.running[id] != nil else { return false }
+            table.running[id]!.afterReply.append(action)
+            return true
+        }
+        if !registered { Task { await action() } }
     }
 }
 

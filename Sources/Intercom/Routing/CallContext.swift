@@ -1,5 +1,3 @@
-internal import Synchronization
-
 /// What a handler knows about the call it is serving.
 public struct CallContext: Sendable {
     /// The method the caller named.
@@ -17,14 +15,11 @@ public struct CallContext: Sendable {
     public let peerPID: Int32
     /// The connection the call arrived on, so a handler can call back.
     public let peer: Peer
-    /// Work to run once this call's reply is queued (see ``afterReply(_:)``).
-    let replyActions = ReplyActions()
-
     /// Runs `action` once this call's reply (or error) has been queued on the
     /// connection — for a handler whose effect must not overtake its own answer,
     /// such as closing the connection or stopping the service.
     public func afterReply(_ action: @escaping @Sendable () async -> Void) {
-        self.replyActions.append(action)
+        self.peer.afterReply(to: self.callID, action)
     }
 
     /// Time left before the deadline (`nil` when the message has none, zero when past).
@@ -37,19 +32,3 @@ public struct CallContext: Sendable {
     public var isOneWay: Bool { self.callID == 0 }
 }
 
-/// The ``CallContext/afterReply(_:)`` actions of one call.
-final class ReplyActions: Sendable {
-    private let actions = Mutex<[@Sendable () async -> Void]>([])
-
-    func append(_ action: @escaping @Sendable () async -> Void) {
-        self.actions.withLock { $0.append(action) }
-    }
-
-    /// Hands the actions over (each runs once).
-    func take() -> [@Sendable () async -> Void] {
-        self.actions.withLock { actions in
-            defer { actions.removeAll() }
-            return actions
-        }
-    }
-}
