@@ -32,7 +32,10 @@ public enum ResourceAudit {
     public static func openDescriptors() -> [String: String] {
         var result: [String: String] = [:]
         for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
-            result[name] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)")) ?? "?"
+            // A descriptor gone by the time it is looked at (the listing's own
+            // directory descriptor, for one) was not left open.
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)") else { continue }
+            result[name] = target
         }
         return result
     }

@@ -9,7 +9,7 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
 
     /// Wraps a raw kind byte; returns `nil` for a byte that names no kind.
     public init?(rawValue: UInt8) {
-        guard (1...13).contains(rawValue) else { return nil }
+        guard (1...14).contains(rawValue) else { return nil }
         self.rawValue = rawValue
     }
 
@@ -41,12 +41,15 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
     public static let pong = FrameKind(12)
     /// The sender is closing the connection on purpose.
     public static let goodbye = FrameKind(13)
+    /// The shared-memory upgrade right after the hellos (id 1: ready for
+    /// descriptors; id 2: a ring's memfd is attached). See docs/PROTOCOL.md.
+    public static let sharedMemory = FrameKind(14)
 
     /// The kind's name.
     public var description: String {
         let names = [
             "", "hello", "welcome", "call", "reply", "error", "cancel", "message", "event",
-            "subscribe", "unsubscribe", "ping", "pong", "goodbye",
+            "subscribe", "unsubscribe", "ping", "pong", "goodbye", "sharedMemory",
         ]
         return Int(self.rawValue) < names.count ? names[Int(self.rawValue)] : "kind(\(self.rawValue))"
     }

@@ -18,8 +18,12 @@ public struct Hello: Hashable, Sendable {
     public var maxFrameSize: UInt32
     /// The sender's process id.
     public var pid: UInt32
-    /// Capability bits (none are defined in version 1; unknown bits are ignored).
+    /// Capability bits (unknown bits are ignored): ``sharedMemoryCapability``.
     public var capabilities: UInt64
+
+    /// Capability bit 0: this side can move the connection onto shared-memory
+    /// rings and will, if the other side sets it too.
+    public static let sharedMemoryCapability: UInt64 = 1 << 0
     /// The sender's name: a service name, a role, or the executable's name.
     public var name: String
 

@@ -17,6 +17,16 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     private let promise: EventLoopPromise<Peer>
     private var finished = false
     private var timer: (any ScheduledWork)?
+    private var startedAt = ContinuousClock.now
+    #if os(Linux)
+    /// This side's shared-memory offer, if it could make one.
+    private var upgrade: SharedMemoryUpgrade?
+    #endif
+    /// Both hellos offered shared memory; the upgrade conversation is under way.
+    private var upgrading = false
+    /// The socket ended during the upgrade (NIO reads to the end of the stream when
+    /// it sees it end, even while paused); the upgrade thread decides the outcome.
+    private var socketEndedWhileUpgrading = false
 
     init(transport: any FrameTransport, router: Router?, configuration: Peer.Configuration, promise: EventLoopPromise<Peer>) {
         self.transport = transport
@@ -26,14 +36,25 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     private var ownHello: Hello {
-        Hello(
+        var capabilities: UInt64 = 0
+        #if os(Linux)
+        if self.upgrade != nil { capabilities |= Hello.sharedMemoryCapability }
+        #endif
+        return Hello(
             preferredCodec: self.configuration.preferredCodec,
             maxFrameSize: UInt32(clamping: self.configuration.limits.maxFrameSize),
             pid: UInt32(bitPattern: getpid()),
+            capabilities: capabilities,
             name: self.configuration.name)
     }
 
     func transportActive() {
+        self.startedAt = .now
+        #if os(Linux)
+        if self.configuration.sharedMemory.isEnabled, let socket = self.transport as? NIOFrameTransport {
+            self.upgrade = SharedMemoryUpgrade.offer(on: socket, options: self.configuration.sharedMemory)
+        }
+        #endif
         var buffer = ByteBuffer()
         let mark = FrameHeader.begin(into: &buffer, kind: .hello, id: 0)
         self.ownHello.write(into: &buffer)
@@ -48,6 +69,12 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     func receive(_ frame: Frame) {
         guard !self.finished else { return }
+        if self.upgrading {
+            // Only the other side's "ready" can come this way before reading moves
+            // to the upgrade thread; anything else is for that thread to judge.
+            if frame.kind == .sharedMemory, frame.id == SharedMemoryUpgrade.readyID { self.upgrade?.remoteReady = true }
+            return
+        }
         switch frame.kind {
         case .hello:
             do throws(ProtocolError) {
@@ -56,6 +83,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                 guard let codec = PayloadCodec(id: agreement.codec, limits: self.configuration.limits) else {
                     throw ProtocolError(.incompatiblePeer, "agreed codec \(agreement.codec) is not available")
                 }
+                if self.startUpgrade(remote: remote, codec: codec) { return }
                 let peer = Peer(
                     transport: self.transport, router: self.router, configuration: self.configuration, remote: remote, codec: codec)
                 self.transport.setReceiver(peer)
@@ -77,6 +105,52 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         }
     }
 
+    /// Moves the connection to shared memory if both hellos offered it; false if not.
+    private func startUpgrade(remote: Hello, codec: PayloadCodec) -> Bool {
+        #if os(Linux)
+        guard let upgrade = self.upgrade, remote.capabilities & Hello.sharedMemoryCapability != 0,
+            let socket = self.transport as? NIOFrameTransport
+        else {
+            self.upgrade = nil
+            return false
+        }
+        self.upgrading = true
+        let configuration = self.configuration
+        let router = self.router
+        upgrade.start(
+            socket: socket, deadline: self.startedAt + configuration.handshakeTimeout, limits: configuration.limits,
+            logger: configuration.logger,
+            established: { [self] shm in
+                // On the new transport's thread, before it serves the connection.
+                let peer = Peer(transport: shm, router: router, configuration: configuration, remote: remote, codec: codec)
+                shm.setReceiver(peer)
+                socket.executeOnLoop { [self] in
+                    guard !self.finished else {
+                        shm.close()  // the handshake timed out or the socket closed meanwhile
+                        return
+                    }
+                    self.finished = true
+                    self.timer?.cancel()
+                    self.upgrade = nil
+                    socket.setReceiver(SharedMemoryLiveness(transport: shm))
+                    socket.setReadingPaused(false, reason: .upgrade)
+                    if self.socketEndedWhileUpgrading || !socket.channel.isActive { shm.socketEnded() }
+                    self.promise.succeed(peer)
+                }
+            },
+            failed: { [self] error in
+                socket.executeOnLoop { [self] in
+                    self.upgrade = nil
+                    self.fail(error)
+                    socket.close()
+                }
+            })
+        return true
+        #else
+        return false
+        #endif
+    }
+
     /// Tells the other side why the handshake failed, then closes.
     private func refuse(_ error: ProtocolError) {
         self.transport.send(ErrorBody(connectionError: error).frame(id: 0))
@@ -88,14 +162,25 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     func transportWritable() {}
 
     func transportFailed(_ error: ProtocolError) {
+        if self.upgrading {
+            self.socketEndedWhileUpgrading = true
+            return
+        }
         self.fail(IntercomError(error, peer: nil))
     }
 
     func transportClosed() {
+        if self.upgrading {
+            self.socketEndedWhileUpgrading = true
+            return
+        }
         self.fail(IntercomError(.peerLost, "the connection closed during the handshake"))
     }
 
     private func fail(_ error: IntercomError) {
+        #if os(Linux)
+        self.upgrade = nil
+        #endif
         guard !self.finished else { return }
         self.finished = true
         self.timer?.cancel()

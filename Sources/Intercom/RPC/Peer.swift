@@ -123,6 +123,10 @@ public final class Peer: Sendable {
     /// sends and receives without a thread hop: the fastest way to make many calls.
     public var executor: any TaskExecutor { self.transport.executor }
 
+    /// Whether this connection runs over shared-memory rings (both sides on one
+    /// host allowed it; see ``SharedMemoryOptions``) rather than its socket.
+    public var isSharedMemory: Bool { self.transport.isSharedMemory }
+
     // MARK: Calls
 
     /// Calls `method` on the other side with `request` and returns its reply.

@@ -33,6 +33,9 @@ extension Peer {
         public var handlerExecution: HandlerExecution = .concurrencyPool
         /// Error types rethrown as themselves when a handler on the other side throws them.
         public var remoteErrors = RemoteErrorTypes()
+        /// Whether and how the connection moves to shared memory when both sides
+        /// are on one host (Linux; on by default, see ``SharedMemoryOptions``).
+        public var sharedMemory = SharedMemoryOptions()
         /// Where the connection logs (protocol violations at `warning`).
         public var logger: Logger = Logger(label: "intercom.peer")
 
@@ -57,6 +60,38 @@ extension Peer {
         /// fastest choice, but a handler that computes for long delays every
         /// connection on that event loop. For short handlers.
         case connectionThread
+    }
+}
+
+/// How a connection uses shared memory.
+///
+/// A connection over a Unix socket or socket pair moves, right after the
+/// handshake, onto two shared-memory rings when both sides allow it: the same
+/// calls, messages and events, without a system call per frame. Each such
+/// connection has a thread of its own that spins briefly when idle and then
+/// sleeps on a futex. Switch it off for one connection with
+/// `configuration.sharedMemory.isEnabled = false`, or for a whole process with
+/// the environment variable `INTERCOM_SHARED_MEMORY=off`.
+public struct SharedMemoryOptions: Sendable {
+    /// Whether this side offers (and accepts) the move to shared memory: true on
+    /// Linux unless `INTERCOM_SHARED_MEMORY` is `off`, `0`, `false` or `no`.
+    public var isEnabled: Bool
+    /// Bytes in the ring of each direction: 1 MiB (rounded up to a power of two,
+    /// 4 KiB to 256 MiB). Frames larger than a ring pass through it in pieces.
+    public var ringCapacity: Int = 1 << 20
+    /// How long the connection's thread keeps checking for work after its last
+    /// frame before it sleeps on a futex: 50 µs. Longer lowers the latency of
+    /// sparse calls and costs that much CPU after each burst; zero sleeps at once.
+    public var spinDuration: Duration = .microseconds(50)
+
+    /// The defaults (enabled unless switched off for the process).
+    public init() {
+        #if os(Linux)
+        let setting = ProcessInfo.processInfo.environment["INTERCOM_SHARED_MEMORY"]?.lowercased()
+        self.isEnabled = !["off", "0", "false", "no"].contains(setting ?? "")
+        #else
+        self.isEnabled = false
+        #endif
     }
 }
 

@@ -14,6 +14,8 @@ protocol FrameTransport: AnyObject, Sendable {
     /// Whether the caller runs on the thread that serves this transport (blocking
     /// it there would stop the transport itself).
     var isOnTransportThread: Bool { get }
+    /// Whether the frames travel through shared memory rather than a socket.
+    var isSharedMemory: Bool { get }
 
     /// Sets who receives frames and the end of the stream; the first call also
     /// starts reading. Call from the transport's thread, or before the first read.
@@ -55,6 +57,8 @@ struct ReadPauseReason: OptionSet, Sendable {
     static let inboxFull = ReadPauseReason(rawValue: 1)
     /// The queue of calls waiting for a free handler slot is full.
     static let callQueueFull = ReadPauseReason(rawValue: 2)
+    /// The connection is moving to shared memory; the socket must not be read.
+    static let upgrade = ReadPauseReason(rawValue: 4)
 }
 
 /// A scheduled piece of work that can still be called off.

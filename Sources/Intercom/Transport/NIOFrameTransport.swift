@@ -45,6 +45,31 @@ final class NIOFrameTransport: FrameTransport {
     }
 
     var isOnTransportThread: Bool { self.loop.inEventLoop }
+    var isSharedMemory: Bool { false }
+
+    /// Runs `body` on the channel's event loop.
+    func executeOnLoop(_ body: @escaping @Sendable () -> Void) {
+        self.loop.execute(body)
+    }
+
+    /// On the event loop: the kernel's cookie of the socket under the channel
+    /// (nil for pipes and anything that is not a socket).
+    func socketCookie() -> UInt64? {
+        guard let provider = self.channel as? any SocketOptionProvider else { return nil }
+        let future: EventLoopFuture<UInt64> = provider.unsafeGetSocketOption(
+            level: .socket, name: NIOBSDSocket.Option(rawValue: 57 /* SO_COOKIE */))
+        // On the event loop the option is read at once and the callback runs now.
+        let cookie = Mutex<UInt64?>(nil)
+        future.whenSuccess { value in cookie.withLock { $0 = value } }
+        return cookie.withLock { $0 }
+    }
+
+    /// On the event loop: writes what is queued, then `bytes`, and flushes;
+    /// the future completes once the bytes were handed to the kernel.
+    func writeNow(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
+        self.drainOutbox()
+        return self.channel.writeAndFlush(bytes)
+    }
 
     func setReceiver(_ receiver: any FrameReceiver) {
         if self.loop.inEventLoop {

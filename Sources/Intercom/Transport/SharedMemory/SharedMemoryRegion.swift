@@ -7,7 +7,8 @@ internal import Glibc
 package final class SharedMemoryRegion: @unchecked Sendable {
     // Immutable after init; the mapped bytes are shared state guarded by the
     // ring protocol that uses them.
-    package let fd: Int32
+    /// The memfd; -1 once ``closeDescriptor()`` was called (the mapping stays).
+    package private(set) var fd: Int32
     package let base: UnsafeMutableRawPointer
     package let size: Int
 
@@ -18,7 +19,7 @@ package final class SharedMemoryRegion: @unchecked Sendable {
             throw IntercomError(.connectionFailed, "memfd_create is not available on this system")
         }
         let memfdCreate = unsafeBitCast(symbol, to: MemfdCreate.self)
-        let fd = name.withCString { memfdCreate($0, 1 /* MFD_CLOEXEC */) }
+        let fd = name.withCString { memfdCreate($0, 1 /* MFD_CLOEXEC */ | 2 /* MFD_ALLOW_SEALING */) }
         guard fd >= 0 else {
             throw IntercomError(.connectionFailed, "memfd_create failed: \(String(cString: strerror(errno)))")
         }
@@ -26,6 +27,29 @@ package final class SharedMemoryRegion: @unchecked Sendable {
             let message = String(cString: strerror(errno))
             close(fd)
             throw IntercomError(.connectionFailed, "cannot size the shared memory to \(size) bytes: \(message)")
+        }
+        // Sealed at its size: the other process can neither shrink the file under
+        // our mapping (a SIGBUS on the next access) nor grow it.
+        guard fcntl(fd, Self.addSeals, Self.sizeSeals | 1 /* F_SEAL_SEAL */) == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw IntercomError(.connectionFailed, "cannot seal the shared memory: \(message)")
+        }
+        try self.init(mapping: fd, size: size)
+    }
+
+    private static let addSeals: Int32 = 1033  // F_ADD_SEALS
+    private static let getSeals: Int32 = 1034  // F_GET_SEALS
+    private static let sizeSeals: Int32 = 2 | 4  // F_SEAL_SHRINK | F_SEAL_GROW
+
+    /// Maps a region another process created and sent: refuses one whose size is
+    /// not sealed (it could shrink the file and crash this process with SIGBUS) or
+    /// that is smaller than announced. Takes ownership of `fd`.
+    package convenience init(receiving fd: Int32, size: Int) throws(IntercomError) {
+        let seals = fcntl(fd, Self.getSeals)
+        guard seals >= 0, seals & Self.sizeSeals == Self.sizeSeals else {
+            close(fd)
+            throw IntercomError(.protocolViolation, "the shared memory offered by the other side is not sealed against resizing")
         }
         try self.init(mapping: fd, size: size)
     }
@@ -47,9 +71,16 @@ package final class SharedMemoryRegion: @unchecked Sendable {
         self.size = size
     }
 
+    /// Closes the descriptor once nothing more needs it (it was sent or the
+    /// region mapped); the memory stays mapped until this object goes away.
+    package func closeDescriptor() {
+        if self.fd >= 0 { close(self.fd) }
+        self.fd = -1
+    }
+
     deinit {
         munmap(self.base, self.size)
-        close(self.fd)
+        if self.fd >= 0 { close(self.fd) }
     }
 }
 

@@ -1,6 +1,7 @@
 #if os(Linux)
 internal import Atomics
 package import IntercomWire
+package import NIOCore
 
 /// A single-producer/single-consumer ring of length-prefixed records in shared
 /// memory: the building block of the shared-memory transport (one ring per
@@ -187,6 +188,131 @@ package struct SharedMemoryRing: @unchecked Sendable {
         self.readerSleeping.store(1, ordering: .sequentiallyConsistent)
         if hasData() { return }
         Futex.wait(self.base + 192, expected: seen, timeout: timeout)
+    }
+
+    // MARK: Stream use (the shared-memory transport)
+    //
+    // The transport treats the ring as a byte stream cut into records: a writer
+    // puts as much of its bytes as fits into one record, the reader copies every
+    // published record into one buffer. Waking is explicit: each side sleeps on
+    // one futex word (the data futex of the ring it reads, its "doorbell"), and
+    // whoever has news for it rings that doorbell with ``wakeReader()``.
+
+    /// Writes one record holding as many of `bytes` as fit now (at least one byte)
+    /// and rings the reader's doorbell if it sleeps; returns how many bytes went in
+    /// (0 when the ring is full).
+    ///
+    /// - Throws: ``ProtocolError`` if the reader's position is impossible.
+    package func writeSome(_ bytes: UnsafeRawBufferPointer, state: inout WriterState) throws(ProtocolError) -> Int {
+        let tail = self.tail.load(ordering: .acquiring)
+        let used = state.head &- tail
+        guard used <= UInt64(self.capacity) else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: reader position \(tail) is ahead of the writer's \(state.head)")
+        }
+        let free = self.capacity - Int(used)
+        // Room for the length word and at least 8 bytes of payload, else wait for more.
+        guard free >= 16 else { return 0 }
+        let count = min(bytes.count, (free - 8) & ~7, self.maxRecord)
+        guard count > 0 || bytes.isEmpty else { return 0 }
+        var length = UInt32(count).littleEndian
+        withUnsafeBytes(of: &length) { self.copyIn($0, at: state.head) }
+        if count > 0 { self.copyIn(UnsafeRawBufferPointer(rebasing: bytes.prefix(count)), at: state.head &+ 4) }
+        state.head &+= UInt64(Self.recordSize(count))
+        self.head.store(state.head, ordering: .sequentiallyConsistent)
+        self.wakeReader()
+        return count
+    }
+
+    /// Copies every published record (stopping once `limit` bytes were taken) into
+    /// `buffer`, frees their space, and returns the number of payload bytes copied.
+    /// Each length is read from shared memory once, into a local, and checked.
+    ///
+    /// - Throws: ``ProtocolError`` if what the writer published is inconsistent.
+    package func readAvailable(into buffer: inout ByteBuffer, state: inout ReaderState, limit: Int) throws(ProtocolError) -> Int {
+        let head = self.head.load(ordering: .acquiring)
+        var unread = head &- state.tail
+        if unread == 0 { return 0 }
+        guard unread <= UInt64(self.capacity) else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: writer position \(head) is inconsistent with the reader's \(state.tail)")
+        }
+        buffer.reserveCapacity(minimumWritableBytes: min(Int(unread), limit))
+        var position = state.tail
+        var copied = 0
+        while unread > 0, copied < limit {
+            guard unread >= 8 else {
+                throw ProtocolError(.malformedHeader, "shared-memory ring: \(unread) published bytes cannot hold a record")
+            }
+            var lengthBytes: UInt32 = 0
+            withUnsafeMutableBytes(of: &lengthBytes) { self.copyOut($0, at: position) }
+            let length = Int(UInt32(littleEndian: lengthBytes))
+            let size = Self.recordSize(length)
+            guard length <= self.maxRecord, UInt64(size) <= unread else {
+                throw ProtocolError(.frameTooLarge, "shared-memory ring: a record of \(length) bytes does not fit the \(unread) bytes published")
+            }
+            if length > 0 {
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target in
+                    self.copyOut(UnsafeMutableRawBufferPointer(rebasing: target.prefix(length)), at: position &+ 4)
+                    return length
+                }
+            }
+            position &+= UInt64(size)
+            unread -= UInt64(size)
+            copied += length
+        }
+        state.tail = position
+        self.tail.store(position, ordering: .sequentiallyConsistent)
+        return copied
+    }
+
+    /// Whether the writer has published bytes the reader at `state` has not taken.
+    package func hasData(_ state: ReaderState) -> Bool {
+        self.head.load(ordering: .sequentiallyConsistent) != state.tail
+    }
+
+    /// Free bytes as the writer at `state` sees them.
+    package func freeSpace(_ state: WriterState) -> Int {
+        let used = state.head &- self.tail.load(ordering: .sequentiallyConsistent)
+        return used > UInt64(self.capacity) ? 0 : self.capacity - Int(used)
+    }
+
+    /// Rings the reader's doorbell if it said it sleeps (a no-op otherwise).
+    package func wakeReader() {
+        guard self.readerSleeping.load(ordering: .sequentiallyConsistent) != 0,
+            self.readerSleeping.exchange(0, ordering: .sequentiallyConsistent) != 0
+        else { return }
+        self.dataFutex.wrappingIncrement(ordering: .sequentiallyConsistent)
+        Futex.wake(self.base + 192)
+    }
+
+    /// The reader is about to sleep: returns the doorbell value to sleep on. Check
+    /// for work once more after this, then ``sleep(seen:timeout:)``.
+    package func prepareToSleep() -> UInt32 {
+        let seen = self.dataFutex.load(ordering: .sequentiallyConsistent)
+        self.readerSleeping.store(1, ordering: .sequentiallyConsistent)
+        return seen
+    }
+
+    /// Sleeps until the doorbell rings (or `timeout`) unless it rang since `seen`.
+    package func sleep(seen: UInt32, timeout: Duration) {
+        Futex.wait(self.base + 192, expected: seen, timeout: timeout)
+        self.readerSleeping.store(0, ordering: .sequentiallyConsistent)
+    }
+
+    /// The reader found work after ``prepareToSleep()`` and stays up.
+    package func cancelSleep() {
+        self.readerSleeping.store(0, ordering: .sequentiallyConsistent)
+    }
+
+    /// The writer waits for room: asks the reader to ring the writer's doorbell once it took bytes.
+    package func requestSpaceNotice() {
+        self.writerSleeping.store(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// On the reader's side, after taking bytes: whether the writer asked for a
+    /// space notice (clearing the request).
+    package func takeSpaceNoticeRequest() -> Bool {
+        self.writerSleeping.load(ordering: .sequentiallyConsistent) != 0
+            && self.writerSleeping.exchange(0, ordering: .sequentiallyConsistent) != 0
     }
 
     // MARK: Blocking forms (for a thread that owns one side)

@@ -1,0 +1,162 @@
+#if os(Linux)
+internal import Glibc
+
+/// Raw socket operations the shared-memory upgrade needs and NIO does not offer:
+/// finding the descriptor behind a channel, and sending and receiving bytes with
+/// descriptors attached (`SCM_RIGHTS`).
+enum DescriptorPassing {
+    private static let solSocket: Int32 = 1  // SOL_SOCKET
+    private static let soCookie: Int32 = 57  // SO_COOKIE
+    private static let soDomain: Int32 = 39  // SO_DOMAIN
+    private static let soType: Int32 = 3  // SO_TYPE
+    private static let scmRights: Int32 = 1  // SCM_RIGHTS
+    private static let cmsgHeaderSize = MemoryLayout<cmsghdr>.size  // CMSG_LEN(0) on Linux
+
+    /// The kernel's unique cookie of the socket behind `fd`, or nil if it is not a socket.
+    static func cookie(of fd: Int32) -> UInt64? {
+        var cookie: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        guard getsockopt(fd, Self.solSocket, Self.soCookie, &cookie, &length) == 0 else { return nil }
+        return cookie
+    }
+
+    /// A close-on-exec duplicate of this process's descriptor for the socket with
+    /// `cookie` (found through /proc/self/fd), if it is a Unix-domain stream socket.
+    ///
+    /// NIO does not hand out the descriptors of its channels; the cookie it does
+    /// report (as a socket option) names the socket unambiguously, and the
+    /// duplicate is checked again after `dup`, so a descriptor number reused in
+    /// between cannot be mistaken for it.
+    static func duplicateUnixStreamSocket(cookie: UInt64) -> Int32? {
+        guard let directory = opendir("/proc/self/fd") else { return nil }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard let fd = Int32(name), Self.cookie(of: fd) == cookie else { continue }
+            let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+            guard copy >= 0 else { return nil }
+            guard Self.cookie(of: copy) == cookie, Self.intOption(copy, Self.soDomain) == AF_UNIX,
+                Self.intOption(copy, Self.soType) == Int32(SOCK_STREAM.rawValue)
+            else {
+                close(copy)
+                return nil
+            }
+            return copy
+        }
+        return nil
+    }
+
+    private static func intOption(_ fd: Int32, _ name: Int32) -> Int32? {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, Self.solSocket, name, &value, &length) == 0 else { return nil }
+        return value
+    }
+
+    /// Sends all of `bytes` on the blocking-or-not socket `fd`, with `descriptor`
+    /// attached to the first byte, waiting for room until `deadline`.
+    static func send(
+        _ bytes: [UInt8], attaching descriptor: Int32?, on fd: Int32, until deadline: ContinuousClock.Instant
+    ) throws(IntercomError) {
+        var offset = 0
+        var attach = descriptor
+        while offset < bytes.count {
+            let controlSize = Self.cmsgHeaderSize + 8  // CMSG_SPACE(sizeof(int))
+            var control = [UInt8](repeating: 0, count: controlSize)
+            let sent = bytes.withUnsafeBytes { raw -> Int in
+                var iov = iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress! + offset), iov_len: raw.count - offset)
+                return control.withUnsafeMutableBytes { control -> Int in
+                    withUnsafeMutablePointer(to: &iov) { iov -> Int in
+                        var message = msghdr()
+                        message.msg_iov = iov
+                        message.msg_iovlen = 1
+                        if let attach {
+                            let header = control.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
+                            header.pointee.cmsg_len = Self.cmsgHeaderSize + 4  // CMSG_LEN(sizeof(int))
+                            header.pointee.cmsg_level = Self.solSocket
+                            header.pointee.cmsg_type = Self.scmRights
+                            control.storeBytes(of: attach, toByteOffset: Self.cmsgHeaderSize, as: Int32.self)
+                            message.msg_control = control.baseAddress
+                            message.msg_controllen = controlSize
+                        }
+                        return sendmsg(fd, &message, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                    }
+                }
+            }
+            if sent >= 0 {
+                offset += sent
+                attach = nil
+            } else if errno == EAGAIN || errno == EINTR {
+                try Self.poll(fd, events: Int16(POLLOUT), until: deadline)
+            } else {
+                throw IntercomError(.peerLost, "sending the shared-memory offer failed: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// Receives what is there (waiting until `deadline` for something): the bytes,
+    /// and every descriptor that came with them (close-on-exec). Empty bytes mean
+    /// the other side closed the stream.
+    static func receive(on fd: Int32, until deadline: ContinuousClock.Instant) throws(IntercomError) -> (bytes: [UInt8], descriptors: [Int32]) {
+        while true {
+            var bytes = [UInt8](repeating: 0, count: 4096)
+            let maxDescriptors = 8
+            let controlSize = Self.cmsgHeaderSize + maxDescriptors * 4
+            var control = [UInt8](repeating: 0, count: controlSize)
+            var descriptors: [Int32] = []
+            let received = bytes.withUnsafeMutableBytes { raw -> Int in
+                var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
+                return control.withUnsafeMutableBytes { control -> Int in
+                    withUnsafeMutablePointer(to: &iov) { iov -> Int in
+                        var message = msghdr()
+                        message.msg_iov = iov
+                        message.msg_iovlen = 1
+                        message.msg_control = control.baseAddress
+                        message.msg_controllen = controlSize
+                        let received = recvmsg(fd, &message, Int32(MSG_DONTWAIT) | 0x4000_0000 /* MSG_CMSG_CLOEXEC */)
+                        guard received >= 0 else { return received }
+                        // Walk the control messages (CMSG_FIRSTHDR / CMSG_NXTHDR by hand).
+                        var offset = 0
+                        let length = Int(message.msg_controllen)
+                        while offset + Self.cmsgHeaderSize <= length {
+                            let header = control.load(fromByteOffset: offset, as: cmsghdr.self)
+                            let total = Int(header.cmsg_len)
+                            guard total >= Self.cmsgHeaderSize, offset + total <= length else { break }
+                            if header.cmsg_level == Self.solSocket, header.cmsg_type == Self.scmRights {
+                                let count = (total - Self.cmsgHeaderSize) / 4
+                                for index in 0..<count {
+                                    descriptors.append(
+                                        control.loadUnaligned(fromByteOffset: offset + Self.cmsgHeaderSize + 4 * index, as: Int32.self))
+                                }
+                            }
+                            offset += (total + 7) & ~7
+                        }
+                        return received
+                    }
+                }
+            }
+            if received >= 0 {
+                return (Array(bytes.prefix(received)), descriptors)
+            } else if errno == EAGAIN || errno == EINTR {
+                try Self.poll(fd, events: Int16(POLLIN), until: deadline)
+            } else {
+                throw IntercomError(.peerLost, "receiving the shared-memory offer failed: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// Waits for `events` on `fd` until `deadline`.
+    private static func poll(_ fd: Int32, events: Int16, until deadline: ContinuousClock.Instant) throws(IntercomError) {
+        let remaining = deadline - .now
+        guard remaining > .zero else {
+            throw IntercomError(.timeout, "the other side did not complete the shared-memory upgrade in time")
+        }
+        var entry = pollfd(fd: fd, events: events, revents: 0)
+        let milliseconds = Int32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1)
+        _ = Glibc.poll(&entry, 1, milliseconds)
+    }
+}
+#endif

@@ -1,0 +1,568 @@
+#if os(Linux)
+internal import DequeModule
+internal import Glibc
+internal import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+
+/// A ``FrameTransport`` over two shared-memory rings (one per direction), with
+/// the connection's Unix socket kept open beside them as the liveness channel:
+/// when the other process dies or closes, the socket ends and so does this.
+///
+/// Senders on any thread copy their frames straight into the outbound ring
+/// under one lock; bytes that do not fit wait in an overflow queue that the
+/// transport's own thread moves on as the reader frees room. That thread reads
+/// the inbound ring, delivers frames, runs timers and executor jobs; when idle
+/// it spins for ``SharedMemoryOptions/spinDuration`` and then sleeps on a futex
+/// (its "doorbell": the data word of the ring it reads), which everyone with
+/// news for it rings — the other process after writing, this process's threads
+/// after posting work.
+final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Sendable {
+    // @unchecked: `loop` is touched only on the transport's thread; the rest is
+    // immutable, atomic, or guarded by `writer` / `mail`.
+    private let inbound: SharedMemoryRing
+    private let outbound: SharedMemoryRing
+    private let regions: (inbound: SharedMemoryRegion, outbound: SharedMemoryRegion)
+    /// The socket the connection began on; now only says when the other side is gone.
+    private let socket: NIOFrameTransport
+    private let options: SharedMemoryOptions
+    private let logger: Logger
+    private let thread: pthread_t
+
+    private let writer = Mutex(Writer())
+    private let mail = Mutex(Mail())
+    /// Set whenever `mail` holds something, so the spinning thread need not lock.
+    private let hasMail = Atomic<Bool>(false)
+    /// Whether the overflow queue holds bytes (kept in step with it under `writer`).
+    private let overflowing = Atomic<Bool>(false)
+    private let loop: LoopState
+
+    private struct Writer {
+        var state = SharedMemoryRing.WriterState()
+        /// Bytes waiting for room in the ring, in order.
+        var overflow = Deque<ByteBuffer>()
+        var closed = false
+        var failure: ProtocolError?
+        var nextWaiterID: UInt64 = 0
+        var waiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
+    }
+
+    private struct Mail {
+        var jobs = Deque<UnownedJob>()
+        var timers: [SharedMemoryTimer] = []
+        var receiver: (any FrameReceiver)?
+        var pauseChanges: [(Bool, ReadPauseReason)] = []
+        var closeRequested = false
+        var socketEnded = false
+        var overflowPending = false
+        /// The thread has ended; jobs and timers go to the socket's event loop.
+        var exited = false
+    }
+
+    /// What only the transport's thread touches.
+    private final class LoopState {
+        var receiver: (any FrameReceiver)?
+        var reader = SharedMemoryRing.ReaderState()
+        var cumulation = ByteBuffer()
+        var decoder: FrameDecoder
+        var pauseReasons: ReadPauseReason = []
+        var timers: [SharedMemoryTimer] = []
+        var closing = false
+        var closeStarted: ContinuousClock.Instant?
+        var socketEnded = false
+        var finished = false
+        /// The cumulation holds bytes not yet decoded (those read during the upgrade).
+        var undecoded = false
+        init(limits: WireLimits) { self.decoder = FrameDecoder(limits: limits) }
+    }
+
+    /// Made on the thread that becomes the transport's thread (the one the
+    /// upgrade ran on); ``run()`` then serves the connection on it.
+    init(
+        inbound: (ring: SharedMemoryRing, region: SharedMemoryRegion),
+        outbound: (ring: SharedMemoryRing, region: SharedMemoryRegion),
+        socket: NIOFrameTransport, options: SharedMemoryOptions, limits: WireLimits, logger: Logger,
+        positions: Positions
+    ) {
+        self.inbound = inbound.ring
+        self.outbound = outbound.ring
+        self.regions = (inbound.region, outbound.region)
+        self.socket = socket
+        self.options = options
+        self.logger = logger
+        self.thread = pthread_self()
+        self.loop = LoopState(limits: limits)
+        self.writer.withLock { $0.state = positions.writer }
+        self.loop.reader = positions.reader
+        self.loop.cumulation = positions.received
+        self.loop.undecoded = positions.received.readableBytes > 0
+    }
+
+    /// Where the rings stand when the transport takes over from the upgrade.
+    struct Positions {
+        var writer: SharedMemoryRing.WriterState
+        var reader: SharedMemoryRing.ReaderState
+        /// Bytes already taken from the inbound ring, not yet decoded.
+        var received: ByteBuffer
+    }
+
+    // MARK: FrameTransport
+
+    var executor: any TaskExecutor { self }
+    var isOnTransportThread: Bool { pthread_equal(pthread_self(), self.thread) != 0 }
+    var isSharedMemory: Bool { true }
+
+    func setReceiver(_ receiver: any FrameReceiver) {
+        self.post { $0.receiver = receiver }
+    }
+
+    func send(_ bytes: ByteBuffer) {
+        _ = self.enqueue(bytes, onlyIfWritable: false)
+    }
+
+    func sendIfWritable(_ bytes: ByteBuffer) -> Bool {
+        self.enqueue(bytes, onlyIfWritable: true)
+    }
+
+    /// Copies `bytes` into the outbound ring now, as far as it has room; the rest
+    /// waits in the overflow queue for the transport's thread.
+    private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
+        var overflowed = false
+        var failure: ProtocolError?
+        let accepted = self.writer.withLock { writer -> Bool in
+            guard !writer.closed, !onlyIfWritable || writer.overflow.isEmpty else { return false }
+            guard writer.overflow.isEmpty else {
+                writer.overflow.append(bytes)
+                return true
+            }
+            var rest = bytes
+            do throws(ProtocolError) {
+                try self.write(&rest, state: &writer.state)
+            } catch {
+                failure = error
+                writer.failure = error
+                writer.closed = true
+                return false
+            }
+            if rest.readableBytes > 0 {
+                writer.overflow.append(rest)
+                self.overflowing.store(true, ordering: .sequentiallyConsistent)
+                overflowed = true
+            }
+            return true
+        }
+        if let failure {
+            self.logger.warning("closing a shared-memory connection: the other side broke its ring", metadata: ["error": "\(failure)"])
+            self.post { $0.closeRequested = true }
+        } else if overflowed {
+            self.post { $0.overflowPending = true }
+        }
+        return accepted
+    }
+
+    /// Writes as much of `bytes` as the ring takes now (records of up to the ring's size).
+    private func write(_ bytes: inout ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) {
+        while bytes.readableBytes > 0 {
+            let written = try bytes.withUnsafeReadableBytes { raw throws(ProtocolError) in
+                try self.outbound.writeSome(raw, state: &state)
+            }
+            if written == 0 { return }
+            bytes.moveReaderIndex(forwardBy: written)
+        }
+    }
+
+    func waitUntilWritable() async throws(IntercomError) {
+        let ready = try self.writer.withLock { writer throws(IntercomError) -> Bool in
+            if writer.closed { throw IntercomError(.closed, "the connection is closed") }
+            return writer.overflow.isEmpty
+        }
+        if ready { return }
+        let id = self.writer.withLock { writer in
+            writer.nextWaiterID += 1
+            return writer.nextWaiterID
+        }
+        do {
+            try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                    let outcome: Result<Void, IntercomError>? = self.writer.withLock { writer in
+                        if writer.closed { return .failure(IntercomError(.closed, "the connection is closed")) }
+                        if writer.overflow.isEmpty { return .success(()) }
+                        if Task.isCancelled {
+                            return .failure(IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
+                        }
+                        writer.waiters[id] = continuation
+                        return nil
+                    }
+                    if let outcome { continuation.resume(with: outcome) }
+                }
+            } onCancel: {
+                let waiter = self.writer.withLock { $0.waiters.removeValue(forKey: id) }
+                waiter?.resume(throwing: IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
+            }
+        } catch let error as IntercomError {
+            throw error
+        } catch {
+            throw IntercomError(.cancelled, "\(error)")
+        }
+    }
+
+    var blockedSenders: Int { self.writer.withLock { $0.waiters.count } }
+
+    func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
+        if self.isOnTransportThread {
+            self.applyPause(paused, reason: reason)
+        } else {
+            self.post { $0.pauseChanges.append((paused, reason)) }
+        }
+    }
+
+    func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork {
+        let timer = SharedMemoryTimer(deadline: .now + delay, body: body)
+        let forward = self.post { mail in
+            if mail.exited { return true }
+            mail.timers.append(timer)
+            return false
+        }
+        if forward { return self.socket.schedule(after: delay, body) }
+        return timer
+    }
+
+    func close() {
+        self.post { $0.closeRequested = true }
+    }
+
+    // MARK: TaskExecutor
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let forward = self.post { mail in
+            if mail.exited { return true }
+            mail.jobs.append(job)
+            return false
+        }
+        if forward {
+            // The thread has ended with the connection; tasks that still prefer
+            // this executor carry on on the socket's event loop.
+            let executor = self.asUnownedTaskExecutor()
+            self.socket.executeOnLoop { job.runSynchronously(on: executor) }
+        }
+    }
+
+    // MARK: Liveness (from the socket's event loop)
+
+    /// The socket ended (the other process closed it or died) or spoke out of turn.
+    func socketEnded() {
+        self.post { $0.socketEnded = true }
+    }
+
+    // MARK: The transport's thread
+
+    /// Changes `mail` under its lock and wakes the transport's thread.
+    @discardableResult
+    private func post<T: Sendable>(_ change: (inout Mail) -> T) -> T {
+        let result = self.mail.withLock { change(&$0) }
+        self.hasMail.store(true, ordering: .sequentiallyConsistent)
+        if !self.isOnTransportThread { self.inbound.wakeReader() }
+        return result
+    }
+
+    /// Serves the connection until it closes, then hands later jobs to the event loop.
+    func run() {
+        let loop = self.loop
+        var idleSince: ContinuousClock.Instant?
+        var spins = 0
+        while !loop.finished {
+            var busy = false
+            if self.hasMail.load(ordering: .sequentiallyConsistent) {
+                busy = self.takeMail() || busy
+            }
+            busy = self.runDueTimers() || busy
+            busy = self.readInbound() || busy
+            busy = self.moveOverflow() || busy
+            if loop.closing || loop.socketEnded { self.finishIfDone() }
+            if busy {
+                idleSince = nil
+                continue
+            }
+            let now = ContinuousClock.now
+            let since = idleSince ?? now
+            idleSince = since
+            if now - since < self.options.spinDuration {
+                // Spin: the next frame or job is usually microseconds away. Yield
+                // now and then, for a peer that shares this CPU.
+                spins &+= 1
+                if spins & 63 == 0 { sched_yield() }
+                continue
+            }
+            self.sleepUntilWork()
+            idleSince = nil
+        }
+        self.exit()
+    }
+
+    /// Moves what other threads posted into the thread's own state and runs the jobs.
+    private func takeMail() -> Bool {
+        self.hasMail.store(false, ordering: .sequentiallyConsistent)
+        let taken = self.mail.withLock { mail -> Mail in
+            var taken = Mail()
+            swap(&taken, &mail)
+            return taken
+        }
+        let loop = self.loop
+        if let receiver = taken.receiver {
+            let first = loop.receiver == nil
+            loop.receiver = receiver
+            if first { receiver.transportActive() }
+        }
+        for (paused, reason) in taken.pauseChanges { self.applyPause(paused, reason: reason) }
+        loop.timers.append(contentsOf: taken.timers)
+        if taken.closeRequested, !loop.closing {
+            loop.closing = true
+            loop.closeStarted = .now
+        }
+        if taken.socketEnded { loop.socketEnded = true }
+        let executor = self.asUnownedTaskExecutor()
+        for job in taken.jobs { job.runSynchronously(on: executor) }
+        return !taken.jobs.isEmpty || taken.receiver != nil || taken.closeRequested || taken.socketEnded
+    }
+
+    private func applyPause(_ paused: Bool, reason: ReadPauseReason) {
+        if paused {
+            self.loop.pauseReasons.insert(reason)
+        } else {
+            self.loop.pauseReasons.remove(reason)
+        }
+    }
+
+    private func runDueTimers() -> Bool {
+        let loop = self.loop
+        guard !loop.timers.isEmpty else { return false }
+        let now = ContinuousClock.now
+        var due: [SharedMemoryTimer] = []
+        loop.timers.removeAll { timer in
+            if timer.isCancelled { return true }
+            if timer.deadline <= now {
+                due.append(timer)
+                return true
+            }
+            return false
+        }
+        for timer in due { timer.body() }
+        return !due.isEmpty
+    }
+
+    /// Reads what the other side published, delivers the whole frames, and tells
+    /// the other side when it waits for the room this freed.
+    private func readInbound() -> Bool {
+        let loop = self.loop
+        guard let receiver = loop.receiver, loop.pauseReasons.isEmpty || loop.socketEnded else { return false }
+        var delivered = false
+        do {
+            while loop.pauseReasons.isEmpty || loop.socketEnded {
+                self.reserveForPendingFrame()
+                let copied = try self.inbound.readAvailable(into: &loop.cumulation, state: &loop.reader, limit: 256 << 10)
+                if copied == 0, !loop.undecoded { break }
+                loop.undecoded = false
+                delivered = true
+                if self.inbound.takeSpaceNoticeRequest() { self.outbound.wakeReader() }
+                while let frame = try loop.decoder.next(from: &loop.cumulation) {
+                    receiver.receive(frame)
+                }
+                if loop.cumulation.readableBytes == 0 {
+                    // A fresh buffer, not `clear()`: delivered payloads still share the old storage.
+                    loop.cumulation = ByteBuffer()
+                } else if loop.cumulation.readerIndex > 256 << 10 {
+                    loop.cumulation.discardReadBytes()
+                }
+                receiver.endOfReadBatch()
+            }
+        } catch {
+            self.fail(error)
+            return true
+        }
+        return delivered
+    }
+
+    /// A frame larger than what arrived so far gets its whole size reserved at
+    /// once, so its pieces are copied in once rather than through doubling buffers.
+    private func reserveForPendingFrame() {
+        let cumulation = self.loop.cumulation
+        guard cumulation.readableBytes >= FrameHeader.size,
+            let extensionLength = cumulation.getInteger(at: cumulation.readerIndex + 6, endianness: .little, as: UInt16.self),
+            let payloadLength = cumulation.getInteger(at: cumulation.readerIndex + 16, endianness: .little, as: UInt32.self)
+        else { return }
+        let total = FrameHeader.size + Int(extensionLength) + Int(payloadLength)
+        guard total <= self.loop.decoder.limits.maxFrameSize + FrameHeader.size + Int(UInt16.max) else { return }
+        if total > cumulation.readableBytes {
+            self.loop.cumulation.reserveCapacity(minimumWritableBytes: total - cumulation.readableBytes)
+        }
+    }
+
+    /// Moves overflowing bytes into the ring as room appears; wakes waiting senders once it is empty.
+    private func moveOverflow() -> Bool {
+        guard self.overflowing.load(ordering: .sequentiallyConsistent) else { return false }
+        var moved = false
+        var failure: ProtocolError?
+        let waiters = self.writer.withLock { writer -> [UnsafeContinuation<Void, any Error>]? in
+            guard !writer.overflow.isEmpty, !writer.closed else { return nil }
+            while var first = writer.overflow.popFirst() {
+                let before = first.readableBytes
+                do throws(ProtocolError) {
+                    try self.write(&first, state: &writer.state)
+                } catch {
+                    failure = error
+                    writer.failure = error
+                    return nil
+                }
+                if first.readableBytes < before { moved = true }
+                if first.readableBytes > 0 {
+                    writer.overflow.prepend(first)
+                    // Ask the reader for a notice once it frees room.
+                    self.outbound.requestSpaceNotice()
+                    return nil
+                }
+            }
+            self.overflowing.store(false, ordering: .sequentiallyConsistent)
+            defer { writer.waiters.removeAll() }
+            return Array(writer.waiters.values)
+        }
+        if let failure {
+            self.fail(failure)
+            return true
+        }
+        if let waiters {
+            for waiter in waiters { waiter.resume() }
+            self.loop.receiver?.transportWritable()
+            return true
+        }
+        return moved
+    }
+
+    /// Something is ready for the thread (checked once more before sleeping).
+    private func hasWork() -> Bool {
+        let loop = self.loop
+        if self.hasMail.load(ordering: .sequentiallyConsistent) { return true }
+        if loop.receiver != nil, loop.pauseReasons.isEmpty, self.inbound.hasData(loop.reader) { return true }
+        if let next = loop.timers.lazy.map(\.deadline).min(), next <= .now { return true }
+        if loop.closing || loop.socketEnded { return true }
+        guard self.overflowing.load(ordering: .sequentiallyConsistent) else { return false }
+        return self.writer.withLock { writer in
+            !writer.overflow.isEmpty && self.outbound.freeSpace(writer.state) >= 16
+        }
+    }
+
+    private func sleepUntilWork() {
+        if self.overflowing.load(ordering: .sequentiallyConsistent) { self.outbound.requestSpaceNotice() }
+        let seen = self.inbound.prepareToSleep()
+        if self.hasWork() {
+            self.inbound.cancelSleep()
+            return
+        }
+        var timeout = Duration.seconds(1)
+        if let next = self.loop.timers.lazy.map(\.deadline).min() {
+            timeout = max(.zero, min(timeout, next - .now))
+        }
+        self.inbound.sleep(seen: seen, timeout: timeout)
+    }
+
+    /// A broken ring: tell the receiver, tell the other side (best effort) and close.
+    private func fail(_ error: ProtocolError) {
+        let loop = self.loop
+        guard !loop.finished, !loop.closing else { return }
+        self.logger.warning("closing a shared-memory connection after a protocol violation", metadata: ["error": "\(error)"])
+        loop.receiver?.transportFailed(error)
+        self.writer.withLock { writer in
+            var frame = ErrorBody(connectionError: error).frame(id: 0)
+            if writer.failure == nil, writer.overflow.isEmpty { try? self.write(&frame, state: &writer.state) }
+            writer.overflow.removeAll()
+        }
+        loop.closing = true
+        loop.closeStarted = .now
+    }
+
+    /// Ends the connection once it is closing and nothing is left to move: the
+    /// other side's last frames are read first (they were written before its socket closed).
+    private func finishIfDone() {
+        let loop = self.loop
+        if loop.socketEnded {
+            // Whatever the other side wrote before its socket ended was read above.
+            loop.finished = true
+            return
+        }
+        let drained = self.writer.withLock { $0.overflow.isEmpty || $0.failure != nil }
+        let waitedTooLong = loop.closeStarted.map { .now - $0 > .seconds(2) } ?? true
+        if drained || waitedTooLong { loop.finished = true }
+    }
+
+    /// Closes the socket, fails waiting senders, tells the receiver, and hands
+    /// this executor's later jobs and timers to the socket's event loop.
+    private func exit() {
+        let waiters = self.writer.withLock { writer -> [UnsafeContinuation<Void, any Error>] in
+            writer.closed = true
+            writer.overflow.removeAll()
+            defer { writer.waiters.removeAll() }
+            return Array(writer.waiters.values)
+        }
+        for waiter in waiters {
+            waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send"))
+        }
+        self.socket.close()
+        self.loop.receiver?.transportClosed()
+        self.loop.receiver = nil
+        // Anything posted until now runs here; later posts go to the event loop.
+        while true {
+            let (jobs, timers) = self.mail.withLock { mail -> (Deque<UnownedJob>, [SharedMemoryTimer]) in
+                defer {
+                    mail.jobs.removeAll()
+                    mail.timers.removeAll()
+                }
+                if mail.jobs.isEmpty { mail.exited = true }
+                return (mail.jobs, mail.timers)
+            }
+            for timer in timers + self.loop.timers where !timer.isCancelled {
+                _ = self.socket.schedule(after: max(.zero, timer.deadline - .now)) {
+                    if !timer.isCancelled { timer.body() }
+                }
+            }
+            self.loop.timers.removeAll()
+            if jobs.isEmpty { break }
+            let executor = self.asUnownedTaskExecutor()
+            for job in jobs { job.runSynchronously(on: executor) }
+        }
+    }
+}
+
+/// A timer on a shared-memory transport's thread.
+final class SharedMemoryTimer: ScheduledWork, @unchecked Sendable {
+    // `deadline` and `body` are immutable; `cancelled` is atomic.
+    let deadline: ContinuousClock.Instant
+    let body: @Sendable () -> Void
+    private let cancelled = Atomic<Bool>(false)
+
+    init(deadline: ContinuousClock.Instant, body: @escaping @Sendable () -> Void) {
+        self.deadline = deadline
+        self.body = body
+    }
+
+    var isCancelled: Bool { self.cancelled.load(ordering: .relaxed) }
+    func cancel() { self.cancelled.store(true, ordering: .relaxed) }
+}
+
+/// Receives from the socket of a connection that moved to shared memory: nothing
+/// is expected there any more, so anything that arrives, and the end of the
+/// stream, ends the shared-memory connection.
+final class SharedMemoryLiveness: FrameReceiver, @unchecked Sendable {
+    // Set once before the receiver is installed.
+    weak var transport: SharedMemoryTransport?
+
+    init(transport: SharedMemoryTransport) { self.transport = transport }
+
+    func transportActive() {}
+    func receive(_ frame: Frame) { self.transport?.socketEnded() }
+    func endOfReadBatch() {}
+    func transportFailed(_ error: ProtocolError) { self.transport?.socketEnded() }
+    func transportClosed() { self.transport?.socketEnded() }
+    func transportWritable() {}
+}
+#endif

@@ -1,0 +1,248 @@
+#if os(Linux)
+internal import Foundation
+internal import Glibc
+internal import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+
+/// Moves a connection from its Unix socket onto shared memory, right after the
+/// hellos (docs/PROTOCOL.md, "Shared-memory upgrade").
+///
+/// Each side offers the capability only once it holds its outbound ring (a
+/// sealed memfd) and a duplicate of the socket's descriptor. When both offered:
+///
+/// 1. each side stops reading the socket through NIO (a plain `read` would
+///    discard descriptors attached to the bytes) and sends `sharedMemory` id 1,
+///    "ready": from now on it receives with `recvmsg`;
+/// 2. on the other's "ready", each side sends `sharedMemory` id 2 with the size of
+///    its ring's region in the payload and the memfd attached (`SCM_RIGHTS`);
+/// 3. each side maps the region it received (checking its seals and the ring's
+///    header) as the ring it reads;
+/// 4. each side writes `sharedMemory` id 3, "mapped", as the first frame of its
+///    ring and waits for the other's: once it arrives, the other side has read
+///    everything it will ever read from the socket, so neither side's exit can
+///    strand descriptors in it. The connection continues over the rings on a
+///    thread of its own; the socket stays open, unread, until either side
+///    closes: its end is how each side learns the other is gone.
+final class SharedMemoryUpgrade: @unchecked Sendable {
+    // Immutable after init, except `remoteReady` (the socket's event loop, before
+    // the upgrade thread starts) and `descriptor` (guarded by `socketCopy`).
+    let ring: SharedMemoryRing
+    let region: SharedMemoryRegion
+    let options: SharedMemoryOptions
+    private let socketCopy: Mutex<Int32>
+    /// The other side's "ready" arrived through NIO, before reading moved to `recvmsg`.
+    var remoteReady = false
+
+    static let readyID: UInt64 = 1
+    static let ringID: UInt64 = 2
+    static let mappedID: UInt64 = 3
+    /// Largest region accepted from the other side (a ring of 256 MiB).
+    static let maxRegionSize = SharedMemoryRing.size(capacity: 256 << 20)
+
+    private init(socketCopy: Int32, ring: SharedMemoryRing, region: SharedMemoryRegion, options: SharedMemoryOptions) {
+        self.socketCopy = Mutex(socketCopy)
+        self.ring = ring
+        self.region = region
+        self.options = options
+    }
+
+    deinit {
+        self.closeSocketCopy()
+    }
+
+    /// Prepares an offer for the connection on `socket` (on its event loop), or nil
+    /// if it cannot move to shared memory (not a Unix stream socket, no memfd).
+    static func offer(on socket: NIOFrameTransport, options: SharedMemoryOptions) -> SharedMemoryUpgrade? {
+        guard let cookie = socket.socketCookie(), let copy = DescriptorPassing.duplicateUnixStreamSocket(cookie: cookie) else {
+            return nil
+        }
+        var capacity = 4096
+        while capacity < options.ringCapacity, capacity < 256 << 20 { capacity <<= 1 }
+        do {
+            let region = try SharedMemoryRegion(creating: SharedMemoryRing.size(capacity: capacity), name: "intercom-ring")
+            let ring = SharedMemoryRing.create(at: region.base, capacity: capacity)
+            return SharedMemoryUpgrade(socketCopy: copy, ring: ring, region: region, options: options)
+        } catch {
+            close(copy)
+            return nil
+        }
+    }
+
+    private func closeSocketCopy() {
+        self.socketCopy.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
+    /// On the socket's event loop, once both hellos offered shared memory: stops
+    /// reading the socket, says "ready", and continues on a new thread. There,
+    /// `established` gets the transport (to make the peer and install it), after
+    /// which the thread serves the connection; or `failed` gets why not.
+    func start(
+        socket: NIOFrameTransport, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
+        established: @escaping @Sendable (SharedMemoryTransport) -> Void,
+        failed: @escaping @Sendable (IntercomError) -> Void
+    ) {
+        socket.setReadingPaused(true, reason: .upgrade)
+        // In a later event-loop task: the frames NIO already read (perhaps the
+        // other side's "ready") are all delivered by then. The hello, queued
+        // earlier, goes out first.
+        socket.executeOnLoop { self.sayReady(socket: socket, deadline: deadline, limits: limits, logger: logger, established: established, failed: failed) }
+    }
+
+    private func sayReady(
+        socket: NIOFrameTransport, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
+        established: @escaping @Sendable (SharedMemoryTransport) -> Void,
+        failed: @escaping @Sendable (IntercomError) -> Void
+    ) {
+        socket.writeNow(FrameHeader.empty(kind: .sharedMemory, id: Self.readyID)).whenComplete { result in
+            if case .failure(let error) = result {
+                failed(IntercomError(systemError: error, doing: "offering shared memory"))
+                return
+            }
+            let remoteReady = self.remoteReady  // on the event loop, after every frame NIO had read
+            let thread = Thread {
+                let transport: SharedMemoryTransport
+                do throws(IntercomError) {
+                    let inbound = try self.exchangeRings(remoteReady: remoteReady, until: deadline, limits: limits)
+                    self.region.closeDescriptor()
+                    inbound.region.closeDescriptor()
+                    let positions = try self.confirmMapping(inbound: inbound.ring, until: deadline, limits: limits)
+                    transport = SharedMemoryTransport(
+                        inbound: inbound, outbound: (self.ring, self.region), socket: socket, options: self.options,
+                        limits: limits, logger: logger, positions: positions)
+                } catch {
+                    self.closeSocketCopy()
+                    failed(error)
+                    return
+                }
+                self.closeSocketCopy()
+                established(transport)
+                transport.run()
+            }
+            thread.name = "intercom-shm"
+            thread.start()
+        }
+    }
+
+    /// Step 4: "mapped" through the rings both ways. Returns where both rings
+    /// stand, and the bytes the other side wrote after its own "mapped" (it may
+    /// have started calling already).
+    private func confirmMapping(inbound: SharedMemoryRing, until deadline: ContinuousClock.Instant, limits: WireLimits)
+        throws(IntercomError) -> SharedMemoryTransport.Positions
+    {
+        var writer = SharedMemoryRing.WriterState()
+        let mapped = FrameHeader.empty(kind: .sharedMemory, id: Self.mappedID)
+        do {
+            let written = try mapped.withUnsafeReadableBytes { raw throws(ProtocolError) in
+                try self.ring.writeSome(raw, state: &writer)
+            }
+            precondition(written == mapped.readableBytes, "a fresh ring has room for one empty frame")
+            var reader = SharedMemoryRing.ReaderState()
+            var received = ByteBuffer()
+            let fd = self.socketCopy.withLock { $0 }
+            while received.readableBytes < FrameHeader.size {
+                if try inbound.readAvailable(into: &received, state: &reader, limit: 1 << 20) > 0 { continue }
+                guard ContinuousClock.now < deadline else {
+                    throw IntercomError(.timeout, "the other side did not complete the shared-memory upgrade in time")
+                }
+                // The other side may have died meanwhile: its socket says so.
+                var entry = pollfd(fd: fd, events: Int16(0x2000) /* POLLRDHUP */, revents: 0)
+                if poll(&entry, 1, 0) > 0, entry.revents & Int16(0x2000 | POLLHUP | POLLERR) != 0 {
+                    throw IntercomError(.peerLost, "the other side closed the connection during the shared-memory upgrade")
+                }
+                let seen = inbound.prepareToSleep()
+                if inbound.hasData(reader) {
+                    inbound.cancelSleep()
+                    continue
+                }
+                inbound.sleep(seen: seen, timeout: .milliseconds(1))
+            }
+            guard let frame = try FrameDecoder(limits: limits).next(from: &received),
+                frame.kind == .sharedMemory, frame.id == Self.mappedID
+            else {
+                throw ProtocolError(.malformedHandshake, "the other side's ring did not begin with its \"mapped\" frame")
+            }
+            return .init(writer: writer, reader: reader, received: received)
+        } catch let error as ProtocolError {
+            throw IntercomError(error, peer: nil)
+        } catch let error as IntercomError {
+            throw error
+        } catch {
+            throw IntercomError(.protocolViolation, "\(error)")
+        }
+    }
+
+    /// Steps 1–3 on the socket's duplicate: returns the ring the other side writes.
+    private func exchangeRings(remoteReady: Bool, until deadline: ContinuousClock.Instant, limits: WireLimits)
+        throws(IntercomError) -> (ring: SharedMemoryRing, region: SharedMemoryRegion)
+    {
+        let fd = self.socketCopy.withLock { $0 }
+        var readySeen = remoteReady
+        var sentRing = false
+        var offer: (size: Int, descriptor: Int32)?
+        var descriptors: [Int32] = []
+        var received = ByteBuffer()
+        let decoder = FrameDecoder(limits: limits)
+        defer { for descriptor in descriptors { close(descriptor) } }
+        while true {
+            if readySeen, !sentRing {
+                var frame = ByteBuffer()
+                let mark = FrameHeader.begin(into: &frame, kind: .sharedMemory, id: Self.ringID)
+                frame.writeInteger(UInt64(self.region.size), endianness: .little)
+                FrameHeader.finish(mark, in: &frame)
+                try DescriptorPassing.send(Array(frame.readableBytesView), attaching: self.region.fd, on: fd, until: deadline)
+                sentRing = true
+            }
+            if sentRing, offer != nil { break }
+            let (bytes, newDescriptors) = try DescriptorPassing.receive(on: fd, until: deadline)
+            descriptors.append(contentsOf: newDescriptors)
+            guard !bytes.isEmpty else {
+                throw IntercomError(.peerLost, "the other side closed the connection during the shared-memory upgrade")
+            }
+            received.writeBytes(bytes)
+            do {
+                while let frame = try decoder.next(from: &received) {
+                    switch (frame.kind, frame.id) {
+                    case (.sharedMemory, Self.readyID):
+                        readySeen = true
+                    case (.sharedMemory, Self.ringID):
+                        guard offer == nil, let size = frame.payload.getInteger(at: frame.payload.readerIndex, endianness: .little, as: UInt64.self),
+                            size >= UInt64(SharedMemoryRing.size(capacity: 64)), size <= UInt64(Self.maxRegionSize),
+                            !descriptors.isEmpty
+                        else {
+                            throw ProtocolError(.malformedHandshake, "shared-memory ring offer without a usable size or descriptor")
+                        }
+                        offer = (Int(size), descriptors.removeFirst())
+                    case (.error, _):
+                        let body = try? ErrorBody(from: frame.payload)
+                        throw IntercomError(
+                            IntercomError.Code(wireName: body?.code ?? "protocolViolation"),
+                            "the other side gave up the shared-memory upgrade: \(body?.message ?? "unreadable error frame")")
+                    default:
+                        throw ProtocolError(.malformedHandshake, "expected the shared-memory upgrade, got a \(frame.kind) frame")
+                    }
+                }
+            } catch let error as ProtocolError {
+                throw IntercomError(error, peer: nil)
+            } catch let error as IntercomError {
+                throw error
+            } catch {
+                throw IntercomError(.protocolViolation, "\(error)")
+            }
+        }
+        guard received.readableBytes == 0 else {
+            throw IntercomError(.protocolViolation, "the other side sent bytes after its shared-memory ring offer")
+        }
+        let region = try SharedMemoryRegion(receiving: offer!.descriptor, size: offer!.size)
+        do {
+            return (try SharedMemoryRing.open(at: region.base, size: region.size), region)
+        } catch {
+            throw IntercomError(error, peer: nil)
+        }
+    }
+}
+#endif
