@@ -6,6 +6,7 @@ import Testing
 @Suite("Shared-memory transport")
 struct SharedMemoryTransportTests {
     @Test func aPairInOneProcessMovesToSharedMemoryAndCalls() async throws {
+        try await withResourceCheck {
         let router = Router()
         try router.register("echo") { (bytes: [UInt8], _) in bytes }
         let (first, second) = try await Peer.pair(routers: (nil, router))
@@ -15,5 +16,6 @@ struct SharedMemoryTransportTests {
         #expect(reply == [UInt8](repeating: 7, count: 100))
         await first.close()
         await second.waitUntilClosed()
+        }
     }
 }

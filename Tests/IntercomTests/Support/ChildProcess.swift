@@ -10,10 +10,17 @@ import Glibc
 #endif
 
 /// How a test connects to its helper child.
+///
+/// `socketpair` and `unix` keep the connection on its socket (this side does not
+/// offer shared memory); the `sharedMemory…` kinds start the same way and must
+/// end up on shared-memory rings, or the spawn fails.
 enum TransportKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case socketpair
     case unix
+    case sharedMemory
+    case sharedMemoryOverUnix
     var testDescription: String { self.rawValue }
+    var isSharedMemory: Bool { self == .sharedMemory || self == .sharedMemoryOverUnix }
 }
 
 /// A real `IntercomTestHelper` process connected to this test process.
@@ -49,11 +56,24 @@ final class ChildProcess: Sendable {
         _ kind: TransportKind, arguments: [String] = [], router: Router? = nil,
         configuration: Peer.Configuration = ChildProcess.configuration()
     ) async throws -> ChildProcess {
+        var configuration = configuration
+        configuration.sharedMemory.isEnabled = kind.isSharedMemory
+        let child = try await Self.start(kind, arguments: arguments, router: router, configuration: configuration)
+        guard child.peer.isSharedMemory == kind.isSharedMemory else {
+            await child.shutdown()
+            throw IntercomError(.connectionFailed, "the \(kind) connection is \(child.peer.isSharedMemory ? "" : "not ")on shared memory")
+        }
+        return child
+    }
+
+    private static func start(
+        _ kind: TransportKind, arguments: [String], router: Router?, configuration: Peer.Configuration
+    ) async throws -> ChildProcess {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.helperPath)
         let exit = WatchedProcess(process)
         switch kind {
-        case .socketpair:
+        case .socketpair, .sharedMemory:
             let sockets = try SocketPair()
             process.arguments = arguments
             process.standardInput = FileHandle(fileDescriptor: sockets.second, closeOnDealloc: false)
@@ -64,7 +84,7 @@ final class ChildProcess: Sendable {
             close(sockets.second)
             let peer = try await Peer.adopt(fileDescriptor: sockets.first, router: router, configuration: configuration)
             return ChildProcess(process: process, peer: peer, listener: nil, exit: exit)
-        case .unix:
+        case .unix, .sharedMemoryOverUnix:
             let path = TemporaryDirectory.shared.socketPath()
             let listener = try await PeerListener.listen(unixPath: path, router: router, configuration: configuration)
             process.arguments = ["--connect", path] + arguments

@@ -507,7 +507,10 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
         for waiter in waiters {
             waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send"))
         }
+        // Closed before the receiver hears of it, as with a socket transport: whoever
+        // waits for the connection to close finds its descriptor gone.
         self.socket.close()
+        try? self.socket.channel.closeFuture.wait()
         self.loop.receiver?.transportClosed()
         self.loop.receiver = nil
         // Anything posted until now runs here; later posts go to the event loop.
