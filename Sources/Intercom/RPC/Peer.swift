@@ -127,6 +127,14 @@ public final class Peer: Sendable {
     /// host allowed it; see ``SharedMemoryOptions``) rather than its socket.
     public var isSharedMemory: Bool { self.transport.isSharedMemory }
 
+    #if os(Linux)
+    /// For tests that play a hostile peer: the shared memory of the ring this side
+    /// writes (which the other side reads), or nil on a socket.
+    package var outboundRingMemoryForTesting: UnsafeMutableRawBufferPointer? {
+        (self.transport as? SharedMemoryTransport)?.outboundMemory
+    }
+    #endif
+
     // MARK: Calls
 
     /// Calls `method` on the other side with `request` and returns its reply.

@@ -43,6 +43,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
         /// Bytes waiting for room in the ring, in order.
         var overflow = Deque<ByteBuffer>()
         var closed = false
+        /// Why senders are refused once closed.
+        var closedError = IntercomError(.closed, "the connection is closed")
         var failure: ProtocolError?
         var nextWaiterID: UInt64 = 0
         var waiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
@@ -105,6 +107,11 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
         var reader: SharedMemoryRing.ReaderState
         /// Bytes already taken from the inbound ring, not yet decoded.
         var received: ByteBuffer
+    }
+
+    /// The mapped bytes of the outbound ring (header and data).
+    var outboundMemory: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: self.regions.outbound.base, count: self.regions.outbound.size)
     }
 
     // MARK: FrameTransport
@@ -174,7 +181,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
 
     func waitUntilWritable() async throws(IntercomError) {
         let ready = try self.writer.withLock { writer throws(IntercomError) -> Bool in
-            if writer.closed { throw IntercomError(.closed, "the connection is closed") }
+            if writer.closed { throw writer.closedError }
             return writer.overflow.isEmpty
         }
         if ready { return }
@@ -186,7 +193,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
             try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                     let outcome: Result<Void, IntercomError>? = self.writer.withLock { writer in
-                        if writer.closed { return .failure(IntercomError(.closed, "the connection is closed")) }
+                        if writer.closed { return .failure(writer.closedError) }
                         if writer.overflow.isEmpty { return .success(()) }
                         if Task.isCancelled {
                             return .failure(IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
@@ -498,15 +505,17 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
     /// Closes the socket, fails waiting senders, tells the receiver, and hands
     /// this executor's later jobs and timers to the socket's event loop.
     private func exit() {
+        let error =
+            self.loop.socketEnded && !self.loop.closing
+            ? IntercomError(.peerLost, "the other side is gone") : IntercomError(.closed, "the connection is closed")
         let waiters = self.writer.withLock { writer -> [UnsafeContinuation<Void, any Error>] in
             writer.closed = true
+            writer.closedError = error
             writer.overflow.removeAll()
             defer { writer.waiters.removeAll() }
             return Array(writer.waiters.values)
         }
-        for waiter in waiters {
-            waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send"))
-        }
+        for waiter in waiters { waiter.resume(throwing: error) }
         // Closed before the receiver hears of it, as with a socket transport: whoever
         // waits for the connection to close finds its descriptor gone.
         self.socket.close()
