@@ -34,6 +34,7 @@ struct SharedMemoryTransportTests {
             let (first, second) = try await Peer.pair(configuration: off)
             #expect(!first.isSharedMemory && !second.isSharedMemory)
             await first.close()
+            await second.waitUntilClosed()
             // One side off is enough: the other's offer goes unanswered.
             let child = try await ChildProcess.spawn(.socketpair)
             #expect(!child.peer.isSharedMemory)
@@ -186,6 +187,7 @@ struct SharedMemoryTransportTests {
             try await first.send("still.alive", 1)
             #expect(try await second.receiveMessage(timeout: .seconds(5)).method == "still.alive")
             await first.close()
+            await second.waitUntilClosed()
         }
     }
 }
