@@ -13,14 +13,18 @@ struct Bench: AsyncParsableCommand {
         abstract: "Measure call latency and message throughput between two processes (use a release build).")
 
     enum Transport: String, ExpressibleByArgument, CaseIterable {
-        case socketpair, unix
+        case socketpair, unix, shm
     }
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
         case S1, S2, S3, S4, all
     }
 
-    @Option(help: "socketpair, or unix (a named service on a private bus, found and connected through the bus).")
+    @Option(
+        help: """
+            socketpair, unix (a named service on a private bus, found and connected through the bus) — both kept on \
+            their socket — or shm (a socket pair that moves to shared-memory rings).
+            """)
     var transport: Transport = .socketpair
     @Option(help: "S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight) or all.")
     var scenario: Scenario = .all
@@ -184,14 +188,19 @@ struct BenchChild {
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var configuration = Peer.Configuration(name: "intercom-bench")
         configuration.handlerExecution = .connectionThread
+        // The socket kinds measure the socket: this side does not offer shared memory.
+        configuration.sharedMemory.isEnabled = transport == .shm
         switch transport {
-        case .socketpair:
+        case .socketpair, .shm:
             let sockets = try SocketPair()
             process.arguments = ["bench-server"]
             process.standardInput = FileHandle(fileDescriptor: sockets.second, closeOnDealloc: false)
             try process.run()
             close(sockets.second)
             let peer = try await Peer.adopt(fileDescriptor: sockets.first, configuration: configuration)
+            guard peer.isSharedMemory == (transport == .shm) else {
+                throw ValidationError("the benchmark connection is \(peer.isSharedMemory ? "" : "not ")on shared memory")
+            }
             return BenchChild(process: process, peer: peer, busDirectory: nil)
         case .unix:
             // The server claims a name on a private bus; this side finds it there like any client.
