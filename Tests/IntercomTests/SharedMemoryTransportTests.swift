@@ -64,10 +64,11 @@ struct SharedMemoryTransportTests {
             }
             let childBefore = cpuTime(ofProcess: child.pid)
             let ownBefore = cpuTimeOfSharedMemoryThreads()
+            #expect(ownBefore.threads >= 1, "this side's shared-memory thread was not found")
             // Five seconds of a connected, idle pair: wait for a message that never comes.
             await #expect(throws: IntercomError.self) { _ = try await child.peer.receiveMessage(timeout: .seconds(5)) }
             let childUsed = cpuTime(ofProcess: child.pid) - childBefore
-            let ownUsed = cpuTimeOfSharedMemoryThreads() - ownBefore
+            let ownUsed = cpuTimeOfSharedMemoryThreads().time - ownBefore.time
             // 1 % of 5 s is 50 ms; the kernel counts in 10 ms ticks.
             #expect(childUsed < .milliseconds(50), "the idle child used \(childUsed) of CPU in 5 s")
             #expect(ownUsed < .milliseconds(50), "this side's shared-memory thread used \(ownUsed) of CPU in 5 s")
@@ -210,14 +211,18 @@ func cpuTime(ofProcess pid: Int32) -> Duration {
     cpuTime(statPath: "/proc/\(pid)/stat")
 }
 
-/// CPU time of this process's shared-memory connection threads so far.
-func cpuTimeOfSharedMemoryThreads() -> Duration {
+/// CPU time of this process's shared-memory connection threads so far, and how many there are.
+func cpuTimeOfSharedMemoryThreads() -> (time: Duration, threads: Int) {
     var total = Duration.zero
+    var threads = 0
     for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
         let name = (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? ""
-        if name.hasPrefix("intercom-shm") { total += cpuTime(statPath: "/proc/self/task/\(task)/stat") }
+        if name.hasPrefix("intercom-shm") {
+            total += cpuTime(statPath: "/proc/self/task/\(task)/stat")
+            threads += 1
+        }
     }
-    return total
+    return (total, threads)
 }
 
 private func cpuTime(statPath: String) -> Duration {

@@ -6,6 +6,14 @@ internal import Logging
 internal import NIOCore
 internal import Synchronization
 
+/// Gives the calling thread its kernel name (`pthread_setname_np` is hidden
+/// behind `_GNU_SOURCE` in the Glibc module, so it is looked up at run time).
+private func nameThisThread(_ name: String) {
+    typealias SetName = @convention(c) (pthread_t, UnsafePointer<CChar>) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pthread_setname_np") else { return }
+    _ = name.withCString { unsafeBitCast(symbol, to: SetName.self)(pthread_self(), $0) }
+}
+
 /// Moves a connection from its Unix socket onto shared memory, right after the
 /// hellos (docs/PROTOCOL.md, "Shared-memory upgrade").
 ///
@@ -105,6 +113,9 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
             }
             let remoteReady = self.remoteReady  // on the event loop, after every frame NIO had read
             let thread = Thread {
+                // The kernel's thread name (what top, perf and /proc show); a
+                // Foundation thread otherwise keeps its creator's, an event loop's.
+                nameThisThread("intercom-shm")
                 let transport: SharedMemoryTransport
                 do throws(IntercomError) {
                     let inbound = try self.exchangeRings(remoteReady: remoteReady, until: deadline, limits: limits)
@@ -123,7 +134,6 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                 established(transport)
                 transport.run()
             }
-            thread.name = "intercom-shm"
             thread.start()
         }
     }
