@@ -139,6 +139,11 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                 }
             },
             failed: { [self] error in
+                var explained = error
+                if error.code != .peerLost {
+                    explained.message += " (the connection was moving to shared memory; to keep it on its socket, set configuration.sharedMemory.isEnabled = false or INTERCOM_SHARED_MEMORY=off)"
+                }
+                let error = explained
                 socket.executeOnLoop { [self] in
                     self.upgrade = nil
                     self.fail(error)
