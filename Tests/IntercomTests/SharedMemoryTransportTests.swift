@@ -149,6 +149,7 @@ struct SharedMemoryTransportTests {
                 let (writer, reader) = try await Peer.pair(routers: (nil, router), configuration: configuration)
                 nonisolated(unsafe) let memory = try #require(writer.outboundRingMemoryForTesting)
                 let stop = Locked<Bool>(false)
+                let stopped = Locked<Bool>(false)
                 // The vandal: random bytes anywhere in the ring (header, positions, lengths, data).
                 let vandal = Thread {
                     var random = SeededGenerator(seed: UInt64(seed))
@@ -161,6 +162,7 @@ struct SharedMemoryTransportTests {
                         memory[offset] ^= UInt8.random(in: 1...255, using: &random)
                         for _ in 0..<Int.random(in: 0...20, using: &random) { sched_yield() }
                     }
+                    stopped.withLock { $0 = true }
                 }
                 vandal.start()
                 var errors: [IntercomError.Code] = []
@@ -174,6 +176,8 @@ struct SharedMemoryTransportTests {
                     }
                 }
                 stop.withLock { $0 = true }
+                // The vandal must be done before the connection (and its mapping) goes away.
+                while !stopped.withLock({ $0 }) { await Task.yield() }
                 await writer.close()
                 await reader.close()
                 #expect(writer.isClosed && reader.isClosed)
