@@ -10,7 +10,7 @@ internal import Synchronization
 /// batches by one event-loop task per batch, so many small frames cost one
 /// `writev` rather than one syscall each. Senders wait in
 /// ``waitUntilWritable()`` while the channel is over its high watermark.
-final class NIOFrameTransport: FrameTransport {
+final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     let channel: any Channel
     let executor: any TaskExecutor
     private let loop: any EventLoop
@@ -22,8 +22,7 @@ final class NIOFrameTransport: FrameTransport {
         var flushScheduled = false
         var channelWritable = true
         var closed = false
-        var nextWaiterID: UInt64 = 0
-        var writabilityWaiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
+        var waiters = WritabilityWaiters()
         /// The batch buffer of the last drain, kept for reuse: once the channel
         /// has written it, its storage is ours again and `clear()` recycles it
         /// without a fresh allocation (fresh pages cost a page fault each).
@@ -135,37 +134,15 @@ final class NIOFrameTransport: FrameTransport {
     }
 
     func waitUntilWritable() async throws(IntercomError) {
-        let ready = try self.outbox.withLock { outbox throws(IntercomError) -> Bool in
-            if outbox.closed { throw IntercomError(.closed, "the connection is closed") }
-            return outbox.channelWritable
-        }
-        if ready { return }
-        let id = self.outbox.withLock { outbox in
-            outbox.nextWaiterID += 1
-            return outbox.nextWaiterID
-        }
-        do {
-            try await withTaskCancellationHandler {
-                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                    let outcome: Result<Void, IntercomError>? = self.outbox.withLock { outbox in
-                        if outbox.closed { return .failure(IntercomError(.closed, "the connection is closed")) }
-                        if outbox.channelWritable { return .success(()) }
-                        if Task.isCancelled {
-                            return .failure(IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
-                        }
-                        outbox.writabilityWaiters[id] = continuation
-                        return nil
-                    }
-                    if let outcome { continuation.resume(with: outcome) }
-                }
-            } onCancel: {
-                let waiter = self.outbox.withLock { $0.writabilityWaiters.removeValue(forKey: id) }
-                waiter?.resume(throwing: IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
-            }
-        } catch let error as IntercomError {
-            throw error
-        } catch {
-            throw IntercomError(.cancelled, "\(error)")
+        try await self.suspendUntilWritable()
+    }
+
+    func withWritability<R, E: Error>(_ body: (Writability, inout WritabilityWaiters) throws(E) -> R) throws(E) -> R {
+        try self.outbox.withLock { outbox throws(E) -> R in
+            let writability: Writability =
+                outbox.closed
+                ? .closed(IntercomError(.closed, "the connection is closed")) : outbox.channelWritable ? .writable : .full
+            return try body(writability, &outbox.waiters)
         }
     }
 
@@ -173,9 +150,7 @@ final class NIOFrameTransport: FrameTransport {
     func writabilityChanged(_ writable: Bool) {
         let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
             outbox.channelWritable = writable
-            guard writable else { return [] }
-            defer { outbox.writabilityWaiters.removeAll() }
-            return Array(outbox.writabilityWaiters.values)
+            return writable ? outbox.waiters.takeAll() : []
         }
         for waiter in waiters { waiter.resume() }
         if writable { self.handler.notifyWritable() }
@@ -186,13 +161,12 @@ final class NIOFrameTransport: FrameTransport {
         let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
             outbox.closed = true
             outbox.pending.removeAll()
-            defer { outbox.writabilityWaiters.removeAll() }
-            return Array(outbox.writabilityWaiters.values)
+            return outbox.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }
     }
 
-    var blockedSenders: Int { self.outbox.withLock { $0.writabilityWaiters.count } }
+    var blockedSenders: Int { self.outbox.withLock { $0.waiters.count } }
 
     func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
         if self.loop.inEventLoop {

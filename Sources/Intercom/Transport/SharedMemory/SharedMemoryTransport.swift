@@ -18,7 +18,7 @@ internal import Synchronization
 /// (its "doorbell": the data word of the ring it reads), which everyone with
 /// news for it rings — the other process after writing, this process's threads
 /// after posting work.
-final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Sendable {
+final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWaiting, @unchecked Sendable {
     // @unchecked: `loop` is touched only on the transport's thread; the rest is
     // immutable, atomic, or guarded by `writer` / `mail`.
     private let inbound: SharedMemoryRing
@@ -46,8 +46,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
         /// Why senders are refused once closed.
         var closedError = IntercomError(.closed, "the connection is closed")
         var failure: ProtocolError?
-        var nextWaiterID: UInt64 = 0
-        var waiters: [UInt64: UnsafeContinuation<Void, any Error>] = [:]
+        var waiters = WritabilityWaiters()
     }
 
     private struct Mail {
@@ -57,7 +56,6 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
         var pauseChanges: [(Bool, ReadPauseReason)] = []
         var closeRequested = false
         var socketEnded = false
-        var overflowPending = false
         /// The thread has ended; jobs and timers go to the socket's event loop.
         var exited = false
     }
@@ -163,7 +161,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
             self.logger.warning("closing a shared-memory connection: the other side broke its ring", metadata: ["error": "\(failure)"])
             self.post { $0.closeRequested = true }
         } else if overflowed {
-            self.post { $0.overflowPending = true }
+            self.post { _ in }  // wakes the thread, which moves the overflow on
         }
         return accepted
     }
@@ -180,37 +178,14 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
     }
 
     func waitUntilWritable() async throws(IntercomError) {
-        let ready = try self.writer.withLock { writer throws(IntercomError) -> Bool in
-            if writer.closed { throw writer.closedError }
-            return writer.overflow.isEmpty
-        }
-        if ready { return }
-        let id = self.writer.withLock { writer in
-            writer.nextWaiterID += 1
-            return writer.nextWaiterID
-        }
-        do {
-            try await withTaskCancellationHandler {
-                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                    let outcome: Result<Void, IntercomError>? = self.writer.withLock { writer in
-                        if writer.closed { return .failure(writer.closedError) }
-                        if writer.overflow.isEmpty { return .success(()) }
-                        if Task.isCancelled {
-                            return .failure(IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
-                        }
-                        writer.waiters[id] = continuation
-                        return nil
-                    }
-                    if let outcome { continuation.resume(with: outcome) }
-                }
-            } onCancel: {
-                let waiter = self.writer.withLock { $0.waiters.removeValue(forKey: id) }
-                waiter?.resume(throwing: IntercomError(.cancelled, "cancelled while waiting for the peer to read"))
-            }
-        } catch let error as IntercomError {
-            throw error
-        } catch {
-            throw IntercomError(.cancelled, "\(error)")
+        try await self.suspendUntilWritable()
+    }
+
+    func withWritability<R, E: Error>(_ body: (Writability, inout WritabilityWaiters) throws(E) -> R) throws(E) -> R {
+        try self.writer.withLock { writer throws(E) -> R in
+            let writability: Writability =
+                writer.closed ? .closed(writer.closedError) : writer.overflow.isEmpty ? .writable : .full
+            return try body(writability, &writer.waiters)
         }
     }
 
@@ -431,8 +406,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
                 }
             }
             self.overflowing.store(false, ordering: .sequentiallyConsistent)
-            defer { writer.waiters.removeAll() }
-            return Array(writer.waiters.values)
+            return writer.waiters.takeAll()
         }
         if let failure {
             self.fail(failure)
@@ -512,8 +486,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, @unchecked Send
             writer.closed = true
             writer.closedError = error
             writer.overflow.removeAll()
-            defer { writer.waiters.removeAll() }
-            return Array(writer.waiters.values)
+            return writer.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume(throwing: error) }
         // Closed before the receiver hears of it, as with a socket transport: whoever
