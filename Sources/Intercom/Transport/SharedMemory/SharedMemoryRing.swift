@@ -107,24 +107,31 @@ package struct SharedMemoryRing: @unchecked Sendable {
     ///   corrupted or hostile reader).
     package func tryWrite(_ payload: UnsafeRawBufferPointer, state: inout WriterState) throws(ProtocolError) -> Bool {
         precondition(payload.count <= self.maxRecord, "record larger than the ring")
+        let used = try self.usedSpace(state)
+        guard UInt64(Self.recordSize(payload.count)) <= UInt64(self.capacity) - used else { return false }
+        self.append(payload, state: &state)
+        return true
+    }
+
+    /// Bytes written and not yet read, from the reader's position read once and checked.
+    private func usedSpace(_ state: WriterState) throws(ProtocolError) -> UInt64 {
         let tail = self.tail.load(ordering: .acquiring)
         let used = state.head &- tail
         guard used <= UInt64(self.capacity) else {
             throw ProtocolError(.malformedHeader, "shared-memory ring: reader position \(tail) is ahead of the writer's \(state.head)")
         }
-        let size = Self.recordSize(payload.count)
-        guard UInt64(size) <= UInt64(self.capacity) - used else { return false }
+        return used
+    }
+
+    /// Writes `payload` as one record (the caller checked the room), publishes it
+    /// and rings the reader's doorbell if it sleeps.
+    private func append(_ payload: UnsafeRawBufferPointer, state: inout WriterState) {
         var length = UInt32(payload.count).littleEndian
         withUnsafeBytes(of: &length) { self.copyIn($0, at: state.head) }
-        self.copyIn(payload, at: state.head &+ 4)
-        state.head &+= UInt64(size)
+        if payload.count > 0 { self.copyIn(payload, at: state.head &+ 4) }
+        state.head &+= UInt64(Self.recordSize(payload.count))
         self.head.store(state.head, ordering: .sequentiallyConsistent)
-        if self.readerSleeping.load(ordering: .sequentiallyConsistent) != 0 {
-            self.readerSleeping.store(0, ordering: .sequentiallyConsistent)
-            self.dataFutex.wrappingIncrement(ordering: .sequentiallyConsistent)
-            Futex.wake(self.base + 192)
-        }
-        return true
+        self.wakeReader()
     }
 
     /// Sleeps until the reader frees room (or `timeout`), after spinning `spins` times.
@@ -153,19 +160,9 @@ package struct SharedMemoryRing: @unchecked Sendable {
     ///
     /// - Throws: ``ProtocolError`` if what the writer published is inconsistent.
     package func tryRead(state: inout ReaderState) throws(ProtocolError) -> [UInt8]? {
-        let head = self.head.load(ordering: .acquiring)
-        let used = head &- state.tail
+        let used = try self.publishedBytes(state)
         if used == 0 { return nil }
-        guard used <= UInt64(self.capacity), used >= 8 else {
-            throw ProtocolError(.malformedHeader, "shared-memory ring: writer position \(head) is inconsistent with the reader's \(state.tail)")
-        }
-        var lengthBytes: UInt32 = 0
-        withUnsafeMutableBytes(of: &lengthBytes) { self.copyOut($0, at: state.tail) }
-        let length = Int(UInt32(littleEndian: lengthBytes))  // one copy, checked, then used
-        let size = Self.recordSize(length)
-        guard length <= self.maxRecord, UInt64(size) <= used else {
-            throw ProtocolError(.frameTooLarge, "shared-memory ring: a record of \(length) bytes does not fit the \(used) bytes published")
-        }
+        let (length, size) = try self.record(at: state.tail, unread: used)
         let payload = [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
             self.copyOut(UnsafeMutableRawBufferPointer(buffer), at: state.tail &+ 4)
             count = length
@@ -190,6 +187,33 @@ package struct SharedMemoryRing: @unchecked Sendable {
         Futex.wait(self.base + 192, expected: seen, timeout: timeout)
     }
 
+    /// Bytes the writer published and the reader has not taken, from the
+    /// writer's position read once and checked.
+    private func publishedBytes(_ state: ReaderState) throws(ProtocolError) -> UInt64 {
+        let head = self.head.load(ordering: .acquiring)
+        let unread = head &- state.tail
+        guard unread <= UInt64(self.capacity) else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: writer position \(head) is inconsistent with the reader's \(state.tail)")
+        }
+        return unread
+    }
+
+    /// The payload length and padded size of the record at `position`: its length
+    /// is copied out of shared memory once, then checked against what is published.
+    private func record(at position: UInt64, unread: UInt64) throws(ProtocolError) -> (length: Int, size: Int) {
+        guard unread >= 8 else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: \(unread) published bytes cannot hold a record")
+        }
+        var lengthBytes: UInt32 = 0
+        withUnsafeMutableBytes(of: &lengthBytes) { self.copyOut($0, at: position) }
+        let length = Int(UInt32(littleEndian: lengthBytes))
+        let size = Self.recordSize(length)
+        guard length <= self.maxRecord, UInt64(size) <= unread else {
+            throw ProtocolError(.frameTooLarge, "shared-memory ring: a record of \(length) bytes does not fit the \(unread) bytes published")
+        }
+        return (length, size)
+    }
+
     // MARK: Stream use (the shared-memory transport)
     //
     // The transport treats the ring as a byte stream cut into records: a writer
@@ -204,22 +228,12 @@ package struct SharedMemoryRing: @unchecked Sendable {
     ///
     /// - Throws: ``ProtocolError`` if the reader's position is impossible.
     package func writeSome(_ bytes: UnsafeRawBufferPointer, state: inout WriterState) throws(ProtocolError) -> Int {
-        let tail = self.tail.load(ordering: .acquiring)
-        let used = state.head &- tail
-        guard used <= UInt64(self.capacity) else {
-            throw ProtocolError(.malformedHeader, "shared-memory ring: reader position \(tail) is ahead of the writer's \(state.head)")
-        }
-        let free = self.capacity - Int(used)
+        let free = self.capacity - Int(try self.usedSpace(state))
         // Room for the length word and at least 8 bytes of payload, else wait for more.
         guard free >= 16 else { return 0 }
         let count = min(bytes.count, (free - 8) & ~7, self.maxRecord)
         guard count > 0 || bytes.isEmpty else { return 0 }
-        var length = UInt32(count).littleEndian
-        withUnsafeBytes(of: &length) { self.copyIn($0, at: state.head) }
-        if count > 0 { self.copyIn(UnsafeRawBufferPointer(rebasing: bytes.prefix(count)), at: state.head &+ 4) }
-        state.head &+= UInt64(Self.recordSize(count))
-        self.head.store(state.head, ordering: .sequentiallyConsistent)
-        self.wakeReader()
+        self.append(UnsafeRawBufferPointer(rebasing: bytes.prefix(count)), state: &state)
         return count
     }
 
@@ -229,26 +243,13 @@ package struct SharedMemoryRing: @unchecked Sendable {
     ///
     /// - Throws: ``ProtocolError`` if what the writer published is inconsistent.
     package func readAvailable(into buffer: inout ByteBuffer, state: inout ReaderState, limit: Int) throws(ProtocolError) -> Int {
-        let head = self.head.load(ordering: .acquiring)
-        var unread = head &- state.tail
+        var unread = try self.publishedBytes(state)
         if unread == 0 { return 0 }
-        guard unread <= UInt64(self.capacity) else {
-            throw ProtocolError(.malformedHeader, "shared-memory ring: writer position \(head) is inconsistent with the reader's \(state.tail)")
-        }
         buffer.reserveCapacity(minimumWritableBytes: min(Int(unread), limit))
         var position = state.tail
         var copied = 0
         while unread > 0, copied < limit {
-            guard unread >= 8 else {
-                throw ProtocolError(.malformedHeader, "shared-memory ring: \(unread) published bytes cannot hold a record")
-            }
-            var lengthBytes: UInt32 = 0
-            withUnsafeMutableBytes(of: &lengthBytes) { self.copyOut($0, at: position) }
-            let length = Int(UInt32(littleEndian: lengthBytes))
-            let size = Self.recordSize(length)
-            guard length <= self.maxRecord, UInt64(size) <= unread else {
-                throw ProtocolError(.frameTooLarge, "shared-memory ring: a record of \(length) bytes does not fit the \(unread) bytes published")
-            }
+            let (length, size) = try self.record(at: position, unread: unread)
             if length > 0 {
                 buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target in
                     self.copyOut(UnsafeMutableRawBufferPointer(rebasing: target.prefix(length)), at: position &+ 4)
