@@ -29,6 +29,11 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight) or all.")
     var scenario: Scenario = .all
     @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
+    @Option(help: "Messages per send(contentsOf:) in the second S2 line.") var batch: Int = 64
+
+    func validate() throws {
+        guard self.batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+    }
 
     func run() async throws {
         let child = try await BenchChild.spawn(self.transport)
@@ -52,7 +57,16 @@ struct Bench: AsyncParsableCommand {
                     FileHandle.standardOutput.write(Data((actorLine + "\n").utf8))
                     lines.append(actorLine)
                     continue
-                case .S2: line = try await s2(peer, name: name, n: self.count(1_000_000))
+                case .S2:
+                    line = try await s2(peer, name: name, n: self.count(1_000_000))
+                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+                    lines.append(line)
+                    progress("running S2 with send(contentsOf:), \(self.batch) messages per batch, over \(self.transport.rawValue)…")
+                    let batchLine = try await s2(
+                        peer, name: "\(name)-batch\(self.batch)", n: self.count(4_000_000), batch: self.batch)
+                    FileHandle.standardOutput.write(Data((batchLine + "\n").utf8))
+                    lines.append(batchLine)
+                    continue
                 case .S3: line = try await s3(peer, name: name, n: self.count(500))
                 case .S4: line = try await s4(peer, name: name, n: self.count(100_000))
                 case .all: continue
@@ -117,18 +131,34 @@ func measureRoundTrips(name: String, n: Int, _ roundTrip: () async throws -> Voi
         microseconds(percentile(samples, 0.5)), microseconds(percentile(samples, 0.99)), Double(n) / seconds(total), n)
 }
 
-func s2(_ peer: Peer, name: String, n: Int) async throws -> String {
+/// S2: `n` one-way 64-byte messages, each its own `send` (`batch` 1) or in
+/// `send(contentsOf:)` batches of `batch`; the receiver counts them.
+func s2(_ peer: Peer, name: String, n: Int, batch: Int = 1) async throws -> String {
     _ = try await peer.call("bench.reset", 0, returning: Int.self)
     let clock = ContinuousClock()
     let start = clock.now
-    for _ in 0..<n { try await peer.send(payload64) }
+    if batch == 1 {
+        for _ in 0..<n { try await peer.send(payload64) }
+    } else {
+        let messages = Array(repeating: payload64, count: batch)
+        var sent = 0
+        while sent < n {
+            let count = min(batch, n - sent)
+            try await peer.send(contentsOf: messages.prefix(count))
+            sent += count
+        }
+    }
     // The receiver counts what it really received; the end marker comes after every
     // message on the stream, and the receiver answers it with its count.
     try await peer.send("bench.s2.end", 0)
     let received = try await peer.receive(as: Int.self, timeout: .seconds(120))
     let elapsed = clock.now - start
     guard received == n else { throw ValidationError("S2: sent \(n) messages, the receiver counted \(received)") }
-    return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d", name, Double(received) / seconds(elapsed), received)
+    let rate = Double(received) / seconds(elapsed)
+    if batch > 1 {
+        return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d batch=%d", name, rate, received, batch)
+    }
+    return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d", name, rate, received)
 }
 
 func s3(_ peer: Peer, name: String, n: Int) async throws -> String {

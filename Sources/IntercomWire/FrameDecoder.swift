@@ -26,24 +26,33 @@ public struct FrameDecoder: Sendable {
             if readable >= 1 { try Self.checkMagic(buffer, count: readable) }
             return nil
         }
-        let base = buffer.readerIndex
-        try Self.checkMagic(buffer, count: 2)
-        let version = buffer.getInteger(at: base + 2, as: UInt8.self)!
+        // The fixed header's fields in one access to the buffer's storage rather
+        // than one per field: this runs once per frame on every hot path.
+        let (magic, version, kindByte, flagBits, extensionLength, id, payloadLength) = buffer.withUnsafeReadableBytes {
+            raw -> (UInt16, UInt8, UInt8, UInt16, Int, UInt64, Int) in
+            let whole = raw.count >= FrameHeader.size
+            return (
+                UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt16.self)), raw[2], raw[3],
+                whole ? UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) : 0,
+                whole ? Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 6, as: UInt16.self))) : 0,
+                whole ? UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) : 0,
+                whole ? Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt32.self))) : 0
+            )
+        }
+        if magic != UInt16(FrameHeader.magic.0) | UInt16(FrameHeader.magic.1) << 8 {
+            try Self.checkMagic(buffer, count: 2)
+        }
         guard FrameHeader.supportedVersions.contains(version) else {
             throw ProtocolError(
                 .unsupportedVersion,
                 "frame has protocol version \(version); this side speaks \(FrameHeader.supportedVersions.lowerBound)...\(FrameHeader.supportedVersions.upperBound)"
             )
         }
-        let kindByte = buffer.getInteger(at: base + 3, as: UInt8.self)!
         guard let kind = FrameKind(rawValue: kindByte) else {
             throw ProtocolError(.unknownFrameKind, "unknown frame kind \(kindByte)")
         }
         guard readable >= FrameHeader.size else { return nil }
-        let flags = FrameFlags(rawValue: buffer.getInteger(at: base + 4, endianness: .little, as: UInt16.self)!)
-        let extensionLength = Int(buffer.getInteger(at: base + 6, endianness: .little, as: UInt16.self)!)
-        let id = buffer.getInteger(at: base + 8, endianness: .little, as: UInt64.self)!
-        let payloadLength = Int(buffer.getInteger(at: base + 16, endianness: .little, as: UInt32.self)!)
+        let flags = FrameFlags(rawValue: flagBits)
         guard extensionLength <= self.limits.maxHeaderExtensionSize else {
             throw ProtocolError(
                 .extensionTooLarge,
@@ -59,6 +68,10 @@ public struct FrameDecoder: Sendable {
         guard readable >= FrameHeader.size + extensionLength + payloadLength else { return nil }
 
         buffer.moveReaderIndex(forwardBy: FrameHeader.size)
+        guard extensionLength > 0 else {
+            // Most frames: no extension to slice and parse.
+            return Frame(kind: kind, flags: flags, id: id, payload: buffer.readSlice(length: payloadLength)!)
+        }
         var extensionBytes = buffer.readSlice(length: extensionLength)!
         let payload = buffer.readSlice(length: payloadLength)!
         var frame = Frame(kind: kind, flags: flags, id: id, payload: payload)

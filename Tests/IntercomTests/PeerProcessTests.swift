@@ -268,6 +268,40 @@ func expectIntercomError(
     }
 
     @Test(arguments: TransportKind.allCases)
+    func batchesArriveAsSeparateMessagesInOrder(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let peer = child.peer
+            // 6,000 notes of ~300 B: more than the 1 MiB ring and the socket buffers,
+            // so the batch path must also wait for room.
+            let total = 6000
+            let text = String(repeating: "abc", count: 100)
+            let notes = (0..<total).map { Note(index: $0, text: "\($0) \(text)") }
+            let echoes = Task {
+                var echoed: [Note] = []
+                for try await note in peer.messages(as: Note.self) {
+                    echoed.append(note)
+                    if echoed.count == total + 1 { break }
+                }
+                return echoed
+            }
+            try await peer.send(contentsOf: notes[0..<2500])
+            try await peer.send(notes[2500])  // one by one in between: order is kept
+            try await peer.send(contentsOf: notes[2501...])
+            // A batch with one message that does not encode sends nothing at all.
+            let broken = [FailingNote(note: Note(index: -2, text: "never"), fails: false), FailingNote(note: notes[0], fails: true)]
+            await expectIntercomError(.invalidPayload) { try await peer.send(contentsOf: broken) }
+            try await peer.send(contentsOf: [Note(index: -1, text: "last")])
+            let echoed = try await echoes.value
+            #expect(echoed.count == total + 1)
+            #expect(echoed.map(\.index) == Array(0..<total) + [-1], "in order, each its own message, nothing of the broken batch")
+            #expect(echoed.first?.text == String(notes[0].text.reversed()))
+            #expect(echoed.last == Note(index: -1, text: "tsal"))
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
     func senderSuspendsWhenThePeerDoesNotRead(kind: TransportKind) async throws {
         try await withResourceCheck {
             let configuration = ChildProcess.configuration {
@@ -321,4 +355,16 @@ final class Locked<Value: Sendable>: Sendable {
     private let mutex: Mutex<Value>
     init(_ value: Value) { self.mutex = Mutex(value) }
     func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { self.mutex.withLock { body(&$0) } }
+}
+
+/// Encodes as a ``Note`` unless told to fail.
+struct FailingNote: Encodable {
+    struct Refused: Error {}
+    let note: Note
+    let fails: Bool
+
+    func encode(to encoder: any Encoder) throws {
+        if self.fails { throw Refused() }
+        try self.note.encode(to: encoder)
+    }
 }

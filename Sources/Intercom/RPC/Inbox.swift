@@ -150,16 +150,18 @@ final class Inbox: Sendable {
     func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
         let first = try await self.next(timeout: timeout)
         guard limit > 1 else { return [first] }
-        let (rest, resume) = self.state.withLock { state -> ([InboundMessage], Bool) in
+        var batch: [InboundMessage] = []
+        let resume = self.state.withLock { state -> Bool in
             let count = min(limit - 1, state.messages.count)
-            let rest = Array(state.messages.prefix(count))
-            state.messages.removeFirst(count)
+            batch.reserveCapacity(count + 1)
+            batch.append(first)
+            for _ in 0..<count { batch.append(state.messages.removeFirst()) }
             let resume = state.paused && state.messages.count < self.capacity / 2 + 1
             if resume { state.paused = false }
-            return (rest, resume)
+            return resume
         }
         if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
-        return [first] + rest
+        return batch
     }
 
     private func fail(_ id: UInt64, _ error: IntercomError) {

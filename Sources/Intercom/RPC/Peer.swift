@@ -254,6 +254,18 @@ public final class Peer: Sendable {
     ) throws(IntercomError) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(128)
+        try self.appendFrame(
+            into: &buffer, kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec,
+            flags: flags)
+        return buffer
+    }
+
+    /// Encodes one frame at the end of `buffer` (several frames may share one buffer
+    /// and go out in one write). On error `buffer` holds part of a frame: discard it.
+    private func appendFrame<Value: Encodable>(
+        into buffer: inout ByteBuffer, kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value,
+        context: IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = []
+    ) throws(IntercomError) {
         let mark = FrameHeader.begin(into: &buffer, kind: kind, flags: flags, id: id, method: method, timeout: timeout)
         do {
             try (codec ?? self.codec).encode(value, into: &buffer)
@@ -267,7 +279,6 @@ public final class Peer: Sendable {
                 "\(kind) payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'; send it in parts",
                 context: context)
         }
-        return buffer
     }
 
     private func armCallTimer(at deadline: ContinuousClock.Instant) {
@@ -350,6 +361,60 @@ public final class Peer: Sendable {
         while !self.transport.sendIfWritable(frame) {
             // Over the watermark, or closed (then this throws closed/peerLost).
             try await self.waitUntilWritable(context: context)
+        }
+    }
+
+    /// Sends one-way messages in order, as ``send(_:_:)`` would one by one, but
+    /// encoded together and handed to the connection in few writes: one lock and
+    /// one wake-up of the other side for many messages, the fastest way to stream.
+    /// The other side receives each as its own message.
+    ///
+    /// All messages are encoded before the first is sent: if one does not encode,
+    /// none is sent. Suspends while the outbound buffer is full.
+    ///
+    /// - Throws: as ``send(_:_:)``.
+    public func send<Message: Encodable>(_ method: String, contentsOf messages: some Sequence<Message>)
+        async throws(IntercomError)
+    {
+        try await self.sendMessages(method: method, messages)
+    }
+
+    /// Sends one-way messages without a method name, in order and in few writes;
+    /// each lands in the other side's inbox as its own message.
+    ///
+    /// - Throws: as ``send(_:_:)``.
+    public func send<Message: Encodable>(contentsOf messages: some Sequence<Message>) async throws(IntercomError) {
+        try await self.sendMessages(method: nil, messages)
+    }
+
+    /// Bytes per write of a batch: large enough that the write's fixed cost
+    /// vanishes, small enough that a long batch does not stall other senders.
+    private static let batchChunkSize = 64 << 10
+
+    private func sendMessages<Message: Encodable>(method: String?, _ messages: some Sequence<Message>)
+        async throws(IntercomError)
+    {
+        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        if let method, method.utf8.count > 255 {
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
+        }
+        var chunks: [ByteBuffer] = []
+        var chunk = ByteBuffer()
+        chunk.reserveCapacity(Self.batchChunkSize)
+        for message in messages {
+            try self.appendFrame(
+                into: &chunk, kind: .message, id: 0, method: method, timeout: nil, message, context: context)
+            if chunk.readableBytes >= Self.batchChunkSize {
+                chunks.append(chunk)
+                chunk = ByteBuffer()
+                chunk.reserveCapacity(Self.batchChunkSize)
+            }
+        }
+        if chunk.readableBytes > 0 { chunks.append(chunk) }
+        for chunk in chunks {
+            while !self.transport.sendIfWritable(chunk) {
+                try await self.waitUntilWritable(context: context)
+            }
         }
     }
 

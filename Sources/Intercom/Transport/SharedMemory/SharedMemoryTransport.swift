@@ -348,9 +348,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
                 loop.undecoded = false
                 delivered = true
                 if self.inbound.takeSpaceNoticeRequest() { self.outbound.wakeReader() }
-                while let frame = try loop.decoder.next(from: &loop.cumulation) {
-                    receiver.receive(frame)
-                }
+                try self.deliverFrames(to: receiver)
                 if loop.cumulation.readableBytes == 0 {
                     // A fresh buffer, not `clear()`: delivered payloads still share the old storage.
                     loop.cumulation = ByteBuffer()
@@ -364,6 +362,20 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             return true
         }
         return delivered
+    }
+
+    /// Hands every whole frame in the cumulation to `receiver`. The cumulation
+    /// is moved into a local for the loop: one exclusive access of the loop
+    /// state per read rather than one per frame.
+    private func deliverFrames(to receiver: any FrameReceiver) throws(ProtocolError) {
+        let loop = self.loop
+        let decoder = loop.decoder
+        var cumulation = ByteBuffer()
+        swap(&cumulation, &loop.cumulation)
+        defer { swap(&cumulation, &loop.cumulation) }
+        while let frame = try decoder.next(from: &cumulation) {
+            receiver.receive(frame)
+        }
     }
 
     /// A frame larger than what arrived so far gets its whole size reserved at
