@@ -125,6 +125,9 @@ func makeRouter() throws -> Router {
         try await waitUntilCancelled()
         return 0
     }
+    try router.register("survivor.load") { (plan: SurvivorPlan, context: CallContext) -> SurvivorReport in
+        try await runSurvivor(plan, test: context.peer)
+    }
     // Sends `count` notes, then closes the connection and exits.
     try router.register("burst.then.exit") { (count: Int, context: CallContext) in
         for index in 0..<count {
@@ -134,6 +137,71 @@ func makeRouter() throws -> Router {
         exit(0)
     }
     return router
+}
+
+/// The survivor's side of the test that kills the *other* process of a
+/// connection: reach the victim, keep four lanes of calls (16 B … 2 MB) and one
+/// hanging call in flight, tell the test "armed" after `killAfter` calls, and
+/// report how and when the pending calls ended once the victim is gone.
+func runSurvivor(_ plan: SurvivorPlan, test: Peer) async throws -> SurvivorReport {
+    let victim: Peer
+    var listener: PeerListener?
+    switch plan.role {
+    case .connect:
+        victim = try await Bus(directory: plan.busDirectory).connect(to: plan.name, waitingUpTo: .seconds(10))
+    case .listen:
+        let accepting = try await PeerListener.listen(unixPath: plan.path)
+        listener = accepting
+        try await test.send("survivor.listening", 0)
+        var peers = accepting.peers.makeAsyncIterator()
+        guard let peer = await peers.next() else { throw IntercomError(.closed, "the listener closed") }
+        victim = peer
+    }
+    let tally = SurvivorTally()
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for lane in 0..<4 {
+            let size = [16, 4096, 100_000, 2_000_000][lane]
+            group.addTask {
+                while true {
+                    do {
+                        _ = try await victim.call(
+                            "echo.bytes", [UInt8](repeating: UInt8(lane), count: size), returning: [UInt8].self,
+                            timeout: .seconds(20))
+                        tally.completed.add(1, ordering: .relaxed)
+                    } catch let error as IntercomError {
+                        let now = monotonicNanos()
+                        tally.outcomes.withLock { $0.append((error.code.name, now)) }
+                        return
+                    }
+                }
+            }
+        }
+        group.addTask {
+            do {
+                _ = try await victim.call("hang", 0, returning: Int.self, timeout: .seconds(20))
+                tally.outcomes.withLock { $0.append(("none", monotonicNanos())) }
+            } catch let error as IntercomError {
+                let now = monotonicNanos()
+                tally.outcomes.withLock { $0.append((error.code.name, now)) }
+            }
+        }
+        _ = try await victim.receiveMessage(timeout: .seconds(10))  // hang.started
+        while tally.completed.load(ordering: .relaxed) < plan.killAfter, tally.outcomes.withLock({ $0.isEmpty }) { await Task.yield() }
+        try await test.send("survivor.armed", 0)
+        try await group.waitForAll()
+    }
+    let wasSharedMemory = victim.isSharedMemory
+    await victim.close()
+    await listener?.close()
+    let ended = tally.outcomes.withLock { $0 }
+    return SurvivorReport(codes: ended.map(\.0), failedAtNanos: ended.map(\.1), wasSharedMemory: wasSharedMemory)
+}
+
+/// What the survivor's call lanes share: how many calls completed, and how
+/// (error code name, monotonic time) each lane ended.
+final class SurvivorTally: Sendable {
+    let completed = Atomic<Int>(0)
+    let outcomes = Mutex<[(String, UInt64)]>([])
 }
 
 /// Suspends until the task is cancelled, then throws `CancellationError`.

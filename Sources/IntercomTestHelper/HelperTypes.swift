@@ -1,5 +1,8 @@
 // Types shared by the test helper process and the tests that drive it.
 public import Intercom
+#if canImport(Glibc)
+internal import Glibc
+#endif
 
 /// The request of the example call.
 public struct SetExposure: Codable, Sendable, Equatable {
@@ -106,4 +109,55 @@ public struct UnhandledCommand: Command {
     public static let name = "nobody.handles"
     public static let delivery = CommandDelivery.service("camera")
     public init() {}
+}
+
+/// What a survivor process does in the test where the *other* process of a
+/// connection is killed: it connects to (or accepts) the victim, keeps calls
+/// in flight, says when it is time to kill, and reports how its calls ended.
+public struct SurvivorPlan: Codable, Sendable {
+    /// Which end of the Unix socket the survivor is.
+    public enum Role: String, Codable, Sendable {
+        /// The survivor connects to the victim's bus service.
+        case connect
+        /// The survivor listens; the victim connects.
+        case listen
+    }
+    public var role: Role
+    /// `connect`: the victim's bus directory and service name; `listen`: the socket path in `path`.
+    public var busDirectory: String
+    public var name: String
+    public var path: String
+    /// Calls to complete before the survivor says "armed".
+    public var killAfter: Int
+
+    public init(role: Role, busDirectory: String = "", name: String = "", path: String = "", killAfter: Int) {
+        self.role = role
+        self.busDirectory = busDirectory
+        self.name = name
+        self.path = path
+        self.killAfter = killAfter
+    }
+}
+
+/// How the survivor's pending calls ended once the victim was killed.
+public struct SurvivorReport: Codable, Sendable {
+    /// The error code of each call still pending at the kill (wire names).
+    public var codes: [String]
+    /// When each of those calls failed, in `CLOCK_MONOTONIC` nanoseconds (one clock for all processes).
+    public var failedAtNanos: [UInt64]
+    /// Whether the survivor's connection to the victim ran over shared memory.
+    public var wasSharedMemory: Bool
+
+    public init(codes: [String], failedAtNanos: [UInt64], wasSharedMemory: Bool) {
+        self.codes = codes
+        self.failedAtNanos = failedAtNanos
+        self.wasSharedMemory = wasSharedMemory
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: comparable between processes on one host.
+public func monotonicNanos() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }

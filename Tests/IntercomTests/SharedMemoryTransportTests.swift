@@ -135,6 +135,66 @@ struct SharedMemoryTransportTests {
         }
     }
 
+    /// The other half of "either side": here the test's child is the survivor and
+    /// the process that dies is its peer — the service it connected to, or the
+    /// client that connected to it — 100 times at random moments. The survivor
+    /// times its failures on `CLOCK_MONOTONIC`, the clock the test kills by.
+    @Test func whenThePeerOfAChildIsKilledTheChildFailsItsPendingCallsInTime() async throws {
+        try await withResourceCheck {
+            let shmBefore = Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [])
+            try await withTemporaryBus(expectEmpty: false) { bus in
+                let survivor = try await ChildProcess.spawn(.socketpair)
+                var generator = SystemRandomNumberGenerator()
+                for round in 0..<100 {
+                    let killAfter = Int.random(in: 0...40, using: &generator)
+                    let plan: SurvivorPlan
+                    let victim: WatchedProcess
+                    let report: Task<SurvivorReport, any Error>
+                    if round % 2 == 0 {
+                        // The survivor connects; the victim is the accepting side (a bus service).
+                        let service = try ServiceProcess(name: "victim\(round)", bus: bus)
+                        victim = service.watched
+                        plan = SurvivorPlan(role: .connect, busDirectory: bus.directory, name: "victim\(round)", killAfter: killAfter)
+                        report = Task {
+                            try await survivor.peer.call("survivor.load", plan, returning: SurvivorReport.self, timeout: .seconds(30))
+                        }
+                    } else {
+                        // The survivor accepts; the victim is the connecting side.
+                        let path = TemporaryDirectory.shared.socketPath()
+                        plan = SurvivorPlan(role: .listen, path: path, killAfter: killAfter)
+                        report = Task {
+                            try await survivor.peer.call("survivor.load", plan, returning: SurvivorReport.self, timeout: .seconds(30))
+                        }
+                        #expect(try await survivor.peer.receiveMessage(timeout: .seconds(10)).method == "survivor.listening")
+                        let process = Process()
+                        process.executableURL = URL(fileURLWithPath: ChildProcess.helperPath)
+                        process.arguments = ["--connect", path]
+                        process.standardInput = FileHandle.nullDevice
+                        victim = WatchedProcess(process)
+                        try victim.run()
+                    }
+                    #expect(try await survivor.peer.receiveMessage(timeout: .seconds(10)).method == "survivor.armed")
+                    let killedAt = monotonicNanos()
+                    victim.kill(SIGKILL)
+                    let outcome = try await report.value
+                    #expect(outcome.wasSharedMemory, "round \(round) (\(plan.role)): the connection was not on shared memory")
+                    #expect(outcome.codes.count == 5)
+                    #expect(outcome.codes.allSatisfy { $0 == "peerLost" }, "round \(round) (\(plan.role)): \(outcome.codes)")
+                    let slowest = (outcome.failedAtNanos.max() ?? killedAt) &- killedAt
+                    #expect(
+                        slowest < 100_000_000,
+                        "round \(round) (\(plan.role)): pending calls failed \(Double(slowest) / 1e6) ms after the kill")
+                    #expect(await victim.waitForExit() == SIGKILL)
+                }
+                // The survivor carries on.
+                #expect(try await survivor.peer.call("math.add", AddRequest(a: 2, b: 3), returning: Int.self) == 5)
+                await survivor.shutdown()
+            }
+            let shmAfter = Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [])
+            #expect(shmAfter.subtracting(shmBefore).isEmpty, "left in /dev/shm: \(shmAfter.subtracting(shmBefore))")
+        }
+    }
+
     /// A hostile writer flips random bytes of the ring the other side reads while
     /// calls flow: only typed errors, no crash, no hang; the process carries on.
     @Test func aHostileWriterFlippingRingBytesGetsOnlyTypedErrors() async throws {

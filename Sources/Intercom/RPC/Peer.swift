@@ -398,9 +398,10 @@ public final class Peer: Sendable {
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
+        // Full chunks wait in `chunks`; a batch that fits in one never allocates the array.
         var chunks: [ByteBuffer] = []
         var chunk = ByteBuffer()
-        chunk.reserveCapacity(Self.batchChunkSize)
+        chunk.reserveCapacity(4096)
         for message in messages {
             try self.appendFrame(
                 into: &chunk, kind: .message, id: 0, method: method, timeout: nil, message, context: context)
@@ -409,6 +410,13 @@ public final class Peer: Sendable {
                 chunk = ByteBuffer()
                 chunk.reserveCapacity(Self.batchChunkSize)
             }
+        }
+        if chunks.isEmpty {
+            guard chunk.readableBytes > 0 else { return }
+            while !self.transport.sendIfWritable(chunk) {
+                try await self.waitUntilWritable(context: context)
+            }
+            return
         }
         if chunk.readableBytes > 0 { chunks.append(chunk) }
         for chunk in chunks {

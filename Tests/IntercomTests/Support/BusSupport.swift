@@ -43,7 +43,7 @@ func withTemporaryBus(expectEmpty: Bool = true, _ body: (TemporaryBus) async thr
 /// A helper process serving a name on a bus (`--serve NAME --bus DIR`), not
 /// connected to the test: the test finds it through the bus like anyone would.
 final class ServiceProcess: Sendable {
-    private let watched: WatchedProcess
+    let watched: WatchedProcess
     var process: Process { self.watched.process }
     var pid: Int32 { self.watched.pid }
 
