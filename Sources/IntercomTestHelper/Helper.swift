@@ -5,6 +5,7 @@ import Dispatch
 import Foundation
 import Intercom
 import Logging
+import NIOCore
 import ServiceLifecycle
 import UnixSignals
 import Synchronization
@@ -124,6 +125,13 @@ func makeRouter() throws -> Router {
         try await context.peer.send("hang.started", Int(context.callID))
         try await waitUntilCancelled()
         return 0
+    }
+    try router.register("pool.echo") { (bytes: ByteBuffer, _) -> PooledEcho in
+        #if os(Linux)
+        PooledEcho(bytes: bytes, receivedInPlace: isInSharedMemoryPool(bytes))
+        #else
+        PooledEcho(bytes: bytes, receivedInPlace: false)
+        #endif
     }
     try router.register("survivor.load") { (plan: SurvivorPlan, context: CallContext) -> SurvivorReport in
         try await runSurvivor(plan, test: context.peer)

@@ -1,5 +1,6 @@
 // Types shared by the test helper process and the tests that drive it.
 public import Intercom
+public import NIOCore
 #if canImport(Glibc)
 internal import Glibc
 #endif
@@ -136,6 +137,17 @@ public struct SurvivorPlan: Codable, Sendable {
         self.name = name
         self.path = path
         self.killAfter = killAfter
+    }
+}
+
+/// The helper's echo of a `ByteBuffer`, saying whether the request's bytes were
+/// read in place from the caller's shared-memory buffer pool.
+public struct PooledEcho: Codable, Sendable {
+    public var bytes: ByteBuffer
+    public var receivedInPlace: Bool
+    public init(bytes: ByteBuffer, receivedInPlace: Bool) {
+        self.bytes = bytes
+        self.receivedInPlace = receivedInPlace
     }
 }
 

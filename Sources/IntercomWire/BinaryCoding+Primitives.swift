@@ -5,7 +5,7 @@ internal import NIOCore
 // - Bool, Int8, UInt8: one byte. Other integers: LEB128 varints (signed ones zigzag).
 // - Float, Double: IEEE 754 bits, little-endian. String: varint length + UTF-8.
 // - Optional: one presence byte (0 or 1), then the value.
-// - Array, Set: varint count + elements; [UInt8] and Data: varint length + raw bytes.
+// - Array, Set: varint count + elements; [UInt8], Data and ByteBuffer: varint length + raw bytes.
 // - Dictionary: varint count + (key, value) pairs. UUID: 16 raw bytes.
 // - Keyed container: u32 entry count + (key, value) entries; a key is a varint tag
 //   (int key n: zigzag(n) << 1 | 1; string key: utf8 length << 1) then the string bytes.
@@ -256,6 +256,20 @@ extension Data: BinaryEncodableSpecial, BinaryDecodableSpecial {
             raw.count >= length ? (length, Data(raw.prefix(length))) : (0, nil)
         }) else { throw decoder.truncated(Data.self) }
         return data
+    }
+}
+
+/// Raw bytes like `[UInt8]`, but decoded without a copy: a slice of the payload
+/// (for a large frame over shared memory, a view of the shared blocks).
+extension ByteBuffer: BinaryEncodableSpecial, BinaryDecodableSpecial {
+    func encodeBinary(to encoder: BinaryEncoderImpl) throws {
+        encoder.buffer.writeVarint(UInt64(self.readableBytes))
+        encoder.buffer.writeImmutableBuffer(self)
+    }
+    static func decodeBinary(from decoder: BinaryDecoderImpl) throws -> ByteBuffer {
+        let length = try decoder.readLength(for: ByteBuffer.self, limit: decoder.limits.maxCollectionCount, what: "ByteBuffer")
+        guard let bytes = decoder.buffer.readSlice(length: length) else { throw decoder.truncated(ByteBuffer.self) }
+        return bytes
     }
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import Intercom
 import IntercomTestHelper
 import IntercomTestSupport
+import NIOCore
 import Synchronization
 import Testing
 
@@ -52,6 +53,72 @@ struct SharedMemoryTransportTests {
             let reply = try await child.peer.call("echo.bytes", payload, returning: [UInt8].self, timeout: .seconds(60))
             #expect(reply.count == size)
             #expect(reply == payload)
+            await child.shutdown()
+        }
+    }
+
+    /// Point 4: a frame of 64 KiB or more is copied once, into the sender's buffer
+    /// pool, and read in place: a `ByteBuffer` payload on the receiving side is a
+    /// view of the shared blocks — in the child (the request) and here (the reply).
+    @Test(arguments: [1 << 20, 16 << 20])
+    func largeByteBufferPayloadsAreReadInPlaceFromTheBufferPool(size: Int) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.sharedMemory)
+            let payload = randomBuffer(count: size)
+            let echo = try await child.peer.call("pool.echo", payload, returning: PooledEcho.self, timeout: .seconds(60))
+            #expect(echo.bytes.readableBytes == size)
+            #expect(echo.bytes == payload)
+            #expect(echo.receivedInPlace, "the child's request was copied out of shared memory")
+            #expect(isInSharedMemoryPool(echo.bytes), "the reply was copied out of shared memory")
+            // The same bytes as `[UInt8]` (one copy, out of the shared blocks) match too.
+            let array = try await child.peer.call("echo.bytes", Array(payload.readableBytesView), returning: [UInt8].self, timeout: .seconds(60))
+            #expect(array.elementsEqual(payload.readableBytesView))
+            await child.shutdown()
+        }
+    }
+
+    /// Blocks go back to the sender's pool when the last buffer over them goes: a
+    /// hundred 1 MiB round trips (17 of the 512 blocks each) all travel in place.
+    /// While the receiver holds on to buffers the pool fills, and later frames go
+    /// through the ring instead — intact. A buffer kept after its connection ended
+    /// stays readable (its mapping lives as long as it does).
+    @Test func poolBlocksComeBackFillUpWithoutLossAndOutliveTheirConnection() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.sharedMemory)
+            let payload = randomBuffer(count: 1 << 20)
+            for round in 0..<100 {
+                let echo = try await child.peer.call("pool.echo", payload, returning: PooledEcho.self, timeout: .seconds(30))
+                #expect(echo.receivedInPlace && isInSharedMemoryPool(echo.bytes), "round \(round) was not in place")
+                #expect(echo.bytes == payload)
+            }
+            // Holding every reply: the child's pool (512 blocks) runs out after 30.
+            var held: [PooledEcho] = []
+            for _ in 0..<40 {
+                held.append(try await child.peer.call("pool.echo", payload, returning: PooledEcho.self, timeout: .seconds(30)))
+            }
+            let inPlace = held.filter { isInSharedMemoryPool($0.bytes) }.count
+            #expect((20..<40).contains(inPlace), "\(inPlace) of 40 held replies in the pool (about 30 fit)")
+            #expect(held.allSatisfy { $0.bytes == payload && $0.receivedInPlace })
+            held.removeAll()
+            let again = try await child.peer.call("pool.echo", payload, returning: PooledEcho.self, timeout: .seconds(30))
+            #expect(isInSharedMemoryPool(again.bytes), "the pool did not refill once the held replies went")
+            await child.shutdown()
+            #expect(again.bytes == payload, "a reply kept after its connection closed")
+        }
+    }
+
+    /// A side whose pool is switched off sends large frames through the ring; its
+    /// peer's pool still carries the other direction.
+    @Test func aSideWithoutAPoolSendsLargeFramesThroughTheRing() async throws {
+        try await withResourceCheck {
+            var configuration = ChildProcess.configuration()
+            configuration.sharedMemory.bufferPoolSize = 0
+            let child = try await ChildProcess.spawn(.sharedMemory, configuration: configuration)
+            let payload = randomBuffer(count: 3 << 20)
+            let echo = try await child.peer.call("pool.echo", payload, returning: PooledEcho.self, timeout: .seconds(30))
+            #expect(echo.bytes == payload)
+            #expect(!echo.receivedInPlace, "this side has no pool, yet the child read the request in place")
+            #expect(isInSharedMemoryPool(echo.bytes))
             await child.shutdown()
         }
     }
@@ -255,6 +322,21 @@ struct SharedMemoryTransportTests {
             await second.waitUntilClosed()
         }
     }
+}
+
+/// `count` random bytes.
+func randomBuffer(count: Int) -> ByteBuffer {
+    var generator = SystemRandomNumberGenerator()
+    var buffer = ByteBuffer()
+    buffer.reserveCapacity(count)
+    var left = count
+    while left > 0 {
+        var word = generator.next()
+        let take = min(8, left)
+        _ = withUnsafeBytes(of: &word) { buffer.writeBytes($0.prefix(take)) }
+        left -= take
+    }
+    return buffer
 }
 
 /// A small deterministic generator (SplitMix64) so a failing seed can be replayed.

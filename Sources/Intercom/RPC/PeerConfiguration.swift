@@ -83,6 +83,15 @@ public struct SharedMemoryOptions: Sendable {
     /// frame before it sleeps on a futex: 50 µs. Longer lowers the latency of
     /// sparse calls and costs that much CPU after each burst; zero sleeps at once.
     public var spinDuration: Duration = .microseconds(50)
+    /// Bytes of this side's buffer pool for large frames: 32 MiB (in blocks of
+    /// 64 KiB, at most 1 GiB; 0 for none). A frame of 64 KiB or more is copied
+    /// once into free blocks instead of through the ring, and the other side reads
+    /// it in place: a `ByteBuffer` or raw-bytes payload it receives is a view of
+    /// the shared blocks, which return to the pool when the last view goes away.
+    /// A frame larger than the pool, or one sent while the pool is full, goes
+    /// through the ring. The pool's memory is reserved, not used: only the pages
+    /// large frames touched are.
+    public var bufferPoolSize: Int = 32 << 20
 
     /// The defaults (enabled unless switched off for the process).
     public init() {

@@ -23,7 +23,9 @@ package import NIOCore
 /// | 320 | capacity | data |
 ///
 /// A record is a u32 payload length and the payload, padded to 8 bytes; it may
-/// wrap around the end of the data area.
+/// wrap around the end of the data area. A length word with its top bit set
+/// marks a reference record: its 16-byte payload names blocks of the writer's
+/// buffer pool that hold the next bytes of the stream (``BufferPoolReference``).
 ///
 /// The other side may be broken or hostile: each side keeps its own position
 /// privately and reads the other's once per operation, copies every length it
@@ -91,6 +93,9 @@ package struct SharedMemoryRing: @unchecked Sendable {
     /// The most payload one record can carry.
     package var maxRecord: Int { self.capacity - 8 }
 
+    /// The length word's bit that marks a reference record.
+    static let referenceFlag: UInt32 = 1 << 31
+
     private static func recordSize(_ payload: Int) -> Int { (4 + payload + 7) & ~7 }
 
     // MARK: Writing (one writer)
@@ -125,8 +130,8 @@ package struct SharedMemoryRing: @unchecked Sendable {
 
     /// Writes `payload` as one record (the caller checked the room), publishes it
     /// and rings the reader's doorbell if it sleeps.
-    private func append(_ payload: UnsafeRawBufferPointer, state: inout WriterState) {
-        var length = UInt32(payload.count).littleEndian
+    private func append(_ payload: UnsafeRawBufferPointer, flags: UInt32 = 0, state: inout WriterState) {
+        var length = (UInt32(payload.count) | flags).littleEndian
         withUnsafeBytes(of: &length) { self.copyIn($0, at: state.head) }
         if payload.count > 0 { self.copyIn(payload, at: state.head &+ 4) }
         state.head &+= UInt64(Self.recordSize(payload.count))
@@ -162,7 +167,10 @@ package struct SharedMemoryRing: @unchecked Sendable {
     package func tryRead(state: inout ReaderState) throws(ProtocolError) -> [UInt8]? {
         let used = try self.publishedBytes(state)
         if used == 0 { return nil }
-        let (length, size) = try self.record(at: state.tail, unread: used)
+        let (length, size, isReference) = try self.record(at: state.tail, unread: used)
+        guard !isReference else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference where a record was expected")
+        }
         let payload = [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
             self.copyOut(UnsafeMutableRawBufferPointer(buffer), at: state.tail &+ 4)
             count = length
@@ -198,20 +206,26 @@ package struct SharedMemoryRing: @unchecked Sendable {
         return unread
     }
 
-    /// The payload length and padded size of the record at `position`: its length
-    /// is copied out of shared memory once, then checked against what is published.
-    private func record(at position: UInt64, unread: UInt64) throws(ProtocolError) -> (length: Int, size: Int) {
+    /// The payload length, padded size and kind of the record at `position`: its
+    /// length word is copied out of shared memory once, then checked against what
+    /// is published (and a reference record's length against its fixed size).
+    private func record(at position: UInt64, unread: UInt64) throws(ProtocolError) -> (length: Int, size: Int, isReference: Bool) {
         guard unread >= 8 else {
             throw ProtocolError(.malformedHeader, "shared-memory ring: \(unread) published bytes cannot hold a record")
         }
         var lengthBytes: UInt32 = 0
         withUnsafeMutableBytes(of: &lengthBytes) { self.copyOut($0, at: position) }
-        let length = Int(UInt32(littleEndian: lengthBytes))
+        let word = UInt32(littleEndian: lengthBytes)
+        let isReference = word & Self.referenceFlag != 0
+        let length = Int(word & ~Self.referenceFlag)
         let size = Self.recordSize(length)
         guard length <= self.maxRecord, UInt64(size) <= unread else {
             throw ProtocolError(.frameTooLarge, "shared-memory ring: a record of \(length) bytes does not fit the \(unread) bytes published")
         }
-        return (length, size)
+        guard !isReference || length == BufferPoolReference.encodedSize else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference of \(length) bytes")
+        }
+        return (length, size, isReference)
     }
 
     // MARK: Stream use (the shared-memory transport)
@@ -237,19 +251,47 @@ package struct SharedMemoryRing: @unchecked Sendable {
         return count
     }
 
-    /// Copies every published record (stopping once `limit` bytes were taken) into
-    /// `buffer`, frees their space, and returns the number of payload bytes copied.
+    /// Writes a reference record naming pool blocks that hold the next bytes of
+    /// the stream; false if the ring has no room for it.
+    ///
+    /// - Throws: ``ProtocolError`` if the reader's position is impossible.
+    package func tryWriteReference(_ reference: BufferPoolReference, state: inout WriterState) throws(ProtocolError) -> Bool {
+        let used = try self.usedSpace(state)
+        guard UInt64(Self.recordSize(BufferPoolReference.encodedSize)) <= UInt64(self.capacity) - used else { return false }
+        var body = (reference.firstBlock.littleEndian, reference.blockCount.littleEndian, reference.length.littleEndian)
+        withUnsafeBytes(of: &body) { raw in
+            self.append(UnsafeRawBufferPointer(rebasing: raw.prefix(BufferPoolReference.encodedSize)), flags: Self.referenceFlag, state: &state)
+        }
+        return true
+    }
+
+    /// Copies every published record (stopping once `limit` bytes were taken, or
+    /// after a reference record) into `buffer`, frees their space, and returns the
+    /// number of payload bytes copied. A reference record ends the read: its body
+    /// goes to `reference`, and the bytes it names follow those copied.
     /// Each length is read from shared memory once, into a local, and checked.
     ///
     /// - Throws: ``ProtocolError`` if what the writer published is inconsistent.
-    package func readAvailable(into buffer: inout ByteBuffer, state: inout ReaderState, limit: Int) throws(ProtocolError) -> Int {
+    package func readAvailable(
+        into buffer: inout ByteBuffer, state: inout ReaderState, limit: Int, reference: inout BufferPoolReference?
+    ) throws(ProtocolError) -> Int {
         var unread = try self.publishedBytes(state)
         if unread == 0 { return 0 }
         buffer.reserveCapacity(minimumWritableBytes: min(Int(unread), limit))
         var position = state.tail
         var copied = 0
         while unread > 0, copied < limit {
-            let (length, size) = try self.record(at: position, unread: unread)
+            let (length, size, isReference) = try self.record(at: position, unread: unread)
+            if isReference {
+                var body: (UInt32, UInt32, UInt64) = (0, 0, 0)
+                withUnsafeMutableBytes(of: &body) { raw in
+                    self.copyOut(UnsafeMutableRawBufferPointer(rebasing: raw.prefix(BufferPoolReference.encodedSize)), at: position &+ 4)
+                }
+                reference = BufferPoolReference(
+                    firstBlock: UInt32(littleEndian: body.0), blockCount: UInt32(littleEndian: body.1), length: UInt64(littleEndian: body.2))
+                position &+= UInt64(size)
+                break
+            }
             if length > 0 {
                 buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { target in
                     self.copyOut(UnsafeMutableRawBufferPointer(rebasing: target.prefix(length)), at: position &+ 4)

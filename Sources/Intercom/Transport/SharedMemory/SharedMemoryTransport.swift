@@ -24,6 +24,10 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     private let inbound: SharedMemoryRing
     private let outbound: SharedMemoryRing
     private let regions: (inbound: SharedMemoryRegion, outbound: SharedMemoryRegion)
+    /// This side's pool for large frames (used under `writer`), if the other side reads references.
+    private let outboundPool: BufferPoolWriter?
+    /// The other side's pool, if it announced one.
+    private let inboundPool: BufferPoolReader?
     /// The socket the connection began on; now only says when the other side is gone.
     private let socket: NIOFrameTransport
     private let options: SharedMemoryOptions
@@ -74,6 +78,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         var finished = false
         /// The cumulation holds bytes not yet decoded (those read during the upgrade).
         var undecoded = false
+        /// A pool reference read during the upgrade, after the bytes in the cumulation.
+        var pendingReference: BufferPoolReference?
         init(limits: WireLimits) { self.decoder = FrameDecoder(limits: limits) }
     }
 
@@ -82,12 +88,15 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     init(
         inbound: (ring: SharedMemoryRing, region: SharedMemoryRegion),
         outbound: (ring: SharedMemoryRing, region: SharedMemoryRegion),
+        pools: (inbound: BufferPoolReader?, outbound: BufferPoolWriter?),
         socket: NIOFrameTransport, options: SharedMemoryOptions, limits: WireLimits, logger: Logger,
         positions: Positions
     ) {
         self.inbound = inbound.ring
         self.outbound = outbound.ring
         self.regions = (inbound.region, outbound.region)
+        self.inboundPool = pools.inbound
+        self.outboundPool = pools.outbound
         self.socket = socket
         self.options = options
         self.logger = logger
@@ -97,6 +106,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         self.loop.reader = positions.reader
         self.loop.cumulation = positions.received
         self.loop.undecoded = positions.received.readableBytes > 0
+        self.loop.pendingReference = positions.reference
     }
 
     /// Where the rings stand when the transport takes over from the upgrade.
@@ -105,6 +115,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         var reader: SharedMemoryRing.ReaderState
         /// Bytes already taken from the inbound ring, not yet decoded.
         var received: ByteBuffer
+        /// A pool reference taken from the inbound ring after `received`.
+        var reference: BufferPoolReference?
     }
 
     /// The mapped bytes of the outbound ring (header and data).
@@ -143,6 +155,9 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             }
             var rest = bytes
             do throws(ProtocolError) {
+                if rest.readableBytes >= SharedMemoryBufferPool.threshold, try self.writePooled(rest, state: &writer.state) {
+                    return true
+                }
                 try self.write(&rest, state: &writer.state)
             } catch {
                 failure = error
@@ -164,6 +179,18 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             self.post { _ in }  // wakes the thread, which moves the overflow on
         }
         return accepted
+    }
+
+    /// Copies `bytes` (whole frames) into a free run of this side's pool and puts
+    /// a reference to it in the ring; false if there is no pool, no free run or no
+    /// room in the ring for the reference (the bytes then go through the ring).
+    private func writePooled(_ bytes: ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) -> Bool {
+        guard let pool = self.outboundPool, self.outbound.freeSpace(state) >= 64 else { return false }
+        guard let reference = bytes.withUnsafeReadableBytes({ pool.store($0) }) else { return false }
+        // Only this thread writes the ring, and the room it saw can only have grown.
+        let written = try self.outbound.tryWriteReference(reference, state: &state)
+        precondition(written, "the ring had room for the reference")
+        return true
     }
 
     /// Writes as much of `bytes` as the ring takes now (records of up to the ring's size).
@@ -343,12 +370,20 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         do {
             while loop.pauseReasons.isEmpty || loop.socketEnded {
                 self.reserveForPendingFrame()
-                let copied = try self.inbound.readAvailable(into: &loop.cumulation, state: &loop.reader, limit: 256 << 10)
-                if copied == 0, !loop.undecoded { break }
+                // A reference read during the upgrade comes before anything still in the ring.
+                var reference = loop.pendingReference
+                loop.pendingReference = nil
+                let copied =
+                    reference != nil
+                    ? 0
+                    : try self.inbound.readAvailable(
+                        into: &loop.cumulation, state: &loop.reader, limit: 256 << 10, reference: &reference)
+                if copied == 0, reference == nil, !loop.undecoded { break }
                 loop.undecoded = false
                 delivered = true
                 if self.inbound.takeSpaceNoticeRequest() { self.outbound.wakeReader() }
                 try self.deliverFrames(to: receiver)
+                if let reference { try self.deliverPooledFrames(reference, to: receiver) }
                 if loop.cumulation.readableBytes == 0 {
                     // A fresh buffer, not `clear()`: delivered payloads still share the old storage.
                     loop.cumulation = ByteBuffer()
@@ -375,6 +410,26 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         defer { swap(&cumulation, &loop.cumulation) }
         while let frame = try decoder.next(from: &cumulation) {
             receiver.receive(frame)
+        }
+    }
+
+    /// Hands on the frames in the pool blocks `reference` names, in place: their
+    /// payloads are slices of a buffer over the shared blocks. The stream must be
+    /// at a frame boundary before them and after them.
+    private func deliverPooledFrames(_ reference: BufferPoolReference, to receiver: any FrameReceiver) throws(ProtocolError) {
+        guard let pool = self.inboundPool else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference, but the other side announced no pool")
+        }
+        guard self.loop.cumulation.readableBytes == 0 else {
+            throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference inside a frame")
+        }
+        var pooled = try pool.buffer(for: reference)
+        let decoder = self.loop.decoder
+        while let frame = try decoder.next(from: &pooled) {
+            receiver.receive(frame)
+        }
+        guard pooled.readableBytes == 0 else {
+            throw ProtocolError(.malformedHeader, "shared-memory buffer pool: \(pooled.readableBytes) bytes of a partial frame")
         }
     }
 

@@ -38,6 +38,8 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     // the upgrade thread starts) and `descriptor` (guarded by `socketCopy`).
     let ring: SharedMemoryRing
     let region: SharedMemoryRegion
+    /// Where this side's buffer pool lies in `region` (empty when it has none).
+    let pool: BufferPoolGeometry
     let options: SharedMemoryOptions
     private let socketCopy: Mutex<Int32>
     /// The other side's "ready" arrived through NIO, before reading moved to `recvmsg`.
@@ -46,13 +48,17 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     static let readyID: UInt64 = 1
     static let ringID: UInt64 = 2
     static let mappedID: UInt64 = 3
-    /// Largest region accepted from the other side (a ring of 256 MiB).
-    static let maxRegionSize = SharedMemoryRing.size(capacity: 256 << 20)
+    /// Largest region accepted from the other side (a ring of 256 MiB and the largest pool).
+    static let maxRegionSize =
+        SharedMemoryRing.size(capacity: 256 << 20) + 4096 + BufferPoolGeometry(bytes: BufferPoolGeometry.maxPoolBytes, at: 0).size
 
-    private init(socketCopy: Int32, ring: SharedMemoryRing, region: SharedMemoryRegion, options: SharedMemoryOptions) {
+    private init(
+        socketCopy: Int32, ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry, options: SharedMemoryOptions
+    ) {
         self.socketCopy = Mutex(socketCopy)
         self.ring = ring
         self.region = region
+        self.pool = pool
         self.options = options
     }
 
@@ -68,10 +74,15 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
         }
         var capacity = 4096
         while capacity < options.ringCapacity, capacity < 256 << 20 { capacity <<= 1 }
+        // The pool follows the ring, page-aligned. Its pages cost memory only once
+        // a large frame touched them (the memfd is sparse).
+        let ringSize = SharedMemoryRing.size(capacity: capacity)
+        let pool = BufferPoolGeometry(bytes: options.bufferPoolSize, at: (ringSize + 4095) & ~4095)
         do {
-            let region = try SharedMemoryRegion(creating: SharedMemoryRing.size(capacity: capacity), name: "intercom-ring")
+            let region = try SharedMemoryRegion(
+                creating: pool.isEmpty ? ringSize : pool.offset + pool.size, name: "intercom-ring")
             let ring = SharedMemoryRing.create(at: region.base, capacity: capacity)
-            return SharedMemoryUpgrade(socketCopy: copy, ring: ring, region: region, options: options)
+            return SharedMemoryUpgrade(socketCopy: copy, ring: ring, region: region, pool: pool, options: options)
         } catch {
             close(copy)
             return nil
@@ -122,8 +133,17 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                     self.region.closeDescriptor()
                     inbound.region.closeDescriptor()
                     let positions = try self.confirmMapping(inbound: inbound.ring, until: deadline, limits: limits)
+                    // This side uses its pool only if the other side reads references
+                    // (it announced a pool geometry, perhaps an empty one).
+                    let outboundPool =
+                        inbound.pool != nil && !self.pool.isEmpty
+                        ? BufferPoolWriter(region: self.region.base, geometry: self.pool) : nil
+                    let inboundPool = inbound.pool.flatMap { geometry in
+                        geometry.isEmpty ? nil : BufferPoolReader(region: inbound.region, geometry: geometry)
+                    }
                     transport = SharedMemoryTransport(
-                        inbound: inbound, outbound: (self.ring, self.region), socket: socket, options: self.options,
+                        inbound: (inbound.ring, inbound.region), outbound: (self.ring, self.region),
+                        pools: (inboundPool, outboundPool), socket: socket, options: self.options,
                         limits: limits, logger: logger, positions: positions)
                 } catch {
                     self.closeSocketCopy()
@@ -153,9 +173,10 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
             precondition(written == mapped.readableBytes, "a fresh ring has room for one empty frame")
             var reader = SharedMemoryRing.ReaderState()
             var received = ByteBuffer()
+            var reference: BufferPoolReference?
             let fd = self.socketCopy.withLock { $0 }
-            while received.readableBytes < FrameHeader.size {
-                if try inbound.readAvailable(into: &received, state: &reader, limit: 1 << 20) > 0 { continue }
+            while received.readableBytes < FrameHeader.size, reference == nil {
+                if try inbound.readAvailable(into: &received, state: &reader, limit: 1 << 20, reference: &reference) > 0 { continue }
                 guard ContinuousClock.now < deadline else {
                     throw IntercomError(.timeout, "the other side did not complete the shared-memory upgrade in time")
                 }
@@ -176,7 +197,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
             else {
                 throw ProtocolError(.malformedHandshake, "the other side's ring did not begin with its \"mapped\" frame")
             }
-            return .init(writer: writer, reader: reader, received: received)
+            return .init(writer: writer, reader: reader, received: received, reference: reference)
         } catch let error as ProtocolError {
             throw IntercomError(error, peer: nil)
         } catch let error as IntercomError {
@@ -186,14 +207,16 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
         }
     }
 
-    /// Steps 1–3 on the socket's duplicate: returns the ring the other side writes.
+    /// Steps 1–3 on the socket's duplicate: returns the ring the other side writes,
+    /// and its pool's geometry if it announced one (nil: an older peer that reads
+    /// no pool references).
     private func exchangeRings(remoteReady: Bool, until deadline: ContinuousClock.Instant, limits: WireLimits)
-        throws(IntercomError) -> (ring: SharedMemoryRing, region: SharedMemoryRegion)
+        throws(IntercomError) -> (ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry?)
     {
         let fd = self.socketCopy.withLock { $0 }
         var readySeen = remoteReady
         var sentRing = false
-        var offer: (size: Int, descriptor: Int32)?
+        var offer: (size: Int, descriptor: Int32, pool: BufferPoolGeometry?)?
         var descriptors: [Int32] = []
         var received = ByteBuffer()
         let decoder = FrameDecoder(limits: limits)
@@ -203,6 +226,9 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                 var frame = ByteBuffer()
                 let mark = FrameHeader.begin(into: &frame, kind: .sharedMemory, id: Self.ringID)
                 frame.writeInteger(UInt64(self.region.size), endianness: .little)
+                frame.writeInteger(UInt64(self.pool.offset), endianness: .little)
+                frame.writeInteger(UInt32(self.pool.blockSize), endianness: .little)
+                frame.writeInteger(UInt32(self.pool.blockCount), endianness: .little)
                 FrameHeader.finish(mark, in: &frame)
                 try DescriptorPassing.send(Array(frame.readableBytesView), attaching: self.region.fd, on: fd, until: deadline)
                 sentRing = true
@@ -226,7 +252,19 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                         else {
                             throw ProtocolError(.malformedHandshake, "shared-memory ring offer without a usable size or descriptor")
                         }
-                        offer = (Int(size), descriptors.removeFirst())
+                        var pool: BufferPoolGeometry?
+                        let start = frame.payload.readerIndex
+                        if frame.payload.readableBytes >= 24,
+                            let offset = frame.payload.getInteger(at: start + 8, endianness: .little, as: UInt64.self),
+                            let blockSize = frame.payload.getInteger(at: start + 16, endianness: .little, as: UInt32.self),
+                            let blockCount = frame.payload.getInteger(at: start + 20, endianness: .little, as: UInt32.self)
+                        {
+                            guard offset <= UInt64(Self.maxRegionSize) else {
+                                throw ProtocolError(.malformedHandshake, "shared-memory buffer pool offset \(offset) is beyond any region")
+                            }
+                            pool = BufferPoolGeometry(offset: Int(offset), blockSize: Int(blockSize), blockCount: Int(blockCount))
+                        }
+                        offer = (Int(size), descriptors.removeFirst(), pool)
                     case (.error, _):
                         let body = try? ErrorBody(from: frame.payload)
                         throw IntercomError(
@@ -249,7 +287,9 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
         }
         let region = try SharedMemoryRegion(receiving: offer!.descriptor, size: offer!.size)
         do {
-            return (try SharedMemoryRing.open(at: region.base, size: region.size), region)
+            let ring = try SharedMemoryRing.open(at: region.base, size: region.size)
+            try offer!.pool?.validate(regionSize: region.size, ringSize: SharedMemoryRing.size(capacity: ring.capacity))
+            return (ring, region, offer!.pool)
         } catch {
             throw IntercomError(error, peer: nil)
         }
