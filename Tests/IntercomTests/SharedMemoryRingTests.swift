@@ -3,6 +3,7 @@ import Foundation
 import Intercom
 import IntercomTestSupport
 import IntercomWire
+import NIOCore
 import Testing
 import Glibc
 
@@ -113,6 +114,84 @@ import Glibc
         _ = SharedMemoryRing.create(at: region.base, capacity: 64)
         region.base.storeBytes(of: UInt32(3), toByteOffset: 4, as: UInt32.self)
         #expect(throws: ProtocolError.self) { try SharedMemoryRing.open(at: region.base, size: region.size) }
+    }
+
+    /// The buffer pool behind large frames: the writer copies bytes into free
+    /// blocks, the reader gets a view of them (no copy) through its own mapping,
+    /// and the blocks return when the view goes. References out of range, with a
+    /// length their blocks cannot hold, or to blocks the reader still holds are
+    /// refused with a `ProtocolError`.
+    @Test func bufferPoolBlocksAreReadInPlaceReturnedAndCheckedAgainstHostileReferences() throws {
+        let geometry = BufferPoolGeometry(bytes: 1 << 20, at: 4096)  // 16 blocks of 64 KiB
+        let region = try SharedMemoryRegion(creating: geometry.offset + geometry.size)
+        let readerRegion = try SharedMemoryRegion(mapping: dup(region.fd), size: region.size)
+        let writer = BufferPoolWriter(region: region.base, geometry: geometry)
+        let reader = BufferPoolReader(region: readerRegion, geometry: geometry)
+        let bytes = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+        let reference = try #require(bytes.withUnsafeBytes { writer.store($0) })
+        #expect(reference == BufferPoolReference(firstBlock: 0, blockCount: 4, length: 200_000))
+        #expect(writer.blocksInUse == 4)
+        var view: ByteBuffer? = try reader.buffer(for: reference)
+        #expect(view.map { Array($0.readableBytesView) } == bytes)
+        #expect(view.map(isInSharedMemoryPool) == true)
+        #expect(!isInSharedMemoryPool(ByteBuffer(bytes: bytes)))
+        // Blocks this side still holds, in whole or in part.
+        #expect(throws: ProtocolError.self) { try reader.buffer(for: reference) }
+        #expect(throws: ProtocolError.self) { try reader.buffer(for: BufferPoolReference(firstBlock: 3, blockCount: 2, length: 70_000)) }
+        // Out of range, or a length the blocks cannot hold (too much, or a block too many).
+        let hostile: [(UInt32, UInt32, UInt64)] = [
+            (16, 1, 10), (15, 2, 70_000), (4, 0, 0), (4, 1, 0), (4, 1, 70_000), (4, 2, 10),
+            (UInt32.max, 2, 10), (4, UInt32.max, 10), (4, 1, UInt64.max),
+        ]
+        for (first, count, length) in hostile {
+            #expect(throws: ProtocolError.self, "blocks \(first)+\(count), \(length) bytes") {
+                try reader.buffer(for: BufferPoolReference(firstBlock: first, blockCount: count, length: length))
+            }
+        }
+        #expect(reader.blocksHeld == 4)
+        // A slice keeps the blocks; the last view going returns them.
+        let slice = view!.getSlice(at: 100, length: 10)!
+        view = nil
+        #expect(writer.blocksInUse == 4)
+        #expect(slice.readableBytesView.elementsEqual(bytes[100..<110]))
+        _ = consume slice
+        #expect(writer.blocksInUse == 0)
+        #expect(reader.blocksHeld == 0)
+        // Freed blocks are used again; a pool without a free run says so.
+        #expect(bytes.withUnsafeBytes { writer.store($0) }?.firstBlock == 0)
+        let tooBig = [UInt8](repeating: 1, count: 13 * 65_536)
+        #expect(tooBig.withUnsafeBytes { writer.store($0) } == nil)
+    }
+
+    /// A reference record crosses the ring as its 16-byte body and ends the read;
+    /// a reference record of any other length is refused.
+    @Test func referenceRecordsCrossTheRingAndAreChecked() throws {
+        let region = try SharedMemoryRegion(creating: SharedMemoryRing.size(capacity: 4096))
+        let ring = SharedMemoryRing.create(at: region.base, capacity: 4096)
+        var writer = SharedMemoryRing.WriterState()
+        var reader = SharedMemoryRing.ReaderState()
+        let reference = BufferPoolReference(firstBlock: 7, blockCount: 3, length: 150_000)
+        let before: [UInt8] = [1, 2, 3]
+        let after: [UInt8] = [4]
+        #expect(try before.withUnsafeBytes { raw throws(ProtocolError) in try ring.writeSome(raw, state: &writer) } == 3)
+        #expect(try ring.tryWriteReference(reference, state: &writer))
+        #expect(try after.withUnsafeBytes { raw throws(ProtocolError) in try ring.writeSome(raw, state: &writer) } == 1)
+        var buffer = ByteBuffer()
+        var received: BufferPoolReference?
+        #expect(try ring.readAvailable(into: &buffer, state: &reader, limit: 1 << 20, reference: &received) == 3)
+        #expect(received == reference)
+        #expect(Array(buffer.readableBytesView) == [1, 2, 3])
+        received = nil
+        #expect(try ring.readAvailable(into: &buffer, state: &reader, limit: 1 << 20, reference: &received) == 1)
+        #expect(received == nil)
+        // A hostile length word: the reference flag with 8 bytes.
+        let start = writer.head
+        #expect(try ring.tryWriteReference(reference, state: &writer))
+        let offset = SharedMemoryRing.headerSize + Int(start % 4096)
+        region.base.storeBytes(of: (UInt32(1 << 31) | 8).littleEndian, toByteOffset: offset, as: UInt32.self)
+        #expect(throws: ProtocolError.self) {
+            try ring.readAvailable(into: &buffer, state: &reader, limit: 1 << 20, reference: &received)
+        }
     }
 
     /// Across processes: a child maps the same memfd (its standard input) and

@@ -264,9 +264,17 @@ struct SharedMemoryTransportTests {
 
     /// A hostile writer flips random bytes of the ring the other side reads while
     /// calls flow: only typed errors, no crash, no hang; the process carries on.
-    @Test func aHostileWriterFlippingRingBytesGetsOnlyTypedErrors() async throws {
+    /// With `pooled`, the calls are large enough to go through the writer's buffer
+    /// pool, and the flips also hit the pool's block words and the blocks the
+    /// reader is reading in place.
+    @Test(arguments: [false, true])
+    func aHostileWriterFlippingRingBytesGetsOnlyTypedErrors(pooled: Bool) async throws {
         try await withResourceCheck {
             var damaged = 0
+            let ringEnd = SharedMemoryRing.size(capacity: 4096)
+            let pool = BufferPoolGeometry(bytes: Peer.Configuration().sharedMemory.bufferPoolSize, at: (ringEnd + 4095) & ~4095)
+            let poolWords = pool.offset..<(pool.offset + pool.blockCount * 4)
+            let poolBlocks = (pool.offset + pool.wordsSize)..<(pool.offset + pool.wordsSize + 8 * pool.blockSize)
             for seed in 0..<20 {
                 let router = Router()
                 try router.register("echo") { (bytes: [UInt8], _) in bytes }
@@ -275,17 +283,25 @@ struct SharedMemoryTransportTests {
                 configuration.sharedMemory.ringCapacity = 4096  // small: the flips land on live bytes
                 let (writer, reader) = try await Peer.pair(routers: (nil, router), configuration: configuration)
                 nonisolated(unsafe) let memory = try #require(writer.outboundRingMemoryForTesting)
+                try #require(memory.count >= poolBlocks.upperBound)
                 let stop = Locked<Bool>(false)
                 let stopped = Locked<Bool>(false)
+                // The vandal starts once calls flow, so that it hits a running connection.
+                let armed = Locked<Bool>(false)
                 // The vandal: random bytes anywhere in the ring (header, positions, lengths, data).
                 let vandal = Thread {
                     var random = SeededGenerator(seed: UInt64(seed))
+                    while !armed.withLock({ $0 }), !stop.withLock({ $0 }) { sched_yield() }
                     while !stop.withLock({ $0 }) {
-                        // A third of the flips hit the positions and wake words, the rest the data.
-                        let offset =
-                            Int.random(in: 0..<3, using: &random) == 0
-                            ? [64, 128, 192, 196].randomElement(using: &random)! + Int.random(in: 0..<8, using: &random)
-                            : Int.random(in: 320..<memory.count, using: &random)
+                        // A third of the flips hit the positions and wake words, the rest the
+                        // data; with a pool in use, half of those hit the pool's words and blocks.
+                        let offset: Int
+                        switch Int.random(in: 0..<(pooled ? 6 : 3), using: &random) {
+                        case 0: offset = [64, 128, 192, 196].randomElement(using: &random)! + Int.random(in: 0..<8, using: &random)
+                        case 3: offset = Int.random(in: poolWords, using: &random)
+                        case 4, 5: offset = Int.random(in: poolBlocks, using: &random)
+                        default: offset = Int.random(in: 320..<ringEnd, using: &random)
+                        }
                         memory[offset] ^= UInt8.random(in: 1...255, using: &random)
                         for _ in 0..<Int.random(in: 0...20, using: &random) { sched_yield() }
                     }
@@ -293,10 +309,14 @@ struct SharedMemoryTransportTests {
                 }
                 vandal.start()
                 var errors: [IntercomError.Code] = []
+                var succeeded = 0
                 for index in 0..<300 {
+                    if index == 20 { armed.withLock { $0 = true } }
                     do {
-                        let bytes = [UInt8](repeating: UInt8(index & 0xff), count: index * 37 % 5000)
+                        let count = pooled ? 65_536 + index * 389 % 150_000 : index * 37 % 5000
+                        let bytes = [UInt8](repeating: UInt8(index & 0xff), count: count)
                         _ = try await writer.call("echo", bytes, returning: [UInt8].self)
+                        succeeded += 1
                     } catch let error as IntercomError {
                         errors.append(error.code)
                         if writer.isClosed { break }
@@ -308,6 +328,7 @@ struct SharedMemoryTransportTests {
                 await writer.close()
                 await reader.close()
                 #expect(writer.isClosed && reader.isClosed)
+                #expect(succeeded >= 20, "calls did not flow before the vandal started")
                 // Any mix of typed codes is fine; reaching here means no crash and no hang.
                 if !errors.isEmpty { damaged += 1 }
             }
