@@ -4,8 +4,9 @@ public import NIOCore
 ///
 /// Not self-describing: the reader must know the type (Intercom's typed calls
 /// do). Field keys are written so that a payload decoded as the wrong type fails
-/// with an error naming the field instead of producing garbage. `[UInt8]` and
-/// `Data` are written as raw bytes. The format is specified in docs/PROTOCOL.md.
+/// with an error naming the field instead of producing garbage. `[UInt8]`,
+/// `Data` and `ByteBuffer` are written as raw bytes (a `ByteBuffer` decodes as a
+/// slice of the payload, without a copy). The format is specified in docs/PROTOCOL.md.
 public struct BinaryEncoder: Sendable {
     /// Creates an encoder.
     public init() {}
