@@ -56,6 +56,7 @@ let package = Package(
             dependencies: [
                 "Intercom",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

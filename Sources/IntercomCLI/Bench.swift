@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Distributed
 import Intercom
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -30,13 +31,16 @@ struct Bench: AsyncParsableCommand {
     var scenario: Scenario = .all
     @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
     @Option(help: "Messages per send(contentsOf:) in the second S2 line.") var batch: Int = 64
+    @Option(help: "MiB of each side's shared-memory buffer pool for frames of 64 KiB or more (0: none, they go through the ring).")
+    var bufferPoolMib: Int = 32
 
     func validate() throws {
         guard self.batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+        guard (0...1024).contains(self.bufferPoolMib) else { throw ValidationError("--buffer-pool-mib must be 0…1024") }
     }
 
     func run() async throws {
-        let child = try await BenchChild.spawn(self.transport)
+        let child = try await BenchChild.spawn(self.transport, bufferPoolMib: self.bufferPoolMib)
         let peer = child.peer
         let name = "intercom-\(self.transport.rawValue)"
         let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4] : [self.scenario]
@@ -67,7 +71,16 @@ struct Bench: AsyncParsableCommand {
                     FileHandle.standardOutput.write(Data((batchLine + "\n").utf8))
                     lines.append(batchLine)
                     continue
-                case .S3: line = try await s3(peer, name: name, n: self.count(500))
+                case .S3:
+                    line = try await s3(peer, name: name, n: self.count(500), payload: [UInt8](repeating: 0x62, count: 1 << 20))
+                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+                    lines.append(line)
+                    progress("running S3 with a ByteBuffer payload (read in place from shared memory) over \(self.transport.rawValue)…")
+                    let bufferLine = try await s3(
+                        peer, name: "\(name)-bytebuffer", n: self.count(500), payload: ByteBuffer(repeating: 0x62, count: 1 << 20))
+                    FileHandle.standardOutput.write(Data((bufferLine + "\n").utf8))
+                    lines.append(bufferLine)
+                    continue
                 case .S4: line = try await s4(peer, name: name, n: self.count(100_000))
                 case .all: continue
                 }
@@ -161,14 +174,17 @@ func s2(_ peer: Peer, name: String, n: Int, batch: Int = 1) async throws -> Stri
     return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d", name, rate, received)
 }
 
-func s3(_ peer: Peer, name: String, n: Int) async throws -> String {
-    let big = [UInt8](repeating: 0x62, count: 1 << 20)
-    for _ in 0..<20 { _ = try await peer.call("bench.sink", big, returning: Bool.self) }
+/// 1 MiB calls answered with a Bool: as `[UInt8]` (decoded into an array on the
+/// server) or as a `ByteBuffer` (a view of the frame on the server — over shared
+/// memory, of the sender's buffer pool).
+func s3<Payload: Encodable & Sendable>(_ peer: Peer, name: String, n: Int, payload big: Payload) async throws -> String {
+    let method = Payload.self == ByteBuffer.self ? "bench.sink.buffer" : "bench.sink"
+    for _ in 0..<20 { _ = try await peer.call(method, big, returning: Bool.self) }
     var samples: [Duration] = []
     let clock = ContinuousClock()
     for _ in 0..<n {
         let t0 = clock.now
-        _ = try await peer.call("bench.sink", big, returning: Bool.self)
+        _ = try await peer.call(method, big, returning: Bool.self)
         samples.append(clock.now - t0)
     }
     samples.sort()
@@ -213,17 +229,19 @@ struct BenchChild {
     let peer: Peer
     let busDirectory: String?
 
-    static func spawn(_ transport: Bench.Transport) async throws -> BenchChild {
+    static func spawn(_ transport: Bench.Transport, bufferPoolMib: Int) async throws -> BenchChild {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var configuration = Peer.Configuration(name: "intercom-bench")
         configuration.handlerExecution = .connectionThread
         // The socket kinds measure the socket: this side does not offer shared memory.
         configuration.sharedMemory.isEnabled = transport == .shm
+        configuration.sharedMemory.bufferPoolSize = bufferPoolMib << 20
+        let poolArguments = ["--buffer-pool-mib", String(bufferPoolMib)]
         switch transport {
         case .socketpair, .shm:
             let sockets = try SocketPair()
-            process.arguments = ["bench-server"]
+            process.arguments = ["bench-server"] + poolArguments
             process.standardInput = FileHandle(fileDescriptor: sockets.second, closeOnDealloc: false)
             try process.run()
             close(sockets.second)
@@ -236,7 +254,7 @@ struct BenchChild {
             // The server claims a name on a private bus; this side finds it there like any client.
             let directory = "/tmp/intercom-bench-\(getpid())"
             mkdir(directory, 0o700)
-            process.arguments = ["bench-server", "--serve", "bench", "--bus-directory", directory]
+            process.arguments = ["bench-server", "--serve", "bench", "--bus-directory", directory] + poolArguments
             try process.run()
             let peer = try await Bus(directory: directory).connect(
                 to: "bench", waitingUpTo: .seconds(30), configuration: configuration)

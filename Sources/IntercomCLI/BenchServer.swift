@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distributed
 import Intercom
+import NIOCore
 import Synchronization
 
 /// `intercom bench-server`: the child side of `intercom bench` (not for direct use).
@@ -11,12 +12,14 @@ struct BenchServer: AsyncParsableCommand {
     @Option(help: "Connect to this Unix socket instead of using standard input.") var connect: String?
     @Option(help: "Serve under this name on the bus in --bus-directory instead.") var serve: String?
     @Option(help: "The bus directory for --serve.") var busDirectory: String?
+    @Option(help: "MiB of this side's shared-memory buffer pool.") var bufferPoolMib: Int = 32
 
     func run() async throws {
         let router = Router()
         let received = Atomic<Int>(0)
         try router.register("bench.echo") { (bytes: [UInt8], _) in bytes }
         try router.register("bench.sink") { (bytes: [UInt8], _) in !bytes.isEmpty }
+        try router.register("bench.sink.buffer") { (bytes: ByteBuffer, _) in bytes.readableBytes > 0 }
         try router.register("bench.reset") { (_: Int, _) -> Int in
             received.store(0, ordering: .relaxed)
             return 0
@@ -29,6 +32,7 @@ struct BenchServer: AsyncParsableCommand {
         defer { _ = echo }
         var configuration = Peer.Configuration(name: "intercom-bench-server")
         configuration.handlerExecution = .connectionThread
+        configuration.sharedMemory.bufferPoolSize = self.bufferPoolMib << 20
         let peer: Peer
         var service: BusService?
         if let name = self.serve, let directory = self.busDirectory {
