@@ -89,3 +89,32 @@ import Testing
         }
     }
 }
+
+/// A task waiting on an event subscription honours cancellation: it ends with
+/// `CancellationError` instead of waiting for an event that may never come, and
+/// the subscription itself carries on.
+@Suite struct EventWaitCancellationTests {
+    @Test func aTaskWaitingForAnEventEndsWhenCancelledAndTheSubscriptionCarriesOn() async throws {
+        try await withResourceCheck {
+            let (publisher, subscriber) = try await Peer.pair()
+            let ticks = subscriber.events("ticks", as: Int.self)
+            let waiting = Task {
+                for try await _ in ticks {}
+            }
+            waiting.cancel()
+            await #expect(throws: CancellationError.self) { try await waiting.value }
+            // The subscription is still there: an event published now arrives.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while try publisher.publish("ticks", 7) == .notSubscribed, ContinuousClock.now < deadline { await Task.yield() }
+            var iterator = ticks.makeAsyncIterator()
+            let next = try await iterator.next()
+            guard case .event(let value)? = next else {
+                Issue.record("expected the event, got \(String(describing: next))")
+                return
+            }
+            #expect(value == 7)
+            await publisher.close()
+            await subscriber.waitUntilClosed()
+        }
+    }
+}

@@ -100,9 +100,12 @@ final class EventQueue: Sendable {
         case event(topic: String, payload: ByteBuffer)
         case lagged(Int)
         case end(IntercomError)
+        /// The waiting task was cancelled (the subscription itself goes on).
+        case cancelled
     }
 
-    /// The next delivery; waits if there is none. One consumer at a time.
+    /// The next delivery; waits if there is none, until the waiting task is
+    /// cancelled. One consumer at a time.
     func next() async -> Next {
         while true {
             let ready = self.state.withLock { state -> Next? in
@@ -118,13 +121,23 @@ final class EventQueue: Sendable {
                 return nil
             }
             if let ready { return ready }
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-                let wakeNow = self.state.withLock { state -> Bool in
-                    if state.missed > 0 || !state.events.isEmpty || state.ended != nil { return true }
-                    state.waiter = continuation
-                    return false
+            if Task.isCancelled { return .cancelled }
+            await withTaskCancellationHandler {
+                await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                    let wakeNow = self.state.withLock { state -> Bool in
+                        // Cancelled before the waiter was stored: the handler found none to wake.
+                        if state.missed > 0 || !state.events.isEmpty || state.ended != nil || Task.isCancelled { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if wakeNow { continuation.resume() }
                 }
-                if wakeNow { continuation.resume() }
+            } onCancel: {
+                let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
+                    defer { state.waiter = nil }
+                    return state.waiter
+                }
+                waiter?.resume()
             }
         }
     }
@@ -151,7 +164,9 @@ final class EventQueue: Sendable {
 ///
 /// Iteration ends with an error when the connection ends (`peerLost`/`closed`) or
 /// the subscription overflows under ``EventOverflowPolicy/disconnect`` (`busy`).
-/// Cancel it (or let the last iterator go) with ``cancel()``.
+/// A task waiting for the next event that is cancelled gets `CancellationError`
+/// (the subscription stays; a later iteration carries on). Cancel the
+/// subscription itself (or let the last iterator go) with ``cancel()``.
 public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sendable {
     public typealias Element = EventDelivery<Value>
 
@@ -191,6 +206,8 @@ public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sen
             case .end(let error):
                 if error.code == .closed, error.message.hasPrefix("unsubscribed") { return nil }
                 throw error
+            case .cancelled:
+                throw CancellationError()
             }
         }
     }
@@ -236,6 +253,8 @@ public struct JSONEventSubscription: AsyncSequence, Sendable {
             case .end(let error):
                 if error.code == .closed, error.message.hasPrefix("unsubscribed") { return nil }
                 throw error
+            case .cancelled:
+                throw CancellationError()
             }
         }
     }
