@@ -45,47 +45,36 @@ struct Bench: AsyncParsableCommand {
         let name = "intercom-\(self.transport.rawValue)"
         let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4] : [self.scenario]
         var lines: [String] = []
+        /// Prints a result line as soon as it is measured and keeps it for the summary.
+        func emit(_ line: String) {
+            FileHandle.standardOutput.write(Data((line + "\n").utf8))
+            lines.append(line)
+        }
+        let over = "over \(self.transport.rawValue)"
         // The calling task runs on the connection's event loop: no thread hop per call.
         try await withTaskExecutorPreference(peer.executor) {
             for scenario in scenarios {
-                progress("running \(scenario.rawValue) over \(self.transport.rawValue)…")
-                let line: String
+                progress("running \(scenario.rawValue) \(over)…")
                 switch scenario {
                 case .S1:
-                    line = try await s1(peer, name: name, n: self.count(20_000))
-                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-                    lines.append(line)
-                    progress("running S1 through a distributed actor over \(self.transport.rawValue)…")
-                    let actorLine = try await s1Actor(
-                        peer, name: "intercom-actor-\(self.transport.rawValue)", n: self.count(20_000))
-                    FileHandle.standardOutput.write(Data((actorLine + "\n").utf8))
-                    lines.append(actorLine)
-                    continue
+                    emit(try await s1(peer, name: name, n: self.count(20_000)))
+                    progress("running S1 through a distributed actor \(over)…")
+                    emit(try await s1Actor(peer, name: "intercom-actor-\(self.transport.rawValue)", n: self.count(20_000)))
                 case .S2:
-                    line = try await s2(peer, name: name, n: self.count(1_000_000))
-                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-                    lines.append(line)
-                    progress("running S2 with send(contentsOf:), \(self.batch) messages per batch, over \(self.transport.rawValue)…")
-                    let batchLine = try await s2(
-                        peer, name: "\(name)-batch\(self.batch)", n: self.count(4_000_000), batch: self.batch)
-                    FileHandle.standardOutput.write(Data((batchLine + "\n").utf8))
-                    lines.append(batchLine)
-                    continue
+                    emit(try await s2(peer, name: name, n: self.count(1_000_000)))
+                    progress("running S2 with send(contentsOf:), \(self.batch) messages per batch, \(over)…")
+                    emit(try await s2(peer, name: "\(name)-batch\(self.batch)", n: self.count(4_000_000), batch: self.batch))
                 case .S3:
-                    line = try await s3(peer, name: name, n: self.count(500), payload: [UInt8](repeating: 0x62, count: 1 << 20))
-                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-                    lines.append(line)
-                    progress("running S3 with a ByteBuffer payload (read in place from shared memory) over \(self.transport.rawValue)…")
-                    let bufferLine = try await s3(
-                        peer, name: "\(name)-bytebuffer", n: self.count(500), payload: ByteBuffer(repeating: 0x62, count: 1 << 20))
-                    FileHandle.standardOutput.write(Data((bufferLine + "\n").utf8))
-                    lines.append(bufferLine)
+                    emit(try await s3(peer, name: name, n: self.count(500), payload: [UInt8](repeating: 0x62, count: 1 << 20)))
+                    progress("running S3 with a ByteBuffer payload (read in place from shared memory) \(over)…")
+                    emit(
+                        try await s3(
+                            peer, name: "\(name)-bytebuffer", n: self.count(500), payload: ByteBuffer(repeating: 0x62, count: 1 << 20)))
+                case .S4:
+                    emit(try await s4(peer, name: name, n: self.count(100_000)))
+                case .all:
                     continue
-                case .S4: line = try await s4(peer, name: name, n: self.count(100_000))
-                case .all: continue
                 }
-                FileHandle.standardOutput.write(Data((line + "\n").utf8))
-                lines.append(line)
             }
         }
         await child.stop()

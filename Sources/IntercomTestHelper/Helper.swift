@@ -165,51 +165,19 @@ func runSurvivor(_ plan: SurvivorPlan, test: Peer) async throws -> SurvivorRepor
         guard let peer = await peers.next() else { throw IntercomError(.closed, "the listener closed") }
         victim = peer
     }
-    let tally = SurvivorTally()
+    let load = CallLoad()
     try await withThrowingTaskGroup(of: Void.self) { group in
-        for lane in 0..<4 {
-            let size = [16, 4096, 100_000, 2_000_000][lane]
-            group.addTask {
-                while true {
-                    do {
-                        _ = try await victim.call(
-                            "echo.bytes", [UInt8](repeating: UInt8(lane), count: size), returning: [UInt8].self,
-                            timeout: .seconds(20))
-                        tally.completed.add(1, ordering: .relaxed)
-                    } catch let error as IntercomError {
-                        let now = monotonicNanos()
-                        tally.outcomes.withLock { $0.append((error.code.name, now)) }
-                        return
-                    }
-                }
-            }
-        }
-        group.addTask {
-            do {
-                _ = try await victim.call("hang", 0, returning: Int.self, timeout: .seconds(20))
-                tally.outcomes.withLock { $0.append(("none", monotonicNanos())) }
-            } catch let error as IntercomError {
-                let now = monotonicNanos()
-                tally.outcomes.withLock { $0.append((error.code.name, now)) }
-            }
-        }
+        load.start(on: victim, in: &group)
         _ = try await victim.receiveMessage(timeout: .seconds(10))  // hang.started
-        while tally.completed.load(ordering: .relaxed) < plan.killAfter, tally.outcomes.withLock({ $0.isEmpty }) { await Task.yield() }
+        while load.completed.load(ordering: .relaxed) < plan.killAfter, load.outcomes.withLock({ $0.isEmpty }) { await Task.yield() }
         try await test.send("survivor.armed", 0)
         try await group.waitForAll()
     }
     let wasSharedMemory = victim.isSharedMemory
     await victim.close()
     await listener?.close()
-    let ended = tally.outcomes.withLock { $0 }
-    return SurvivorReport(codes: ended.map(\.0), failedAtNanos: ended.map(\.1), wasSharedMemory: wasSharedMemory)
-}
-
-/// What the survivor's call lanes share: how many calls completed, and how
-/// (error code name, monotonic time) each lane ended.
-final class SurvivorTally: Sendable {
-    let completed = Atomic<Int>(0)
-    let outcomes = Mutex<[(String, UInt64)]>([])
+    let ended = load.outcomes.withLock { $0 }
+    return SurvivorReport(codes: ended.map { $0.code?.name ?? "none" }, failedAtNanos: ended.map(\.atNanos), wasSharedMemory: wasSharedMemory)
 }
 
 /// Suspends until the task is cancelled, then throws `CancellationError`.

@@ -1,5 +1,6 @@
 // Types shared by the test helper process and the tests that drive it.
 public import Intercom
+public import Synchronization
 public import NIOCore
 #if canImport(Glibc)
 internal import Glibc
@@ -148,6 +149,53 @@ public struct PooledEcho: Codable, Sendable {
     public init(bytes: ByteBuffer, receivedInPlace: Bool) {
         self.bytes = bytes
         self.receivedInPlace = receivedInPlace
+    }
+}
+
+/// The load both kill tests keep on a connection to the helper: four lanes of
+/// `echo.bytes` calls (16 B, 4 KiB, 100 kB, 2 MB), each calling until a call
+/// fails, and one `hang` call that is never answered. Each lane's end is
+/// recorded with its error code (nil: it returned) and its `CLOCK_MONOTONIC`
+/// time, the clock the tests kill by.
+public final class CallLoad: Sendable {
+    /// Calls answered so far.
+    public let completed = Atomic<Int>(0)
+    /// How and when each of the five lanes ended.
+    public let outcomes = Mutex<[(code: IntercomError.Code?, atNanos: UInt64)]>([])
+
+    public init() {}
+
+    /// Adds the five lanes to `group`; the helper sends `hang.started` once the hanging call runs.
+    public func start(on peer: Peer, in group: inout ThrowingTaskGroup<Void, any Error>) {
+        for lane in 0..<4 {
+            let size = [16, 4096, 100_000, 2_000_000][lane]
+            group.addTask {
+                while true {
+                    do {
+                        _ = try await peer.call(
+                            "echo.bytes", [UInt8](repeating: UInt8(lane), count: size), returning: [UInt8].self,
+                            timeout: .seconds(20))
+                        self.completed.add(1, ordering: .relaxed)
+                    } catch let error as IntercomError {
+                        self.ended(error.code)
+                        return
+                    }
+                }
+            }
+        }
+        group.addTask {
+            do {
+                _ = try await peer.call("hang", 0, returning: Int.self, timeout: .seconds(20))
+                self.ended(nil)
+            } catch let error as IntercomError {
+                self.ended(error.code)
+            }
+        }
+    }
+
+    private func ended(_ code: IntercomError.Code?) {
+        let now = monotonicNanos()
+        self.outcomes.withLock { $0.append((code, now)) }
     }
 }
 

@@ -154,46 +154,25 @@ struct SharedMemoryTransportTests {
                 // The child is the connecting side over a Unix socket, the adopting side of a socket pair.
                 let child = try await ChildProcess.spawn(round % 2 == 0 ? .sharedMemory : .sharedMemoryOverUnix)
                 let peer = child.peer
-                let completed = Locked<Int>(0)
                 let killAfter = Int.random(in: 0...40, using: &generator)
-                let outcomes = Locked<[(IntercomError.Code?, ContinuousClock.Instant)]>([])
-                let killedAt = Locked<ContinuousClock.Instant?>(nil)
+                let load = CallLoad()
+                let killedAt = Locked<UInt64?>(nil)
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    for lane in 0..<4 {
-                        let size = [16, 4096, 100_000, 2_000_000][lane]
-                        group.addTask {
-                            while true {
-                                do {
-                                    _ = try await peer.call(
-                                        "echo.bytes", [UInt8](repeating: UInt8(lane), count: size), returning: [UInt8].self,
-                                        timeout: .seconds(20))
-                                    completed.withLock { $0 += 1 }
-                                } catch let error as IntercomError {
-                                    outcomes.withLock { $0.append((error.code, .now)) }
-                                    return
-                                }
-                            }
-                        }
-                    }
-                    group.addTask {
-                        do {
-                            _ = try await peer.call("hang", 0, returning: Int.self, timeout: .seconds(20))
-                        } catch let error as IntercomError {
-                            outcomes.withLock { $0.append((error.code, .now)) }
-                        }
-                    }
+                    load.start(on: peer, in: &group)
                     #expect(try await peer.receiveMessage(timeout: .seconds(10)).method == "hang.started")
-                    while completed.withLock({ $0 }) < killAfter { await Task.yield() }
-                    killedAt.withLock { $0 = .now }
+                    while load.completed.load(ordering: .relaxed) < killAfter { await Task.yield() }
+                    killedAt.withLock { $0 = monotonicNanos() }
                     child.kill(SIGKILL)
                     try await group.waitForAll()
                 }
                 let killed = try #require(killedAt.withLock { $0 })
-                let results = outcomes.withLock { $0 }
+                let results = load.outcomes.withLock { $0 }
                 #expect(results.count == 5)
-                #expect(results.allSatisfy { $0.0 == .peerLost }, "round \(round): \(results.map(\.0))")
-                let slowest = results.map { $0.1 - killed }.max() ?? .zero
-                #expect(slowest < .milliseconds(100), "round \(round): pending calls failed \(slowest) after the kill")
+                #expect(results.allSatisfy { $0.code == .peerLost }, "round \(round): \(results.map(\.code))")
+                let slowest = (results.map(\.atNanos).max() ?? killed) &- killed
+                #expect(
+                    slowest < 100_000_000,
+                    "round \(round): pending calls failed \(Double(slowest) / 1e6) ms after the kill")
                 #expect(await child.waitForExit() == SIGKILL)
                 await child.shutdown()
             }
