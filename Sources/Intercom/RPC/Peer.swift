@@ -398,7 +398,6 @@ public final class Peer: Sendable {
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
-        // Full chunks wait in `chunks`; a batch that fits in one never allocates the array.
         var chunks: [ByteBuffer] = []
         var chunk = ByteBuffer()
         chunk.reserveCapacity(4096)
@@ -410,13 +409,6 @@ public final class Peer: Sendable {
                 chunk = ByteBuffer()
                 chunk.reserveCapacity(Self.batchChunkSize)
             }
-        }
-        if chunks.isEmpty {
-            guard chunk.readableBytes > 0 else { return }
-            while !self.transport.sendIfWritable(chunk) {
-                try await self.waitUntilWritable(context: context)
-            }
-            return
         }
         if chunk.readableBytes > 0 { chunks.append(chunk) }
         for chunk in chunks {

@@ -10,7 +10,7 @@ internal import Synchronization
 ///
 /// The pool is `blockCount` u32 block words at `offset` (0 = free, anything else
 /// = in use), then, at `offset + wordsSize`, `blockCount` blocks of `blockSize`
-/// bytes. A frame of at least ``SharedMemoryBufferPool/threshold`` bytes is
+/// bytes. A frame of at least ``BufferPoolWriter/threshold`` bytes is
 /// copied into a run of free blocks instead of through the ring; the ring then
 /// carries a 16-byte reference to it, and the reader hands the frame on *in
 /// place* — its payload is a `ByteBuffer` over the shared blocks, which go back
@@ -77,11 +77,6 @@ package struct BufferPoolReference: Sendable, Equatable {
     package static let encodedSize = 16
 }
 
-/// Frames at least this large travel through the pool (when it has room).
-enum SharedMemoryBufferPool {
-    static let threshold = 64 << 10
-}
-
 /// The writing side of a pool: allocates runs of free blocks and copies frames
 /// into them. Used under the transport's writer lock (one writer at a time).
 package struct BufferPoolWriter: @unchecked Sendable {
@@ -89,6 +84,10 @@ package struct BufferPoolWriter: @unchecked Sendable {
     private let words: UnsafeMutableRawPointer
     private let blocks: UnsafeMutableRawPointer
     package let geometry: BufferPoolGeometry
+
+    /// Frames (or batches of whole frames) at least this large travel through the
+    /// pool when it has room; smaller ones are cheaper through the ring.
+    static let threshold = 64 << 10
 
     /// The pool in `region` (zero-filled when created, so every block starts free).
     package init(region base: UnsafeMutableRawPointer, geometry: BufferPoolGeometry) {

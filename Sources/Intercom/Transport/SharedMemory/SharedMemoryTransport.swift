@@ -155,9 +155,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             }
             var rest = bytes
             do throws(ProtocolError) {
-                if rest.readableBytes >= SharedMemoryBufferPool.threshold, try self.writePooled(rest, state: &writer.state) {
-                    return true
-                }
+                if try self.writePooled(rest, state: &writer.state) { return true }
                 try self.write(&rest, state: &writer.state)
             } catch {
                 failure = error
@@ -181,11 +179,14 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         return accepted
     }
 
-    /// Copies `bytes` (whole frames) into a free run of this side's pool and puts
-    /// a reference to it in the ring; false if there is no pool, no free run or no
-    /// room in the ring for the reference (the bytes then go through the ring).
+    /// Copies `bytes` (whole frames, at least ``BufferPoolWriter/threshold`` of them)
+    /// into a free run of this side's pool and puts a reference to it in the ring;
+    /// false if they are fewer, or there is no pool, no free run or no room in the
+    /// ring for the reference (the bytes then go through the ring).
     private func writePooled(_ bytes: ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) -> Bool {
-        guard let pool = self.outboundPool, self.outbound.freeSpace(state) >= 64 else { return false }
+        guard bytes.readableBytes >= BufferPoolWriter.threshold, let pool = self.outboundPool,
+            self.outbound.freeSpace(state) >= 64
+        else { return false }
         guard let reference = bytes.withUnsafeReadableBytes({ pool.store($0) }) else { return false }
         // Only this thread writes the ring, and the room it saw can only have grown.
         let written = try self.outbound.tryWriteReference(reference, state: &state)
@@ -404,11 +405,16 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     /// state per read rather than one per frame.
     private func deliverFrames(to receiver: any FrameReceiver) throws(ProtocolError) {
         let loop = self.loop
-        let decoder = loop.decoder
         var cumulation = ByteBuffer()
         swap(&cumulation, &loop.cumulation)
         defer { swap(&cumulation, &loop.cumulation) }
-        while let frame = try decoder.next(from: &cumulation) {
+        try self.deliverFrames(in: &cumulation, to: receiver)
+    }
+
+    /// Cuts the whole frames at the front of `bytes` and hands them to `receiver`.
+    private func deliverFrames(in bytes: inout ByteBuffer, to receiver: any FrameReceiver) throws(ProtocolError) {
+        let decoder = self.loop.decoder
+        while let frame = try decoder.next(from: &bytes) {
             receiver.receive(frame)
         }
     }
@@ -424,10 +430,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference inside a frame")
         }
         var pooled = try pool.buffer(for: reference)
-        let decoder = self.loop.decoder
-        while let frame = try decoder.next(from: &pooled) {
-            receiver.receive(frame)
-        }
+        try self.deliverFrames(in: &pooled, to: receiver)
         guard pooled.readableBytes == 0 else {
             throw ProtocolError(.malformedHeader, "shared-memory buffer pool: \(pooled.readableBytes) bytes of a partial frame")
         }
