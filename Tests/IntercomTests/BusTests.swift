@@ -172,15 +172,32 @@ import Testing
                 #expect(tally.sent + tally.dropped == total)
                 #expect(ticks.counts.queued <= 1000, "the queue stays at its cap")
 
-                var received: [Int] = []
-                var missed = 0
-                for try await delivery in ticks {
-                    switch delivery {
-                    case .event(let value): received.append(value)
-                    case .lagged(let count): missed += count
+                // Counted in a task a timer cancels after 60 s: a lost event or lag
+                // notice must fail this test with the counts, not hang the suite.
+                let counting = Task { () throws -> (received: [Int], missed: Int) in
+                    var received: [Int] = []
+                    var missed = 0
+                    for try await delivery in ticks {
+                        switch delivery {
+                        case .event(let value): received.append(value)
+                        case .lagged(let count): missed += count
+                        }
+                        // `>=`: an over-count must fail the expectation below, not hang here.
+                        if received.count + missed >= total { break }
                     }
-                    // `>=`: an over-count must fail the expectation below, not hang here.
-                    if received.count + missed >= total { break }
+                    return (received, missed)
+                }
+                let watchdog = DispatchWorkItem { counting.cancel() }
+                DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
+                let counted = await counting.result
+                watchdog.cancel()
+                guard case .success(let (received, missed)) = counted else {
+                    Issue.record(
+                        "the deliveries stalled: publisher sent \(tally.sent), dropped \(tally.dropped); subscription counts \(ticks.counts)")
+                    _ = try? await peer.call("intercom.quit", 0, returning: Bool.self)
+                    await peer.close()
+                    _ = await service.waitForExit()
+                    return
                 }
                 #expect(received.count + missed == total, "sent = received + dropped")
                 #expect(received.count <= 1000)
