@@ -43,6 +43,26 @@ extension ByteBuffer {
         self.writeInteger(UInt8(value))
     }
 
+    /// Writes `bytes` after their count as a varint, in one access to the
+    /// storage (two writes, each checked, cost more than the copy of a small payload).
+    mutating func writeLengthPrefixed(_ bytes: UnsafeRawBufferPointer) {
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: bytes.count + 10) { out in
+            var count = UInt64(bytes.count)
+            var offset = 0
+            while count >= 0x80 {
+                out[offset] = UInt8(truncatingIfNeeded: count) | 0x80
+                count >>= 7
+                offset += 1
+            }
+            out[offset] = UInt8(count)
+            offset += 1
+            if let source = bytes.baseAddress, bytes.count > 0 {
+                out.baseAddress!.advanced(by: offset).copyMemory(from: source, byteCount: bytes.count)
+            }
+            return offset + bytes.count
+        }
+    }
+
     /// Reads a LEB128 varint; `nil` if truncated or longer than 64 bits.
     @inline(__always)
     mutating func readVarint() -> UInt64? {
@@ -173,11 +193,11 @@ extension Optional: BinaryDecodableSpecial where Wrapped: Decodable {
 
 extension Array: BinaryEncodableSpecial where Element: Encodable {
     func encodeBinary(to encoder: BinaryEncoderImpl) throws {
-        encoder.buffer.writeVarint(UInt64(self.count))
         if Element.self == UInt8.self {
-            unsafeBitCast(self, to: [UInt8].self).withUnsafeBytes { _ = encoder.buffer.writeBytes($0) }
+            unsafeBitCast(self, to: [UInt8].self).withUnsafeBytes { encoder.buffer.writeLengthPrefixed($0) }
             return
         }
+        encoder.buffer.writeVarint(UInt64(self.count))
         for element in self { try encoder.encodeValue(element) }
     }
 }
@@ -247,8 +267,7 @@ extension Dictionary: BinaryDecodableSpecial where Key: Decodable, Value: Decoda
 
 extension Data: BinaryEncodableSpecial, BinaryDecodableSpecial {
     func encodeBinary(to encoder: BinaryEncoderImpl) throws {
-        encoder.buffer.writeVarint(UInt64(self.count))
-        self.withUnsafeBytes { _ = encoder.buffer.writeBytes($0) }
+        self.withUnsafeBytes { encoder.buffer.writeLengthPrefixed($0) }
     }
     static func decodeBinary(from decoder: BinaryDecoderImpl) throws -> Data {
         let length = try decoder.readLength(for: Data.self, limit: decoder.limits.maxCollectionCount, what: "Data")

@@ -18,8 +18,7 @@ public struct BinaryEncoder: Sendable {
         // dynamic conformance check (the comparison folds away when specialised).
         if T.self == [UInt8].self {
             let bytes = unsafeBitCast(value, to: [UInt8].self)
-            buffer.writeVarint(UInt64(bytes.count))
-            buffer.writeBytes(bytes)
+            bytes.withUnsafeBytes { buffer.writeLengthPrefixed($0) }
             return
         }
         let impl = BinaryEncoderImpl(buffer: ByteBuffer())

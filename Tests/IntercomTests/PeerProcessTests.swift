@@ -278,10 +278,24 @@ func expectIntercomError(
             let text = String(repeating: "abc", count: 100)
             let notes = (0..<total).map { Note(index: $0, text: "\($0) \(text)") }
             let echoes = Task {
+                // Taken one at a time, a few at a time and in whole batches in turn,
+                // so batches queued in the inbox are split at every point.
                 var echoed: [Note] = []
-                for try await note in peer.messages(as: Note.self) {
-                    echoed.append(note)
-                    if echoed.count == total + 1 { break }
+                var round = 0
+                while echoed.count < total + 1 {
+                    round += 1
+                    switch round % 3 {
+                    case 0:
+                        echoed.append(try await peer.receive(as: Note.self, timeout: .seconds(60)))
+                    case 1:
+                        let few = try await peer.receiveMessages(limit: 7, timeout: .seconds(60))
+                        #expect((1...7).contains(few.count))
+                        echoed += try few.map { try $0.decode(as: Note.self) }
+                    default:
+                        let many = try await peer.receiveMessages(timeout: .seconds(60))
+                        #expect((1...Peer.defaultReceiveLimit).contains(many.count))
+                        echoed += try many.map { try $0.decode(as: Note.self) }
+                    }
                 }
                 return echoed
             }

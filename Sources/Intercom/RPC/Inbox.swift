@@ -24,14 +24,62 @@ public struct InboundMessage: Sendable {
 
 /// The bounded queue of unsolicited messages. When it holds `capacity` messages
 /// the connection stops reading until a receiver takes one.
+///
+/// Messages are kept in the batches they arrived in (one per read of the
+/// connection): a batch goes in, and usually out through ``nextBatch(limit:timeout:)``,
+/// without copying each message — at millions of messages a second the copies
+/// (a retain and release of each payload and method) were most of the cost.
 final class Inbox: Sendable {
     private struct State {
-        var messages = Deque<InboundMessage>()
+        /// The queued messages, in order, in the batches they arrived in.
+        var batches = Deque<[InboundMessage]>()
+        /// How many of the first batch's messages were taken already.
+        var taken = 0
+        /// How many messages are queued.
+        var count = 0
         var waiters: [UInt64: UnsafeContinuation<InboundMessage, any Error>] = [:]
         var waiterOrder = Deque<UInt64>()
         var nextWaiterID: UInt64 = 0
         var ended: IntercomError?
         var paused = false
+
+        mutating func popFirst() -> InboundMessage? {
+            guard self.count > 0 else { return nil }
+            let message = self.batches[0][self.taken]
+            self.advance(by: 1)
+            return message
+        }
+
+        /// Up to `limit` messages from the front: the first batch itself when it
+        /// is whole and small enough, else a copy of its front.
+        mutating func take(upTo limit: Int) -> [InboundMessage] {
+            guard self.count > 0, limit > 0 else { return [] }
+            if self.taken == 0, self.batches[0].count <= limit {
+                self.count -= self.batches[0].count
+                return self.batches.removeFirst()
+            }
+            let end = min(self.batches[0].count, self.taken + limit)
+            let messages = Array(self.batches[0][self.taken..<end])
+            self.advance(by: messages.count)
+            return messages
+        }
+
+        private mutating func advance(by taken: Int) {
+            self.taken += taken
+            self.count -= taken
+            if self.taken == self.batches[0].count {
+                self.batches.removeFirst()
+                self.taken = 0
+            }
+        }
+
+        /// Whether reading, paused because the inbox was full, may resume now
+        /// (it has drained to half): clears `paused` if so.
+        mutating func resumesReading(capacity: Int) -> Bool {
+            guard self.paused, self.count < capacity / 2 + 1 else { return false }
+            self.paused = false
+            return true
+        }
     }
 
     private let state = Mutex(State())
@@ -44,20 +92,22 @@ final class Inbox: Sendable {
 
     /// On the transport thread: messages arrived (in order), queued under one lock.
     func append(contentsOf messages: [InboundMessage]) {
+        guard !messages.isEmpty else { return }
         var handed: [(UnsafeContinuation<InboundMessage, any Error>, InboundMessage)] = []
         let pause = self.state.withLock { state -> Bool in
-            for message in messages {
-                var waiter: UnsafeContinuation<InboundMessage, any Error>?
-                while waiter == nil, let id = state.waiterOrder.popFirst() {
-                    waiter = state.waiters.removeValue(forKey: id)
-                }
-                if let waiter {
-                    handed.append((waiter, message))
-                } else {
-                    state.messages.append(message)
-                }
+            var rest = messages[...]
+            // Receivers already waiting get the first messages, in the order they began to wait.
+            while !state.waiterOrder.isEmpty, let message = rest.first {
+                let id = state.waiterOrder.removeFirst()
+                guard let waiter = state.waiters.removeValue(forKey: id) else { continue }
+                handed.append((waiter, message))
+                rest = rest.dropFirst()
             }
-            if state.messages.count >= self.capacity, !state.paused {
+            if !rest.isEmpty {
+                state.batches.append(rest.count == messages.count ? messages : Array(rest))
+                state.count += rest.count
+            }
+            if state.count >= self.capacity, !state.paused {
                 state.paused = true
                 return true
             }
@@ -81,10 +131,8 @@ final class Inbox: Sendable {
     /// ended and nothing is left.
     func tryNext() throws(IntercomError) -> InboundMessage? {
         let (message, resume) = try self.state.withLock { state throws(IntercomError) -> (InboundMessage?, Bool) in
-            if let message = state.messages.popFirst() {
-                let resume = state.paused && state.messages.count < self.capacity / 2 + 1
-                if resume { state.paused = false }
-                return (message, resume)
+            if let message = state.popFirst() {
+                return (message, state.resumesReading(capacity: self.capacity))
             }
             if let ended = state.ended { throw ended }
             return (nil, false)
@@ -96,10 +144,8 @@ final class Inbox: Sendable {
     func next(timeout: Duration?) async throws(IntercomError) -> InboundMessage {
         enum Immediate { case message(InboundMessage, resume: Bool), failure(IntercomError) }
         let immediate = self.state.withLock { state -> Immediate? in
-            if let message = state.messages.popFirst() {
-                let resume = state.paused && state.messages.count < self.capacity / 2 + 1
-                if resume { state.paused = false }
-                return .message(message, resume: resume)
+            if let message = state.popFirst() {
+                return .message(message, resume: state.resumesReading(capacity: self.capacity))
             }
             if let ended = state.ended { return .failure(ended) }
             return nil
@@ -127,7 +173,7 @@ final class Inbox: Sendable {
             return try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<InboundMessage, any Error>) in
                     let immediate = self.state.withLock { state -> Result<InboundMessage, IntercomError>? in
-                        if let message = state.messages.popFirst() { return .success(message) }
+                        if let message = state.popFirst() { return .success(message) }
                         if let ended = state.ended { return .failure(ended) }
                         if Task.isCancelled { return .failure(IntercomError(.cancelled, "receive was cancelled")) }
                         state.waiters[id] = continuation
@@ -148,20 +194,21 @@ final class Inbox: Sendable {
 
     /// Waits for at least one message, then takes up to `limit` in all under one lock.
     func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
-        let first = try await self.next(timeout: timeout)
-        guard limit > 1 else { return [first] }
-        var batch: [InboundMessage] = []
-        let resume = self.state.withLock { state -> Bool in
-            let count = min(limit - 1, state.messages.count)
-            batch.reserveCapacity(count + 1)
-            batch.append(first)
-            for _ in 0..<count { batch.append(state.messages.removeFirst()) }
-            let resume = state.paused && state.messages.count < self.capacity / 2 + 1
-            if resume { state.paused = false }
-            return resume
+        let limit = max(1, limit)
+        let (ready, resume) = self.state.withLock { state -> ([InboundMessage], Bool) in
+            let messages = state.take(upTo: limit)
+            return (messages, !messages.isEmpty && state.resumesReading(capacity: self.capacity))
         }
         if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
-        return batch
+        if !ready.isEmpty { return ready }
+        // Nothing queued: wait for the first, then take what came with it.
+        let first = try await self.next(timeout: timeout)
+        let (more, resumeAfter) = self.state.withLock { state -> ([InboundMessage], Bool) in
+            let messages = state.take(upTo: limit - 1)
+            return (messages, state.resumesReading(capacity: self.capacity))
+        }
+        if resumeAfter { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+        return [first] + more
     }
 
     private func fail(_ id: UInt64, _ error: IntercomError) {

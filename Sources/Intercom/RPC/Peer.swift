@@ -398,23 +398,45 @@ public final class Peer: Sendable {
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
-        var chunks: [ByteBuffer] = []
-        var chunk = ByteBuffer()
-        chunk.reserveCapacity(4096)
-        for message in messages {
-            try self.appendFrame(
-                into: &chunk, kind: .message, id: 0, method: method, timeout: nil, message, context: context)
-            if chunk.readableBytes >= Self.batchChunkSize {
-                chunks.append(chunk)
-                chunk = ByteBuffer()
-                chunk.reserveCapacity(Self.batchChunkSize)
+        // Encode every payload first (nothing is sent if one fails), then frame
+        // and send them a chunk at a time.
+        var batch = FrameBatch(kind: .message, method: method)
+        let encoded: Result<Void, IntercomError>? = messages.withContiguousStorageIfAvailable { messages in
+            // The common case (an array or a slice of one): indexing a buffer
+            // costs nothing where a generic iterator allocates per element.
+            Result { () throws(IntercomError) in
+                for message in messages { try self.append(message, to: &batch, context: context) }
             }
         }
-        if chunk.readableBytes > 0 { chunks.append(chunk) }
-        for chunk in chunks {
+        if let encoded {
+            try encoded.get()
+        } else {
+            for message in messages { try self.append(message, to: &batch, context: context) }
+        }
+        while !batch.isFullyWritten {
+            var chunk = ByteBuffer()
+            batch.writeFrames(into: &chunk, maxBytes: Self.batchChunkSize)
             while !self.transport.sendIfWritable(chunk) {
                 try await self.waitUntilWritable(context: context)
             }
+        }
+    }
+
+    /// Encodes `message` as the payload of the next frame of `batch`.
+    private func append<Message: Encodable>(
+        _ message: Message, to batch: inout FrameBatch, context: IntercomError.Context
+    ) throws(IntercomError) {
+        let length: Int
+        do {
+            length = try batch.append(message, codec: self.codec)
+        } catch {
+            throw IntercomError(.invalidPayload, "\(Message.self) does not encode: \(error)", context: context)
+        }
+        guard length <= self.remoteMaxFrameSize else {
+            throw IntercomError(
+                .frameTooLarge,
+                "message payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'; send it in parts",
+                context: context)
         }
     }
 
@@ -437,12 +459,15 @@ public final class Peer: Sendable {
         try await self.inbox.next(timeout: timeout)
     }
 
+    /// How many messages ``receiveMessages(limit:timeout:)`` returns at most unless told otherwise.
+    public static let defaultReceiveLimit = 1024
+
     /// Waits for at least one unsolicited message, then returns every message already
     /// queued, up to `limit`, in arrival order: one wake-up for a burst of messages,
     /// the fastest way to drain a busy inbox.
     ///
     /// - Throws: as ``receive(as:timeout:)``.
-    public func receiveMessages(limit: Int = 1024, timeout: Duration? = nil) async throws(IntercomError) -> [InboundMessage] {
+    public func receiveMessages(limit: Int = Peer.defaultReceiveLimit, timeout: Duration? = nil) async throws(IntercomError) -> [InboundMessage] {
         try await self.inbox.nextBatch(limit: limit, timeout: timeout)
     }
 
@@ -752,6 +777,9 @@ extension Peer: FrameReceiver {
             } else {
                 // Collected until the end of this read, then queued under one lock.
                 self.arrivals.messages.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
+                // Batches no larger than what `receiveMessages()` takes by default pass
+                // through the inbox whole.
+                if self.arrivals.messages.count >= Self.defaultReceiveLimit { self.flushArrivals() }
             }
         case .cancel:
             self.handlers.withLock { $0.running[frame.id] }?.task.cancel()
@@ -800,9 +828,17 @@ extension Peer: FrameReceiver {
     }
 
     func endOfReadBatch() {
+        self.flushArrivals()
+    }
+
+    /// Hands the messages collected so far to the inbox. The array itself moves
+    /// (the inbox keeps it as one batch), so each message is not copied again.
+    private func flushArrivals() {
         guard !self.arrivals.messages.isEmpty else { return }
-        self.inbox.append(contentsOf: self.arrivals.messages)
-        self.arrivals.messages.removeAll(keepingCapacity: true)
+        var batch: [InboundMessage] = []
+        swap(&batch, &self.arrivals.messages)
+        self.arrivals.messages.reserveCapacity(batch.count)
+        self.inbox.append(contentsOf: batch)
     }
 
     /// A reply, error or pong for a call of ours.
