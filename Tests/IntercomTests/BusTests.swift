@@ -156,6 +156,33 @@ import Testing
         }
     }
 
+    /// A service's first handler already finds its caller among the service's
+    /// clients: an event published to a subscription made before the call reaches
+    /// it. (Over shared memory the connection used to serve its first frames
+    /// before the listener listed it; such a publish skipped the subscriber.)
+    @Test func theFirstCallOfANewClientSeesItsSubscriptions() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "ticker", bus: temporary)
+                for _ in 0..<40 {
+                    let peer = try await temporary.bus.connect(to: "ticker", waitingUpTo: .seconds(20))
+                    let ticks = peer.events("ticks", as: Int.self)
+                    let tally = try await peer.call("events.burst", Burst(topic: "ticks", count: 1), returning: BurstTally.self)
+                    #expect(tally == BurstTally(sent: 1, dropped: 0))
+                    if tally.sent == 1 {
+                        var iterator = ticks.makeAsyncIterator()
+                        #expect(try await iterator.next() == .event(0))
+                    }
+                    await peer.close()
+                }
+                let last = try await temporary.bus.connect(to: "ticker", waitingUpTo: .seconds(20))
+                _ = try? await last.call("intercom.quit", 0, returning: Bool.self)
+                await last.close()
+                #expect(await service.waitForExit() == 0)
+            }
+        }
+    }
+
     /// A subscriber that does not read while 100,000 events are published: the
     /// publisher never waits, the subscriber's queue stays at its cap, and every
     /// event is accounted for — received, or reported as missed.
