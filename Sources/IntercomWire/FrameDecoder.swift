@@ -67,13 +67,17 @@ public struct FrameDecoder: Sendable {
         }
         guard readable >= FrameHeader.size + extensionLength + payloadLength else { return nil }
 
-        buffer.moveReaderIndex(forwardBy: FrameHeader.size)
+        // Slices taken where they lie, then one move of the reader index: each
+        // access to the buffer costs checks that outweigh a small frame's parsing.
+        let start = buffer.readerIndex + FrameHeader.size
+        let payload = buffer.getSlice(at: start + extensionLength, length: payloadLength)!
         guard extensionLength > 0 else {
             // Most frames: no extension to slice and parse.
-            return Frame(kind: kind, flags: flags, id: id, payload: buffer.readSlice(length: payloadLength)!)
+            buffer.moveReaderIndex(forwardBy: FrameHeader.size + payloadLength)
+            return Frame(kind: kind, flags: flags, id: id, payload: payload)
         }
-        var extensionBytes = buffer.readSlice(length: extensionLength)!
-        let payload = buffer.readSlice(length: payloadLength)!
+        var extensionBytes = buffer.getSlice(at: start, length: extensionLength)!
+        buffer.moveReaderIndex(forwardBy: FrameHeader.size + extensionLength + payloadLength)
         var frame = Frame(kind: kind, flags: flags, id: id, payload: payload)
         try Self.parseExtension(&extensionBytes, into: &frame)
         return frame

@@ -3,6 +3,9 @@
 /// A struct with static members rather than an enum, so that kinds can be added
 /// without breaking users (CONVENTIONS.md §8). Unknown kinds are refused by the
 /// decoder with ``ProtocolError/Code/unknownFrameKind``.
+///
+/// The kinds are inlinable constants: a `switch` over them on the receive path
+/// compares bytes instead of calling a lazy global's accessor per case.
 public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
     /// The byte on the wire.
     public let rawValue: UInt8
@@ -13,37 +16,37 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
         self.rawValue = rawValue
     }
 
-    private init(_ raw: UInt8) { self.rawValue = raw }
+    @usableFromInline init(_ raw: UInt8) { self.rawValue = raw }
 
     /// Opens a connection: versions, name, pid, codec, limits. Sent by both sides.
-    public static let hello = FrameKind(1)
+    @inlinable public static var hello: FrameKind { FrameKind(1) }
     /// Reserved for asymmetric handshakes (accepting side's answer); not sent in version 1.
-    public static let welcome = FrameKind(2)
+    @inlinable public static var welcome: FrameKind { FrameKind(2) }
     /// A request that expects a reply or an error with the same id.
-    public static let call = FrameKind(3)
+    @inlinable public static var call: FrameKind { FrameKind(3) }
     /// The successful answer to the call with the same id.
-    public static let reply = FrameKind(4)
+    @inlinable public static var reply: FrameKind { FrameKind(4) }
     /// The failed answer to the call with the same id (or id 0: a connection-level error).
-    public static let error = FrameKind(5)
+    @inlinable public static var error: FrameKind { FrameKind(5) }
     /// Asks the peer to cancel the call with the same id.
-    public static let cancel = FrameKind(6)
+    @inlinable public static var cancel: FrameKind { FrameKind(6) }
     /// A one-way message: no reply.
-    public static let message = FrameKind(7)
+    @inlinable public static var message: FrameKind { FrameKind(7) }
     /// An event published on a topic.
-    public static let event = FrameKind(8)
+    @inlinable public static var event: FrameKind { FrameKind(8) }
     /// Asks the peer to send events of a topic.
-    public static let subscribe = FrameKind(9)
+    @inlinable public static var subscribe: FrameKind { FrameKind(9) }
     /// Stops a subscription.
-    public static let unsubscribe = FrameKind(10)
+    @inlinable public static var unsubscribe: FrameKind { FrameKind(10) }
     /// Liveness probe; answered with ``pong`` carrying the same id.
-    public static let ping = FrameKind(11)
+    @inlinable public static var ping: FrameKind { FrameKind(11) }
     /// Answer to ``ping``.
-    public static let pong = FrameKind(12)
+    @inlinable public static var pong: FrameKind { FrameKind(12) }
     /// The sender is closing the connection on purpose.
-    public static let goodbye = FrameKind(13)
+    @inlinable public static var goodbye: FrameKind { FrameKind(13) }
     /// The shared-memory upgrade right after the hellos (id 1: ready for
     /// descriptors; id 2: a ring's memfd is attached). See docs/PROTOCOL.md.
-    public static let sharedMemory = FrameKind(14)
+    @inlinable public static var sharedMemory: FrameKind { FrameKind(14) }
 
     /// The kind's name.
     public var description: String {

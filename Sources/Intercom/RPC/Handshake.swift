@@ -67,7 +67,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         }
     }
 
-    func receive(_ frame: Frame) {
+    func receive(_ frame: consuming Frame) {
         guard !self.finished else { return }
         if self.upgrading {
             // Only the other side's "ready" can come this way before reading moves

@@ -716,9 +716,37 @@ public final class Peer: Sendable {
 }
 
 /// Messages read in the current batch, not yet in the inbox.
+///
+/// The array lives behind a pointer rather than in a stored `var`: every access
+/// to a class's stored `var` costs a runtime exclusivity check, and this one is
+/// touched once per message at millions of messages a second.
 private final class Arrivals: @unchecked Sendable {
     // Touched only on the transport's thread (receive / endOfReadBatch / transportClosed).
-    var messages: [InboundMessage] = []
+    private let messages = UnsafeMutablePointer<[InboundMessage]>.allocate(capacity: 1)
+
+    init() { self.messages.initialize(to: []) }
+
+    deinit {
+        self.messages.deinitialize(count: 1)
+        self.messages.deallocate()
+    }
+
+    /// Appends `message`; returns how many are collected now.
+    func append(_ message: InboundMessage) -> Int {
+        self.messages.pointee.append(message)
+        return self.messages.pointee.count
+    }
+
+    /// The collected messages (the array itself, not a copy); the next batch
+    /// starts with room for as many.
+    func takeAll() -> [InboundMessage] {
+        var batch: [InboundMessage] = []
+        swap(&batch, &self.messages.pointee)
+        self.messages.pointee.reserveCapacity(batch.count)
+        return batch
+    }
+
+    var isEmpty: Bool { self.messages.pointee.isEmpty }
 }
 
 /// A call waiting for its reply. Fields are guarded by the peer's call-table lock.
@@ -765,7 +793,7 @@ extension Peer: FrameReceiver {
         }
     }
 
-    func receive(_ frame: Frame) {
+    func receive(_ frame: consuming Frame) {
         switch frame.kind {
         case .reply, .error, .pong:
             self.complete(frame)
@@ -776,10 +804,10 @@ extension Peer: FrameReceiver {
                 self.accept(frame)
             } else {
                 // Collected until the end of this read, then queued under one lock.
-                self.arrivals.messages.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
+                let collected = self.arrivals.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
                 // Batches no larger than what `receiveMessages()` takes by default pass
                 // through the inbox whole.
-                if self.arrivals.messages.count >= Self.defaultReceiveLimit { self.flushArrivals() }
+                if collected >= Self.defaultReceiveLimit { self.flushArrivals() }
             }
         case .cancel:
             self.handlers.withLock { $0.running[frame.id] }?.task.cancel()
@@ -834,11 +862,8 @@ extension Peer: FrameReceiver {
     /// Hands the messages collected so far to the inbox. The array itself moves
     /// (the inbox keeps it as one batch), so each message is not copied again.
     private func flushArrivals() {
-        guard !self.arrivals.messages.isEmpty else { return }
-        var batch: [InboundMessage] = []
-        swap(&batch, &self.arrivals.messages)
-        self.arrivals.messages.reserveCapacity(batch.count)
-        self.inbox.append(contentsOf: batch)
+        guard !self.arrivals.isEmpty else { return }
+        self.inbox.append(contentsOf: self.arrivals.takeAll())
     }
 
     /// A reply, error or pong for a call of ours.

@@ -72,7 +72,7 @@ protocol FrameReceiver: AnyObject, Sendable {
     /// The stream is open and writable: the handshake may begin.
     func transportActive()
     /// One whole frame arrived.
-    func receive(_ frame: Frame)
+    func receive(_ frame: consuming Frame)
     /// The frames of one read have all been delivered (a good moment to publish
     /// what was collected from them in one go).
     func endOfReadBatch()

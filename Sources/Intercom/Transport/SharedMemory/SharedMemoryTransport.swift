@@ -614,7 +614,7 @@ final class SharedMemoryLiveness: FrameReceiver, @unchecked Sendable {
     init(transport: SharedMemoryTransport) { self.transport = transport }
 
     func transportActive() {}
-    func receive(_ frame: Frame) { self.transport?.socketEnded() }
+    func receive(_ frame: consuming Frame) { self.transport?.socketEnded() }
     func endOfReadBatch() {}
     func transportFailed(_ error: ProtocolError) { self.transport?.socketEnded() }
     func transportClosed() { self.transport?.socketEnded() }
