@@ -36,6 +36,7 @@ public struct Frame: Sendable {
     public var payload: ByteBuffer
 
     /// Creates a frame.
+    @inlinable
     public init(
         kind: FrameKind,
         flags: FrameFlags = [],

@@ -732,7 +732,7 @@ private final class Arrivals: @unchecked Sendable {
     }
 
     /// Appends `message`; returns how many are collected now.
-    func append(_ message: InboundMessage) -> Int {
+    func append(_ message: consuming InboundMessage) -> Int {
         self.messages.pointee.append(message)
         return self.messages.pointee.count
     }
