@@ -366,6 +366,10 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     /// the other side when it waits for the room this freed.
     private func readInbound() -> Bool {
         let loop = self.loop
+        // Checked first, without touching the receiver: this runs on every turn of
+        // the spin, and retaining the peer (which has weak references, so its count
+        // lives in a side table) cost more than the check.
+        guard loop.undecoded || loop.pendingReference != nil || self.inbound.hasData(loop.reader) else { return false }
         guard let receiver = loop.receiver, loop.pauseReasons.isEmpty || loop.socketEnded else { return false }
         var delivered = false
         do {
