@@ -301,7 +301,9 @@ func expectIntercomError(
             }
             try await peer.send(contentsOf: notes[0..<2500])
             try await peer.send(notes[2500])  // one by one in between: order is kept
-            try await peer.send(contentsOf: notes[2501...])
+            // A sequence without contiguous storage takes the iterating path.
+            try await peer.send(contentsOf: notes[2501..<2600].lazy.map { $0 })
+            try await peer.send(contentsOf: notes[2600...])
             // A batch with one message that does not encode sends nothing at all.
             let broken = [FailingNote(note: Note(index: -2, text: "never"), fails: false), FailingNote(note: notes[0], fails: true)]
             await expectIntercomError(.invalidPayload) { try await peer.send(contentsOf: broken) }
