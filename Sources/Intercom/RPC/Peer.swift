@@ -273,6 +273,11 @@ public final class Peer: Sendable {
             throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context)
         }
         let length = FrameHeader.finish(mark, in: &buffer)
+        try self.checkPayloadLength(length, of: kind, context: context)
+    }
+
+    /// Refuses a payload longer than the other side accepts in one frame.
+    private func checkPayloadLength(_ length: Int, of kind: FrameKind, context: IntercomError.Context) throws(IntercomError) {
         guard length <= self.remoteMaxFrameSize else {
             throw IntercomError(
                 .frameTooLarge,
@@ -432,12 +437,7 @@ public final class Peer: Sendable {
         } catch {
             throw IntercomError(.invalidPayload, "\(Message.self) does not encode: \(error)", context: context)
         }
-        guard length <= self.remoteMaxFrameSize else {
-            throw IntercomError(
-                .frameTooLarge,
-                "message payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'; send it in parts",
-                context: context)
-        }
+        try self.checkPayloadLength(length, of: .message, context: context)
     }
 
     /// Waits for the next unsolicited message and decodes it as `type`.
