@@ -124,8 +124,12 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                 // On the new transport's thread, before it serves the connection.
                 let peer = Peer(transport: shm, router: router, configuration: configuration, remote: remote, codec: codec)
                 socket.executeOnLoop { [self] in
+                    // Only now may frames reach the peer (they wait in the ring meanwhile):
+                    // whoever waits for it has it first. A listener that had not yet listed
+                    // a connection when its first call ran made a service's publish skip
+                    // that caller's subscription.
+                    defer { shm.setReceiver(peer) }
                     guard !self.finished else {
-                        shm.setReceiver(peer)
                         shm.close()  // the handshake timed out or the socket closed meanwhile
                         return
                     }
@@ -136,11 +140,6 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                     socket.setReadingPaused(false, reason: .upgrade)
                     if self.socketEndedWhileUpgrading || !socket.channel.isActive { shm.socketEnded() }
                     self.promise.succeed(peer)
-                    // Only now may frames reach the peer (they wait in the ring meanwhile):
-                    // whoever waits for it has it first. A listener that had not yet listed
-                    // a connection when its first call ran made a service's publish skip
-                    // that caller's subscription.
-                    shm.setReceiver(peer)
                 }
             },
             failed: { [self] error in

@@ -369,7 +369,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         // Checked first, without touching the receiver: this runs on every turn of
         // the spin, and retaining the peer (which has weak references, so its count
         // lives in a side table) cost more than the check.
-        guard loop.undecoded || loop.pendingReference != nil || self.inbound.hasData(loop.reader) else { return false }
+        guard self.hasInboundBytes else { return false }
         guard let receiver = loop.receiver, loop.pauseReasons.isEmpty || loop.socketEnded else { return false }
         var delivered = false
         do {
@@ -494,11 +494,18 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         return moved
     }
 
+    /// Bytes from the other side wait to be delivered: in the ring, or taken
+    /// from it during the upgrade.
+    private var hasInboundBytes: Bool {
+        let loop = self.loop
+        return loop.undecoded || loop.pendingReference != nil || self.inbound.hasData(loop.reader)
+    }
+
     /// Something is ready for the thread (checked once more before sleeping).
     private func hasWork() -> Bool {
         let loop = self.loop
         if self.hasMail.load(ordering: .sequentiallyConsistent) { return true }
-        if loop.receiver != nil, loop.pauseReasons.isEmpty, self.inbound.hasData(loop.reader) { return true }
+        if loop.receiver != nil, loop.pauseReasons.isEmpty, self.hasInboundBytes { return true }
         if let next = loop.timers.lazy.map(\.deadline).min(), next <= .now { return true }
         if loop.closing || loop.socketEnded { return true }
         guard self.overflowing.load(ordering: .sequentiallyConsistent) else { return false }
