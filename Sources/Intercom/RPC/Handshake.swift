@@ -18,8 +18,12 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     private var finished = false
     private var timer: (any ScheduledWork)?
     private var startedAt = ContinuousClock.now
+    /// Whether this side's hello offers shared memory (enabled, and the
+    /// connection is a Unix stream socket whose descriptor is known).
+    private var offersSharedMemory = false
     #if os(Linux)
-    /// This side's shared-memory offer, if it could make one.
+    /// The upgrade under way (its rings are made only once both hellos offered it,
+    /// so a connection that never completes a hello costs no shared memory).
     private var upgrade: SharedMemoryUpgrade?
     #endif
     /// Both hellos offered shared memory; the upgrade conversation is under way.
@@ -38,7 +42,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     private var ownHello: Hello {
         var capabilities: UInt64 = 0
         #if os(Linux)
-        if self.upgrade != nil { capabilities |= Hello.sharedMemoryCapability }
+        if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
         #endif
         return Hello(
             preferredCodec: self.configuration.preferredCodec,
@@ -52,7 +56,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         self.startedAt = .now
         #if os(Linux)
         if self.configuration.sharedMemory.isEnabled, let socket = self.transport as? NIOFrameTransport {
-            self.upgrade = SharedMemoryUpgrade.offer(on: socket, options: self.configuration.sharedMemory)
+            self.offersSharedMemory = socket.isUnixStreamSocket
         }
         #endif
         var buffer = ByteBuffer()
@@ -108,13 +112,22 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     /// Moves the connection to shared memory if both hellos offered it; false if not.
     private func startUpgrade(remote: Hello, codec: PayloadCodec) -> Bool {
         #if os(Linux)
-        guard let upgrade = self.upgrade, remote.capabilities & Hello.sharedMemoryCapability != 0,
+        guard self.offersSharedMemory, remote.capabilities & Hello.sharedMemoryCapability != 0,
             let socket = self.transport as? NIOFrameTransport
         else {
-            self.upgrade = nil
             return false
         }
         self.upgrading = true
+        guard let upgrade = SharedMemoryUpgrade.offer(on: socket, options: self.configuration.sharedMemory) else {
+            // Both sides agreed to move; this side cannot (out of descriptors or memory).
+            self.upgrading = false
+            self.refuse(
+                ProtocolError(
+                    .incompatiblePeer,
+                    "this side could not set up shared memory (out of descriptors or memory?); to keep connections on their socket, set configuration.sharedMemory.isEnabled = false or INTERCOM_SHARED_MEMORY=off"))
+            return true
+        }
+        self.upgrade = upgrade
         let configuration = self.configuration
         let router = self.router
         upgrade.start(

@@ -88,6 +88,22 @@ public final class Peer: Sendable {
         var queued = Deque<Frame>()
         var ended = false
         var timer = DeadlineTimer()
+        /// Bytes held for calls: queued and running requests, and replies waiting
+        /// for the caller to read (bounded by ``Configuration/requestByteBudget``).
+        var bytes = 0
+        /// Reading is paused for the call queue or the byte budget.
+        var paused = false
+
+        /// Whether the connection must stop reading: too many queued calls or too many bytes.
+        func isOverLimit(_ configuration: Configuration) -> Bool {
+            self.queued.count >= configuration.maxQueuedCalls || self.bytes >= configuration.requestByteBudget
+        }
+    }
+
+    /// What a request holds while queued or running: its payload and method name,
+    /// plus the frame and task around them.
+    private static func heldBytes(_ frame: borrowing Frame) -> Int {
+        frame.payload.readableBytes + (frame.method?.utf8.count ?? 0) + 256
     }
 
     private struct RunningHandler {
@@ -949,16 +965,25 @@ extension Peer: FrameReceiver {
     // MARK: Serving calls
 
     /// A call (or routed message) arrived: run it now or queue it behind the handler limit.
+    ///
+    /// On the transport's thread. Past the call-queue limit or the byte budget the
+    /// connection stops reading (the sender's backpressure); the pause is applied
+    /// here, on the transport's thread, every time a call arrives over the limit,
+    /// so a resume posted from a finishing handler can never leave it reading past
+    /// the budget for more than one read.
     private func accept(_ frame: Frame) {
         let pause = self.handlers.withLock { table -> Bool in
             if table.ended { return false }
+            table.bytes += Self.heldBytes(frame)
             if table.active < self.configuration.maxConcurrentHandlers {
                 table.active += 1
                 self.startHandler(frame, table: &table)
-                return false
+            } else {
+                table.queued.append(frame)
             }
-            table.queued.append(frame)
-            return table.queued.count == self.configuration.maxQueuedCalls
+            guard table.isOverLimit(self.configuration) else { return false }
+            table.paused = true
+            return true
         }
         if pause { self.transport.setReadingPaused(true, reason: .callQueueFull) }
     }
@@ -977,8 +1002,9 @@ extension Peer: FrameReceiver {
         let isCall = frame.kind == .call
         let executor: (any TaskExecutor)? =
             self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
+        let held = Self.heldBytes(frame)
         let task = Task(executorPreference: executor) {
-            await self.run(call, isCall: isCall)
+            await self.run(call, isCall: isCall, held: held)
         }
         guard isCall else { return }
         table.running[frame.id] = RunningHandler(task: task, deadline: deadline)
@@ -1013,7 +1039,7 @@ extension Peer: FrameReceiver {
         for task in overdue { task.cancel() }
     }
 
-    private func run(_ call: IncomingCall, isCall: Bool) async {
+    private func run(_ call: IncomingCall, isCall: Bool, held: Int) async {
         let id = call.context.callID
         var reply: ByteBuffer?
         do {
@@ -1037,12 +1063,17 @@ extension Peer: FrameReceiver {
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
             }
         }
+        var held = held
         if let reply, !self.transport.sendIfWritable(reply) {
-            // Over the watermark: wait for the caller to read (or the connection to end).
+            // Over the watermark: wait for the caller to read (or the connection to
+            // end). The waiting reply counts against the byte budget meanwhile.
+            let replyBytes = reply.readableBytes
+            held += replyBytes
+            self.handlers.withLock { $0.bytes += replyBytes }
             try? await self.transport.waitUntilWritable()
             self.transport.send(reply)
         }
-        self.handlerFinished(id, isCall: isCall)
+        self.handlerFinished(id, isCall: isCall, released: held)
     }
 
     private func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
@@ -1089,14 +1120,19 @@ extension Peer: FrameReceiver {
         return body.frame(id: id, flags: flags)
     }
 
-    private func handlerFinished(_ id: UInt64, isCall: Bool) {
+    private func handlerFinished(_ id: UInt64, isCall: Bool, released: Int) {
         let (resume, afterReply) = self.handlers.withLock { table -> (Bool, [@Sendable () async -> Void]) in
             let afterReply = isCall ? table.running.removeValue(forKey: id)?.afterReply ?? [] : []
             table.active -= 1
-            guard !table.ended, let next = table.queued.popFirst() else { return (false, afterReply) }
-            table.active += 1
-            self.startHandler(next, table: &table)
-            return (table.queued.count == self.configuration.maxQueuedCalls - 1, afterReply)
+            table.bytes -= released
+            guard !table.ended else { return (false, afterReply) }
+            if let next = table.queued.popFirst() {
+                table.active += 1
+                self.startHandler(next, table: &table)
+            }
+            guard table.paused, !table.isOverLimit(self.configuration) else { return (false, afterReply) }
+            table.paused = false
+            return (true, afterReply)
         }
         if resume { self.transport.setReadingPaused(false, reason: .callQueueFull) }
         if !afterReply.isEmpty {

@@ -1,6 +1,11 @@
 public import IntercomWire
 public import Logging
 internal import Foundation
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
 
 extension Peer {
     /// How a connection behaves. Every field has a documented default.
@@ -16,6 +21,12 @@ extension Peer {
         /// Calls waiting for a free handler slot before the connection stops reading
         /// (so the sender's backpressure kicks in): 1,024.
         public var maxQueuedCalls: Int = 1024
+        /// Bytes that calls arriving on one connection may hold at once — queued
+        /// and running requests and the replies waiting for the caller to read
+        /// them: 64 MiB. Past it the connection stops reading (so the sender's
+        /// backpressure kicks in) instead of allocating more; one request is always
+        /// admitted, so a single frame up to ``WireLimits/maxFrameSize`` still goes through.
+        public var requestByteBudget: Int = 64 << 20
         /// Unsolicited messages held for ``Peer/receive(as:timeout:)`` before the
         /// connection stops reading: 1,024.
         public var inboxCapacity: Int = 1024
@@ -36,6 +47,10 @@ extension Peer {
         /// Whether and how the connection moves to shared memory when both sides
         /// are on one host (Linux; on by default, see ``SharedMemoryOptions``).
         public var sharedMemory = SharedMemoryOptions()
+        /// Who may serve a Unix socket this side connects to: the server process's
+        /// uid (from the kernel, `SO_PEERCRED`) must be one of these, checked before
+        /// a byte is sent. This user and root by default; nil trusts anyone.
+        public var trustedServerUIDs: Set<UInt32>? = [UInt32(getuid()), 0]
         /// Where the connection logs (protocol violations at `warning`).
         public var logger: Logger = Logger(label: "intercom.peer")
 

@@ -11,8 +11,11 @@ internal import Darwin
 /// Installs the frame transport and the handshake on a new channel.
 ///
 /// - Returns: the future of the peer, fulfilled when the handshake completes.
-func installPeer(on channel: any Channel, router: Router?, configuration: Peer.Configuration) throws -> EventLoopFuture<Peer> {
-    let transport = NIOFrameTransport(channel: channel, limits: configuration.limits, logger: configuration.logger)
+/// - Parameter descriptor: the descriptor under the channel, when Intercom knows it
+///   (sockets it connected, accepted or adopted); needed to move to shared memory.
+func installPeer(on channel: any Channel, descriptor: Int32?, router: Router?, configuration: Peer.Configuration) throws -> EventLoopFuture<Peer> {
+    let transport = NIOFrameTransport(
+        channel: channel, descriptor: descriptor, limits: configuration.limits, logger: configuration.logger)
     try channel.pipeline.syncOperations.addHandler(transport.handler)
     let promise = channel.eventLoop.makePromise(of: Peer.self)
     transport.setReceiver(Handshake(transport: transport, router: router, configuration: configuration, promise: promise))
@@ -32,6 +35,7 @@ extension Peer.Configuration {
 /// Runs a NIO connect and the handshake that follows, mapping failures to ``IntercomError``.
 private func establish(
     _ what: String,
+    descriptor: Int32?,
     configuration: Peer.Configuration,
     _ connect: (_ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) -> EventLoopFuture<any Channel>,
     router: Router?
@@ -40,7 +44,7 @@ private func establish(
     do {
         _ = try await connect { channel in
             do {
-                box.future = try installPeer(on: channel, router: router, configuration: configuration)
+                box.future = try installPeer(on: channel, descriptor: descriptor, router: router, configuration: configuration)
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)
@@ -118,7 +122,7 @@ extension Peer {
     public static func adopt(
         fileDescriptor: Int32, router: Router? = nil, configuration: Configuration = Configuration()
     ) async throws(IntercomError) -> Peer {
-        try await establish("adopting descriptor \(fileDescriptor)", configuration: configuration, { initializer in
+        try await establish("adopting descriptor \(fileDescriptor)", descriptor: fileDescriptor, configuration: configuration, { initializer in
             ClientBootstrap(group: intercomEventLoopGroup)
                 .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
                 .channelInitializer(initializer)
@@ -132,7 +136,7 @@ extension Peer {
     ///
     /// - Throws: ``IntercomError`` if the descriptors are unusable or the handshake fails.
     public static func standardIO(router: Router? = nil, configuration: Configuration = Configuration()) async throws(IntercomError) -> Peer {
-        try await establish("using standard input/output", configuration: configuration, { initializer in
+        try await establish("using standard input/output", descriptor: STDIN_FILENO, configuration: configuration, { initializer in
             NIOPipeBootstrap(group: intercomEventLoopGroup)
                 .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
                 .channelInitializer(initializer)
@@ -142,17 +146,30 @@ extension Peer {
 
     /// Connects to a ``PeerListener`` on a Unix socket path.
     ///
+    /// Before it sends a byte, the client checks who listens there from the
+    /// kernel's record of the server process (`SO_PEERCRED`): its uid must be one
+    /// of ``Configuration/trustedServerUIDs`` (by default this user's or root's),
+    /// so a socket planted by another user never sees the request.
+    ///
     /// - Throws: ``IntercomError`` `connectionFailed` (nobody listening),
-    ///   `permissionDenied`, or a handshake failure.
+    ///   `permissionDenied` (the server is not trusted, or refused this client),
+    ///   `timeout` (no handshake within ``Configuration/handshakeTimeout``), or
+    ///   another handshake failure.
     public static func connect(
         unixPath path: String, router: Router? = nil, configuration: Configuration = Configuration()
     ) async throws(IntercomError) -> Peer {
-        try UnixSocketPath.check(path)
-        return try await establish("connecting to \(path)", configuration: configuration, { initializer in
+        let fd = try await UnixSocket.connect(to: path, until: .now + configuration.handshakeTimeout)
+        if let refusal = UnixSocket.refusal(of: fd, allowed: configuration.trustedServerUIDs, role: "server") {
+            POSIX.close(fd)
+            throw IntercomError(
+                .permissionDenied,
+                "refusing to talk to \(path): \(refusal); nothing was sent. If that user is meant to serve it, add its uid to configuration.trustedServerUIDs")
+        }
+        return try await establish("connecting to \(path)", descriptor: fd, configuration: configuration, { initializer in
             ClientBootstrap(group: intercomEventLoopGroup)
                 .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
                 .channelInitializer(initializer)
-                .connect(unixDomainSocketPath: path)
+                .withConnectedSocket(fd)
         }, router: router)
     }
 }

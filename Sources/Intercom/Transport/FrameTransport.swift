@@ -59,6 +59,8 @@ struct ReadPauseReason: OptionSet, Sendable {
     static let callQueueFull = ReadPauseReason(rawValue: 2)
     /// The connection is moving to shared memory; the socket must not be read.
     static let upgrade = ReadPauseReason(rawValue: 4)
+    /// The peer broke the protocol; the connection is closing and reads nothing more.
+    static let violation = ReadPauseReason(rawValue: 8)
 }
 
 /// A scheduled piece of work that can still be called off.

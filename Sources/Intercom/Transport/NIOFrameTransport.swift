@@ -35,8 +35,12 @@ final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// Capacity of a batch buffer.
     private static let batchCapacity = 32 * 1024
 
-    init(channel: any Channel, limits: WireLimits, logger: Logger) {
+    /// The descriptor under the channel, if known (NIO does not tell it).
+    let descriptor: Int32?
+
+    init(channel: any Channel, descriptor: Int32?, limits: WireLimits, logger: Logger) {
         self.channel = channel
+        self.descriptor = descriptor
         self.loop = channel.eventLoop
         self.executor = EventLoopExecutor.forLoop(channel.eventLoop)
         self.handler = FrameChannelHandler(limits: limits, logger: logger)
@@ -51,9 +55,33 @@ final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         self.loop.execute(body)
     }
 
+    /// On the event loop: a close-on-exec duplicate of the Unix stream socket
+    /// under the channel, or nil (a pipe, another kind of socket, an unknown
+    /// descriptor). Checked by the socket's cookie, so a descriptor number
+    /// reused after the channel closed is never taken for it.
+    func duplicateUnixSocket() -> Int32? {
+        #if os(Linux)
+        guard let descriptor = self.descriptor, let cookie = self.socketCookie() else { return nil }
+        return DescriptorPassing.duplicateUnixStreamSocket(descriptor, cookie: cookie)
+        #else
+        return nil
+        #endif
+    }
+
+    /// On the event loop: whether the channel runs over a Unix stream socket whose
+    /// descriptor is known (so the connection could move to shared memory).
+    var isUnixStreamSocket: Bool {
+        #if os(Linux)
+        guard let descriptor = self.descriptor, let cookie = self.socketCookie() else { return false }
+        return DescriptorPassing.isUnixStreamSocket(descriptor, cookie: cookie)
+        #else
+        return false
+        #endif
+    }
+
     /// On the event loop: the kernel's cookie of the socket under the channel
     /// (nil for pipes and anything that is not a socket).
-    func socketCookie() -> UInt64? {
+    private func socketCookie() -> UInt64? {
         guard let provider = self.channel as? any SocketOptionProvider else { return nil }
         let future: EventLoopFuture<UInt64> = provider.unsafeGetSocketOption(
             level: .socket, name: NIOBSDSocket.Option(rawValue: 57 /* SO_COOKIE */))
@@ -284,11 +312,23 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
             "closing connection after a protocol violation",
             metadata: ["error": "\(error)", "remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "local")"])
         self.receiver?.transportFailed(error)
+        // Read nothing more: whatever else the peer sends is not ours to buffer.
+        self.pauseReasons.insert(.violation)
         // Tell the other side why, then close. Id 0: the error concerns the connection.
+        // A peer that does not read would hold that write (and the connection)
+        // forever, so the close comes after a short grace whether or not it went out.
         let buffer = ErrorBody(connectionError: error).frame(id: 0)
         let channel = context.channel
-        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        let grace = channel.eventLoop.scheduleTask(in: Self.violationGrace) { channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in
+            grace.cancel()
+            channel.close(promise: nil)
+        }
     }
+
+    /// How long the error frame after a protocol violation may take to go out
+    /// before the connection closes anyway.
+    static let violationGrace: TimeAmount = .milliseconds(500)
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         self.transport?.writabilityChanged(context.channel.isWritable)

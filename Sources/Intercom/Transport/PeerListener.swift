@@ -26,13 +26,13 @@ public final class PeerListener: Sendable {
     /// Connections that completed the handshake, in order. Ends when the listener closes.
     public let peers: AsyncStream<Peer>
 
-    private let channel: any Channel
+    private let acceptor: UnixSocketAcceptor
     private let continuation: AsyncStream<Peer>.Continuation
     private let accepted = Mutex<[ObjectIdentifier: Peer]?>([:])
 
-    private init(path: String, channel: any Channel, peers: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation) {
+    private init(path: String, acceptor: UnixSocketAcceptor, peers: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation) {
         self.path = path
-        self.channel = channel
+        self.acceptor = acceptor
         self.peers = peers
         self.continuation = continuation
     }
@@ -54,52 +54,78 @@ public final class PeerListener: Sendable {
     ) async throws(IntercomError) -> PeerListener {
         try UnixSocketPath.check(path)
         try Self.removeStaleSocket(at: path)
+        let fd = try UnixSocket.make()
+        guard UnixSocket.bindAndListen(fd, at: path, backlog: Self.backlog) else {
+            let code = errno
+            POSIX.close(fd)
+            let reason = String(cString: strerror(code))
+            switch code {
+            case EADDRINUSE: throw IntercomError(.nameInUse, "listening on \(path): \(reason)")
+            case EACCES, EPERM: throw IntercomError(.permissionDenied, "listening on \(path): permission denied (\(reason))")
+            default: throw IntercomError(.connectionFailed, "listening on \(path): \(reason)")
+            }
+        }
         let (stream, continuation) = AsyncStream.makeStream(of: Peer.self)
         let box = ListenerBox()
         let logger = configuration.logger
-        let channel: any Channel
+        let acceptor: UnixSocketAcceptor
         do {
-            channel = try await ServerBootstrap(group: intercomEventLoopGroup)
-                .serverChannelOption(ChannelOptions.backlog, value: 256)
-                .childChannelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
-                .childChannelInitializer { child in
-                    let check: EventLoopFuture<String?> =
-                        allowedUIDs.map { credentialRefusal(child, allowed: $0) } ?? child.eventLoop.makeSucceededFuture(nil)
-                    return check.flatMap { refusal in
-                        if let refusal {
-                            // Before the handshake: no handler can run for this client.
-                            logger.warning("refused a connection", metadata: ["path": "\(path)", "reason": "\(refusal)"])
-                            let frame = ErrorBody(code: IntercomError.Code.permissionDenied.name, message: refusal).frame(id: 0)
-                            return child.pipeline.addHandler(RefuseOnActive(frame: frame))
-                        }
-                        do {
-                            let future = try installPeer(on: child, router: router, configuration: configuration)
-                            future.whenComplete { result in
-                                switch result {
-                                case .success(let peer):
-                                    box.listener?.adopt(peer)
-                                case .failure(let error):
-                                    logger.warning("refused a connection", metadata: ["path": "\(path)", "error": "\(error)"])
-                                }
-                            }
-                            return child.eventLoop.makeSucceededVoidFuture()
-                        } catch {
-                            return child.eventLoop.makeFailedFuture(error)
-                        }
-                    }
-                }
-                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false)
-                .get()
+            acceptor = try UnixSocketAcceptor(listening: fd, path: path, logger: logger) { connection in
+                Self.serve(connection, path: path, router: router, configuration: configuration, allowedUIDs: allowedUIDs, box: box)
+            }
         } catch {
+            POSIX.close(fd)
+            unlink(path)
             continuation.finish()
-            throw IntercomError(systemError: error, doing: "listening on \(path)")
+            throw error
         }
-        let listener = PeerListener(path: path, channel: channel, peers: stream, continuation: continuation)
-        box.listener = listener
+        let listener = PeerListener(path: path, acceptor: acceptor, peers: stream, continuation: continuation)
+        box.set(listener)
         return listener
     }
 
-    private func adopt(_ peer: Peer) {
+    /// Connections waiting to be accepted before the kernel refuses more
+    /// (capped by `net.core.somaxconn`).
+    private static let backlog: Int32 = 1024
+
+    /// On the acceptor's thread: checks who connected, then hands the descriptor
+    /// to an event loop with either the handshake or a refusal installed.
+    private static func serve(
+        _ connection: Int32, path: String, router: Router?, configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?,
+        box: ListenerBox
+    ) {
+        let logger = configuration.logger
+        // Before the handshake: no handler can run for a refused client.
+        let refusal = UnixSocket.refusal(of: connection, allowed: allowedUIDs, role: "client")
+        let bootstrap = ClientBootstrap(group: intercomEventLoopGroup)
+            .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
+            .channelInitializer { child in
+                if let refusal {
+                    logger.warning("refused a connection", metadata: ["path": "\(path)", "reason": "\(refusal)"])
+                    let frame = ErrorBody(code: IntercomError.Code.permissionDenied.name, message: refusal).frame(id: 0)
+                    return child.pipeline.addHandler(RefuseOnActive(frame: frame))
+                }
+                do {
+                    let future = try installPeer(on: child, descriptor: connection, router: router, configuration: configuration)
+                    future.whenComplete { result in
+                        switch result {
+                        case .success(let peer):
+                            box.adopt(peer)
+                        case .failure(let error):
+                            logger.warning("refused a connection", metadata: ["path": "\(path)", "error": "\(error)"])
+                        }
+                    }
+                    return child.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return child.eventLoop.makeFailedFuture(error)
+                }
+            }
+        bootstrap.withConnectedSocket(connection).whenFailure { error in
+            logger.warning("could not serve a connection", metadata: ["path": "\(path)", "error": "\(error)"])
+        }
+    }
+
+    fileprivate func adopt(_ peer: Peer) {
         let kept = self.accepted.withLock { accepted -> Bool in
             guard accepted != nil else { return false }
             accepted![ObjectIdentifier(peer)] = peer
@@ -127,7 +153,7 @@ public final class PeerListener: Sendable {
             defer { accepted = nil }
             return accepted.map { Array($0.values) } ?? []
         }
-        try? await self.channel.close()
+        await self.acceptor.stop()
         unlink(self.path)
         self.continuation.finish()
         for peer in peers { await peer.close() }
@@ -166,37 +192,6 @@ public final class PeerListener: Sendable {
     }
 }
 
-#if canImport(Glibc)
-/// Linux's `struct ucred` (the Glibc module does not export it without `_GNU_SOURCE`).
-private struct LinuxPeerCredentials: Sendable {
-    var pid: Int32 = 0
-    var uid: UInt32 = 0
-    var gid: UInt32 = 0
-}
-#endif
-
-/// Why a just-accepted connection may not talk to us (nil if it may), from the
-/// kernel's record of the connecting process's credentials.
-private func credentialRefusal(_ channel: any Channel, allowed: Set<UInt32>) -> EventLoopFuture<String?> {
-    guard let provider = channel as? any SocketOptionProvider else {
-        return channel.eventLoop.makeSucceededFuture("cannot read the peer's credentials")
-    }
-    #if canImport(Glibc)
-    let future: EventLoopFuture<LinuxPeerCredentials> = provider.unsafeGetSocketOption(
-        level: .socket, name: NIOBSDSocket.Option(rawValue: SO_PEERCRED))
-    return future.map { credentials -> String? in
-        allowed.contains(credentials.uid)
-            ? nil : "uid \(credentials.uid) (pid \(credentials.pid)) is not allowed to connect"
-    }.recover { "cannot read the peer's credentials: \($0)" }
-    #else
-    let future: EventLoopFuture<xucred> = provider.unsafeGetSocketOption(
-        level: NIOBSDSocket.OptionLevel(rawValue: 0 /* SOL_LOCAL */), name: NIOBSDSocket.Option(rawValue: LOCAL_PEERCRED))
-    return future.map { credentials -> String? in
-        allowed.contains(credentials.cr_uid) ? nil : "uid \(credentials.cr_uid) is not allowed to connect"
-    }.recover { "cannot read the peer's credentials: \($0)" }
-    #endif
-}
-
 /// Sends one error frame as soon as the connection is active, then closes it.
 /// (Writing from the child initializer itself would wait for a registration that
 /// waits for the initializer.)
@@ -215,9 +210,25 @@ private final class RefuseOnActive: ChannelInboundHandler, Sendable {
     }
 }
 
-/// Lets the child initializer find the listener, which exists only after bind.
-private final class ListenerBox: @unchecked Sendable {
-    // Set once right after bind, before any handshake can complete
-    // (a handshake needs a round trip on the event loop after accept).
-    weak var listener: PeerListener?
+/// Lets the acceptor find the listener, which exists only after it started.
+private final class ListenerBox: Sendable {
+    private struct Weak {
+        weak var listener: PeerListener?
+    }
+    // Weak: the listener owns the acceptor, which owns this box.
+    private let listener = Mutex(Weak())
+
+    func set(_ listener: PeerListener) {
+        self.listener.withLock { $0.listener = listener }
+    }
+
+    /// Hands a peer that completed its handshake to the listener; closes it if
+    /// the listener is gone.
+    func adopt(_ peer: Peer) {
+        if let listener = self.listener.withLock({ $0.listener }) {
+            listener.adopt(peer)
+        } else {
+            Task { await peer.close() }
+        }
+    }
 }

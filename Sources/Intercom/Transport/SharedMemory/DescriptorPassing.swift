@@ -20,32 +20,22 @@ enum DescriptorPassing {
         return cookie
     }
 
-    /// A close-on-exec duplicate of this process's descriptor for the socket with
-    /// `cookie` (found through /proc/self/fd), if it is a Unix-domain stream socket.
-    ///
-    /// NIO does not hand out the descriptors of its channels; the cookie it does
-    /// report (as a socket option) names the socket unambiguously, and the
-    /// duplicate is checked again after `dup`, so a descriptor number reused in
-    /// between cannot be mistaken for it.
-    static func duplicateUnixStreamSocket(cookie: UInt64) -> Int32? {
-        guard let directory = opendir("/proc/self/fd") else { return nil }
-        defer { closedir(directory) }
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard let fd = Int32(name), Self.cookie(of: fd) == cookie else { continue }
-            let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
-            guard copy >= 0 else { return nil }
-            guard Self.cookie(of: copy) == cookie, Self.intOption(copy, Self.soDomain) == AF_UNIX,
-                Self.intOption(copy, Self.soType) == Int32(SOCK_STREAM.rawValue)
-            else {
-                close(copy)
-                return nil
-            }
-            return copy
+    /// A close-on-exec duplicate of `fd` if it is the Unix-domain stream socket
+    /// with `cookie` (checked on the duplicate, so a reused number is refused).
+    static func duplicateUnixStreamSocket(_ fd: Int32, cookie: UInt64) -> Int32? {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+        guard copy >= 0 else { return nil }
+        guard Self.isUnixStreamSocket(copy, cookie: cookie) else {
+            close(copy)
+            return nil
         }
-        return nil
+        return copy
+    }
+
+    /// Whether `fd` is the Unix-domain stream socket with `cookie`.
+    static func isUnixStreamSocket(_ fd: Int32, cookie: UInt64) -> Bool {
+        Self.cookie(of: fd) == cookie && Self.intOption(fd, Self.soDomain) == AF_UNIX
+            && Self.intOption(fd, Self.soType) == Int32(SOCK_STREAM.rawValue)
     }
 
     private static func intOption(_ fd: Int32, _ name: Int32) -> Int32? {

@@ -69,7 +69,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     /// Prepares an offer for the connection on `socket` (on its event loop), or nil
     /// if it cannot move to shared memory (not a Unix stream socket, no memfd).
     static func offer(on socket: NIOFrameTransport, options: SharedMemoryOptions) -> SharedMemoryUpgrade? {
-        guard let cookie = socket.socketCookie(), let copy = DescriptorPassing.duplicateUnixStreamSocket(cookie: cookie) else {
+        guard let copy = socket.duplicateUnixSocket() else {
             return nil
         }
         var capacity = 4096
