@@ -35,11 +35,14 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        // Syscalls the Glibc module hides (behind _GNU_SOURCE): thin C wrappers, no dlsym.
+        .target(name: "CIntercomShims"),
         // The runtime: transports, connection/RPC peer, routing, process spawning.
         .target(
             name: "Intercom",
             dependencies: [
                 "IntercomWire",
+                "CIntercomShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -55,6 +58,7 @@ let package = Package(
             name: "IntercomCLI",
             dependencies: [
                 "Intercom",
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -78,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "IntercomTestHelper",
             dependencies: [
-                "Intercom", "IntercomActorExample",
+                "Intercom", "IntercomWire", "IntercomActorExample",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

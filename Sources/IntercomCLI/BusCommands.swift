@@ -72,7 +72,7 @@ func printTable(header: [String], rows: [[String]]) {
     }
 }
 
-/// `intercom call SERVICE METHOD [JSON]`.
+/// `intercom call SERVICE METHOD [JSON | - | @FILE]`.
 struct Call: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Call a method of a service with a JSON argument and print the JSON reply.")
@@ -80,16 +80,61 @@ struct Call: AsyncParsableCommand {
     @OptionGroup var busOptions: BusOptions
     @Argument(help: "The service's name.") var service: String
     @Argument(help: "The method, e.g. camera.exposure.set.") var method: String
-    @Argument(help: "The argument as JSON (default: null).") var json: String = "null"
-    @Option(help: "Seconds to wait for the reply.") var timeout: Double = 10
+    @Argument(
+        help: "The argument as JSON (default: null); - reads it from standard input, @FILE from FILE (for arguments too long for a command line).")
+    var json: String = "null"
+    @Option(help: "Seconds to wait for the connection and the reply: a number from 0.001 to 86400.") var timeout: Double = 10
+
+    func validate() throws {
+        try requireSeconds(self.timeout, option: "--timeout")
+    }
 
     func run() async throws {
         try await reportingErrors {
-            let peer = try await self.busOptions.resolve().connect(to: self.service)
-            let reply = try await peer.callJSON(self.method, json: self.json, timeout: .milliseconds(Int(self.timeout * 1000)))
+            let timeout = Duration.seconds(self.timeout)
+            let deadline = ContinuousClock.now + timeout
+            let argument = try readArgument(self.json)
+            // The caller's timeout covers the handshake too: a stopped service is
+            // reported after it, not after the default 10 s.
+            var configuration = Peer.Configuration()
+            configuration.handshakeTimeout = timeout
+            let peer = try await self.busOptions.resolve().connect(to: self.service, configuration: configuration)
+            let remaining = max(deadline - .now, .milliseconds(1))
+            let reply = try await peer.callJSON(self.method, json: argument, timeout: remaining)
             print(reply)
             await peer.close()
         }
+    }
+}
+
+/// The JSON argument of `intercom call`: as given, or from standard input (`-`)
+/// or a file (`@PATH`).
+func readArgument(_ given: String) throws(IntercomError) -> String {
+    if given == "-" {
+        return String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+    }
+    if given.hasPrefix("@") {
+        let path = String(given.dropFirst())
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw IntercomError(.invalidPayload, "cannot read the argument file \(path)")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+    return given
+}
+
+/// Checks a number of seconds given on the command line: finite, at least 1 ms,
+/// at most a day.
+func requireSeconds(_ value: Double, option: String) throws {
+    guard value.isFinite, value >= 0.001, value <= 86_400 else {
+        throw ValidationError("\(option) must be a number of seconds from 0.001 to 86400 (one day); got \(value)")
+    }
+}
+
+/// Checks a whole number given on the command line against its allowed range.
+func requireCount(_ value: Int, option: String, in range: ClosedRange<Int>) throws {
+    guard range.contains(value) else {
+        throw ValidationError("\(option) must be a whole number from \(range.lowerBound) to \(range.upperBound); got \(value)")
     }
 }
 
@@ -99,7 +144,11 @@ struct Ping: AsyncParsableCommand {
 
     @OptionGroup var busOptions: BusOptions
     @Argument(help: "The service's name.") var service: String
-    @Option(help: "How many pings.") var count: Int = 10
+    @Option(help: "How many pings: 1 to 1000000.") var count: Int = 10
+
+    func validate() throws {
+        try requireCount(self.count, option: "--count", in: 1...1_000_000)
+    }
 
     func run() async throws {
         try await reportingErrors {
@@ -177,7 +226,7 @@ func printLine(_ text: String) {
 /// `intercom echo [--name NAME]`.
 struct Echo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a diagnostic service: echo, sleep, fail and exit methods, and a tick event every second.")
+        abstract: "Run a diagnostic service: echo, sleep, fail and exit methods, and a tick event every second. SIGTERM or SIGINT stops it cleanly.")
 
     @OptionGroup var busOptions: BusOptions
     @Option(help: "The name to serve under.") var name: String = "echo"
@@ -185,8 +234,13 @@ struct Echo: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let bus = try self.busOptions.resolve()
-            progress("serving '\(self.name)' on \(bus.directory)")
-            let status = try await EchoService.run(on: bus, name: self.name)
+            let name = self.name
+            let status = try await untilTerminated {
+                try await EchoService.run(on: bus, name: name) { service in
+                    // Only once the name is ours: a second `intercom echo` fails without claiming to serve.
+                    progress("serving '\(service.name)' on \(bus.directory)")
+                }
+            }
             if status != 0 { throw ExitCode(status) }
         }
     }

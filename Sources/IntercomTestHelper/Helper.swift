@@ -4,6 +4,7 @@
 import Dispatch
 import Foundation
 import Intercom
+import IntercomWire
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -39,6 +40,17 @@ struct Options {
     var actorsName: String?
     /// Echo records between two shared-memory rings mapped from standard input.
     var ringEchoCapacity: Int?
+    /// Hardening tests: the soft limit of open descriptors (`ulimit -n`).
+    var descriptorLimit: Int?
+    /// Hardening tests: the connection's ``Peer/Configuration/requestByteBudget``.
+    var requestByteBudget: Int?
+    /// Hardening tests: listen on PATH as a plain socket (no Intercom), accept one
+    /// client, print how many bytes it sent before it closed, and exit.
+    var countBytesAt: String?
+    /// Reliability battery: `--churn COUNT --bus DIR --name NAME [--abrupt]`:
+    /// COUNT connect/call/close cycles against the service NAME, then exit 0.
+    var churnCount: Int?
+    var abrupt = false
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -60,6 +72,11 @@ struct Options {
             case "--lifecycle": self.lifecycle = true
             case "--actors": self.actorsName = iterator.next()
             case "--ring-echo": self.ringEchoCapacity = Int(iterator.next() ?? "")
+            case "--nofile": self.descriptorLimit = Int(iterator.next() ?? "")
+            case "--request-budget": self.requestByteBudget = Int(iterator.next() ?? "")
+            case "--count-bytes-at": self.countBytesAt = iterator.next()
+            case "--churn": self.churnCount = Int(iterator.next() ?? "")
+            case "--abrupt": self.abrupt = true
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -239,6 +256,13 @@ struct Helper {
         let options = Options(CommandLine.arguments)
         if let code = options.exitNow { exit(code) }
         if let capacity = options.ringEchoCapacity { ringEcho(capacity: capacity) }
+        if let path = options.countBytesAt { countBytes(at: path) }
+        if let limit = options.descriptorLimit {
+            var limits = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
+            limits.rlim_cur = rlim_t(limit)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
+        }
         if options.linger { signal(SIGTERM, SIG_IGN) }
         if options.stall { catchSIGUSR1() }
         let router = try makeRouter()
@@ -247,7 +271,11 @@ struct Helper {
         configuration.remoteErrors.register(HelperError.self)
         if options.stall { configuration.inboxCapacity = 16 }
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
+        if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
 
+        if let count = options.churnCount, let name = options.serveName, let directory = options.busDirectory {
+            try await churn(count: count, name: name, directory: directory, abrupt: options.abrupt)
+        }
         if let name = options.actorsName, let directory = options.busDirectory {
             try await serveActors(name: name, directory: directory)
         }
@@ -380,4 +408,85 @@ func ringEcho(capacity: Int) -> Never {
         FileHandle.standardError.write(Data("ring echo: \(error)\n".utf8))
         exit(2)
     }
+}
+
+/// `--count-bytes-at PATH`: a plain listening socket (a stand-in for a server
+/// another user planted): accepts one client, prints on standard output how many
+/// bytes it sent until it closed, and exits 0. Prints "listening" first.
+func countBytes(at path: String) -> Never {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        let bytes = Array(path.utf8)
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard bound == 0, listen(fd, 4) == 0 else {
+        FileHandle.standardError.write(Data("count-bytes: cannot listen on \(path): \(errno)\n".utf8))
+        exit(2)
+    }
+    FileHandle.standardOutput.write(Data("listening\n".utf8))
+    let client = accept(fd, nil, nil)
+    var total = 0
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while client >= 0 {
+        let n = chunk.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        total += n
+    }
+    FileHandle.standardOutput.write(Data("\(total)\n".utf8))
+    exit(0)
+}
+
+/// `--churn COUNT --serve NAME --bus DIR [--abrupt]`: COUNT cycles of connect,
+/// one `echo` call, close — with a goodbye through ``Peer`` (shared memory unless
+/// INTERCOM_SHARED_MEMORY=off), or `--abrupt`: a raw socket that greets, calls and
+/// closes without a goodbye. Prints "churned COUNT" and exits 0.
+func churn(count: Int, name: String, directory: String, abrupt: Bool) async throws -> Never {
+    let bus = Bus(directory: directory)
+    for index in 0..<count {
+        if abrupt {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let bytes = Array("\(directory)/\(name).sock".utf8)
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            var frames = ByteBuffer()
+            let hello = FrameHeader.begin(into: &frames, kind: .hello, id: 0)
+            Hello(preferredCodec: .json, maxFrameSize: 1 << 20, pid: UInt32(getpid()), name: "churn").write(into: &frames)
+            FrameHeader.finish(hello, in: &frames)
+            let call = FrameHeader.begin(into: &frames, kind: .call, id: 1, method: "echo", timeout: .seconds(5))
+            frames.writeString("\(index)")
+            FrameHeader.finish(call, in: &frames)
+            let bytes = Array(frames.readableBytesView)
+            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            // Read until the reply (hello + reply frames), then vanish without a goodbye.
+            var buffer = ByteBuffer()
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            var seen = 0
+            while seen < 2 {
+                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                buffer.writeBytes(chunk[0..<n])
+                while (try? FrameDecoder().next(from: &buffer)) != nil { seen += 1 }
+            }
+            close(fd)
+        } else {
+            let peer = try await bus.connect(to: name)
+            _ = try await peer.callJSON("echo", json: "\(index)")
+            await peer.close()
+        }
+    }
+    FileHandle.standardOutput.write(Data("churned \(count)\n".utf8))
+    exit(0)
 }

@@ -78,10 +78,10 @@ struct RawClient {
 
     func close() { _ = Glibc.close(self.fd) }
 
-    static func hello() -> ByteBuffer {
+    static func hello(maxFrameSize: UInt32 = 1 << 20) -> ByteBuffer {
         var buffer = ByteBuffer()
         let mark = FrameHeader.begin(into: &buffer, kind: .hello, id: 0)
-        Hello(maxFrameSize: 1 << 20, pid: UInt32(getpid()), name: "raw").write(into: &buffer)
+        Hello(maxFrameSize: maxFrameSize, pid: UInt32(getpid()), name: "raw").write(into: &buffer)
         FrameHeader.finish(mark, in: &buffer)
         return buffer
     }

@@ -88,7 +88,7 @@ public struct Bus: Sendable {
         // clean up after a dead holder (then removes the lock file). Give such a
         // brief holder time to let go before calling the name taken.
         let graceEnd = ContinuousClock.now + .milliseconds(250)
-        let watcher = DirectoryWatcher(path: directory.path)
+        let watcher = DirectoryWatcher(path: directory.base)
         var askedToQuit = false
         while true {
             switch try NameLock.tryAcquire(path, create: true) {
@@ -145,7 +145,7 @@ public struct Bus: Sendable {
         guard lstat(self.directory, &info) == 0 else { return [] }
         let directory = try BusDirectory(path: self.directory, create: false)
         var names = Set(directory.lockedNames())
-        let records = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        let records = directory.entries()
         names.formUnion(records.filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.map { String($0.dropLast(5)) })
         return names.sorted().compactMap { self.liveRecord($0, in: directory) }
     }
@@ -158,17 +158,20 @@ public struct Bus: Sendable {
         case .held?:
             return self.readRecord(name, in: directory)
         case .acquired(let lock)?:
-            // Nobody holds it: the service is gone. Remove what it left behind.
-            unlink(directory.recordPath(name))
+            // Nobody holds the lock a service held for its whole life: it is gone,
+            // provably. Remove what it left behind (only files of this user's of
+            // the kinds the bus writes; anything else stays).
+            var info = stat()
+            let record = directory.recordPath(name)
+            if lstat(record, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() {
+                unlink(record)
+            }
             try? Self.removeLeftoverSocket(directory.socketPath(name))
             lock.release()
             return nil
         case nil:
-            // No lock file: a record without one is a leftover too.
-            var info = stat()
-            if lstat(directory.recordPath(name), &info) == 0, info.st_mode & S_IFMT == S_IFREG {
-                unlink(directory.recordPath(name))
-            }
+            // No lock file: nothing proves a service wrote what is there (a user's
+            // own `settings.json`, say). It is not a service, and it stays.
             return nil
         }
     }
@@ -201,7 +204,7 @@ public struct Bus: Sendable {
     public func waitForService(_ name: String, timeout: Duration) async throws(IntercomError) -> ServiceInfo {
         let directory = try self.open()
         let deadline = ContinuousClock.now + timeout
-        let watcher = DirectoryWatcher(path: directory.path)
+        let watcher = DirectoryWatcher(path: directory.base)
         while true {
             if let info = self.liveRecord(name, in: directory) { return info }
             let remaining = deadline - .now
@@ -220,14 +223,28 @@ public struct Bus: Sendable {
     public func connect(
         to name: String, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration()
     ) async throws(IntercomError) -> Peer {
-        guard try self.service(named: name) != nil else {
+        var info = stat()
+        guard lstat(self.directory, &info) == 0 else {
+            throw IntercomError(.serviceNotFound, "no service '\(name)' on bus \(self.directory) (the bus directory does not exist)")
+        }
+        // The socket is reached through the directory checked here (its open
+        // descriptor), so the path cannot be swapped in between.
+        let directory = try BusDirectory(path: self.directory, create: false)
+        try directory.checkServiceName(name)
+        guard self.liveRecord(name, in: directory) != nil else {
             let live = (try? self.services().map(\.name)) ?? []
             throw IntercomError(
                 .serviceNotFound,
                 "no service '\(name)' on bus \(self.directory)"
                     + (live.isEmpty ? " (no services are running)" : "; running: \(live.joined(separator: ", "))"))
         }
-        return try await Peer.connect(unixPath: "\(self.directory)/\(name).sock", router: router, configuration: configuration)
+        do {
+            return try await Peer.connect(unixPath: directory.socketPath(name), router: router, configuration: configuration)
+        } catch {
+            var error = error
+            error.message = "service '\(name)' on bus \(self.directory): " + error.message
+            throw error
+        }
     }
 
     /// Waits for `name` to come up (up to `timeout`), then connects to it.

@@ -25,6 +25,9 @@ public final class BusService: Sendable {
     private let listener: PeerListener
     private let lock: NameLock
     private let recordPath: String
+    /// The bus directory, held open: the socket, record and lock are addressed
+    /// through it until the service is closed.
+    private let directory: BusDirectory
     private let state = Mutex(State())
 
     private struct State {
@@ -35,7 +38,11 @@ public final class BusService: Sendable {
         var quitWaiters: [UnsafeContinuation<Void, Never>] = []
     }
 
-    private init(name: String, info: ServiceInfo, bus: Bus, listener: PeerListener, lock: NameLock, recordPath: String) {
+    private init(
+        name: String, info: ServiceInfo, bus: Bus, directory: BusDirectory, listener: PeerListener, lock: NameLock,
+        recordPath: String
+    ) {
+        self.directory = directory
         self.name = name
         self.info = info
         self.bus = bus
@@ -48,38 +55,41 @@ public final class BusService: Sendable {
         name: String, bus: Bus, directory: BusDirectory, lock: NameLock, router: Router,
         configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?
     ) async throws(IntercomError) -> BusService {
-        let box = ServiceBox()
-        try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in
-            guard let service = box.service else { throw IntercomError(.closed, "service '\(name)' is starting") }
-            return service.info
-        }
+        // The built-in handlers may run as soon as the listener accepts, before the
+        // service object exists: they wait for it (nil if starting failed) instead
+        // of answering "not yet" — an early `intercom.quit` used to be lost.
+        let box = SetOnce<BusService?>()
+        let methods = (router.methods + ["intercom.info", "intercom.quit"]).sorted()
+        let info = ServiceInfo(
+            name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
+            protocolVersion: Int(FrameHeader.currentVersion),
+            methods: Array(Set(methods)).sorted())
+        try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in info }
         try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
-            guard let service = box.service else { return false }
             // Stop serving once the reply is queued (closing flushes what is queued),
             // so the caller learns that the quit was taken.
-            context.afterReply { await service.requestQuit() }
+            context.afterReply { await box.value?.requestQuit() }
             return true
         }
         let socketPath = directory.socketPath(name)
         let listener = try await PeerListener.listen(
             unixPath: socketPath, router: router, configuration: configuration, allowedUIDs: allowedUIDs)
         guard chmod(socketPath, 0o600) == 0 else {
+            box.set(nil)
             await listener.close()
             throw IntercomError(.permissionDenied, "cannot make \(socketPath) private (chmod 0600 failed)")
         }
-        let info = ServiceInfo(
-            name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
-            protocolVersion: Int(FrameHeader.currentVersion),
-            methods: router.methods.sorted())
         let recordPath = directory.recordPath(name)
         do {
-            try Self.writeRecord(info, to: recordPath, in: directory.path)
+            try Self.writeRecord(info, to: recordPath, in: directory.base)
         } catch {
+            box.set(nil)
             await listener.close()
             throw error
         }
-        let service = BusService(name: name, info: info, bus: bus, listener: listener, lock: lock, recordPath: recordPath)
-        box.service = service
+        let service = BusService(
+            name: name, info: info, bus: bus, directory: directory, listener: listener, lock: lock, recordPath: recordPath)
+        box.set(service)
         return service
     }
 
@@ -106,7 +116,8 @@ public final class BusService: Sendable {
     }
 
     /// Connections from clients, as they arrive (each already past the credential
-    /// check and the handshake).
+    /// check and the handshake). The first access also delivers the clients
+    /// connected at that moment; until then no closed connection is kept for it.
     public var clients: AsyncStream<Peer> { self.listener.peers }
 
     /// The clients connected now.
@@ -200,11 +211,4 @@ public final class BusService: Sendable {
         }
         for waiter in closeWaiters { waiter.resume() }
     }
-}
-
-/// Lets the built-in handlers reach the service, which exists only after listening.
-private final class ServiceBox: @unchecked Sendable {
-    // Written once before the record is published (so before any client can find
-    // the service by name); read by handlers afterwards.
-    var service: BusService?
 }

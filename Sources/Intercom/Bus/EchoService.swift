@@ -26,11 +26,16 @@ public enum EchoService {
     }
 
     /// Serves the echo service under `name` on `bus` until it is asked to quit
-    /// (`intercom.quit`) or to exit.
+    /// (`intercom.quit`) or to exit, or the calling task is cancelled.
     ///
-    /// - Returns: the exit status `exit` asked for, or 0 after a quit.
+    /// - Parameter serving: called once the name is claimed and the service is
+    ///   reachable (not before: a second claimant fails without it).
+    /// - Returns: the exit status `exit` asked for, or 0 after a quit or cancellation.
     /// - Throws: as ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
-    public static func run(on bus: Bus, name: String = "echo", tickInterval: Duration = .seconds(1)) async throws -> Int32 {
+    public static func run(
+        on bus: Bus, name: String = "echo", tickInterval: Duration = .seconds(1),
+        serving: @Sendable (BusService) -> Void = { _ in }
+    ) async throws -> Int32 {
         let router = Router()
         let holder = EchoHolder()
         try router.register("echo") { (value: JSONValue, _: CallContext) in value }
@@ -43,11 +48,13 @@ public enum EchoService {
         }
         try router.register("exit") { (code: Int32, context: CallContext) -> Bool in
             holder.exitCode.withLock { $0 = code }
-            context.afterReply { await holder.service?.close() }
+            // The service may still be starting when the first call arrives: wait for it.
+            context.afterReply { await holder.service.value.close() }
             return true
         }
         let service = try await bus.serve(name, router: router)
-        holder.service = service
+        holder.service.set(service)
+        serving(service)
         let ticker = Task {
             var count = 0
             while !Task.isCancelled {
@@ -56,15 +63,18 @@ public enum EchoService {
                 _ = try? service.publish("tick", Tick(count: count, time: Date()))
             }
         }
-        await service.waitForQuit()
+        await withTaskCancellationHandler {
+            await service.waitForQuit()
+        } onCancel: {
+            Task { await service.close() }
+        }
         ticker.cancel()
         await service.close()
         return holder.exitCode.withLock { $0 }
     }
 }
 
-private final class EchoHolder: @unchecked Sendable {
-    // `service` is set once, right after the service starts serving.
-    var service: BusService?
+private final class EchoHolder: Sendable {
+    let service = SetOnce<BusService>()
     let exitCode = Mutex<Int32>(0)
 }

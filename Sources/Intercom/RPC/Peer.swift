@@ -93,6 +93,16 @@ public final class Peer: Sendable {
         var bytes = 0
         /// Reading is paused for the call queue or the byte budget.
         var paused = false
+        /// The most bytes held at once since the memory was last handed back.
+        var peakBytes = 0
+
+        /// After the connection ended and its last handler finished: whether it
+        /// held enough that its freed memory should go back to the system (once).
+        mutating func takeMemoryToRelease() -> Bool {
+            guard self.ended, self.active == 0, self.peakBytes >= ReleasedMemory.threshold else { return false }
+            self.peakBytes = 0
+            return true
+        }
 
         /// Whether the connection must stop reading: too many queued calls or too many bytes.
         func isOverLimit(_ configuration: Configuration) -> Bool {
@@ -948,11 +958,12 @@ extension Peer: FrameReceiver {
             return table.byTopic.values.flatMap { $0.values }
         }
         for queue in queues { queue.end(error) }
-        let handlers = self.handlers.withLock { table -> [RunningHandler] in
+        let (handlers, release) = self.handlers.withLock { table -> ([RunningHandler], Bool) in
             table.ended = true
             table.queued.removeAll()
-            return Array(table.running.values)
+            return (Array(table.running.values), table.takeMemoryToRelease())
         }
+        if release { ReleasedMemory.handBack() }
         for handler in handlers { handler.task.cancel() }
         let waiters = self.lifecycle.withLock { state -> [UnsafeContinuation<Void, Never>] in
             state.closed = true
@@ -975,6 +986,7 @@ extension Peer: FrameReceiver {
         let pause = self.handlers.withLock { table -> Bool in
             if table.ended { return false }
             table.bytes += Self.heldBytes(frame)
+            table.peakBytes = max(table.peakBytes, table.bytes)
             if table.active < self.configuration.maxConcurrentHandlers {
                 table.active += 1
                 self.startHandler(frame, table: &table)
@@ -1125,7 +1137,10 @@ extension Peer: FrameReceiver {
             let afterReply = isCall ? table.running.removeValue(forKey: id)?.afterReply ?? [] : []
             table.active -= 1
             table.bytes -= released
-            guard !table.ended else { return (false, afterReply) }
+            guard !table.ended else {
+                if table.takeMemoryToRelease() { ReleasedMemory.handBack() }
+                return (false, afterReply)
+            }
             if let next = table.queued.popFirst() {
                 table.active += 1
                 self.startHandler(next, table: &table)

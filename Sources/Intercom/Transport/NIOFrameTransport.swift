@@ -249,6 +249,10 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func setReceiver(_ receiver: any FrameReceiver) {
+        // After the end a receiver is not kept: it (a peer) holds the transport,
+        // which holds this handler, and nothing would break that cycle. Whoever
+        // sets one that late learns of the end from the channel itself.
+        guard !self.closedNotified else { return }
         self.receiver = receiver
         if let context, context.channel.isActive { self.activate() }
     }
@@ -349,6 +353,10 @@ final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
         self.closedNotified = true
         self.transport?.markClosed()
         self.receiver?.transportClosed()
+        // Break the cycle receiver (a peer) -> transport -> this handler, and drop
+        // any partial frame: nothing more will be read.
+        self.receiver = nil
+        self.cumulation = nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -23,18 +23,37 @@ internal import Darwin
 public final class PeerListener: Sendable {
     /// The socket path.
     public let path: String
-    /// Connections that completed the handshake, in order. Ends when the listener closes.
-    public let peers: AsyncStream<Peer>
+    /// Connections that completed the handshake, in order; ends when the listener
+    /// closes. The first access also delivers the connections open at that moment.
+    ///
+    /// The stream exists only once asked for, so a listener whose connections
+    /// nobody iterates holds on to none of them after they close (it used to keep
+    /// every peer it ever accepted).
+    public var peers: AsyncStream<Peer> {
+        self.accepted.withLock { accepted in
+            if let stream = accepted.stream { return stream.stream }
+            let made = AsyncStream.makeStream(of: Peer.self)
+            accepted.stream = made
+            for entry in accepted.open.values.sorted(by: { $0.order < $1.order }) { made.continuation.yield(entry.peer) }
+            if accepted.closed { made.continuation.finish() }
+            return made.stream
+        }
+    }
 
     private let acceptor: UnixSocketAcceptor
-    private let continuation: AsyncStream<Peer>.Continuation
-    private let accepted = Mutex<[ObjectIdentifier: Peer]?>([:])
+    private let accepted = Mutex(Accepted())
 
-    private init(path: String, acceptor: UnixSocketAcceptor, peers: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation) {
+    private struct Accepted {
+        /// Connections open now, with the order they were accepted in.
+        var open: [ObjectIdentifier: (order: UInt64, peer: Peer)] = [:]
+        var nextOrder: UInt64 = 0
+        var closed = false
+        var stream: (stream: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation)?
+    }
+
+    private init(path: String, acceptor: UnixSocketAcceptor) {
         self.path = path
         self.acceptor = acceptor
-        self.peers = peers
-        self.continuation = continuation
     }
 
     /// Starts listening on `path`.
@@ -65,7 +84,6 @@ public final class PeerListener: Sendable {
             default: throw IntercomError(.connectionFailed, "listening on \(path): \(reason)")
             }
         }
-        let (stream, continuation) = AsyncStream.makeStream(of: Peer.self)
         let box = ListenerBox()
         let logger = configuration.logger
         let acceptor: UnixSocketAcceptor
@@ -76,10 +94,9 @@ public final class PeerListener: Sendable {
         } catch {
             POSIX.close(fd)
             unlink(path)
-            continuation.finish()
             throw error
         }
-        let listener = PeerListener(path: path, acceptor: acceptor, peers: stream, continuation: continuation)
+        let listener = PeerListener(path: path, acceptor: acceptor)
         box.set(listener)
         return listener
     }
@@ -127,35 +144,40 @@ public final class PeerListener: Sendable {
 
     fileprivate func adopt(_ peer: Peer) {
         let kept = self.accepted.withLock { accepted -> Bool in
-            guard accepted != nil else { return false }
-            accepted![ObjectIdentifier(peer)] = peer
+            guard !accepted.closed else { return false }
+            accepted.open[ObjectIdentifier(peer)] = (accepted.nextOrder, peer)
+            accepted.nextOrder += 1
+            // Under the lock, so the stream has them in the order they were listed.
+            accepted.stream?.continuation.yield(peer)
             return true
         }
         guard kept else {
             Task { await peer.close() }
             return
         }
-        self.continuation.yield(peer)
         Task { [weak self] in
             await peer.waitUntilClosed()
-            _ = self?.accepted.withLock { $0?.removeValue(forKey: ObjectIdentifier(peer)) }
+            _ = self?.accepted.withLock { $0.open.removeValue(forKey: ObjectIdentifier(peer)) }
         }
     }
 
     /// The connections accepted and still open.
     public var connectedPeers: [Peer] {
-        self.accepted.withLock { $0.map { Array($0.values) } ?? [] }
+        self.accepted.withLock { $0.open.values.map(\.peer) }
     }
 
     /// Stops accepting, closes every connection it accepted, and removes the socket file.
     public func close() async {
-        let peers = self.accepted.withLock { accepted -> [Peer] in
-            defer { accepted = nil }
-            return accepted.map { Array($0.values) } ?? []
+        let (peers, stream) = self.accepted.withLock { accepted -> ([Peer], AsyncStream<Peer>.Continuation?) in
+            defer {
+                accepted.closed = true
+                accepted.open = [:]
+            }
+            return (accepted.open.values.map(\.peer), accepted.stream?.continuation)
         }
         await self.acceptor.stop()
         unlink(self.path)
-        self.continuation.finish()
+        stream?.finish()
         for peer in peers { await peer.close() }
     }
 

@@ -1,3 +1,4 @@
+internal import CIntercomShims
 internal import Foundation
 internal import Logging
 internal import Synchronization
@@ -74,13 +75,9 @@ final class UnixSocketAcceptor: Sendable {
             }
             // Accept everything waiting.
             while true {
-                // (accept4 is hidden behind _GNU_SOURCE in the Glibc module; the
-                // flags are set right after, before anyone else sees the descriptor.)
-                let fd = accept(self.listening, nil, nil)
-                if fd >= 0 {
-                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                }
+                // Close-on-exec and non-blocking from the start: a child spawned
+                // meanwhile never inherits it.
+                let fd = c_intercom_accept_cloexec_nonblock(self.listening)
                 if fd >= 0 {
                     if exhausted {
                         exhausted = false

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Reliability battery: connect/call/close churn against a release `intercom echo`.
+# Prints the service's RSS, descriptors and mapping count before and after each
+# phase (RELIABILITY.md records the figures).
+#   Scripts/churn.sh [CYCLES]        (default 10000 per phase)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cycles=${1:-10000}
+config=${CONFIG:-release}
+swift build -c "$config" --product intercom >/dev/null
+swift build -c "$config" --product IntercomTestHelper >/dev/null
+bin=$(swift build -c "$config" --show-bin-path)
+bus=$(mktemp -d /tmp/intercom-churn.XXXXXX)
+chmod 700 "$bus"
+INTERCOM_BUS_DIR=$bus "$bin/intercom" echo --name echo 2>/dev/null &
+service=$!
+trap 'kill $service 2>/dev/null; wait $service 2>/dev/null; rm -rf "$bus"' EXIT
+for _ in $(seq 1 200); do [ -S "$bus/echo.sock" ] && [ -f "$bus/echo.json" ] && break; sleep 0.05; done
+
+measure() {
+  local rss fds maps
+  rss=$(awk '/VmRSS/ {print $2}' /proc/$service/status)
+  fds=$(ls /proc/$service/fd | wc -l)
+  maps=$(wc -l < /proc/$service/maps)
+  printf '%-32s rss_kib=%-8s fds=%-5s maps=%s\n' "$1" "$rss" "$fds" "$maps"
+}
+
+measure "baseline"
+# One warm-up round so lazily created runtime state is not counted as growth.
+"$bin/IntercomTestHelper" --churn 200 --serve echo --bus "$bus" >/dev/null
+measure "after 200 warm-up cycles"
+"$bin/IntercomTestHelper" --churn "$cycles" --serve echo --bus "$bus" >/dev/null
+measure "after $cycles graceful (shm)"
+INTERCOM_SHARED_MEMORY=off "$bin/IntercomTestHelper" --churn "$cycles" --serve echo --bus "$bus" >/dev/null
+measure "after $cycles graceful (socket)"
+"$bin/IntercomTestHelper" --churn "$cycles" --serve echo --bus "$bus" --abrupt >/dev/null
+measure "after $cycles abrupt (socket)"

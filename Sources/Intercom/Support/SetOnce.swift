@@ -1,0 +1,37 @@
+internal import Synchronization
+
+/// A value set once, which tasks can wait for: lets handlers registered before
+/// a service exists reach it without a window where it is still missing.
+final class SetOnce<Value: Sendable>: Sendable {
+    private let state = Mutex<(value: Value?, waiters: [UnsafeContinuation<Value, Never>])>((nil, []))
+
+    init() {}
+
+    /// Sets the value (the first call wins) and wakes every waiter.
+    func set(_ value: Value) {
+        let waiters = self.state.withLock { state -> [UnsafeContinuation<Value, Never>] in
+            guard state.value == nil else { return [] }
+            state.value = value
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: value) }
+    }
+
+    /// The value, if set.
+    var current: Value? { self.state.withLock { $0.value } }
+
+    /// The value, waiting until it is set.
+    var value: Value {
+        get async {
+            await withUnsafeContinuation { continuation in
+                let value = self.state.withLock { state -> Value? in
+                    if let value = state.value { return value }
+                    state.waiters.append(continuation)
+                    return nil
+                }
+                if let value { continuation.resume(returning: value) }
+            }
+        }
+    }
+}
