@@ -22,7 +22,9 @@ var intercomPath: String {
 
 /// Starts `intercom arguments…` on the bus at `busDirectory` (or, if nil, with
 /// `environment` deciding where buses are).
-func startCLI(_ arguments: [String], busDirectory: String?, environment extra: [String: String] = [:]) throws -> (
+func startCLI(
+    _ arguments: [String], busDirectory: String?, environment extra: [String: String] = [:], input: Data? = nil
+) throws -> (
     Process, Pipe, Pipe, AsyncStream<Int32>
 ) {
     let process = Process()
@@ -32,7 +34,8 @@ func startCLI(_ arguments: [String], busDirectory: String?, environment extra: [
     environment["INTERCOM_BUS_DIR"] = busDirectory
     environment.merge(extra) { $1 }
     process.environment = environment
-    process.standardInput = FileHandle.nullDevice
+    let inputPipe = input.map { _ in Pipe() }
+    process.standardInput = inputPipe ?? FileHandle.nullDevice
     let output = Pipe()
     let errors = Pipe()
     process.standardOutput = output
@@ -43,12 +46,19 @@ func startCLI(_ arguments: [String], busDirectory: String?, environment extra: [
         continuation.finish()
     }
     try process.run()
+    if let input, let inputPipe {
+        // Written from a thread of its own (a large input fills the pipe), then closed.
+        Thread.detachNewThread {
+            inputPipe.fileHandleForWriting.write(input)
+            try? inputPipe.fileHandleForWriting.close()
+        }
+    }
     return (process, output, errors, exit)
 }
 
 /// Runs `intercom arguments…` to completion.
-func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: String] = [:]) async throws -> CLIRun {
-    let (_, output, errors, exit) = try startCLI(arguments, busDirectory: busDirectory, environment: environment)
+func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: String] = [:], input: Data? = nil) async throws -> CLIRun {
+    let (_, output, errors, exit) = try startCLI(arguments, busDirectory: busDirectory, environment: environment, input: input)
     // Read both pipes to the end (the process exits when it is done writing).
     async let out = Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
     async let err = Task.detached { errors.fileHandleForReading.readDataToEndOfFile() }.value
@@ -158,6 +168,62 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
                 try? echoErr.fileHandleForReading.close()
                 let after = try await runCLI(["list"], busDirectory: directory)
                 #expect(after.output.contains("no services"))
+            }
+        }
+    }
+
+    /// The command line's rough edges (issue "Hardening", defect 8): numbers are
+    /// checked, the timeout covers the handshake, a second echo does not claim to
+    /// serve, SIGTERM leaves nothing behind, and long arguments come from standard
+    /// input or a file.
+    @Test func theCommandLineChecksItsNumbersHonoursItsTimeoutAndCleansUp() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let directory = temporary.directory
+                // Numbers: a clear error and the usage exit status, never a crash (SIGILL was 132).
+                for bad in ["nan", "inf", "1e300", "-1", "0"] {
+                    let run = try await runCLI(["call", "e2", "echo", "1", "--timeout", bad], busDirectory: directory)
+                    #expect(run.status == 64, "--timeout \(bad): status \(run.status)")
+                    #expect(run.errors.contains("from 0.001 to 86400"), "--timeout \(bad): \(run.errors)")
+                }
+                let badCount = try await runCLI(["ping", "e2", "--count", "0"], busDirectory: directory)
+                #expect(badCount.status == 64 && badCount.errors.contains("from 1 to 1000000"), "\(badCount.errors)")
+
+                let (echo, echoOut, echoErr, echoExit) = try startCLI(["echo", "--name", "e2"], busDirectory: directory)
+                _ = try await temporary.bus.waitForService("e2", timeout: .seconds(30))
+
+                // A second echo under the same name fails without saying it serves.
+                let second = try await runCLI(["echo", "--name", "e2"], busDirectory: directory)
+                #expect(second.status == 1)
+                #expect(second.errors.contains("nameInUse") && !second.errors.contains("serving"), "\(second.errors)")
+
+                // Arguments too long for a command line: from standard input or a file.
+                let long = "\"" + String(repeating: "x", count: 200 << 10) + "\""
+                let fromInput = try await runCLI(["call", "e2", "echo", "-"], busDirectory: directory, input: Data(long.utf8))
+                #expect(fromInput.status == 0 && fromInput.output == long + "\n", "\(fromInput.errors)")
+                let file = directory + "/argument.json"
+                #expect(FileManager.default.createFile(atPath: file, contents: Data(long.utf8)))
+                let fromFile = try await runCLI(["call", "e2", "echo", "@" + file], busDirectory: directory)
+                #expect(fromFile.status == 0 && fromFile.output == long + "\n", "\(fromFile.errors)")
+                unlink(file)
+
+                // A stopped service: the caller's timeout covers the handshake (it took 10 s).
+                kill(echo.processIdentifier, SIGSTOP)
+                let started = ContinuousClock.now
+                let stopped = try await runCLI(["call", "e2", "echo", "1", "--timeout", "1"], busDirectory: directory)
+                let took = ContinuousClock.now - started
+                kill(echo.processIdentifier, SIGCONT)
+                #expect(stopped.status == 1 && stopped.errors.contains("timeout"), "\(stopped.errors)")
+                #expect(took < .seconds(6), "a 1 s timeout took \(took)")
+
+                // SIGTERM: the service gives its name up and removes its files.
+                kill(echo.processIdentifier, SIGTERM)
+                var status: Int32 = -1
+                for await code in echoExit { status = code }
+                #expect(status == 0)
+                #expect(temporary.files.isEmpty, "left behind: \(temporary.files)")
+                try? echoOut.fileHandleForReading.close()
+                try? echoErr.fileHandleForReading.close()
             }
         }
     }
