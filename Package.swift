@@ -90,6 +90,14 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libFuzzer targets for every decoder of a stranger's bytes (Scripts/fuzz.sh;
+        // built with -sanitize=fuzzer, never by `swift build` alone).
+        .executableTarget(
+            name: "IntercomFuzz",
+            dependencies: ["Intercom", "IntercomWire", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Fuzz/IntercomFuzz",
+            swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]
+        ),
         .testTarget(
             name: "IntercomWireTests",
             dependencies: ["IntercomWire", .product(name: "NIOCore", package: "swift-nio")],

@@ -35,8 +35,11 @@ struct Bench: AsyncParsableCommand {
     var bufferPoolMib: Int = 32
 
     func validate() throws {
-        guard self.batch >= 1 else { throw ValidationError("--batch must be at least 1") }
-        guard (0...1024).contains(self.bufferPoolMib) else { throw ValidationError("--buffer-pool-mib must be 0…1024") }
+        guard self.scale.isFinite, self.scale >= 0.001, self.scale <= 1000 else {
+            throw ValidationError("--scale must be a number from 0.001 to 1000; got \(self.scale)")
+        }
+        try requireCount(self.batch, option: "--batch", in: 1...65_536)
+        try requireCount(self.bufferPoolMib, option: "--buffer-pool-mib", in: 0...1024)
     }
 
     func run() async throws {

@@ -14,6 +14,10 @@ struct BenchServer: AsyncParsableCommand {
     @Option(help: "The bus directory for --serve.") var busDirectory: String?
     @Option(help: "MiB of this side's shared-memory buffer pool.") var bufferPoolMib: Int = 32
 
+    func validate() throws {
+        try requireCount(self.bufferPoolMib, option: "--buffer-pool-mib", in: 0...1024)
+    }
+
     func run() async throws {
         let router = Router()
         let received = Atomic<Int>(0)

@@ -46,8 +46,12 @@ struct Demo: AsyncParsableCommand {
         abstract: "A multi-process demo on the bus: a camera publishes frames, a processor analyses them and steers the exposure.")
 
     @OptionGroup var busOptions: BusOptions
-    @Option(help: "Seconds to run (the processor is killed halfway).") var duration: Int = 20
+    @Option(help: "Seconds to run, 2 to 86400 (the processor is killed halfway).") var duration: Int = 20
     @Flag(help: "Run until Ctrl-C (the processor is still killed once, after 10 s).") var forever = false
+
+    func validate() throws {
+        try requireCount(self.duration, option: "--duration", in: 2...86_400)
+    }
 
     func run() async throws {
         try await reportingErrors {

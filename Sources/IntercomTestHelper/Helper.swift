@@ -51,6 +51,9 @@ struct Options {
     /// COUNT connect/call/close cycles against the service NAME, then exit 0.
     var churnCount: Int?
     var abrupt = false
+    /// Reliability battery: `--scale N --serve NAME --bus DIR`: connect-and-call
+    /// times with 10 and with N idle connections open to the service NAME.
+    var scaleCount: Int?
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -77,6 +80,7 @@ struct Options {
             case "--count-bytes-at": self.countBytesAt = iterator.next()
             case "--churn": self.churnCount = Int(iterator.next() ?? "")
             case "--abrupt": self.abrupt = true
+            case "--scale": self.scaleCount = Int(iterator.next() ?? "")
             default: fatalError("unknown argument \(argument)")
             }
         }
@@ -273,6 +277,9 @@ struct Helper {
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
         if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
 
+        if let count = options.scaleCount, let name = options.serveName, let directory = options.busDirectory {
+            try await scale(count: count, name: name, directory: directory)
+        }
         if let count = options.churnCount, let name = options.serveName, let directory = options.busDirectory {
             try await churn(count: count, name: name, directory: directory, abrupt: options.abrupt)
         }
@@ -439,6 +446,62 @@ func countBytes(at path: String) -> Never {
         total += n
     }
     FileHandle.standardOutput.write(Data("\(total)\n".utf8))
+    exit(0)
+}
+
+/// A raw connection to `path` that says nothing (an idle client).
+func idleConnection(to path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        let bytes = Array(path.utf8)
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    return fd
+}
+
+/// `--scale N --serve NAME --bus DIR`: opens 10, then N idle connections to the
+/// service and, at each level, times 200 cycles of connect + one `echo` call +
+/// close and 200 calls on one open connection. Prints one line per level.
+func scale(count: Int, name: String, directory: String) async throws -> Never {
+    var limits = rlimit()
+    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
+    limits.rlim_cur = limits.rlim_max
+    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
+    let bus = Bus(directory: directory)
+    var idle: [Int32] = []
+    for level in [10, count] {
+        while idle.count < level { idle.append(idleConnection(to: "\(directory)/\(name).sock")) }
+        var connects: [Duration] = []
+        for index in 0..<200 {
+            let started = ContinuousClock.now
+            let peer = try await bus.connect(to: name)
+            _ = try await peer.callJSON("echo", json: "\(index)")
+            connects.append(ContinuousClock.now - started)
+            await peer.close()
+        }
+        let peer = try await bus.connect(to: name)
+        var calls: [Duration] = []
+        for index in 0..<200 {
+            let started = ContinuousClock.now
+            _ = try await peer.callJSON("echo", json: "\(index)")
+            calls.append(ContinuousClock.now - started)
+        }
+        await peer.close()
+        connects.sort()
+        calls.sort()
+        func us(_ duration: Duration) -> Int {
+            Int(duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)
+        }
+        FileHandle.standardOutput.write(
+            Data("idle_connections=\(idle.count) connect_call_median_us=\(us(connects[100])) connect_call_p99_us=\(us(connects[198])) call_median_us=\(us(calls[100]))\n".utf8))
+    }
+    for fd in idle { close(fd) }
     exit(0)
 }
 

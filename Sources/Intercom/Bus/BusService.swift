@@ -58,7 +58,7 @@ public final class BusService: Sendable {
         // The built-in handlers may run as soon as the listener accepts, before the
         // service object exists: they wait for it (nil if starting failed) instead
         // of answering "not yet" — an early `intercom.quit` used to be lost.
-        let box = SetOnce<BusService?>()
+        let box = SetOnce<WeakReference<BusService>>()
         let methods = (router.methods + ["intercom.info", "intercom.quit"]).sorted()
         let info = ServiceInfo(
             name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
@@ -68,14 +68,14 @@ public final class BusService: Sendable {
         try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
             // Stop serving once the reply is queued (closing flushes what is queued),
             // so the caller learns that the quit was taken.
-            context.afterReply { await box.value?.requestQuit() }
+            context.afterReply { await box.value.object?.requestQuit() }
             return true
         }
         let socketPath = directory.socketPath(name)
         let listener = try await PeerListener.listen(
             unixPath: socketPath, router: router, configuration: configuration, allowedUIDs: allowedUIDs)
         guard chmod(socketPath, 0o600) == 0 else {
-            box.set(nil)
+            box.set(WeakReference(nil))
             await listener.close()
             throw IntercomError(.permissionDenied, "cannot make \(socketPath) private (chmod 0600 failed)")
         }
@@ -83,13 +83,13 @@ public final class BusService: Sendable {
         do {
             try Self.writeRecord(info, to: recordPath, in: directory.base)
         } catch {
-            box.set(nil)
+            box.set(WeakReference(nil))
             await listener.close()
             throw error
         }
         let service = BusService(
             name: name, info: info, bus: bus, directory: directory, listener: listener, lock: lock, recordPath: recordPath)
-        box.set(service)
+        box.set(WeakReference(service))
         return service
     }
 

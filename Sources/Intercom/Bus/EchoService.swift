@@ -49,11 +49,11 @@ public enum EchoService {
         try router.register("exit") { (code: Int32, context: CallContext) -> Bool in
             holder.exitCode.withLock { $0 = code }
             // The service may still be starting when the first call arrives: wait for it.
-            context.afterReply { await holder.service.value.close() }
+            context.afterReply { await holder.service.value.object?.close() }
             return true
         }
         let service = try await bus.serve(name, router: router)
-        holder.service.set(service)
+        holder.service.set(WeakReference(service))
         serving(service)
         let ticker = Task {
             var count = 0
@@ -75,6 +75,6 @@ public enum EchoService {
 }
 
 private final class EchoHolder: Sendable {
-    let service = SetOnce<BusService>()
+    let service = SetOnce<WeakReference<BusService>>()
     let exitCode = Mutex<Int32>(0)
 }

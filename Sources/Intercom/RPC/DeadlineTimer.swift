@@ -6,11 +6,17 @@
 /// armed (with equal timeouts, almost never), and when that timer fires it
 /// handles everything overdue and arms the next. Timers are never cancelled; one
 /// that fires with nothing due just re-arms for the earliest remaining deadline.
+/// When the connection ends, every timer still armed is cancelled
+/// (``takeArmed()``): a 30-second deadline timer per connection otherwise kept
+/// its task (and the memory it holds) on the event loop long after the
+/// connection was gone.
 ///
 /// Not synchronised: it lives inside the table it serves, under that table's lock.
 struct DeadlineTimer {
     /// When the earliest armed timer fires, if one is armed.
     private var armedAt: ContinuousClock.Instant?
+    /// The timers armed and not yet fired, to cancel when the connection ends.
+    private var armed: [(at: ContinuousClock.Instant, work: any ScheduledWork)] = []
 
     /// Whether a timer must be armed for `deadline` (none is armed, or the armed
     /// one fires later). If so, the caller arms it; it is recorded as armed.
@@ -23,5 +29,20 @@ struct DeadlineTimer {
     /// A timer fired at `now`: the armed one is used up if it was due.
     mutating func fired(at now: ContinuousClock.Instant) {
         if let armedAt, armedAt <= now { self.armedAt = nil }
+        self.armed.removeAll { $0.at <= now }
+    }
+
+    /// Records the timer armed for `deadline` (after ``needsTimer(for:)`` said so).
+    mutating func record(_ work: any ScheduledWork, at deadline: ContinuousClock.Instant) {
+        self.armed.append((deadline, work))
+    }
+
+    /// The timers still armed, for the caller to cancel (outside its lock); none is armed afterwards.
+    mutating func takeArmed() -> [any ScheduledWork] {
+        defer {
+            self.armed = []
+            self.armedAt = nil
+        }
+        return self.armed.map(\.work)
     }
 }

@@ -249,7 +249,9 @@ public final class Peer: Sendable {
                     }
                     pending.continuation = continuation
                     table.pending[id] = pending
-                    if table.timer.needsTimer(for: pending.deadline) { self.armCallTimer(at: pending.deadline) }
+                    if table.timer.needsTimer(for: pending.deadline) {
+                        table.timer.record(self.armCallTimer(at: pending.deadline), at: pending.deadline)
+                    }
                     return .success(())
                 }
                 if case .failure(let error) = registered {
@@ -312,8 +314,8 @@ public final class Peer: Sendable {
         }
     }
 
-    private func armCallTimer(at deadline: ContinuousClock.Instant) {
-        _ = self.transport.schedule(after: deadline - .now) { [weak self] in self?.expireOverdueCalls() }
+    private func armCallTimer(at deadline: ContinuousClock.Instant) -> any ScheduledWork {
+        self.transport.schedule(after: deadline - .now) { [weak self] in self?.expireOverdueCalls() }
     }
 
     /// The call timer fired: fail every call past its deadline, tell their handlers
@@ -332,7 +334,7 @@ public final class Peer: Sendable {
                 }
             }
             for (id, _) in overdue { table.pending.removeValue(forKey: id) }
-            if let next, table.timer.needsTimer(for: next) { self.armCallTimer(at: next) }
+            if let next, table.timer.needsTimer(for: next) { table.timer.record(self.armCallTimer(at: next), at: next) }
             for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) }
             return overdue
         }
@@ -727,14 +729,15 @@ public final class Peer: Sendable {
 
     /// Fails every pending call with `error` and refuses new ones.
     private func endCalls(_ error: IntercomError) {
-        let orphans = self.calls.withLock { table -> [UInt64: PendingCall] in
+        let (orphans, timers) = self.calls.withLock { table -> ([UInt64: PendingCall], [any ScheduledWork]) in
             if table.ended == nil { table.ended = error }
             defer {
                 table.pending.removeAll()
                 for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) }
             }
-            return table.pending
+            return (table.pending, table.timer.takeArmed())
         }
+        for timer in timers { timer.cancel() }
         for (id, call) in orphans {
             call.continuation?.resume(throwing: error.with(.init(method: call.method, callID: id, peer: self.remoteName)))
         }
@@ -958,11 +961,12 @@ extension Peer: FrameReceiver {
             return table.byTopic.values.flatMap { $0.values }
         }
         for queue in queues { queue.end(error) }
-        let (handlers, release) = self.handlers.withLock { table -> ([RunningHandler], Bool) in
+        let (handlers, release, timers) = self.handlers.withLock { table -> ([RunningHandler], Bool, [any ScheduledWork]) in
             table.ended = true
             table.queued.removeAll()
-            return (Array(table.running.values), table.takeMemoryToRelease())
+            return (Array(table.running.values), table.takeMemoryToRelease(), table.timer.takeArmed())
         }
+        for timer in timers { timer.cancel() }
         if release { ReleasedMemory.handBack() }
         for handler in handlers { handler.task.cancel() }
         let waiters = self.lifecycle.withLock { state -> [UnsafeContinuation<Void, Never>] in
@@ -1022,11 +1026,13 @@ extension Peer: FrameReceiver {
         table.running[frame.id] = RunningHandler(task: task, deadline: deadline)
         // The deadline travels in the frame: the handler is cancelled when it passes,
         // even if the caller's cancel frame never comes.
-        if let deadline, table.timer.needsTimer(for: deadline) { self.armHandlerTimer(at: deadline) }
+        if let deadline, table.timer.needsTimer(for: deadline) {
+            table.timer.record(self.armHandlerTimer(at: deadline), at: deadline)
+        }
     }
 
-    private func armHandlerTimer(at deadline: ContinuousClock.Instant) {
-        _ = self.transport.schedule(after: deadline - .now) { [weak self] in self?.cancelOverdueHandlers() }
+    private func armHandlerTimer(at deadline: ContinuousClock.Instant) -> any ScheduledWork {
+        self.transport.schedule(after: deadline - .now) { [weak self] in self?.cancelOverdueHandlers() }
     }
 
     /// The handler timer fired: cancel every handler past its caller's deadline and
@@ -1045,7 +1051,7 @@ extension Peer: FrameReceiver {
                     next = deadline
                 }
             }
-            if let next, table.timer.needsTimer(for: next) { self.armHandlerTimer(at: next) }
+            if let next, table.timer.needsTimer(for: next) { table.timer.record(self.armHandlerTimer(at: next), at: next) }
             return overdue
         }
         for task in overdue { task.cancel() }

@@ -35,3 +35,15 @@ final class SetOnce<Value: Sendable>: Sendable {
         }
     }
 }
+
+/// A weak reference that can cross tasks: what a handler registered on a
+/// router keeps of the service that owns the router (a strong one would be a
+/// cycle: service → listener → router → handler → service).
+struct WeakReference<Object: AnyObject & Sendable>: @unchecked Sendable {
+    // @unchecked: a weak reference to a Sendable object; read and written whole.
+    weak var object: Object?
+
+    init(_ object: Object?) {
+        self.object = object
+    }
+}
