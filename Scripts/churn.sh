@@ -35,3 +35,11 @@ INTERCOM_SHARED_MEMORY=off "$bin/IntercomTestHelper" --churn "$cycles" --serve e
 measure "after $cycles graceful (socket)"
 "$bin/IntercomTestHelper" --churn "$cycles" --serve echo --bus "$bus" --abrupt >/dev/null
 measure "after $cycles abrupt (socket)"
+# Abrupt over shared memory: a process per cycle that connects, calls and
+# vanishes (exit without closing), as a crashed client would.
+vanishing=${VANISHING:-1000}
+for _ in $(seq 1 "$vanishing"); do
+  "$bin/IntercomTestHelper" --churn 1 --vanish --serve echo --bus "$bus" >/dev/null
+done
+sleep 1  # the service notices the last ones' sockets end
+measure "after $vanishing vanished (shm)"

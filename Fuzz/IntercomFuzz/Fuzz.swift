@@ -39,7 +39,7 @@ private let limits = WireLimits.defaults
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
-    let bytes = UnsafeRawBufferPointer(start: start, count: count)
+    let bytes = UnsafeRawBufferPointer(start: count == 0 ? nil : start, count: count)
     var buffer = ByteBuffer(bytes: bytes)
     switch target {
     case .frame:
@@ -77,7 +77,7 @@ private func fuzzRing(_ bytes: UnsafeRawBufferPointer) {
     defer { region.deallocate() }
     _ = SharedMemoryRing.create(at: region, capacity: capacity)
     // The input overwrites the region from its start (header words included).
-    memcpy(region, bytes.baseAddress!, min(bytes.count, size))
+    if let source = bytes.baseAddress { memcpy(region, source, min(bytes.count, size)) }
     guard let ring = try? SharedMemoryRing.open(at: region, size: size) else { return }
     var state = SharedMemoryRing.ReaderState()
     for _ in 0..<64 {
@@ -86,7 +86,28 @@ private func fuzzRing(_ bytes: UnsafeRawBufferPointer) {
     }
 }
 
-#if !INTERCOM_FUZZING
+#if INTERCOM_FUZZING
+/// libFuzzer's entry when the program keeps its own `main` (SwiftPM names every
+/// executable's entry point itself).
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ callback: @convention(c) (UnsafeRawPointer?, Int) -> CInt
+) -> CInt
+
+@main
+struct FuzzMain {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        let status = runFuzzerDriver(&argc, &argv) { data, count in
+            fuzz(data ?? UnsafeRawPointer(bitPattern: 1)!, count)
+        }
+        exit(status)
+    }
+}
+#else
 /// Without libFuzzer (a plain `swift build`): a program that says how to fuzz.
 @main
 struct FuzzUsage {

@@ -51,6 +51,9 @@ struct Options {
     /// COUNT connect/call/close cycles against the service NAME, then exit 0.
     var churnCount: Int?
     var abrupt = false
+    /// With --churn 1: after the call, exit at once without closing (the
+    /// process vanishes mid-connection, as a crash would).
+    var vanish = false
     /// Reliability battery: `--scale N --serve NAME --bus DIR`: connect-and-call
     /// times with 10 and with N idle connections open to the service NAME.
     var scaleCount: Int?
@@ -80,6 +83,7 @@ struct Options {
             case "--count-bytes-at": self.countBytesAt = iterator.next()
             case "--churn": self.churnCount = Int(iterator.next() ?? "")
             case "--abrupt": self.abrupt = true
+            case "--vanish": self.vanish = true
             case "--scale": self.scaleCount = Int(iterator.next() ?? "")
             default: fatalError("unknown argument \(argument)")
             }
@@ -281,7 +285,7 @@ struct Helper {
             try await scale(count: count, name: name, directory: directory)
         }
         if let count = options.churnCount, let name = options.serveName, let directory = options.busDirectory {
-            try await churn(count: count, name: name, directory: directory, abrupt: options.abrupt)
+            try await churn(count: count, name: name, directory: directory, abrupt: options.abrupt, vanish: options.vanish)
         }
         if let name = options.actorsName, let directory = options.busDirectory {
             try await serveActors(name: name, directory: directory)
@@ -508,8 +512,10 @@ func scale(count: Int, name: String, directory: String) async throws -> Never {
 /// `--churn COUNT --serve NAME --bus DIR [--abrupt]`: COUNT cycles of connect,
 /// one `echo` call, close — with a goodbye through ``Peer`` (shared memory unless
 /// INTERCOM_SHARED_MEMORY=off), or `--abrupt`: a raw socket that greets, calls and
-/// closes without a goodbye. Prints "churned COUNT" and exits 0.
-func churn(count: Int, name: String, directory: String, abrupt: Bool) async throws -> Never {
+/// closes without a goodbye. `--vanish` exits right after the first call,
+/// connection open (over shared memory unless switched off), as a crash would.
+/// Prints "churned COUNT" and exits 0.
+func churn(count: Int, name: String, directory: String, abrupt: Bool, vanish: Bool) async throws -> Never {
     let bus = Bus(directory: directory)
     for index in 0..<count {
         if abrupt {
@@ -547,6 +553,7 @@ func churn(count: Int, name: String, directory: String, abrupt: Bool) async thro
         } else {
             let peer = try await bus.connect(to: name)
             _ = try await peer.callJSON("echo", json: "\(index)")
+            if vanish { _exit(0) }
             await peer.close()
         }
     }

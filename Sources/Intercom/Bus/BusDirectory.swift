@@ -187,13 +187,14 @@ final class BusDirectory: Sendable {
         guard directory.st_uid == Self.uid || directory.st_uid == 0 else {
             return "\(path) is owned by uid \(directory.st_uid); only this user (uid \(Self.uid)) or root may own the directories above a bus (remove it, or choose another directory with INTERCOM_BUS_DIR)"
         }
-        let writableByOthers = directory.st_mode & 0o022 != 0
-        let sticky = directory.st_mode & UInt32(S_ISVTX) != 0
+        let mode = UInt32(directory.st_mode)  // mode_t is 16 bits on Darwin
+        let writableByOthers = mode & 0o022 != 0
+        let sticky = mode & UInt32(S_ISVTX) != 0
         if writableByOthers && !(sticky && child.st_uid == Self.uid) {
-            let mode = String(directory.st_mode & 0o7777, radix: 8)
+            let octal = String(mode & 0o7777, radix: 8)
             return sticky
-                ? "\(path) (mode \(mode)) is writable by others and its entry below is owned by uid \(child.st_uid), not this user (uid \(Self.uid)); someone else made it: remove it or choose another directory with INTERCOM_BUS_DIR"
-                : "\(path) (mode \(mode)) is writable by group or others, who could replace the bus; chmod go-w \(path) or choose another directory with INTERCOM_BUS_DIR"
+                ? "\(path) (mode \(octal)) is writable by others and its entry below is owned by uid \(child.st_uid), not this user (uid \(Self.uid)); someone else made it: remove it or choose another directory with INTERCOM_BUS_DIR"
+                : "\(path) (mode \(octal)) is writable by group or others, who could replace the bus; chmod go-w \(path) or choose another directory with INTERCOM_BUS_DIR"
         }
         return nil
     }
