@@ -6,16 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles=${1:-10000}
-config=${CONFIG:-release}
-swift build -c "$config" --product intercom >/dev/null
-swift build -c "$config" --product IntercomTestHelper >/dev/null
-bin=$(swift build -c "$config" --show-bin-path)
-bus=$(mktemp -d /tmp/intercom-churn.XXXXXX)
-chmod 700 "$bus"
-INTERCOM_BUS_DIR=$bus "$bin/intercom" echo --name echo 2>/dev/null &
-service=$!
-trap 'kill $service 2>/dev/null; wait $service 2>/dev/null; rm -rf "$bus"' EXIT
-for _ in $(seq 1 200); do [ -S "$bus/echo.sock" ] && [ -f "$bus/echo.json" ] && break; sleep 0.05; done
+source Scripts/lib.sh
+start_echo
 
 measure() {
   local rss fds maps

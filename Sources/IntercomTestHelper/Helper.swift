@@ -426,13 +426,7 @@ func ringEcho(capacity: Int) -> Never {
 /// bytes it sent until it closed, and exits 0. Prints "listening" first.
 func countBytes(at path: String) -> Never {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        let bytes = Array(path.utf8)
-        raw.copyBytes(from: bytes)
-        raw[bytes.count] = 0
-    }
+    var address = unixAddress(path)
     let bound = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
@@ -453,16 +447,22 @@ func countBytes(at path: String) -> Never {
     exit(0)
 }
 
-/// A raw connection to `path` that says nothing (an idle client).
-func idleConnection(to path: String) -> Int32 {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+/// The socket address of `path`.
+func unixAddress(_ path: String) -> sockaddr_un {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        let bytes = Array(path.utf8)
+        let bytes = Array(path.utf8.prefix(raw.count - 1))
         raw.copyBytes(from: bytes)
         raw[bytes.count] = 0
     }
+    return address
+}
+
+/// A raw connection to `path` that says nothing (an idle client).
+func idleConnection(to path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = unixAddress(path)
     _ = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
@@ -519,17 +519,7 @@ func churn(count: Int, name: String, directory: String, abrupt: Bool, vanish: Bo
     let bus = Bus(directory: directory)
     for index in 0..<count {
         if abrupt {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                let bytes = Array("\(directory)/\(name).sock".utf8)
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
-            _ = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
+            let fd = idleConnection(to: "\(directory)/\(name).sock")
             var frames = ByteBuffer()
             let hello = FrameHeader.begin(into: &frames, kind: .hello, id: 0)
             Hello(preferredCodec: .json, maxFrameSize: 1 << 20, pid: UInt32(getpid()), name: "churn").write(into: &frames)

@@ -188,22 +188,11 @@ public final class PeerListener: Sendable {
         guard (info.st_mode & S_IFMT) == S_IFSOCK else {
             throw IntercomError(.nameInUse, "\(path) exists and is not a socket; refusing to replace it")
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return }
+        // Non-blocking: a listener with a full backlog answers EAGAIN at once.
+        guard let fd = try? UnixSocket.make() else { return }
         defer { POSIX.close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            let bytes = Array(path.utf8.prefix(raw.count - 1))
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                POSIX.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        if connected == 0 {
+        let connected = UnixSocket.withAddress(path) { POSIX.connect(fd, $0, $1) }
+        if connected == 0 || errno == EAGAIN {
             throw IntercomError(.nameInUse, "another process is already listening on \(path)")
         }
         if errno == ECONNREFUSED {
