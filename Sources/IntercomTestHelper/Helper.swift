@@ -44,6 +44,9 @@ struct Options {
     var descriptorLimit: Int?
     /// Hardening tests: the connection's ``Peer/Configuration/requestByteBudget``.
     var requestByteBudget: Int?
+    /// Hardening tests: the connection's inbox bounds (messages, bytes).
+    var inboxMessages: Int?
+    var inboxBytes: Int?
     /// Hardening tests: listen on PATH as a plain socket (no Intercom), accept one
     /// client, print how many bytes it sent before it closed, and exit.
     var countBytesAt: String?
@@ -80,6 +83,8 @@ struct Options {
             case "--ring-echo": self.ringEchoCapacity = Int(iterator.next() ?? "")
             case "--nofile": self.descriptorLimit = Int(iterator.next() ?? "")
             case "--request-budget": self.requestByteBudget = Int(iterator.next() ?? "")
+            case "--inbox-messages": self.inboxMessages = Int(iterator.next() ?? "")
+            case "--inbox-bytes": self.inboxBytes = Int(iterator.next() ?? "")
             case "--count-bytes-at": self.countBytesAt = iterator.next()
             case "--churn": self.churnCount = Int(iterator.next() ?? "")
             case "--abrupt": self.abrupt = true
@@ -280,6 +285,8 @@ struct Helper {
         if options.stall { configuration.inboxCapacity = 16 }
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
         if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
+        if let messages = options.inboxMessages { configuration.inboxCapacity = messages }
+        if let bytes = options.inboxBytes { configuration.inboxByteCapacity = bytes }
 
         if let count = options.scaleCount, let name = options.serveName, let directory = options.busDirectory {
             try await scale(count: count, name: name, directory: directory)

@@ -333,6 +333,47 @@ func raiseDescriptorLimit(to wanted: Int) {
         }
     }
 
+    /// One-way messages nobody receives were bounded by count only (1,024 ×
+    /// frame size): a child that never reads its inbox, allowed 100,000 messages
+    /// but 2 MiB, makes the sender of 256 KiB messages wait after a few MiB.
+    @Test(arguments: [TransportKind.socketpair, .sharedMemory])
+    func unreadMessagesStayWithinTheInboxByteBound(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let configuration = ChildProcess.configuration {
+                $0.outboundHighWatermark = 64 << 10
+                $0.outboundLowWatermark = 16 << 10
+                // Over shared memory, large frames in flight also fill this side's
+                // buffer pool (32 MiB by default): keep it small so the bound shows.
+                $0.sharedMemory.bufferPoolSize = 4 << 20
+            }
+            let child = try await ChildProcess.spawn(
+                kind, arguments: ["--stall", "--inbox-messages", "100000", "--inbox-bytes", "\(2 << 20)"],
+                configuration: configuration)
+            let peer = child.peer
+            let sent = Locked(0)
+            let text = String(repeating: "y", count: 256 << 10)
+            let sender = Task {
+                for index in 0..<200 {  // 50 MiB offered
+                    try await peer.send(Note(index: index, text: text))
+                    sent.withLock { $0 += 1 }
+                }
+            }
+            try await observeUntil("the sender is held back", timeout: .seconds(30)) { peer.statistics.blockedSenders == 1 }
+            let accepted = sent.withLock { $0 }
+            #expect(accepted * (256 << 10) < 16 << 20, "accepted \(accepted) messages of 256 KiB before blocking")
+            child.kill(SIGUSR1)  // the child starts reading: everything arrives
+            try await sender.value
+            try await peer.send(Note(index: -1, text: "count?"))
+            var count = 0
+            while count == 0 {
+                let message = try await peer.receiveMessage(timeout: .seconds(30))
+                if message.method == "count" { count = try message.decode(as: Int.self) }
+            }
+            #expect(count == 201, "nothing was lost")
+            await child.shutdown()
+        }
+    }
+
     /// `intercom list` and a call to a missing service used to unlink every
     /// `*.json` without a held lock — the user's own files too.
     @Test func lookingUpServicesNeverDeletesFilesTheBusDidNotWrite() async throws {

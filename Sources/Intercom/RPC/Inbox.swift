@@ -22,8 +22,9 @@ public struct InboundMessage: Sendable {
     }
 }
 
-/// The bounded queue of unsolicited messages. When it holds `capacity` messages
-/// the connection stops reading until a receiver takes one.
+/// The bounded queue of unsolicited messages. When it holds `capacity` messages,
+/// or `byteCapacity` bytes of them, the connection stops reading until receivers
+/// have taken half.
 ///
 /// Messages are kept in the batches they arrived in (one per read of the
 /// connection): a batch goes in, and usually out through ``nextBatch(limit:timeout:)``,
@@ -37,6 +38,10 @@ final class Inbox: Sendable {
         var taken = 0
         /// How many messages are queued.
         var count = 0
+        /// The bytes of the queued messages (payloads and method names), and of
+        /// what is left of each batch, front first.
+        var bytes = 0
+        var batchBytes = Deque<Int>()
         var waiters: [UInt64: UnsafeContinuation<InboundMessage, any Error>] = [:]
         var waiterOrder = Deque<UInt64>()
         var nextWaiterID: UInt64 = 0
@@ -46,7 +51,7 @@ final class Inbox: Sendable {
         mutating func popFirst() -> InboundMessage? {
             guard self.count > 0 else { return nil }
             let message = self.batches[0][self.taken]
-            self.advance(by: 1)
+            self.advance(by: 1, bytes: Self.size(of: message))
             return message
         }
 
@@ -56,27 +61,53 @@ final class Inbox: Sendable {
             guard self.count > 0, limit > 0 else { return [] }
             if self.taken == 0, self.batches[0].count <= limit {
                 self.count -= self.batches[0].count
+                self.bytes -= self.batchBytes.removeFirst()
                 return self.batches.removeFirst()
             }
             let end = min(self.batches[0].count, self.taken + limit)
             let messages = Array(self.batches[0][self.taken..<end])
-            self.advance(by: messages.count)
+            self.advance(by: messages.count, bytes: Self.size(of: messages[...]))
             return messages
         }
 
-        private mutating func advance(by taken: Int) {
+        /// Appends a batch of messages that arrived together.
+        mutating func append(_ batch: [InboundMessage], bytes: Int) {
+            self.batches.append(batch)
+            self.batchBytes.append(bytes)
+            self.count += batch.count
+            self.bytes += bytes
+        }
+
+        private mutating func advance(by taken: Int, bytes: Int) {
             self.taken += taken
             self.count -= taken
+            self.bytes -= bytes
+            self.batchBytes[0] -= bytes
             if self.taken == self.batches[0].count {
                 self.batches.removeFirst()
+                self.batchBytes.removeFirst()
                 self.taken = 0
             }
         }
 
+        /// What a message holds while queued.
+        static func size(of message: InboundMessage) -> Int {
+            message.payload.readableBytes + (message.method?.utf8.count ?? 0) + 64
+        }
+
+        static func size(of messages: ArraySlice<InboundMessage>) -> Int {
+            messages.reduce(0) { $0 + Self.size(of: $1) }
+        }
+
+        /// Whether the inbox holds as much as it may (reading must pause).
+        func isFull(capacity: Int, byteCapacity: Int) -> Bool {
+            self.count >= capacity || self.bytes >= byteCapacity
+        }
+
         /// Whether reading, paused because the inbox was full, may resume now
-        /// (it has drained to half): clears `paused` if so.
-        mutating func resumesReading(capacity: Int) -> Bool {
-            guard self.paused, self.count < capacity / 2 + 1 else { return false }
+        /// (it has drained to half, in count and in bytes): clears `paused` if so.
+        mutating func resumesReading(capacity: Int, byteCapacity: Int) -> Bool {
+            guard self.paused, self.count < capacity / 2 + 1, self.bytes <= byteCapacity / 2 else { return false }
             self.paused = false
             return true
         }
@@ -84,10 +115,12 @@ final class Inbox: Sendable {
 
     private let state = Mutex(State())
     private let capacity: Int
+    private let byteCapacity: Int
     nonisolated(unsafe) weak var transport: (any FrameTransport)?
 
-    init(capacity: Int) {
+    init(capacity: Int, byteCapacity: Int) {
         self.capacity = max(1, capacity)
+        self.byteCapacity = max(1, byteCapacity)
     }
 
     /// On the transport thread: messages arrived (in order), queued under one lock.
@@ -104,10 +137,9 @@ final class Inbox: Sendable {
                 rest = rest.dropFirst()
             }
             if !rest.isEmpty {
-                state.batches.append(rest.count == messages.count ? messages : Array(rest))
-                state.count += rest.count
+                state.append(rest.count == messages.count ? messages : Array(rest), bytes: State.size(of: rest))
             }
-            if state.count >= self.capacity, !state.paused {
+            if state.isFull(capacity: self.capacity, byteCapacity: self.byteCapacity), !state.paused {
                 state.paused = true
                 return true
             }
@@ -132,7 +164,7 @@ final class Inbox: Sendable {
     func tryNext() throws(IntercomError) -> InboundMessage? {
         let (message, resume) = try self.state.withLock { state throws(IntercomError) -> (InboundMessage?, Bool) in
             if let message = state.popFirst() {
-                return (message, state.resumesReading(capacity: self.capacity))
+                return (message, state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
             }
             if let ended = state.ended { throw ended }
             return (nil, false)
@@ -145,7 +177,7 @@ final class Inbox: Sendable {
         enum Immediate { case message(InboundMessage, resume: Bool), failure(IntercomError) }
         let immediate = self.state.withLock { state -> Immediate? in
             if let message = state.popFirst() {
-                return .message(message, resume: state.resumesReading(capacity: self.capacity))
+                return .message(message, resume: state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
             }
             if let ended = state.ended { return .failure(ended) }
             return nil
@@ -197,7 +229,7 @@ final class Inbox: Sendable {
         let limit = max(1, limit)
         let (ready, resume) = self.state.withLock { state -> ([InboundMessage], Bool) in
             let messages = state.take(upTo: limit)
-            return (messages, !messages.isEmpty && state.resumesReading(capacity: self.capacity))
+            return (messages, !messages.isEmpty && state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
         }
         if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
         if !ready.isEmpty { return ready }
@@ -205,7 +237,7 @@ final class Inbox: Sendable {
         let first = try await self.next(timeout: timeout)
         let (more, resumeAfter) = self.state.withLock { state -> ([InboundMessage], Bool) in
             let messages = state.take(upTo: limit - 1)
-            return (messages, state.resumesReading(capacity: self.capacity))
+            return (messages, state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
         }
         if resumeAfter { self.transport?.setReadingPaused(false, reason: .inboxFull) }
         return [first] + more

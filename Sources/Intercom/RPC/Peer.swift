@@ -139,7 +139,7 @@ public final class Peer: Sendable {
         self.remotePID = Int32(bitPattern: remote.pid)
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.codec = codec
-        self.inbox = Inbox(capacity: configuration.inboxCapacity)
+        self.inbox = Inbox(capacity: configuration.inboxCapacity, byteCapacity: configuration.inboxByteCapacity)
         self.inbox.transport = transport
     }
 

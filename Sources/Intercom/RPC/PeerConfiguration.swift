@@ -30,6 +30,10 @@ extension Peer {
         /// Unsolicited messages held for ``Peer/receive(as:timeout:)`` before the
         /// connection stops reading: 1,024.
         public var inboxCapacity: Int = 1024
+        /// Bytes of unsolicited messages held for ``Peer/receive(as:timeout:)``
+        /// before the connection stops reading: 64 MiB (reading resumes once
+        /// receivers took half). A single message larger than this still goes through.
+        public var inboxByteCapacity: Int = 64 << 20
         /// Outbound bytes buffered before senders suspend: 1 MiB (they resume below ``outboundLowWatermark``).
         public var outboundHighWatermark: Int = 1 << 20
         /// Outbound bytes under which suspended senders resume: 256 KiB.
