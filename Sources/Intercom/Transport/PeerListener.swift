@@ -56,6 +56,12 @@ public final class PeerListener: Sendable {
         self.acceptor = acceptor
     }
 
+    deinit {
+        // A listener dropped without `close()` stops accepting (its thread and
+        // socket would otherwise live on, refusing every client it accepts).
+        self.acceptor.requestStop()
+    }
+
     /// Starts listening on `path`.
     ///
     /// A stale socket file (left by a process that died) is replaced; a path where

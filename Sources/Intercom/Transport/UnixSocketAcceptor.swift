@@ -118,8 +118,8 @@ final class UnixSocketAcceptor: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Stops accepting and returns once the thread has closed the listening socket.
-    func stop() async {
+    /// Tells the thread to stop accepting and close the listening socket, without waiting.
+    func requestStop() {
         self.state.withLock { state in
             if !state.stopped, !state.finished {
                 var byte: UInt8 = 1
@@ -127,6 +127,11 @@ final class UnixSocketAcceptor: Sendable {
             }
             state.stopped = true
         }
+    }
+
+    /// Stops accepting and returns once the thread has closed the listening socket.
+    func stop() async {
+        self.requestStop()
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let finished = self.state.withLock { state -> Bool in
                 if state.finished { return true }
