@@ -429,19 +429,20 @@ func ringEcho(capacity: Int) -> Never {
 }
 
 /// `--count-bytes-at PATH`: a plain listening socket (a stand-in for a server
-/// another user planted): accepts one client, prints on standard output how many
-/// bytes it sent until it closed, and exits 0. Prints "listening" first.
+/// another user planted): accepts one client, writes how many bytes it sent until
+/// it closed to PATH.count, and exits 0.
 func countBytes(at path: String) -> Never {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    var address = unixAddress(path)
+    // Bound under a temporary name and renamed once listening: the socket appears
+    // at PATH only when a connect there succeeds.
+    var address = unixAddress(path + ".tmp")
     let bound = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
-    guard bound == 0, listen(fd, 4) == 0 else {
+    guard bound == 0, listen(fd, 4) == 0, rename(path + ".tmp", path) == 0 else {
         FileHandle.standardError.write(Data("count-bytes: cannot listen on \(path): \(errno)\n".utf8))
         exit(2)
     }
-    FileHandle.standardOutput.write(Data("listening\n".utf8))
     let client = accept(fd, nil, nil)
     var total = 0
     var chunk = [UInt8](repeating: 0, count: 65536)
@@ -450,7 +451,9 @@ func countBytes(at path: String) -> Never {
         if n <= 0 { break }
         total += n
     }
-    FileHandle.standardOutput.write(Data("\(total)\n".utf8))
+    // A file, not standard output: a pipe's write end can be inherited by other
+    // children of the test process, and then its reader never sees the end.
+    _ = FileManager.default.createFile(atPath: path + ".count", contents: Data("\(total)".utf8))
     exit(0)
 }
 
