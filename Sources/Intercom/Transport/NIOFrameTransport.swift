@@ -60,22 +60,22 @@ final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// descriptor). Checked by the socket's cookie, so a descriptor number
     /// reused after the channel closed is never taken for it.
     func duplicateUnixSocket() -> Int32? {
-        #if os(Linux)
-        guard let descriptor = self.descriptor, let cookie = self.socketCookie() else { return nil }
-        return DescriptorPassing.duplicateUnixStreamSocket(descriptor, cookie: cookie)
-        #else
-        return nil
-        #endif
+        self.knownSocket.flatMap { DescriptorPassing.duplicateUnixStreamSocket($0.descriptor, cookie: $0.cookie) }
     }
 
     /// On the event loop: whether the channel runs over a Unix stream socket whose
     /// descriptor is known (so the connection could move to shared memory).
     var isUnixStreamSocket: Bool {
+        self.knownSocket.map { DescriptorPassing.isUnixStreamSocket($0.descriptor, cookie: $0.cookie) } ?? false
+    }
+
+    /// The descriptor under the channel and its socket's cookie, when both are known (Linux).
+    private var knownSocket: (descriptor: Int32, cookie: UInt64)? {
         #if os(Linux)
-        guard let descriptor = self.descriptor, let cookie = self.socketCookie() else { return false }
-        return DescriptorPassing.isUnixStreamSocket(descriptor, cookie: cookie)
+        guard let descriptor = self.descriptor, let cookie = self.socketCookie() else { return nil }
+        return (descriptor, cookie)
         #else
-        return false
+        return nil
         #endif
     }
 
