@@ -82,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "IntercomTestHelper",
             dependencies: [
-                "Intercom", "IntercomWire", "IntercomActorExample",
+                "Intercom", "IntercomWire", "IntercomActorExample", "CIntercomShims",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -3,6 +3,7 @@
 // serves the handlers the tests call. Logs go to standard error.
 import Dispatch
 import Foundation
+import CIntercomShims
 import Intercom
 import IntercomWire
 import Logging
@@ -261,11 +262,29 @@ func waitForSIGUSR1() async {
     }
 }
 
+/// A helper never outlives the process that started it: a test that fails half
+/// way, or a test process killed by a watchdog, must not leave services running
+/// (they would hold the test runner's output pipe open, and CI would wait for it
+/// forever). A pidfd becomes readable when the parent exits; one thread waits on it.
+func exitWhenParentExits() {
+    let parent = getppid()
+    let fd = c_intercom_pidfd_open(parent)
+    guard fd >= 0 else { return }
+    // The parent may have exited before the pidfd was opened (we were reparented).
+    if getppid() != parent { _exit(70) }
+    Thread.detachNewThread {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while poll(&entry, 1, -1) < 0 && errno == EINTR {}
+        _exit(70)
+    }
+}
+
 @main
 struct Helper {
     static func main() async throws {
         // The descriptors this process was started with, before it opens any itself.
         let inherited = openDescriptors()
+        exitWhenParentExits()
         let options = Options(CommandLine.arguments)
         if let code = options.exitNow { exit(code) }
         if let capacity = options.ringEchoCapacity { ringEcho(capacity: capacity) }

@@ -40,6 +40,17 @@ public enum ResourceAudit {
         return result
     }
 
+    /// Sends SIGKILL to `pids` and waits (up to 10 s) until they are reaped by
+    /// whoever started them. Nothing tells of a reap, so this reads /proc every 10 ms.
+    public static func killAndReap(_ pids: [Int32]) async {
+        guard !pids.isEmpty else { return }
+        for pid in pids { kill(pid, SIGKILL) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !Set(Self.childPIDs()).isDisjoint(with: pids), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     public static func childPIDs() -> [Int32] {
         var pids: [Int32] = []
         for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
@@ -111,20 +122,86 @@ public final class AuditGate: Sendable {
 }
 
 /// Runs `body` and checks it left no descriptors, child processes or socket files behind.
-public func withResourceCheck(_ body: () async throws -> Void) async throws {
+///
+/// Child processes a test leaves behind — most often because it failed half way,
+/// before it stopped them — are killed and waited for, so one failure does not
+/// fail every audited test after it. A test still running after `hangLimit` is
+/// reported by name and ends the whole test run (see ``HangWatchdog``).
+public func withResourceCheck(
+    hangLimit: Duration = .seconds(300), _ body: () async throws -> Void
+) async throws {
+    let name = Test.current?.name ?? "an audited test"
+    let trace = ProcessInfo.processInfo.environment["INTERCOM_GATE_TRACE"] != nil
+    if trace { fputsStderr("GATE wait \(name) \(ContinuousClock.now)\n") }
     await AuditGate.shared.acquire()
-    defer { AuditGate.shared.release() }
+    if trace { fputsStderr("GATE got \(name) \(ContinuousClock.now)\n") }
+    defer {
+        if trace { fputsStderr("GATE release \(name) \(ContinuousClock.now)\n") }
+        AuditGate.shared.release()
+    }
     try await ResourceAudit.warmUp()
+    let watchdog = HangWatchdog(test: name, limit: hangLimit)
+    defer { watchdog.disarm() }
     let before = ResourceAudit.openDescriptors()
-    try await body()
+    let outcome: Result<Void, any Error>
+    do {
+        try await body()
+        outcome = .success(())
+    } catch {
+        outcome = .failure(error)
+    }
+    let children = ResourceAudit.childPIDs()
+    #expect(children.isEmpty, "child processes left running: \(children) (now killed)")
+    await ResourceAudit.killAndReap(children)
+    try outcome.get()
     let after = ResourceAudit.openDescriptors()
     // Runtime-internal descriptors (libdispatch and Foundation run loops open an
     // epoll/eventfd/timerfd per worker thread, lazily) are not ours; every socket,
     // pipe and file is.
     let leaked = after.filter { before[$0.key] == nil && !$0.value.hasPrefix("anon_inode:") }
     #expect(leaked.isEmpty, "descriptors left open: \(leaked)")
-    #expect(ResourceAudit.childPIDs().isEmpty, "child processes left running: \(ResourceAudit.childPIDs())")
     #expect(TemporaryDirectory.shared.leftovers.isEmpty, "socket files left: \(TemporaryDirectory.shared.leftovers)")
+}
+
+func fputsStderr(_ text: String) {
+    _ = Array(text.utf8).withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// Ends the test run when one audited test hangs.
+///
+/// Every audited test holds the ``AuditGate``, so one that never returns stops
+/// all the others and the run waits until CI's time limit — with nothing in the
+/// log that says which test it was. The watchdog fires on its own serial queue
+/// (which libdispatch gives a thread even when the cooperative pool is blocked),
+/// names the test on standard error, kills this process's children (so none
+/// keeps the runner's output pipe open) and exits with status 3.
+public final class HangWatchdog: Sendable {
+    private static let queue = DispatchQueue(label: "intercom.tests.hang-watchdog")
+    private let disarmed = Atomic<Bool>(false)
+
+    /// Arms the watchdog for `test`, to fire after `limit`.
+    public init(test: String, limit: Duration) {
+        let (seconds, attoseconds) = limit.components
+        let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+        Self.queue.asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { [self] in
+            guard !self.disarmed.load(ordering: .acquiring) else { return }
+            let message = """
+
+                ✘ HANG: "\(test)" is still running after \(limit): its child processes are killed and \
+                the test run ends here (exit status 3), so that CI reports which test hung instead of \
+                waiting for its own time limit.
+
+                """
+            fflush(nil)
+            _ = Array(message.utf8).withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            for pid in ResourceAudit.childPIDs() { kill(pid, SIGKILL) }
+            fflush(nil)
+            _exit(3)
+        }
+    }
+
+    /// The test returned: the watchdog never fires.
+    public func disarm() { self.disarmed.store(true, ordering: .releasing) }
 }
 
 /// A child started with Foundation's `Process` whose exit a test can await.

@@ -13,4 +13,11 @@ int c_intercom_malloc_trim(size_t pad);
 /// spawned meanwhile never inherits the descriptor; accept + fcntl elsewhere.
 int c_intercom_accept_cloexec_nonblock(int fd);
 
+/// pidfd_open(2): a descriptor that becomes readable when process `pid` exits;
+/// -1 with errno ENOSYS where the kernel (or platform) has none.
+int c_intercom_pidfd_open(int pid);
+
+/// prctl(PR_SET_PDEATHSIG, signal) on Linux; -1 with errno ENOSYS elsewhere.
+int c_intercom_set_parent_death_signal(int signal);
+
 #endif

@@ -1,3 +1,4 @@
+internal import CIntercomShims
 internal import Foundation
 #if canImport(Glibc)
 internal import Glibc
@@ -51,15 +52,10 @@ extension Peer {
 /// parent is still the one that spawned it: if the parent died first, the
 /// request came too late, so exit now.
 func dieWithParent(expectedParent: Int32?) {
-    #if os(Linux)
-    // prctl is variadic in C, so Swift cannot call it directly; its first two
-    // arguments are plain integers, which a fixed-arity call passes the same way.
-    typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
-    if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") {
-        let prctl = unsafeBitCast(symbol, to: Prctl.self)
-        _ = prctl(1 /* PR_SET_PDEATHSIG */, UInt(SIGKILL), 0, 0, 0)
-    }
-    #endif
+    // The spawning thread lives as long as the worker's owner needs it: Subprocess
+    // spawns from its own long-lived thread, so "parent thread exits" (what the
+    // kernel watches) means the parent process ends.
+    _ = c_intercom_set_parent_death_signal(SIGKILL)
     if let expectedParent, getppid() != expectedParent {
         exit(70)
     }

@@ -131,7 +131,14 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     var isSharedMemory: Bool { true }
 
     func setReceiver(_ receiver: any FrameReceiver) {
-        self.post { $0.receiver = receiver }
+        let ended = self.post { mail -> Bool in
+            if mail.exited { return true }
+            mail.receiver = receiver
+            return false
+        }
+        // The connection ended before anyone listened (the other process died
+        // during the upgrade): say so now, or the receiver would wait forever.
+        if ended { receiver.transportClosed() }
     }
 
     func send(_ bytes: ByteBuffer) {
@@ -578,14 +585,18 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         self.loop.receiver = nil
         // Anything posted until now runs here; later posts go to the event loop.
         while true {
-            let (jobs, timers) = self.mail.withLock { mail -> (Deque<UnownedJob>, [SharedMemoryTimer]) in
+            let (jobs, timers, late) = self.mail.withLock { mail -> (Deque<UnownedJob>, [SharedMemoryTimer], (any FrameReceiver)?) in
                 defer {
                     mail.jobs.removeAll()
                     mail.timers.removeAll()
+                    mail.receiver = nil
                 }
                 if mail.jobs.isEmpty { mail.exited = true }
-                return (mail.jobs, mail.timers)
+                return (mail.jobs, mail.timers, mail.receiver)
             }
+            // A receiver set after the thread last took its mail never heard of the
+            // end (``setReceiver(_:)`` tells those that come after `exited`).
+            late?.transportClosed()
             for timer in timers + self.loop.timers where !timer.isCancelled {
                 _ = self.socket.schedule(after: max(.zero, timer.deadline - .now)) {
                     if !timer.isCancelled { timer.body() }
