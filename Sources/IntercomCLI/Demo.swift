@@ -69,7 +69,7 @@ final class DemoBoard: Sendable {
         var processorCallsBefore = 0
         var lastProcessorFrames = 0
     }
-    let state = Mutex(State())
+    let state = Locked(State())
 }
 
 struct DemoCoordinator {
@@ -108,8 +108,8 @@ struct DemoCoordinator {
                 role: role, arguments: ["demo-worker", "--role", role, "--bus-directory", self.bus.directory])
             supervisor.start(role, spec, policy: policy, router: router)
         }
-        let killedAt = Mutex<ContinuousClock.Instant?>(nil)
-        let pids = Mutex<[String: [Int32]]>([:])
+        let killedAt = Locked<ContinuousClock.Instant?>(nil)
+        let pids = Locked<[String: [Int32]]>([:])
         let watcher = Task {
             for await event in supervisor.events {
                 switch event {
@@ -221,7 +221,7 @@ struct DemoWorker: AsyncParsableCommand {
 
 /// Publishes a 64×48 frame every 20 ms; `camera.exposure.set` changes how bright it is.
 func runCamera(bus: Bus, parent: Peer) async throws {
-    let exposure = Mutex<Double>(4)
+    let exposure = Locked<Double>(4)
     let exposureCalls = Atomic<Int>(0)
     let router = Router()
     try router.register("camera.exposure.set") { (request: DemoExposure, _: CallContext) -> DemoExposureAck in

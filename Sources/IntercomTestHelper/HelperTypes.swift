@@ -161,7 +161,7 @@ public final class CallLoad: Sendable {
     /// Calls answered so far.
     public let completed = Atomic<Int>(0)
     /// How and when each of the five lanes ended.
-    public let outcomes = Mutex<[(code: IntercomError.Code?, atNanos: UInt64)]>([])
+    package let outcomes = Locked<[(code: IntercomError.Code?, atNanos: UInt64)]>([])
 
     public init() {}
 

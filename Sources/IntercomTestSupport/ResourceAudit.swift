@@ -61,7 +61,7 @@ public enum ResourceAudit {
         return pids
     }
 
-    private static let warmedUp = Mutex(false)
+    private static let warmedUp = Locked(false)
 
     /// Starts what is created once per process (event-loop threads, process
     /// monitoring) so it does not count as a leak.
@@ -93,7 +93,7 @@ public enum ResourceAudit {
 /// One audited test at a time across all suites (the audit reads process-wide state).
 public final class AuditGate: Sendable {
     public static let shared = AuditGate()
-    private let state = Mutex<(busy: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private let state = Locked<(busy: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
     public func acquire() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

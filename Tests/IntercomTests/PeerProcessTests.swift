@@ -366,13 +366,6 @@ func expectIntercomError(
     }
 }
 
-/// A value behind a lock that closures can share.
-final class Locked<Value: Sendable>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: Value) { self.mutex = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { self.mutex.withLock { body(&$0) } }
-}
-
 /// Encodes as a ``Note`` unless told to fail.
 struct FailingNote: Encodable {
     struct Refused: Error {}

@@ -62,7 +62,7 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
     /// How long a remote call may take.
     public let callTimeout: Duration
     private let bus: Bus?
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         var actors: [String: WeakActor] = [:]

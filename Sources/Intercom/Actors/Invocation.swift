@@ -118,10 +118,10 @@ public final class IntercomResultHandler: DistributedTargetInvocationResultHandl
 private let knownTypes = TypeCache()
 
 private final class TypeCache: Sendable {
-    private let types = Mutex<[String: TypeBox]>([:])
+    private let types = Locked<[String: TypeBox]>([:])
 
     private struct TypeBox: @unchecked Sendable {
-        // Metatypes are immutable; the box only lets them sit in a Mutex.
+        // Metatypes are immutable; the box only lets them sit behind a lock.
         let type: Any.Type
     }
 

@@ -28,7 +28,7 @@ public final class BusService: Sendable {
     /// The bus directory, held open: the socket, record and lock are addressed
     /// through it until the service is closed.
     private let directory: BusDirectory
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         var closed = false

@@ -76,5 +76,5 @@ public enum EchoService {
 
 private final class EchoHolder: Sendable {
     let service = SetOnce<WeakReference<BusService>>()
-    let exitCode = Mutex<Int32>(0)
+    let exitCode = Locked<Int32>(0)
 }

@@ -41,7 +41,7 @@ public final class ServiceHandle: Sendable {
 
     private let configuration: Peer.Configuration
     private let changesContinuation: AsyncStream<Change>.Continuation
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         var peer: Peer?

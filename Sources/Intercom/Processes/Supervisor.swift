@@ -38,7 +38,7 @@ public final class Supervisor: Sendable {
     /// Every start, exit, restart, failure and stop, as it happens.
     public let events: AsyncStream<LifecycleEvent>
     private let continuation: AsyncStream<LifecycleEvent>.Continuation
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         var workers: [String: Supervised] = [:]

@@ -197,7 +197,7 @@ final class ExitRecord: Sendable {
         var over = false
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     var status: ProcessExitStatus? { self.state.withLock { $0.status } }
     var startFailure: String? { self.state.withLock { $0.startFailure } }

@@ -19,9 +19,9 @@ public final class PendingReply<Response: Sendable>: Sendable {
         var awaiting: [CheckedContinuation<Result<Response, any Error>, Never>] = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let done = DispatchSemaphore(value: 0)
-    private let task = Mutex<Task<Void, Never>?>(nil)
+    private let task = Locked<Task<Void, Never>?>(nil)
 
     init(_ operation: @escaping @Sendable () async throws -> Response) {
         let task = Task { [self] in

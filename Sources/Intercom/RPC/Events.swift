@@ -36,7 +36,7 @@ final class EventQueue: Sendable {
     let topic: String
     let capacity: Int
     let policy: EventOverflowPolicy
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     init(topic: String, capacity: Int, policy: EventOverflowPolicy) {
         self.topic = topic

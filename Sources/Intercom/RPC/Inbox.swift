@@ -113,7 +113,7 @@ final class Inbox: Sendable {
         }
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let capacity: Int
     private let byteCapacity: Int
     nonisolated(unsafe) weak var transport: (any FrameTransport)?

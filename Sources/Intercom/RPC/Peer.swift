@@ -38,15 +38,15 @@ public final class Peer: Sendable {
 
     let transport: any FrameTransport
     let router: Router?
-    private let calls = Mutex(CallTable())
+    private let calls = Locked(CallTable())
     private let nextCallID = Atomic<UInt64>(1)
     private let lateReplies = Atomic<Int>(0)
-    private let handlers = Mutex(HandlerTable())
+    private let handlers = Locked(HandlerTable())
     let inbox: Inbox
-    private let lifecycle = Mutex(Lifecycle())
+    private let lifecycle = Locked(Lifecycle())
     private let arrivals = Arrivals()
-    private let subscriptions = Mutex(Subscriptions())
-    private let remoteTopics = Mutex(RemoteTopics())
+    private let subscriptions = Locked(Subscriptions())
+    private let remoteTopics = Locked(RemoteTopics())
 
     /// This side's subscriptions to the other side's events, by topic.
     private struct Subscriptions {
@@ -641,7 +641,7 @@ public final class Peer: Sendable {
             table.nextDrainWaiter += 1
             return table.nextDrainWaiter
         }
-        let timer = Mutex<Task<Void, Never>?>(nil)
+        let timer = Locked<Task<Void, Never>?>(nil)
         let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let registered = self.calls.withLock { table -> Bool in
                 if table.pending.isEmpty { return false }

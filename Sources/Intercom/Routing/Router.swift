@@ -24,7 +24,7 @@ public final class Router: Sendable {
         var fallback: Handler?
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Creates an empty router.
     public init() {}

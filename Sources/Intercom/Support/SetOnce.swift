@@ -3,7 +3,7 @@ internal import Synchronization
 /// A value set once, which tasks can wait for: lets handlers registered before
 /// a service exists reach it without a window where it is still missing.
 final class SetOnce<Value: Sendable>: Sendable {
-    private let state = Mutex<(value: Value?, waiters: [UnsafeContinuation<Value, Never>])>((nil, []))
+    private let state = Locked<(value: Value?, waiters: [UnsafeContinuation<Value, Never>])>((nil, []))
 
     init() {}
 

@@ -21,7 +21,7 @@ final class EventLoopExecutor: TaskExecutor {
         }
     }
 
-    private static let cache = Mutex<[ObjectIdentifier: EventLoopExecutor]>([:])
+    private static let cache = Locked<[ObjectIdentifier: EventLoopExecutor]>([:])
 
     /// The one executor for `loop` (executors are shared by every connection on a loop).
     static func forLoop(_ loop: any EventLoop) -> EventLoopExecutor {

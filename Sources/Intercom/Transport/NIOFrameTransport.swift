@@ -15,7 +15,7 @@ final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     let executor: any TaskExecutor
     private let loop: any EventLoop
     let handler: FrameChannelHandler
-    private let outbox = Mutex(Outbox())
+    private let outbox = Locked(Outbox())
 
     private struct Outbox {
         var pending: [ByteBuffer] = []
@@ -86,7 +86,7 @@ final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         let future: EventLoopFuture<UInt64> = provider.unsafeGetSocketOption(
             level: .socket, name: NIOBSDSocket.Option(rawValue: 57 /* SO_COOKIE */))
         // On the event loop the option is read at once and the callback runs now.
-        let cookie = Mutex<UInt64?>(nil)
+        let cookie = Locked<UInt64?>(nil)
         future.whenSuccess { value in cookie.withLock { $0 = value } }
         return cookie.withLock { $0 }
     }

@@ -41,7 +41,7 @@ public final class PeerListener: Sendable {
     }
 
     private let acceptor: UnixSocketAcceptor
-    private let accepted = Mutex(Accepted())
+    private let accepted = Locked(Accepted())
 
     private struct Accepted {
         /// Connections open now, with the order they were accepted in.
@@ -233,7 +233,7 @@ private final class ListenerBox: Sendable {
         weak var listener: PeerListener?
     }
     // Weak: the listener owns the acceptor, which owns this box.
-    private let listener = Mutex(Weak())
+    private let listener = Locked(Weak())
 
     func set(_ listener: PeerListener) {
         self.listener.withLock { $0.listener = listener }

@@ -27,7 +27,7 @@ final class UnixSocketAcceptor: Sendable {
     private let listening: Int32
     /// Written to wake the thread up for ``stop()``: [read end, write end].
     private let wake: (Int32, Int32)
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         var stopped = false

@@ -143,7 +143,7 @@ package final class BufferPoolReader: @unchecked Sendable {
     private let words: UnsafeMutableRawPointer
     private let blocks: UnsafeMutableRawPointer
     /// Blocks this side holds buffers over: a reference to any of them is a protocol violation.
-    private let leased: Mutex<[Bool]>
+    private let leased: Locked<[Bool]>
 
     package init(region: SharedMemoryRegion, geometry: BufferPoolGeometry) {
         precondition(!geometry.isEmpty)
@@ -151,7 +151,7 @@ package final class BufferPoolReader: @unchecked Sendable {
         self.geometry = geometry
         self.words = region.base + geometry.offset
         self.blocks = region.base + geometry.offset + geometry.wordsSize
-        self.leased = Mutex([Bool](repeating: false, count: geometry.blockCount))
+        self.leased = Locked([Bool](repeating: false, count: geometry.blockCount))
     }
 
     /// A buffer over the blocks `reference` names. The reference was copied out
@@ -215,7 +215,7 @@ private struct Lease {
 
 /// The leases by the address their buffer starts at: the allocator's C-convention
 /// functions receive only the pointer.
-private let pooledBuffers = Mutex<[UInt: Lease]>([:])
+private let pooledBuffers = Locked<[UInt: Lease]>([:])
 
 /// Whether `buffer`'s bytes lie in a shared-memory buffer pool (read in place,
 /// not copied out of shared memory).

@@ -34,8 +34,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     private let logger: Logger
     private let thread: pthread_t
 
-    private let writer = Mutex(Writer())
-    private let mail = Mutex(Mail())
+    private let writer = Locked(Writer())
+    private let mail = Locked(Mail())
     /// Set whenever `mail` holds something, so the spinning thread need not lock.
     private let hasMail = Atomic<Bool>(false)
     /// Whether the overflow queue holds bytes (kept in step with it under `writer`).

@@ -41,7 +41,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     /// Where this side's buffer pool lies in `region` (empty when it has none).
     let pool: BufferPoolGeometry
     let options: SharedMemoryOptions
-    private let socketCopy: Mutex<Int32>
+    private let socketCopy: Locked<Int32>
     /// The other side's "ready" arrived through NIO, before reading moved to `recvmsg`.
     var remoteReady = false
 
@@ -55,7 +55,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     private init(
         socketCopy: Int32, ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry, options: SharedMemoryOptions
     ) {
-        self.socketCopy = Mutex(socketCopy)
+        self.socketCopy = Locked(socketCopy)
         self.ring = ring
         self.region = region
         self.pool = pool
