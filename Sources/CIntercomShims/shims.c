@@ -4,8 +4,13 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #endif
@@ -52,5 +57,57 @@ int c_intercom_set_parent_death_signal(int signal) {
     (void)signal;
     errno = ENOSYS;
     return -1;
+#endif
+}
+
+int c_intercom_pipe_cloexec(int fds[2]) {
+#if defined(__linux__)
+    return pipe2(fds, O_CLOEXEC);
+#else
+    if (pipe(fds) != 0) return -1;
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+#endif
+}
+
+int c_intercom_memfd_create_sealable(const char *name) {
+#if defined(__linux__)
+    return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+#else
+    (void)name;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int c_intercom_futex_wait(unsigned int *word, unsigned int expected, long seconds, long nanoseconds) {
+#if defined(__linux__)
+    struct timespec timeout = {.tv_sec = seconds, .tv_nsec = nanoseconds};
+    return (int)syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, NULL, 0);
+#else
+    (void)word; (void)expected; (void)seconds; (void)nanoseconds;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int c_intercom_futex_wake_all(unsigned int *word) {
+#if defined(__linux__)
+    return (int)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)word;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+void c_intercom_name_this_thread(const char *name) {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), name);
+#elif defined(__APPLE__)
+    pthread_setname_np(name);
+#else
+    (void)name;
 #endif
 }

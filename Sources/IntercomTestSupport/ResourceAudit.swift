@@ -56,6 +56,11 @@ public enum ResourceAudit {
         for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
             if let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) {
                 pids += text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                    // A sanitizer's own symbolizer (a child it never reaps) is not the test's.
+                    .filter { pid in
+                        let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+                        return name?.hasPrefix("llvm-symbolizer") != true
+                    }
             }
         }
         return pids

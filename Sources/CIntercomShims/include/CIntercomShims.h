@@ -13,11 +13,29 @@ int c_intercom_malloc_trim(size_t pad);
 /// spawned meanwhile never inherits the descriptor; accept + fcntl elsewhere.
 int c_intercom_accept_cloexec_nonblock(int fd);
 
+/// pipe2(fds, O_CLOEXEC) where it exists, so a child spawned meanwhile never
+/// inherits either end; pipe + fcntl elsewhere.
+int c_intercom_pipe_cloexec(int fds[2]);
+
 /// pidfd_open(2): a descriptor that becomes readable when process `pid` exits;
 /// -1 with errno ENOSYS where the kernel (or platform) has none.
 int c_intercom_pidfd_open(int pid);
 
 /// prctl(PR_SET_PDEATHSIG, signal) on Linux; -1 with errno ENOSYS elsewhere.
 int c_intercom_set_parent_death_signal(int signal);
+
+/// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); -1 with errno ENOSYS
+/// where there is none.
+int c_intercom_memfd_create_sealable(const char *name);
+
+/// futex(word, FUTEX_WAIT, expected, timeout) on a shared (not private) word:
+/// sleeps while *word == expected, at most the timeout. Returns 0 or -1/errno.
+int c_intercom_futex_wait(unsigned int *word, unsigned int expected, long seconds, long nanoseconds);
+
+/// futex(word, FUTEX_WAKE, INT_MAX): wakes every process sleeping on `word`.
+int c_intercom_futex_wake_all(unsigned int *word);
+
+/// Names the calling thread for the kernel (ps, top, /proc/PID/task/TID/comm).
+void c_intercom_name_this_thread(const char *name);
 
 #endif

@@ -41,10 +41,10 @@ final class UnixSocketAcceptor: Sendable {
         listening: Int32, path: String, logger: Logger, accepted: @escaping @Sendable (Int32) -> Void
     ) throws(IntercomError) {
         var pipeEnds: [Int32] = [-1, -1]
-        guard pipe(&pipeEnds) == 0 else {
+        // Close-on-exec from the start: a child spawned meanwhile never inherits it.
+        guard c_intercom_pipe_cloexec(&pipeEnds) == 0 else {
             throw IntercomError(.connectionFailed, "cannot make a wake-up pipe: \(String(cString: strerror(errno)))")
         }
-        for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         self.listening = listening
         self.wake = (pipeEnds[0], pipeEnds[1])
         let thread = Thread { [self] in

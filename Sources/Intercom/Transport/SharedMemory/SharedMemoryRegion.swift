@@ -1,4 +1,5 @@
 #if os(Linux)
+internal import CIntercomShims
 internal import Glibc
 
 /// An anonymous shared-memory file (memfd, 0600 by construction, never in a
@@ -14,12 +15,7 @@ package final class SharedMemoryRegion: @unchecked Sendable {
 
     /// Creates a new region of `size` bytes (zero-filled).
     package convenience init(creating size: Int, name: String = "intercom-ring") throws(IntercomError) {
-        typealias MemfdCreate = @convention(c) (UnsafePointer<CChar>, UInt32) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "memfd_create") else {
-            throw IntercomError(.connectionFailed, "memfd_create is not available on this system")
-        }
-        let memfdCreate = unsafeBitCast(symbol, to: MemfdCreate.self)
-        let fd = name.withCString { memfdCreate($0, 1 /* MFD_CLOEXEC */ | 2 /* MFD_ALLOW_SEALING */) }
+        let fd = name.withCString { c_intercom_memfd_create_sealable($0) }
         guard fd >= 0 else {
             throw IntercomError(.connectionFailed, "memfd_create failed: \(String(cString: strerror(errno)))")
         }
@@ -87,32 +83,16 @@ package final class SharedMemoryRegion: @unchecked Sendable {
 /// Linux futex wait/wake on a 32-bit word in shared memory (not the private
 /// variant: the other waiter is another process).
 enum Futex {
-    private typealias Syscall = @convention(c) (
-        Int, UnsafeMutableRawPointer, Int32, UInt32, UnsafeRawPointer?, UnsafeRawPointer?, UInt32
-    ) -> Int
-    // `syscall` is variadic in C; its integer and pointer arguments are passed the
-    // same way as by this fixed-arity prototype.
-    private static let syscall: Syscall? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syscall").map {
-        unsafeBitCast($0, to: Syscall.self)
-    }
-    #if arch(x86_64)
-    private static let number = 202
-    #else
-    private static let number = 98
-    #endif
-
     /// Sleeps while `*word == expected`, at most `timeout`; returns at once if it differs.
     static func wait(_ word: UnsafeMutableRawPointer, expected: UInt32, timeout: Duration) {
-        var spec = timespec(
-            tv_sec: Int(timeout.components.seconds), tv_nsec: Int(timeout.components.attoseconds / 1_000_000_000))
-        _ = withUnsafePointer(to: &spec) { spec in
-            Self.syscall?(Self.number, word, 0 /* FUTEX_WAIT */, expected, UnsafeRawPointer(spec), nil, 0)
-        }
+        let (seconds, attoseconds) = timeout.components
+        _ = c_intercom_futex_wait(
+            word.assumingMemoryBound(to: UInt32.self), expected, Int(seconds), Int(attoseconds / 1_000_000_000))
     }
 
     /// Wakes every process sleeping on `word`.
     static func wake(_ word: UnsafeMutableRawPointer) {
-        _ = Self.syscall?(Self.number, word, 1 /* FUTEX_WAKE */, UInt32(Int32.max), nil, nil, 0)
+        _ = c_intercom_futex_wake_all(word.assumingMemoryBound(to: UInt32.self))
     }
 }
 #endif

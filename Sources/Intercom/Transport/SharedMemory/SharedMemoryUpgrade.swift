@@ -1,4 +1,5 @@
 #if os(Linux)
+internal import CIntercomShims
 internal import Foundation
 internal import Glibc
 internal import IntercomWire
@@ -6,12 +7,9 @@ internal import Logging
 internal import NIOCore
 internal import Synchronization
 
-/// Gives the calling thread its kernel name (`pthread_setname_np` is hidden
-/// behind `_GNU_SOURCE` in the Glibc module, so it is looked up at run time).
+/// Gives the calling thread its kernel name.
 private func nameThisThread(_ name: String) {
-    typealias SetName = @convention(c) (pthread_t, UnsafePointer<CChar>) -> Int32
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pthread_setname_np") else { return }
-    _ = name.withCString { unsafeBitCast(symbol, to: SetName.self)(pthread_self(), $0) }
+    name.withCString { c_intercom_name_this_thread($0) }
 }
 
 /// Moves a connection from its Unix socket onto shared memory, right after the
