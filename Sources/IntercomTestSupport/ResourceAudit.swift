@@ -168,6 +168,7 @@ public func withResourceCheck(
     #expect(TemporaryDirectory.shared.leftovers.isEmpty, "socket files left: \(TemporaryDirectory.shared.leftovers)")
 }
 
+/// Writes `text` to standard error unbuffered (it must get out even if the process ends next).
 func fputsStderr(_ text: String) {
     _ = Array(text.utf8).withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }
@@ -198,7 +199,7 @@ public final class HangWatchdog: Sendable {
 
                 """
             fflush(nil)
-            _ = Array(message.utf8).withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            fputsStderr(message)
             for pid in ResourceAudit.childPIDs() { kill(pid, SIGKILL) }
             fflush(nil)
             _exit(3)

@@ -21,28 +21,28 @@ internal import Synchronization
 final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWaiting, @unchecked Sendable {
     // @unchecked: `loop` is touched only on the transport's thread; the rest is
     // immutable, atomic, or guarded by `writer` / `mail`.
-    private let inbound: SharedMemoryRing
-    private let outbound: SharedMemoryRing
-    private let regions: (inbound: SharedMemoryRegion, outbound: SharedMemoryRegion)
+    let inbound: SharedMemoryRing
+    let outbound: SharedMemoryRing
+    let regions: (inbound: SharedMemoryRegion, outbound: SharedMemoryRegion)
     /// This side's pool for large frames (used under `writer`), if the other side reads references.
-    private let outboundPool: BufferPoolWriter?
+    let outboundPool: BufferPoolWriter?
     /// The other side's pool, if it announced one.
-    private let inboundPool: BufferPoolReader?
+    let inboundPool: BufferPoolReader?
     /// The socket the connection began on; now only says when the other side is gone.
-    private let socket: NIOFrameTransport
-    private let options: SharedMemoryOptions
-    private let logger: Logger
-    private let thread: pthread_t
+    let socket: NIOFrameTransport
+    let options: SharedMemoryOptions
+    let logger: Logger
+    let thread: pthread_t
 
-    private let writer = Locked(Writer())
-    private let mail = Locked(Mail())
+    let writer = Locked(Writer())
+    let mail = Locked(Mail())
     /// Set whenever `mail` holds something, so the spinning thread need not lock.
-    private let hasMail = Atomic<Bool>(false)
+    let hasMail = Atomic<Bool>(false)
     /// Whether the overflow queue holds bytes (kept in step with it under `writer`).
-    private let overflowing = Atomic<Bool>(false)
-    private let loop: LoopState
+    let overflowing = Atomic<Bool>(false)
+    let loop: LoopState
 
-    private struct Writer {
+    struct Writer {
         var state = SharedMemoryRing.WriterState()
         /// Bytes waiting for room in the ring, in order.
         var overflow = Deque<ByteBuffer>()
@@ -53,7 +53,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         var waiters = WritabilityWaiters()
     }
 
-    private struct Mail {
+    struct Mail {
         var jobs = Deque<UnownedJob>()
         var timers: [SharedMemoryTimer] = []
         var receiver: (any FrameReceiver)?
@@ -65,7 +65,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     }
 
     /// What only the transport's thread touches.
-    private final class LoopState {
+    final class LoopState {
         var receiver: (any FrameReceiver)?
         var reader = SharedMemoryRing.ReaderState()
         var cumulation = ByteBuffer()
@@ -151,7 +151,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     /// Copies `bytes` into the outbound ring now, as far as it has room; the rest
     /// waits in the overflow queue for the transport's thread.
-    private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
+    func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
         var overflowed = false
         var failure: ProtocolError?
         let accepted = self.writer.withLock { writer -> Bool in
@@ -190,7 +190,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     /// into a free run of this side's pool and puts a reference to it in the ring;
     /// false if they are fewer, or there is no pool, no free run or no room in the
     /// ring for the reference (the bytes then go through the ring).
-    private func writePooled(_ bytes: ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) -> Bool {
+    func writePooled(_ bytes: ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) -> Bool {
         guard bytes.readableBytes >= BufferPoolWriter.threshold, let pool = self.outboundPool,
             self.outbound.freeSpace(state) >= 64
         else { return false }
@@ -202,7 +202,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     }
 
     /// Writes as much of `bytes` as the ring takes now (records of up to the ring's size).
-    private func write(_ bytes: inout ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) {
+    func write(_ bytes: inout ByteBuffer, state: inout SharedMemoryRing.WriterState) throws(ProtocolError) {
         while bytes.readableBytes > 0 {
             let written = try bytes.withUnsafeReadableBytes { raw throws(ProtocolError) in
                 try self.outbound.writeSome(raw, state: &state)
@@ -277,7 +277,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     /// Changes `mail` under its lock and wakes the transport's thread.
     @discardableResult
-    private func post<T: Sendable>(_ change: (inout Mail) -> T) -> T {
+    func post<T: Sendable>(_ change: (inout Mail) -> T) -> T {
         let result = self.mail.withLock { change(&$0) }
         self.hasMail.store(true, ordering: .sequentiallyConsistent)
         if !self.isOnTransportThread { self.inbound.wakeReader() }
@@ -319,7 +319,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     }
 
     /// Moves what other threads posted into the thread's own state and runs the jobs.
-    private func takeMail() -> Bool {
+    func takeMail() -> Bool {
         self.hasMail.store(false, ordering: .sequentiallyConsistent)
         let taken = self.mail.withLock { mail -> Mail in
             var taken = Mail()
@@ -344,7 +344,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         return !taken.jobs.isEmpty || taken.receiver != nil || taken.closeRequested || taken.socketEnded
     }
 
-    private func applyPause(_ paused: Bool, reason: ReadPauseReason) {
+    func applyPause(_ paused: Bool, reason: ReadPauseReason) {
         if paused {
             self.loop.pauseReasons.insert(reason)
         } else {
@@ -352,7 +352,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         }
     }
 
-    private func runDueTimers() -> Bool {
+    func runDueTimers() -> Bool {
         let loop = self.loop
         guard !loop.timers.isEmpty else { return false }
         let now = ContinuousClock.now
@@ -369,101 +369,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         return !due.isEmpty
     }
 
-    /// Reads what the other side published, delivers the whole frames, and tells
-    /// the other side when it waits for the room this freed.
-    private func readInbound() -> Bool {
-        let loop = self.loop
-        // Checked first, without touching the receiver: this runs on every turn of
-        // the spin, and retaining the peer (which has weak references, so its count
-        // lives in a side table) cost more than the check.
-        guard self.hasInboundBytes else { return false }
-        guard let receiver = loop.receiver, loop.pauseReasons.isEmpty || loop.socketEnded else { return false }
-        var delivered = false
-        do {
-            while loop.pauseReasons.isEmpty || loop.socketEnded {
-                self.reserveForPendingFrame()
-                // A reference read during the upgrade comes before anything still in the ring.
-                var reference = loop.pendingReference
-                loop.pendingReference = nil
-                let copied =
-                    reference != nil
-                    ? 0
-                    : try self.inbound.readAvailable(
-                        into: &loop.cumulation, state: &loop.reader, limit: 256 << 10, reference: &reference)
-                if copied == 0, reference == nil, !loop.undecoded { break }
-                loop.undecoded = false
-                delivered = true
-                if self.inbound.takeSpaceNoticeRequest() { self.outbound.wakeReader() }
-                try self.deliverFrames(to: receiver)
-                if let reference { try self.deliverPooledFrames(reference, to: receiver) }
-                if loop.cumulation.readableBytes == 0 {
-                    // A fresh buffer, not `clear()`: delivered payloads still share the old storage.
-                    loop.cumulation = ByteBuffer()
-                } else if loop.cumulation.readerIndex > 256 << 10 {
-                    loop.cumulation.discardReadBytes()
-                }
-                receiver.endOfReadBatch()
-            }
-        } catch {
-            self.fail(error)
-            return true
-        }
-        return delivered
-    }
-
-    /// Hands every whole frame in the cumulation to `receiver`. The cumulation
-    /// is moved into a local for the loop: one exclusive access of the loop
-    /// state per read rather than one per frame.
-    private func deliverFrames(to receiver: any FrameReceiver) throws(ProtocolError) {
-        let loop = self.loop
-        var cumulation = ByteBuffer()
-        swap(&cumulation, &loop.cumulation)
-        defer { swap(&cumulation, &loop.cumulation) }
-        try self.deliverFrames(in: &cumulation, to: receiver)
-    }
-
-    /// Cuts the whole frames at the front of `bytes` and hands them to `receiver`.
-    private func deliverFrames(in bytes: inout ByteBuffer, to receiver: any FrameReceiver) throws(ProtocolError) {
-        let decoder = self.loop.decoder
-        while let frame = try decoder.next(from: &bytes) {
-            receiver.receive(consume frame)  // moved, not copied and destroyed: a retain and release less per frame
-        }
-    }
-
-    /// Hands on the frames in the pool blocks `reference` names, in place: their
-    /// payloads are slices of a buffer over the shared blocks. The stream must be
-    /// at a frame boundary before them and after them.
-    private func deliverPooledFrames(_ reference: BufferPoolReference, to receiver: any FrameReceiver) throws(ProtocolError) {
-        guard let pool = self.inboundPool else {
-            throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference, but the other side announced no pool")
-        }
-        guard self.loop.cumulation.readableBytes == 0 else {
-            throw ProtocolError(.malformedHeader, "shared-memory ring: a buffer-pool reference inside a frame")
-        }
-        var pooled = try pool.buffer(for: reference)
-        try self.deliverFrames(in: &pooled, to: receiver)
-        guard pooled.readableBytes == 0 else {
-            throw ProtocolError(.malformedHeader, "shared-memory buffer pool: \(pooled.readableBytes) bytes of a partial frame")
-        }
-    }
-
-    /// A frame larger than what arrived so far gets its whole size reserved at
-    /// once, so its pieces are copied in once rather than through doubling buffers.
-    private func reserveForPendingFrame() {
-        let cumulation = self.loop.cumulation
-        guard cumulation.readableBytes >= FrameHeader.size,
-            let extensionLength = cumulation.getInteger(at: cumulation.readerIndex + 6, endianness: .little, as: UInt16.self),
-            let payloadLength = cumulation.getInteger(at: cumulation.readerIndex + 16, endianness: .little, as: UInt32.self)
-        else { return }
-        let total = FrameHeader.size + Int(extensionLength) + Int(payloadLength)
-        guard total <= self.loop.decoder.limits.maxFrameSize + FrameHeader.size + Int(UInt16.max) else { return }
-        if total > cumulation.readableBytes {
-            self.loop.cumulation.reserveCapacity(minimumWritableBytes: total - cumulation.readableBytes)
-        }
-    }
-
     /// Moves overflowing bytes into the ring as room appears; wakes waiting senders once it is empty.
-    private func moveOverflow() -> Bool {
+    func moveOverflow() -> Bool {
         guard self.overflowing.load(ordering: .sequentiallyConsistent) else { return false }
         var moved = false
         var failure: ProtocolError?
@@ -503,13 +410,13 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     /// Bytes from the other side wait to be delivered: in the ring, or taken
     /// from it during the upgrade.
-    private var hasInboundBytes: Bool {
+    var hasInboundBytes: Bool {
         let loop = self.loop
         return loop.undecoded || loop.pendingReference != nil || self.inbound.hasData(loop.reader)
     }
 
     /// Something is ready for the thread (checked once more before sleeping).
-    private func hasWork() -> Bool {
+    func hasWork() -> Bool {
         let loop = self.loop
         if self.hasMail.load(ordering: .sequentiallyConsistent) { return true }
         if loop.receiver != nil, loop.pauseReasons.isEmpty, self.hasInboundBytes { return true }
@@ -521,7 +428,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         }
     }
 
-    private func sleepUntilWork() {
+    func sleepUntilWork() {
         if self.overflowing.load(ordering: .sequentiallyConsistent) { self.outbound.requestSpaceNotice() }
         let seen = self.inbound.prepareToSleep()
         if self.hasWork() {
@@ -536,7 +443,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     }
 
     /// A broken ring: tell the receiver, tell the other side (best effort) and close.
-    private func fail(_ error: ProtocolError) {
+    func fail(_ error: ProtocolError) {
         let loop = self.loop
         guard !loop.finished, !loop.closing else { return }
         self.logger.warning("closing a shared-memory connection after a protocol violation", metadata: ["error": "\(error)"])
@@ -552,7 +459,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     /// Ends the connection once it is closing and nothing is left to move: the
     /// other side's last frames are read first (they were written before its socket closed).
-    private func finishIfDone() {
+    func finishIfDone() {
         let loop = self.loop
         if loop.socketEnded {
             // Whatever the other side wrote before its socket ended was read above.
@@ -566,7 +473,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     /// Closes the socket, fails waiting senders, tells the receiver, and hands
     /// this executor's later jobs and timers to the socket's event loop.
-    private func exit() {
+    func exit() {
         let error =
             self.loop.socketEnded && !self.loop.closing
             ? IntercomError(.peerLost, "the other side is gone") : IntercomError(.closed, "the connection is closed")
@@ -608,38 +515,5 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             for job in jobs { job.runSynchronously(on: executor) }
         }
     }
-}
-
-/// A timer on a shared-memory transport's thread.
-final class SharedMemoryTimer: ScheduledWork, @unchecked Sendable {
-    // `deadline` and `body` are immutable; `cancelled` is atomic.
-    let deadline: ContinuousClock.Instant
-    let body: @Sendable () -> Void
-    private let cancelled = Atomic<Bool>(false)
-
-    init(deadline: ContinuousClock.Instant, body: @escaping @Sendable () -> Void) {
-        self.deadline = deadline
-        self.body = body
-    }
-
-    var isCancelled: Bool { self.cancelled.load(ordering: .relaxed) }
-    func cancel() { self.cancelled.store(true, ordering: .relaxed) }
-}
-
-/// Receives from the socket of a connection that moved to shared memory: nothing
-/// is expected there any more, so anything that arrives, and the end of the
-/// stream, ends the shared-memory connection.
-final class SharedMemoryLiveness: FrameReceiver, @unchecked Sendable {
-    // Set once before the receiver is installed.
-    weak var transport: SharedMemoryTransport?
-
-    init(transport: SharedMemoryTransport) { self.transport = transport }
-
-    func transportActive() {}
-    func receive(_ frame: consuming Frame) { self.transport?.socketEnded() }
-    func endOfReadBatch() {}
-    func transportFailed(_ error: ProtocolError) { self.transport?.socketEnded() }
-    func transportClosed() { self.transport?.socketEnded() }
-    func transportWritable() {}
 }
 #endif

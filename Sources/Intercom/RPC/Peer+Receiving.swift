@@ -1,0 +1,179 @@
+internal import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+internal import DequeModule
+
+// MARK: - Receiving frames
+
+extension Peer: FrameReceiver {
+    func transportActive() {}
+
+    /// The connection drained after being full: tell subscribers what they missed
+    /// now, rather than with the next event (which may never come).
+    func transportWritable() {
+        self.remoteTopics.withLock { state in
+            for (topic, missed) in state.missed where missed > 0 {
+                var frame = ByteBuffer()
+                let mark = FrameHeader.begin(into: &frame, kind: .event, flags: .lagNotice, id: UInt64(missed), method: topic)
+                FrameHeader.finish(mark, in: &frame)
+                if self.transport.sendIfWritable(frame) { state.missed[topic] = nil }
+            }
+        }
+    }
+
+    func receive(_ frame: consuming Frame) {
+        switch frame.kind {
+        case .reply, .error, .pong:
+            self.complete(frame)
+        case .call:
+            self.accept(frame)
+        case .message:
+            if let method = frame.method, let router, router.hasOwnHandler(for: method) {
+                self.accept(frame)
+            } else {
+                // Collected until the end of this read, then queued under one lock.
+                let collected = self.arrivals.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
+                // Batches no larger than what `receiveMessages()` takes by default pass
+                // through the inbox whole.
+                if collected >= Self.defaultReceiveLimit { self.flushArrivals() }
+            }
+        case .cancel:
+            self.handlers.withLock { $0.running[frame.id] }?.task.cancel()
+        case .ping:
+            self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
+        case .goodbye:
+            self.lifecycle.withLock { $0.remoteSaidGoodbye = true }
+        case .event:
+            self.deliverEvent(frame)
+        case .subscribe:
+            if let topic = frame.method {
+                self.remoteTopics.withLock { $0.subscribed[topic] = frame.flags.contains(.jsonPayload) }
+            }
+        case .unsubscribe:
+            if let topic = frame.method {
+                self.remoteTopics.withLock { state in
+                    state.subscribed[topic] = nil
+                    state.missed[topic] = nil
+                }
+            }
+        default:
+            // hello twice, welcome, subscribe, …: not part of this version's conversation.
+            self.transportFailed(ProtocolError(.malformedHeader, "unexpected \(frame.kind) frame after the handshake"))
+            self.transport.close()
+        }
+    }
+
+    /// An event arrived: hand it to every local subscription of its topic.
+    func deliverEvent(_ frame: Frame) {
+        guard let topic = frame.method else { return }
+        let queues = self.subscriptions.withLock { table -> [EventQueue] in
+            var queues: [EventQueue] = []
+            if let exact = table.byTopic[topic] { queues.append(contentsOf: exact.values) }
+            if let all = table.byTopic["*"] { queues.append(contentsOf: all.values) }
+            return queues
+        }
+        let missed = Int(clamping: frame.id)
+        if frame.flags.contains(.lagNotice) {
+            for queue in queues { queue.addMissed(missed) }
+            return
+        }
+        for queue in queues where !queue.append(topic: topic, frame.payload, missedBefore: missed) {
+            // Overflowed under `.disconnect`: the subscription is over.
+            self.unsubscribe(queue)
+        }
+    }
+
+    func endOfReadBatch() {
+        self.flushArrivals()
+    }
+
+    /// Hands the messages collected so far to the inbox. The array itself moves
+    /// (the inbox keeps it as one batch), so each message is not copied again.
+    func flushArrivals() {
+        guard !self.arrivals.isEmpty else { return }
+        self.inbox.append(contentsOf: self.arrivals.takeAll())
+    }
+
+    /// A reply, error or pong for a call of ours.
+    func complete(_ frame: Frame) {
+        if frame.id == 0, frame.kind == .error {
+            // An error about the whole connection: the other side is about to close it.
+            let body = try? ErrorBody(from: frame.payload)
+            self.configuration.logger.warning(
+                "peer reported a connection error", metadata: ["peer": "\(self.remoteName)", "error": "\(body?.message ?? "?")"])
+            return
+        }
+        let (removed, drained) = self.calls.withLock { table in
+            (table.pending.removeValue(forKey: frame.id), table.takeDrainWaitersIfIdle())
+        }
+        for waiter in drained { waiter.resume(returning: true) }
+        guard let call = removed else {
+            // Late reply (the call timed out or was cancelled): dropped.
+            self.lateReplies.add(1, ordering: .relaxed)
+            return
+        }
+        guard let continuation = call.continuation else { return }
+        if frame.kind == .error {
+            continuation.resume(throwing: self.remoteError(from: frame, method: call.method))
+        } else {
+            continuation.resume(returning: frame)
+        }
+    }
+
+    func remoteError(from frame: Frame, method: String?) -> any Error {
+        let context = IntercomError.Context(method: method, callID: frame.id, peer: self.remoteName)
+        guard let body = try? ErrorBody(from: frame.payload) else {
+            return IntercomError(.protocolViolation, "error frame from '\(self.remoteName)' does not parse", context: context)
+        }
+        if frame.flags.contains(.typedError), let decode = self.configuration.remoteErrors.decoders[body.typeName],
+            let error = try? decode(body.details, self.codec)
+        {
+            return error
+        }
+        return IntercomError(
+            IntercomError.Code(wireName: body.code), body.message, context: context,
+            remoteType: body.typeName.isEmpty ? nil : body.typeName)
+    }
+
+    func transportFailed(_ error: ProtocolError) {
+        self.configuration.logger.warning(
+            "protocol violation; closing the connection", metadata: ["peer": "\(self.remoteName)", "error": "\(error)"])
+        self.endCalls(IntercomError(error, peer: self.remoteName))
+    }
+
+    func transportClosed() {
+        self.endOfReadBatch()
+        let (goodbye, local) = self.lifecycle.withLock { ($0.remoteSaidGoodbye, $0.closedLocally) }
+        let error: IntercomError
+        if local {
+            error = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
+        } else {
+            let how = goodbye ? "closed the connection" : "went away without saying goodbye (exited, crashed or was killed)"
+            error = IntercomError(
+                .peerLost, "peer '\(self.remoteName)' (pid \(self.remotePID)) \(how)", context: .init(peer: self.remoteName))
+        }
+        self.endCalls(error)
+        self.inbox.end(error)
+        let queues = self.subscriptions.withLock { table -> [EventQueue] in
+            table.ended = error
+            defer { table.byTopic.removeAll() }
+            return table.byTopic.values.flatMap { $0.values }
+        }
+        for queue in queues { queue.end(error) }
+        let (handlers, release, timers) = self.handlers.withLock { table -> ([RunningHandler], Bool, [any ScheduledWork]) in
+            table.ended = true
+            table.queued.removeAll()
+            return (Array(table.running.values), table.takeMemoryToRelease(), table.timer.takeArmed())
+        }
+        for timer in timers { timer.cancel() }
+        if release { ReleasedMemory.handBack() }
+        for handler in handlers { handler.task.cancel() }
+        let waiters = self.lifecycle.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.closed = true
+            defer { state.closeWaiters.removeAll() }
+            return state.closeWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
