@@ -1,8 +1,6 @@
 internal import IntercomWire
-internal import Logging
 internal import NIOCore
 internal import Synchronization
-internal import DequeModule
 
 // Calls this side makes: encoding the request, the outbound call table and its deadline timer.
 extension Peer {

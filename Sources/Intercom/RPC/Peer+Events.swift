@@ -1,8 +1,5 @@
 internal import IntercomWire
-internal import Logging
 internal import NIOCore
-internal import Synchronization
-internal import DequeModule
 
 // Events: publishing to subscribers on the other side, and subscribing to its topics.
 extension Peer {

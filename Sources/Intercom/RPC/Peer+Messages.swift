@@ -1,8 +1,5 @@
 internal import IntercomWire
-internal import Logging
 internal import NIOCore
-internal import Synchronization
-internal import DequeModule
 
 // One-way messages: sending (single, batched) and receiving from the inbox.
 extension Peer {

@@ -2,7 +2,6 @@ internal import IntercomWire
 internal import Logging
 internal import NIOCore
 internal import Synchronization
-internal import DequeModule
 
 // MARK: - Receiving frames
 

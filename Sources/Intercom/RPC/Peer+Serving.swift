@@ -1,7 +1,6 @@
 internal import IntercomWire
 internal import Logging
 internal import NIOCore
-internal import Synchronization
 internal import DequeModule
 
 // Serving calls: scheduling handlers under the concurrency limit and byte budget, replies and errors.
