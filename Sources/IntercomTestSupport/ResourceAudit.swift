@@ -132,9 +132,13 @@ public final class AuditGate: Sendable {
 /// before it stopped them — are killed and waited for, so one failure does not
 /// fail every audited test after it. A test still running after `hangLimit` is
 /// reported by name and ends the whole test run (see ``HangWatchdog``).
+/// `INTERCOM_TEST_HANG_LIMIT` (seconds) overrides the limit for a whole run:
+/// under a sanitizer every process starts and runs several times slower.
 public func withResourceCheck(
     hangLimit: Duration = .seconds(300), _ body: () async throws -> Void
 ) async throws {
+    let hangLimit = ProcessInfo.processInfo.environment["INTERCOM_TEST_HANG_LIMIT"]
+        .flatMap { Int($0) }.map { Duration.seconds($0) } ?? hangLimit
     let name = Test.current?.name ?? "an audited test"
     let trace = ProcessInfo.processInfo.environment["INTERCOM_GATE_TRACE"] != nil
     if trace { fputsStderr("GATE wait \(name) \(ContinuousClock.now)\n") }
