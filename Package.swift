@@ -14,7 +14,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Intercom", targets: ["Intercom"]),
-        .library(name: "IntercomWire", targets: ["IntercomWire"]),
         .executable(name: "intercom", targets: ["IntercomCLI"]),
         .executable(name: "actors-example", targets: ["ActorsExample"]),
     ],

@@ -6,7 +6,8 @@ internal import NIOCore
 // - Float, Double: IEEE 754 bits, little-endian. String: varint length + UTF-8.
 // - Optional: one presence byte (0 or 1), then the value.
 // - Array, Set: varint count + elements; [UInt8], Data and ByteBuffer: varint length + raw bytes.
-// - Dictionary: varint count + (key, value) pairs. UUID: 16 raw bytes.
+// - Dictionary: varint count + (key, value) pairs. UUID: 16 raw bytes. Date: Double
+//   seconds since 1970. URL: its absolute string.
 // - Keyed container: u32 entry count + (key, value) entries; a key is a varint tag
 //   (int key n: zigzag(n) << 1 | 1; string key: utf8 length << 1) then the string bytes.
 //   A nil field is an absent entry. Unkeyed container: u32 count + values.
@@ -304,10 +305,12 @@ extension UUID: BinaryEncodableSpecial, BinaryDecodableSpecial {
     }
 }
 
+/// Seconds since 1970-01-01 00:00 UTC (Unix time, what other languages count
+/// from), not Foundation's 2001 reference date that `Date`'s own `Codable` uses.
 extension Date: BinaryEncodableSpecial, BinaryDecodableSpecial {
-    func encodeBinary(to encoder: BinaryEncoderImpl) throws { self.timeIntervalSinceReferenceDate.write(to: &encoder.buffer) }
+    func encodeBinary(to encoder: BinaryEncoderImpl) throws { self.timeIntervalSince1970.write(to: &encoder.buffer) }
     static func decodeBinary(from decoder: BinaryDecoderImpl) throws -> Date {
-        Date(timeIntervalSinceReferenceDate: try Double.read(from: decoder))
+        Date(timeIntervalSince1970: try Double.read(from: decoder))
     }
 }
 

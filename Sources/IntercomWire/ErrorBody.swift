@@ -58,11 +58,10 @@ public struct ErrorBody: Sendable {
 }
 
 extension ErrorBody {
-    /// The body that tells the other side why its connection is being closed.
+    /// The body that tells the other side why its connection is being closed:
+    /// the code names the violation (`badMagic`, `unsupportedVersion`, …).
     public init(connectionError error: ProtocolError) {
-        self.init(
-            code: error.code == .frameTooLarge ? "frameTooLarge" : "protocolViolation",
-            typeName: "IntercomWire.ProtocolError", message: error.message)
+        self.init(code: error.code.description, typeName: "IntercomWire.ProtocolError", message: error.message)
     }
 
     /// A whole error frame carrying this body (id 0: about the whole connection).

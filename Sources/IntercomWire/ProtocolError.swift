@@ -33,8 +33,20 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         /// The peers share no protocol version or codec.
         public static let incompatiblePeer = Code(.incompatiblePeer)
 
-        /// The code's name.
+        /// The code's name, also its form in an error frame's body (docs/PROTOCOL.md).
         public var description: String { "\(self.value)" }
+
+        /// Every code, for mapping the names that arrive in error frames.
+        public static let all: [Code] = [
+            .badMagic, .unsupportedVersion, .unknownFrameKind, .malformedHeader, .frameTooLarge,
+            .extensionTooLarge, .malformedExtension, .malformedHandshake, .incompatiblePeer,
+        ]
+
+        /// The code with this name, if it is one.
+        public init?(name: String) {
+            guard let code = Self.all.first(where: { $0.description == name }) else { return nil }
+            self = code
+        }
     }
 
     /// What kind of violation this is.

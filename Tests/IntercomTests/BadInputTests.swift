@@ -78,6 +78,13 @@ struct RawClient {
 
     func close() { _ = Glibc.close(self.fd) }
 
+    /// A hello followed by `frames`, to write in one go.
+    static func afterHello(_ frames: ByteBuffer...) -> ByteBuffer {
+        var bytes = Self.hello()
+        for var frame in frames { bytes.writeBuffer(&frame) }
+        return bytes
+    }
+
     static func hello(maxFrameSize: UInt32 = 1 << 20) -> ByteBuffer {
         var buffer = ByteBuffer()
         let mark = FrameHeader.begin(into: &buffer, kind: .hello, id: 0)
@@ -109,24 +116,23 @@ struct RawClient {
                     #expect(sum == 2 * i)
                 }
             }
-            let cases: [(String, ByteBuffer, String)] = [
-                ("wrong magic", ByteBuffer(string: "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "not speaking Intercom"),
-                ("unsupported version", RawClient.header(version: 9, kind: 1, length: 0), "version 9"),
-                ("unknown kind", RawClient.header(kind: 77, length: 0), "unknown frame kind 77"),
-                (
-                    "4 GiB length after a good hello",
-                    { var b = RawClient.hello(); var h = RawClient.header(length: .max); b.writeBuffer(&h); return b }(),
-                    "4294967295"
-                ),
+            // What was sent, the code the error frame (id 0) must carry, and words its message must contain.
+            let cases: [(String, ByteBuffer, String, String)] = [
+                ("wrong magic", ByteBuffer(string: "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "badMagic", "not speaking Intercom"),
+                ("unsupported version", RawClient.header(version: 9, kind: 1, length: 0), "unsupportedVersion", "version 9"),
+                ("unknown kind", RawClient.header(kind: 77, length: 0), "unknownFrameKind", "unknown frame kind 77"),
+                ("4 GiB length after a good hello", RawClient.afterHello(RawClient.header(length: .max)), "frameTooLarge", "4294967295"),
+                ("a call before the hello", RawClient.header(kind: 3, length: 0), "malformedHandshake", "expected a hello"),
+                ("a second hello", RawClient.afterHello(RawClient.hello()), "malformedHeader", "unexpected hello"),
             ]
-            for (name, bytes, expected) in cases {
+            for (name, bytes, code, expected) in cases {
                 let raw = try RawClient(unixPath: listener.path)
                 raw.write(bytes)
                 let (frames, closed) = raw.readUntilClosed()
                 raw.close()
                 #expect(closed, "\(name): the server must close the connection")
-                let errors = frames.filter { $0.kind == .error }.compactMap { try? ErrorBody(from: $0.payload) }
-                #expect(errors.contains { $0.message.contains(expected) }, "\(name): got \(errors.map(\.message))")
+                let errors = frames.filter { $0.kind == .error && $0.id == 0 }.compactMap { try? ErrorBody(from: $0.payload) }
+                #expect(errors.contains { $0.code == code && $0.message.contains(expected) }, "\(name): got \(errors)")
             }
             try await good.value
             #expect(try await child.peer.call("math.add", AddRequest(a: 1, b: 2), returning: Int.self) == 3)
@@ -153,6 +159,79 @@ struct RawClient {
             raw.close()
             #expect(try await other.peer.call("math.add", AddRequest(a: 2, b: 3), returning: Int.self) == 5)
             await other.shutdown()
+        }
+    }
+
+    /// Call ids name calls in flight: 0 (which an error frame uses for the whole
+    /// connection) and the id of a call still running are refused, and the
+    /// connection is closed with an error frame saying why.
+    @Test func aCallIdMustBeNonZeroAndNotInFlight() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "ids", bus: temporary)
+                _ = try await temporary.bus.waitForService("ids", timeout: .seconds(20))
+                let hang = ByteBuffer(bytes: try RawClient.call(id: 5, "hang", 0))
+                let cases: [(String, ByteBuffer, String)] = [
+                    ("a call with id 0", ByteBuffer(bytes: try RawClient.call(id: 0, "math.add", AddRequest(a: 1, b: 2))), "id 0"),
+                    ("a call reusing a running call's id", { var twice = hang; var again = hang; twice.writeBuffer(&again); return twice }(),
+                     "call id 5 is already used"),
+                ]
+                for (name, frames, expected) in cases {
+                    let raw = try RawClient(unixPath: temporary.directory + "/ids.sock")
+                    raw.write(RawClient.afterHello(frames))
+                    let (received, closed) = raw.readUntilClosed()
+                    raw.close()
+                    #expect(closed, "\(name): the service must close the connection")
+                    let errors = received.filter { $0.kind == .error && $0.id == 0 }.compactMap { try? ErrorBody(from: $0.payload) }
+                    #expect(errors.contains { $0.code == "malformedHeader" && $0.message.contains(expected) }, "\(name): got \(errors)")
+                }
+                // Distinct ids in flight at once are fine.
+                let raw = try RawClient(unixPath: temporary.directory + "/ids.sock")
+                var two = ByteBuffer(bytes: try RawClient.call(id: 1, "math.add", AddRequest(a: 1, b: 2)))
+                var second = ByteBuffer(bytes: try RawClient.call(id: 2, "math.add", AddRequest(a: 3, b: 4)))
+                two.writeBuffer(&second)
+                raw.write(RawClient.afterHello(two))
+                let replies = raw.readFrames(3).filter { $0.kind == .reply }
+                raw.close()
+                #expect(Set(replies.map(\.id)) == [1, 2])
+                let peer = try await temporary.bus.connect(to: "ids")
+                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
+                await peer.waitUntilClosed()
+                #expect(await service.waitForExit() == 0)
+            }
+        }
+    }
+
+    /// A call sent as JSON on a binary connection is answered in JSON, its
+    /// typed error too: the details are JSON and the frame says so.
+    @Test func aJSONCallGetsItsTypedErrorInJSON() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "typed", bus: temporary)
+                _ = try await temporary.bus.waitForService("typed", timeout: .seconds(20))
+                let raw = try RawClient(unixPath: temporary.directory + "/typed.sock")
+                var call = ByteBuffer()
+                let mark = FrameHeader.begin(into: &call, kind: .call, flags: .jsonPayload, id: 9, method: "fail.typed")
+                call.writeString("\"too dark\"")
+                FrameHeader.finish(mark, in: &call)
+                raw.write(RawClient.afterHello(call))
+                let frames = raw.readFrames(2)
+                raw.close()
+                let error = try #require(frames.first { $0.kind == .error && $0.id == 9 }, "got \(frames.map(\.kind))")
+                #expect(error.flags.contains(.jsonPayload) && error.flags.contains(.typedError))
+                let body = try ErrorBody(from: error.payload)
+                #expect(body.code == "remote", "\(body)")
+                #expect(try PayloadCodec.json().decode(HelperError.self, from: body.details) == .refused(reason: "too dark", code: 42))
+                // A Swift caller decodes the typed error from JSON as well.
+                let peer = try await temporary.bus.connect(to: "typed", configuration: ChildProcess.configuration())
+                let thrown = await #expect(throws: HelperError.self) {
+                    _ = try await peer.callJSON("fail.typed", json: "\"too dark\"")
+                }
+                #expect(thrown == .refused(reason: "too dark", code: 42))
+                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
+                await peer.waitUntilClosed()
+                #expect(await service.waitForExit() == 0)
+            }
         }
     }
 

@@ -28,6 +28,8 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let unknownMethod = Code("unknownMethod")
         /// The bytes on the connection broke the protocol; the connection was closed.
         public static let protocolViolation = Code("protocolViolation")
+        /// The two sides share no protocol version or codec (the message names both offers).
+        public static let incompatiblePeer = Code("incompatiblePeer")
         /// A frame was larger than the receiving side accepts.
         public static let frameTooLarge = Code("frameTooLarge")
         /// A payload did not decode as the expected type, or a value did not encode.
@@ -106,7 +108,30 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
     }
 
     init(_ error: ProtocolError, peer: String?) {
-        let code: Code = error.code == .frameTooLarge ? .frameTooLarge : .protocolViolation
-        self.init(code, error.message, context: Context(peer: peer))
+        self.init(Code(protocolError: error.code), error.message, context: Context(peer: peer))
+    }
+}
+
+extension IntercomError.Code {
+    /// What a protocol violation is to users: `frameTooLarge` and
+    /// `incompatiblePeer` are worth telling apart; the other violations
+    /// (`badMagic`, `unsupportedVersion`, …, named in the message) are all
+    /// ``protocolViolation``.
+    init(protocolError code: ProtocolError.Code) {
+        switch code {
+        case .frameTooLarge: self = .frameTooLarge
+        case .incompatiblePeer: self = .incompatiblePeer
+        default: self = .protocolViolation
+        }
+    }
+
+    /// The code of an error frame's body: a violation's name (docs/PROTOCOL.md)
+    /// is mapped as ``init(protocolError:)`` does; other names are kept.
+    init(errorFrameCode name: String) {
+        if let violation = ProtocolError.Code(name: name) {
+            self.init(protocolError: violation)
+        } else {
+            self.init(wireName: name)
+        }
     }
 }

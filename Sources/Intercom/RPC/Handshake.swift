@@ -101,7 +101,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
             let body = try? ErrorBody(from: frame.payload)
             self.fail(
                 IntercomError(
-                    IntercomError.Code(wireName: body?.code ?? "protocolViolation"),
+                    IntercomError.Code(errorFrameCode: body?.code ?? "protocolViolation"),
                     "the other side refused the handshake: \(body?.message ?? "unreadable error frame")"))
             self.transport.close()
         default:

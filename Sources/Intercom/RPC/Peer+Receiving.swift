@@ -58,8 +58,7 @@ extension Peer: FrameReceiver {
             }
         default:
             // hello twice, welcome, subscribe, …: not part of this version's conversation.
-            self.transportFailed(ProtocolError(.malformedHeader, "unexpected \(frame.kind) frame after the handshake"))
-            self.transport.close()
+            self.violated(ProtocolError(.malformedHeader, "unexpected \(frame.kind) frame after the handshake"))
         }
     }
 
@@ -125,14 +124,24 @@ extension Peer: FrameReceiver {
         guard let body = try? ErrorBody(from: frame.payload) else {
             return IntercomError(.protocolViolation, "error frame from '\(self.remoteName)' does not parse", context: context)
         }
+        let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         if frame.flags.contains(.typedError), let decode = self.configuration.remoteErrors.decoders[body.typeName],
-            let error = try? decode(body.details, self.codec)
+            let error = try? decode(body.details, codec)
         {
             return error
         }
         return IntercomError(
-            IntercomError.Code(wireName: body.code), body.message, context: context,
+            IntercomError.Code(errorFrameCode: body.code), body.message, context: context,
             remoteType: body.typeName.isEmpty ? nil : body.typeName)
+    }
+
+    /// A well-formed frame broke the conversation's rules: read nothing more,
+    /// tell the other side why (an error frame, id 0) and close.
+    func violated(_ error: ProtocolError) {
+        self.transportFailed(error)
+        self.transport.setReadingPaused(true, reason: .violation)
+        self.transport.send(ErrorBody(connectionError: error).frame(id: 0))
+        self.transport.close()
     }
 
     func transportFailed(_ error: ProtocolError) {

@@ -14,8 +14,15 @@ extension Peer {
     /// so a resume posted from a finishing handler can never leave it reading past
     /// the budget for more than one read.
     func accept(_ frame: Frame) {
+        var reusedID = false
         let pause = self.handlers.withLock { table -> Bool in
             if table.ended { return false }
+            // Id 0 is "the whole connection" in error frames, and a reply is matched
+            // by id alone: neither may name a call (docs/PROTOCOL.md, "Calls").
+            if frame.kind == .call, frame.id == 0 || table.running[frame.id] != nil {
+                reusedID = true
+                return false
+            }
             table.bytes += Self.heldBytes(frame)
             table.peakBytes = max(table.peakBytes, table.bytes)
             if table.active < self.configuration.maxConcurrentHandlers {
@@ -27,6 +34,15 @@ extension Peer {
             guard table.isOverLimit(self.configuration) else { return false }
             table.paused = true
             return true
+        }
+        if reusedID {
+            self.violated(
+                ProtocolError(
+                    .malformedHeader,
+                    frame.id == 0
+                        ? "a call with id 0 (reserved for errors about the whole connection)"
+                        : "call id \(frame.id) is already used by a call in flight"))
+            return
         }
         if pause { self.transport.setReadingPaused(true, reason: .callQueueFull) }
     }
@@ -102,7 +118,8 @@ extension Peer {
             }
         } catch {
             if isCall {
-                reply = self.encodeError(Self.deadlineError(error, call.context) ?? error, id: id, method: call.method)
+                reply = self.encodeError(
+                    Self.deadlineError(error, call.context) ?? error, id: id, method: call.method, codec: call.codec)
             } else {
                 self.configuration.logger.warning(
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
@@ -142,9 +159,12 @@ extension Peer {
             .timeout, "no reply from the handler of '\(context.method)'\(budget): it ran past the caller's deadline")
     }
 
-    func encodeError(_ error: any Error, id: UInt64, method: String) -> ByteBuffer {
+    /// An error frame for call `id`. A thrown `Encodable` error travels in the
+    /// details in the call's codec: JSON (and the frame flagged so) for a call
+    /// that came as JSON, as its reply would.
+    func encodeError(_ error: any Error, id: UInt64, method: String, codec: PayloadCodec) -> ByteBuffer {
         var body: ErrorBody
-        var flags: FrameFlags = []
+        var flags: FrameFlags = codec.id == .json && self.codec.id != .json ? .jsonPayload : []
         switch error {
         case let error as IntercomError:
             body = ErrorBody(code: error.code.name, typeName: error.remoteType ?? "", message: error.message)
@@ -156,7 +176,7 @@ extension Peer {
                 message: "\(error)")
             if let encodable = error as? any Encodable {
                 var details = ByteBuffer()
-                if (try? self.codec.encode(encodable, into: &details)) != nil {
+                if (try? codec.encode(encodable, into: &details)) != nil {
                     body.details = details
                     flags.insert(.typedError)
                 }

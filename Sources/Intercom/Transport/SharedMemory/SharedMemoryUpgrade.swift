@@ -266,7 +266,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                     case (.error, _):
                         let body = try? ErrorBody(from: frame.payload)
                         throw IntercomError(
-                            IntercomError.Code(wireName: body?.code ?? "protocolViolation"),
+                            IntercomError.Code(errorFrameCode: body?.code ?? "protocolViolation"),
                             "the other side gave up the shared-memory upgrade: \(body?.message ?? "unreadable error frame")")
                     default:
                         throw ProtocolError(.malformedHandshake, "expected the shared-memory upgrade, got a \(frame.kind) frame")
