@@ -2,13 +2,13 @@ internal import Synchronization
 
 /// A value set once, which tasks can wait for: lets handlers registered before
 /// a service exists reach it without a window where it is still missing.
-final class SetOnce<Value: Sendable>: Sendable {
+package final class SetOnce<Value: Sendable>: Sendable {
     private let state = Locked<(value: Value?, waiters: [UnsafeContinuation<Value, Never>])>((nil, []))
 
-    init() {}
+    package init() {}
 
     /// Sets the value (the first call wins) and wakes every waiter.
-    func set(_ value: Value) {
+    package func set(_ value: Value) {
         let waiters = self.state.withLock { state -> [UnsafeContinuation<Value, Never>] in
             guard state.value == nil else { return [] }
             state.value = value
@@ -19,10 +19,10 @@ final class SetOnce<Value: Sendable>: Sendable {
     }
 
     /// The value, if set.
-    var current: Value? { self.state.withLock { $0.value } }
+    package var current: Value? { self.state.withLock { $0.value } }
 
     /// The value, waiting until it is set.
-    var value: Value {
+    package var value: Value {
         get async {
             await withUnsafeContinuation { continuation in
                 let value = self.state.withLock { state -> Value? in
@@ -39,11 +39,11 @@ final class SetOnce<Value: Sendable>: Sendable {
 /// A weak reference that can cross tasks: what a handler registered on a
 /// router keeps of the service that owns the router (a strong one would be a
 /// cycle: service → listener → router → handler → service).
-struct WeakReference<Object: AnyObject & Sendable>: @unchecked Sendable {
+package struct WeakReference<Object: AnyObject & Sendable>: @unchecked Sendable {
     // @unchecked: a weak reference to a Sendable object; read and written whole.
-    weak var object: Object?
+    package weak var object: Object?
 
-    init(_ object: Object?) {
+    package init(_ object: Object?) {
         self.object = object
     }
 }

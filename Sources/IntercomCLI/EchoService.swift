@@ -1,5 +1,5 @@
-public import Foundation
-internal import Synchronization
+import Foundation
+import Intercom
 
 /// The diagnostic service behind `intercom echo`: a service to try things out
 /// and to test tools against.
@@ -8,9 +8,9 @@ internal import Synchronization
 /// of milliseconds, returns it), `fail` (throws an error with the given message),
 /// `exit` (stops serving; the process exits with the code ``run(on:name:tickInterval:)``
 /// returns). Publishes a ``Tick`` on topic `tick` every second.
-public enum EchoService {
+enum EchoService {
     /// What `tick` events carry.
-    public struct Tick: Codable, Sendable, Hashable {
+    struct Tick: Codable, Sendable, Hashable {
         /// 1, 2, 3, … since the service started.
         public var count: Int
         /// When it was published.
@@ -18,7 +18,7 @@ public enum EchoService {
     }
 
     /// The error `fail` throws.
-    public struct Failure: Error, Codable, Sendable, CustomStringConvertible {
+    struct Failure: Error, Codable, Sendable, CustomStringConvertible {
         /// The message the caller gave.
         public var message: String
         /// The message.
@@ -32,7 +32,7 @@ public enum EchoService {
     ///   reachable (not before: a second claimant fails without it).
     /// - Returns: the exit status `exit` asked for, or 0 after a quit or cancellation.
     /// - Throws: as ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
-    public static func run(
+    static func run(
         on bus: Bus, name: String = "echo", tickInterval: Duration = .seconds(1),
         serving: @Sendable (BusService) -> Void = { _ in }
     ) async throws -> Int32 {
