@@ -1,5 +1,9 @@
 public import NIOCore
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
 internal import Foundation
+#endif
 
 /// Turns `Codable` values into payload bytes and back: the binary coder or JSON.
 ///

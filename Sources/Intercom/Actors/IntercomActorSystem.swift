@@ -1,5 +1,9 @@
 public import Distributed
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
 internal import Foundation
+#endif
 internal import IntercomWire
 internal import NIOCore
 internal import Synchronization

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
 internal import Foundation
+#endif
 internal import IntercomWire
 #if canImport(Glibc)
 internal import Glibc
@@ -180,11 +184,11 @@ public struct Bus: Sendable {
         let path = directory.recordPath(name)
         let fd = POSIX.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { return nil }
-        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-        guard let data = try? handle.readToEnd() else { return nil }
+        defer { POSIX.close(fd) }
+        guard let data = POSIX.readAll(fd, limit: 1 << 20) else { return nil }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(ServiceInfo.self, from: data)
+        return try? decoder.decode(ServiceInfo.self, from: Data(data))
     }
 
     /// The live service `name`, or nil.

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
 
 /// What a live service on a bus says about itself: the `<name>.json` it writes
 /// next to its socket once it is ready for connections.

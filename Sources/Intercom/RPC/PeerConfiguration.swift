@@ -1,6 +1,10 @@
 public import IntercomWire
 public import Logging
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
 internal import Foundation
+#endif
 #if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)

@@ -1,5 +1,4 @@
 internal import CIntercomShims
-internal import Foundation
 internal import Logging
 internal import Synchronization
 #if canImport(Glibc)
@@ -47,11 +46,15 @@ final class UnixSocketAcceptor: Sendable {
         }
         self.listening = listening
         self.wake = (pipeEnds[0], pipeEnds[1])
-        let thread = Thread { [self] in
-            self.run(path: path, logger: logger, accepted: accepted)
+        do {
+            try KernelThread.start(named: "intercom-accept") { [self] in
+                self.run(path: path, logger: logger, accepted: accepted)
+            }
+        } catch {
+            POSIX.close(pipeEnds[0])
+            POSIX.close(pipeEnds[1])
+            throw error
         }
-        thread.name = "intercom-accept"
-        thread.start()
     }
 
     private func run(path: String, logger: Logger, accepted: @Sendable (Int32) -> Void) {

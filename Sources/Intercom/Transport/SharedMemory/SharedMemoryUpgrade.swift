@@ -1,16 +1,10 @@
 #if os(Linux)
 internal import CIntercomShims
-internal import Foundation
 internal import Glibc
 internal import IntercomWire
 internal import Logging
 internal import NIOCore
 internal import Synchronization
-
-/// Gives the calling thread its kernel name.
-private func nameThisThread(_ name: String) {
-    name.withCString { c_intercom_name_this_thread($0) }
-}
 
 /// Moves a connection from its Unix socket onto shared memory, right after the
 /// hellos (docs/PROTOCOL.md, "Shared-memory upgrade").
@@ -121,38 +115,39 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                 return
             }
             let remoteReady = self.remoteReady  // on the event loop, after every frame NIO had read
-            let thread = Thread {
-                // The kernel's thread name (what top, perf and /proc show); a
-                // Foundation thread otherwise keeps its creator's, an event loop's.
-                nameThisThread("intercom-shm")
-                let transport: SharedMemoryTransport
-                do throws(IntercomError) {
-                    let inbound = try self.exchangeRings(remoteReady: remoteReady, until: deadline, limits: limits)
-                    self.region.closeDescriptor()
-                    inbound.region.closeDescriptor()
-                    let positions = try self.confirmMapping(inbound: inbound.ring, until: deadline, limits: limits)
-                    // This side uses its pool only if the other side reads references
-                    // (it announced a pool geometry, perhaps an empty one).
-                    let outboundPool =
-                        inbound.pool != nil && !self.pool.isEmpty
-                        ? BufferPoolWriter(region: self.region.base, geometry: self.pool) : nil
-                    let inboundPool = inbound.pool.flatMap { geometry in
-                        geometry.isEmpty ? nil : BufferPoolReader(region: inbound.region, geometry: geometry)
+            do throws(IntercomError) {
+                try KernelThread.start(named: "intercom-shm") {
+                    let transport: SharedMemoryTransport
+                    do throws(IntercomError) {
+                        let inbound = try self.exchangeRings(remoteReady: remoteReady, until: deadline, limits: limits)
+                        self.region.closeDescriptor()
+                        inbound.region.closeDescriptor()
+                        let positions = try self.confirmMapping(inbound: inbound.ring, until: deadline, limits: limits)
+                        // This side uses its pool only if the other side reads references
+                        // (it announced a pool geometry, perhaps an empty one).
+                        let outboundPool =
+                            inbound.pool != nil && !self.pool.isEmpty
+                            ? BufferPoolWriter(region: self.region.base, geometry: self.pool) : nil
+                        let inboundPool = inbound.pool.flatMap { geometry in
+                            geometry.isEmpty ? nil : BufferPoolReader(region: inbound.region, geometry: geometry)
+                        }
+                        transport = SharedMemoryTransport(
+                            inbound: (inbound.ring, inbound.region), outbound: (self.ring, self.region),
+                            pools: (inboundPool, outboundPool), socket: socket, options: self.options,
+                            limits: limits, logger: logger, positions: positions)
+                    } catch {
+                        self.closeSocketCopy()
+                        failed(error)
+                        return
                     }
-                    transport = SharedMemoryTransport(
-                        inbound: (inbound.ring, inbound.region), outbound: (self.ring, self.region),
-                        pools: (inboundPool, outboundPool), socket: socket, options: self.options,
-                        limits: limits, logger: logger, positions: positions)
-                } catch {
                     self.closeSocketCopy()
-                    failed(error)
-                    return
+                    established(transport)
+                    transport.run()
                 }
+            } catch {
                 self.closeSocketCopy()
-                established(transport)
-                transport.run()
+                failed(error)
             }
-            thread.start()
         }
     }
 
