@@ -1,8 +1,15 @@
 import ArgumentParser
-import Foundation
 import Distributed
 import Intercom
 import NIOCore
+import Subprocess
+import SystemPackage
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -50,7 +57,7 @@ struct Bench: AsyncParsableCommand {
         var lines: [String] = []
         /// Prints a result line as soon as it is measured and keeps it for the summary.
         func emit(_ line: String) {
-            FileHandle.standardOutput.write(Data((line + "\n").utf8))
+            printLine(line)
             lines.append(line)
         }
         let over = "over \(self.transport.rawValue)"
@@ -85,10 +92,6 @@ struct Bench: AsyncParsableCommand {
     }
 
     private func count(_ base: Int) -> Int { max(32, Int(Double(base) * self.scale)) }
-}
-
-func progress(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
 private func percentile(_ sorted: [Duration], _ p: Double) -> Duration {
@@ -131,9 +134,9 @@ func measureRoundTrips(name: String, n: Int, _ roundTrip: () async throws -> Voi
     }
     let total = clock.now - start
     samples.sort()
-    return String(
-        format: "peer=%@ scenario=S1 median_us=%.2f p99_us=%.2f calls_per_s=%.0f n=%d", name,
-        microseconds(percentile(samples, 0.5)), microseconds(percentile(samples, 0.99)), Double(n) / seconds(total), n)
+    let median = fixed(microseconds(percentile(samples, 0.5)), 2)
+    let p99 = fixed(microseconds(percentile(samples, 0.99)), 2)
+    return "peer=\(name) scenario=S1 median_us=\(median) p99_us=\(p99) calls_per_s=\(fixed(Double(n) / seconds(total), 0)) n=\(n)"
 }
 
 /// S2: `n` one-way 64-byte messages, each its own `send` (`batch` 1) or in
@@ -161,9 +164,9 @@ func s2(_ peer: Peer, name: String, n: Int, batch: Int = 1) async throws -> Stri
     guard received == n else { throw ValidationError("S2: sent \(n) messages, the receiver counted \(received)") }
     let rate = Double(received) / seconds(elapsed)
     if batch > 1 {
-        return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d batch=%d", name, rate, received, batch)
+        return "peer=\(name) scenario=S2 msgs_per_s=\(fixed(rate, 0)) n=\(received) batch=\(batch)"
     }
-    return String(format: "peer=%@ scenario=S2 msgs_per_s=%.0f n=%d", name, rate, received)
+    return "peer=\(name) scenario=S2 msgs_per_s=\(fixed(rate, 0)) n=\(received)"
 }
 
 /// 1 MiB calls answered with a Bool: as `[UInt8]` (decoded into an array on the
@@ -182,8 +185,7 @@ func s3<Payload: Encodable & Sendable>(_ peer: Peer, name: String, n: Int, paylo
     samples.sort()
     let median = percentile(samples, 0.5)
     let gbPerSecond = Double(1 << 20) / (microseconds(median) * 1000)
-    return String(
-        format: "peer=%@ scenario=S3 median_ms=%.3f gb_per_s=%.3f n=%d", name, microseconds(median) / 1000, gbPerSecond, n)
+    return "peer=\(name) scenario=S3 median_ms=\(fixed(microseconds(median) / 1000, 3)) gb_per_s=\(fixed(gbPerSecond, 3)) n=\(n)"
 }
 
 func s4(_ peer: Peer, name: String, n: Int) async throws -> String {
@@ -201,7 +203,7 @@ func s4(_ peer: Peer, name: String, n: Int) async throws -> String {
         try await group.waitForAll()
     }
     let elapsed = clock.now - start
-    return String(format: "peer=%@ scenario=S4 calls_per_s=%.0f depth=%d n=%d", name, Double(n) / seconds(elapsed), depth, n)
+    return "peer=\(name) scenario=S4 calls_per_s=\(fixed(Double(n) / seconds(elapsed), 0)) depth=\(depth) n=\(n)"
 }
 
 func printSummary(_ lines: [String]) {
@@ -209,21 +211,23 @@ func printSummary(_ lines: [String]) {
     progress("scenario  result")
     for line in lines {
         let fields = line.split(separator: " ")
-        let scenario = fields.first { $0.hasPrefix("scenario=") }?.dropFirst(9) ?? "?"
+        let scenario = String(fields.first { $0.hasPrefix("scenario=") }?.dropFirst(9) ?? "?")
         let rest = fields.filter { !$0.hasPrefix("peer=") && !$0.hasPrefix("scenario=") }.joined(separator: "  ")
-        progress("\(scenario.padding(toLength: 8, withPad: " ", startingAt: 0))  \(rest)")
+        progress(scenario + String(repeating: " ", count: max(0, 8 - scenario.count)) + "  \(rest)")
     }
 }
 
-/// The benchmark's server: a second copy of this executable.
+/// The benchmark's server: a second copy of this executable — a ``Worker`` on
+/// a socket pair, or (over a Unix socket) a process serving a name on a private bus.
 struct BenchChild {
-    let process: Process
     let peer: Peer
+    let worker: Worker?
+    /// The `--serve` child's run, ended when it exits.
+    let server: Task<Void, any Error>?
     let busDirectory: String?
 
     static func spawn(_ transport: Bench.Transport, bufferPoolMib: Int) async throws -> BenchChild {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
         var configuration = Peer.Configuration(name: "intercom-bench")
         configuration.handlerExecution = .connectionThread
         // The socket kinds measure the socket: this side does not offer shared memory.
@@ -232,31 +236,33 @@ struct BenchChild {
         let poolArguments = ["--buffer-pool-mib", String(bufferPoolMib)]
         switch transport {
         case .socketpair, .shm:
-            let sockets = try SocketPair()
-            process.arguments = ["bench-server"] + poolArguments
-            process.standardInput = FileHandle(fileDescriptor: sockets.second, closeOnDealloc: false)
-            try process.run()
-            close(sockets.second)
-            let peer = try await Peer.adopt(fileDescriptor: sockets.first, configuration: configuration)
-            guard peer.isSharedMemory == (transport == .shm) else {
-                throw ValidationError("the benchmark connection is \(peer.isSharedMemory ? "" : "not ")on shared memory")
+            let worker = try await Worker.spawn(
+                WorkerSpec(executablePath: executable, arguments: ["bench-server"] + poolArguments), configuration: configuration)
+            guard worker.peer.isSharedMemory == (transport == .shm) else {
+                _ = await worker.stop()
+                throw ValidationError("the benchmark connection is \(worker.peer.isSharedMemory ? "" : "not ")on shared memory")
             }
-            return BenchChild(process: process, peer: peer, busDirectory: nil)
+            return BenchChild(peer: worker.peer, worker: worker, server: nil, busDirectory: nil)
         case .unix:
             // The server claims a name on a private bus; this side finds it there like any client.
             let directory = "/tmp/intercom-bench-\(getpid())"
             mkdir(directory, 0o700)
-            process.arguments = ["bench-server", "--serve", "bench", "--bus-directory", directory] + poolArguments
-            try process.run()
+            let arguments = ["bench-server", "--serve", "bench", "--bus-directory", directory] + poolArguments
+            let server = Task {
+                _ = try await Subprocess.run(
+                    .path(FilePath(executable)), arguments: Arguments(arguments),
+                    output: .currentStandardOutput, error: .currentStandardError)
+            }
             let peer = try await Bus(directory: directory).connect(
                 to: "bench", waitingUpTo: .seconds(30), configuration: configuration)
-            return BenchChild(process: process, peer: peer, busDirectory: directory)
+            return BenchChild(peer: peer, worker: nil, server: server, busDirectory: directory)
         }
     }
 
     func stop() async {
         await self.peer.close()
-        self.process.waitUntilExit()
+        if let worker { _ = await worker.stop() }
+        _ = try? await self.server?.value
         if let busDirectory { rmdir(busDirectory) }
     }
 }

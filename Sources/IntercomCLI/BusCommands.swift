@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Intercom
 
 /// `--bus NAME`, shared by every command that talks to a bus.
@@ -66,7 +70,7 @@ func printTable(header: [String], rows: [[String]]) {
     }
     for row in [header] + rows {
         let cells = row.enumerated().map { index, cell in
-            index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            index == row.count - 1 ? cell : left(cell, widths[index])
         }
         print(cells.joined(separator: "  "))
     }
@@ -111,7 +115,7 @@ struct Call: AsyncParsableCommand {
 /// or a file (`@PATH`).
 func readArgument(_ given: String) throws(IntercomError) -> String {
     if given == "-" {
-        return String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        return String(decoding: readStandardInput(), as: UTF8.self)
     }
     if given.hasPrefix("@") {
         let path = String(given.dropFirst())
@@ -172,7 +176,7 @@ struct Ping: AsyncParsableCommand {
 
 func formatMicroseconds(_ duration: Duration) -> String {
     let microseconds = Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) / 1e12
-    return String(format: "%.1f µs", microseconds)
+    return fixed(microseconds, 1) + " µs"
 }
 
 /// `intercom watch [TOPIC…]`.
@@ -196,18 +200,17 @@ struct Watch: AsyncParsableCommand {
                     for topic in topics {
                         let events = peer.jsonEvents(topic)
                         group.addTask {
-                            let formatter = ISO8601DateFormatter()
-                            formatter.formatOptions = [.withTime, .withColonSeparatorInTime, .withFractionalSeconds]
+                            let format = Date.ISO8601FormatStyle.iso8601.time(includingFractionalSeconds: true)
                             do {
                                 for try await event in events {
-                                    let time = formatter.string(from: Date())
+                                    let time = Date().formatted(format)
                                     switch event {
                                     case .event(let topic, let json): printLine("\(time) \(name) \(topic) \(json)")
                                     case .lagged(let missed): printLine("\(time) \(name) (missed \(missed) events)")
                                     }
                                 }
                             } catch let error as IntercomError {
-                                printLine("\(formatter.string(from: Date())) \(name) gone: \(error.code)")
+                                printLine("\(Date().formatted(format)) \(name) gone: \(error.code)")
                             }
                         }
                     }
@@ -218,10 +221,6 @@ struct Watch: AsyncParsableCommand {
     }
 }
 
-/// Prints a line and flushes at once (watch output is read live, often through a pipe).
-func printLine(_ text: String) {
-    FileHandle.standardOutput.write(Data((text + "\n").utf8))
-}
 
 /// `intercom echo [--name NAME]`.
 struct Echo: AsyncParsableCommand {

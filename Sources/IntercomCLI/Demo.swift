@@ -1,5 +1,10 @@
 import ArgumentParser
+import Dispatch
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Intercom
 import Synchronization
 
@@ -119,7 +124,7 @@ struct DemoCoordinator {
                 case .exited(let name, let pid, let status):
                     if let killed = killedAt.withLock({ $0 }), name == "processor", status == .signaled(SIGKILL) {
                         let ms = (ContinuousClock.now - killed).milliseconds
-                        say("  ✖ \(name) (pid \(pid)) died: \(status) — detected in \(String(format: "%.1f", ms)) ms")
+                        say("  ✖ \(name) (pid \(pid)) died: \(status) — detected in \(fixed(ms, 1)) ms")
                     } else {
                         say("  ■ \(name) (pid \(pid)) \(status)")
                     }
@@ -159,12 +164,14 @@ struct DemoCoordinator {
             }
             let calls = callsBefore + processor.calls
             let restarts = supervisor.restartCount(of: "processor") + supervisor.restartCount(of: "camera")
-            say(
-                String(
-                    format: "[%3ds] camera: %5d frames (%3d/s), exposure %5.2f ms │ processor: %5d frames, %3d calls/s, p50 %6.1f µs, p99 %7.1f µs, brightness %5.1f, missed %d │ restarts %d",
-                    second, camera.frames, camera.frames - lastCameraFrames, camera.exposureMs, framesBefore + processor.frames,
-                    calls - lastCalls, processor.latencyP50Us, processor.latencyP99Us, processor.brightness, processor.missed,
-                    restarts))
+            let cameraPart =
+                "camera: \(right(camera.frames, 5)) frames (\(right(camera.frames - lastCameraFrames, 3))/s), "
+                + "exposure \(right(fixed(camera.exposureMs, 2), 5)) ms"
+            let processorPart =
+                "processor: \(right(framesBefore + processor.frames, 5)) frames, \(right(calls - lastCalls, 3)) calls/s, "
+                + "p50 \(right(fixed(processor.latencyP50Us, 1), 6)) µs, p99 \(right(fixed(processor.latencyP99Us, 1), 7)) µs, "
+                + "brightness \(right(fixed(processor.brightness, 1), 5)), missed \(processor.missed)"
+            say("[\(right(second, 3))s] \(cameraPart) │ \(processorPart) │ restarts \(restarts)")
             lastCameraFrames = camera.frames
             lastCalls = calls
             if second == killTime, let processor = supervisor.worker(named: "processor") {
@@ -188,7 +195,7 @@ struct DemoCoordinator {
 }
 
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    printLine(line)
 }
 
 extension Duration {

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Intercom
 
 /// The diagnostic service behind `intercom echo`: a service to try things out
