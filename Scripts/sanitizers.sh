@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite under a sanitizer: Scripts/sanitizers.sh thread|address
+# Runs the whole test suite under a sanitizer: Scripts/sanitizers.sh thread|address [TEST ARGUMENTS…]
+# (arguments after the kind go to the test bundle, e.g. --skip NAME or --filter NAME)
 # Builds into its own scratch path (.build-tsan / .build-asan), runs the test
 # bundle with every process's reports written to a directory, and prints how
 # many reports each kind of finding produced. Exit status: the suite's.
@@ -18,7 +19,8 @@
 #   same false positive that made Intercom switch to `Locked`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-kind=${1:?usage: Scripts/sanitizers.sh thread|address}
+kind=${1:?usage: Scripts/sanitizers.sh thread|address [test arguments…]}
+shift
 case $kind in
   thread) scratch=.build-tsan ;;
   address) scratch=.build-asan ;;
@@ -31,7 +33,7 @@ export TSAN_OPTIONS="$options suppressions=$PWD/Scripts/tsan/suppressions.supp"
 export ASAN_OPTIONS="$options detect_leaks=0"
 export INTERCOM_TEST_HANG_LIMIT=${INTERCOM_TEST_HANG_LIMIT:-1500}
 status=0
-"$scratch/x86_64-unknown-linux-gnu/debug/intercomPackageTests.xctest" --testing-library swift-testing \
+"$scratch/x86_64-unknown-linux-gnu/debug/intercomPackageTests.xctest" --testing-library swift-testing "$@" \
   > "$reports/suite.log" 2>&1 || status=$?
 grep -a "Test run with" "$reports/suite.log" || tail -5 "$reports/suite.log"
 echo "reports in $reports:"

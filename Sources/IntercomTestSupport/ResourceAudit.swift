@@ -237,10 +237,39 @@ public final class WatchedProcess: Sendable {
     /// Its pid.
     public var pid: Int32 { self.process.processIdentifier }
 
-    /// Waits for it to exit (it is reaped by then) and returns its status.
+    /// Waits for it to exit (it is reaped by then) and returns its status: the
+    /// exit code, or the signal that ended it.
+    ///
+    /// A process still running after `timeout` fails the test, is killed and
+    /// reaped here. So is one that ended without Foundation noticing (seen
+    /// under ThreadSanitizer: a child whose sanitizer runtime crashed in a fork
+    /// stayed a zombie and its termination handler never ran), so a lost exit
+    /// fails one test instead of hanging the run.
     @discardableResult
-    public func waitForExit() async -> Int32 {
-        for await status in self.exit { return status }
+    public func waitForExit(timeout: Duration = .seconds(120)) async -> Int32 {
+        let exit = self.exit
+        let exited = await withTaskGroup(of: Int32?.self) { group -> Int32? in
+            group.addTask {
+                for await status in exit { return status }
+                return nil
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        if let exited { return exited }
+        let pid = self.pid
+        Issue.record("process \(pid) did not exit (or its exit went unnoticed) within \(timeout); killed")
+        _ = Glibc.kill(pid, SIGKILL)
+        var status: Int32 = 0
+        if waitpid(pid, &status, 0) == pid {
+            return status & 0x7f == 0 ? (status >> 8) & 0xff : status & 0x7f
+        }
+        // Foundation reaped it meanwhile: its handler has the status.
         return self.process.terminationStatus
     }
 
