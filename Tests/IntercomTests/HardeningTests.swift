@@ -362,6 +362,37 @@ func raiseDescriptorLimit(to wanted: Int) {
         }
     }
 
+    /// `close()` used to leave connections still in their handshake open until
+    /// the handshake timed out (10 s): clients that never sent a hello kept
+    /// their sockets, and a resource audit right after saw them. Now, once
+    /// `close()` returns, every connection it had is closed.
+    @Test func closingAListenerClosesConnectionsStillInTheirHandshake() async throws {
+        try await withResourceCheck {
+            let path = TemporaryDirectory.shared.socketPath()
+            let router = Router()
+            try router.register("echo") { (value: Int, _: CallContext) in value }
+            let listener = try await PeerListener.listen(unixPath: path, router: router)
+            let silent = try (0..<20).map { _ in try RawClient(unixPath: path) }
+            defer { for client in silent { client.close() } }
+            // Accepted in order: once this client is answered, the silent ones before it were accepted.
+            let peer = try await Peer.connect(unixPath: path)
+            #expect(try await peer.call("echo", 7, returning: Int.self) == 7)
+            await listener.close()
+            for (index, client) in silent.enumerated() {
+                // Past the service's hello: end of stream (or a reset, for one closed
+                // before it was accepted) means closed; EAGAIN means still open.
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                var result = 0
+                repeat {
+                    result = buffer.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                } while result > 0
+                let closed = result == 0 || errno == ECONNRESET
+                #expect(closed, "silent client \(index) is still connected (errno \(errno))")
+            }
+            await peer.waitUntilClosed()
+        }
+    }
+
     /// One-way messages nobody receives were bounded by count only (1,024 ×
     /// frame size): a child that never reads its inbox, allowed 100,000 messages
     /// but 2 MiB, makes the sender of 256 KiB messages wait after a few MiB.

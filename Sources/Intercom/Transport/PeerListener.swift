@@ -42,6 +42,9 @@ public final class PeerListener: Sendable {
 
     private let acceptor: UnixSocketAcceptor
     private let accepted = Locked(Accepted())
+    /// Every connection's channel from the moment it is handed to an event loop
+    /// until it closes, handshake or not: `close()` ends those too.
+    private let channels: ListenerBox
 
     private struct Accepted {
         /// Connections open now, with the order they were accepted in.
@@ -51,9 +54,10 @@ public final class PeerListener: Sendable {
         var stream: (stream: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation)?
     }
 
-    private init(path: String, acceptor: UnixSocketAcceptor) {
+    private init(path: String, acceptor: UnixSocketAcceptor, channels: ListenerBox) {
         self.path = path
         self.acceptor = acceptor
+        self.channels = channels
     }
 
     deinit {
@@ -102,7 +106,7 @@ public final class PeerListener: Sendable {
             unlink(path)
             throw error
         }
-        let listener = PeerListener(path: path, acceptor: acceptor)
+        let listener = PeerListener(path: path, acceptor: acceptor, channels: box)
         box.set(listener)
         return listener
     }
@@ -123,6 +127,10 @@ public final class PeerListener: Sendable {
         let bootstrap = ClientBootstrap(group: intercomEventLoopGroup)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
             .channelInitializer { child in
+                guard box.track(child) else {
+                    // The listener closed while this connection waited for its loop.
+                    return child.close()
+                }
                 if let refusal {
                     logger.warning("refused a connection", metadata: ["path": "\(path)", "reason": "\(refusal)"])
                     let frame = ErrorBody(code: IntercomError.Code.permissionDenied.name, message: refusal).frame(id: 0)
@@ -172,7 +180,9 @@ public final class PeerListener: Sendable {
         self.accepted.withLock { $0.open.values.map(\.peer) }
     }
 
-    /// Stops accepting, closes every connection it accepted, and removes the socket file.
+    /// Stops accepting, closes every connection it accepted — those still in
+    /// their handshake too — and removes the socket file. When it returns, no
+    /// socket of the listener is open.
     public func close() async {
         let (peers, stream) = self.accepted.withLock { accepted -> ([Peer], AsyncStream<Peer>.Continuation?) in
             defer {
@@ -185,6 +195,11 @@ public final class PeerListener: Sendable {
         unlink(self.path)
         stream?.finish()
         for peer in peers { await peer.close() }
+        // What is left: connections still in their handshake (or refused ones
+        // still saying why), and any that finished it after the list above.
+        let unfinished = self.channels.stopTracking()
+        for channel in unfinished { channel.close(promise: nil) }
+        for channel in unfinished { try? await channel.closeFuture.get() }
     }
 
     /// Deletes `path` if it is a socket nobody accepts on; refuses if someone does.
@@ -227,13 +242,37 @@ private final class RefuseOnActive: ChannelInboundHandler, Sendable {
     }
 }
 
-/// Lets the acceptor find the listener, which exists only after it started.
+/// Lets the acceptor find the listener, which exists only after it started, and
+/// keeps the channels of the listener's connections until they close.
 private final class ListenerBox: Sendable {
     private struct Weak {
         weak var listener: PeerListener?
     }
     // Weak: the listener owns the acceptor, which owns this box.
     private let listener = Locked(Weak())
+    private let open = Locked((channels: [ObjectIdentifier: any Channel](), stopped: false))
+
+    /// Keeps `channel` until it closes; false if the listener closed already.
+    func track(_ channel: any Channel) -> Bool {
+        let key = ObjectIdentifier(channel)
+        let tracked = self.open.withLock { open -> Bool in
+            guard !open.stopped else { return false }
+            open.channels[key] = channel
+            return true
+        }
+        if tracked {
+            channel.closeFuture.whenComplete { _ in _ = self.open.withLock { $0.channels.removeValue(forKey: key) } }
+        }
+        return tracked
+    }
+
+    /// Tracks no more channels; returns those still open.
+    func stopTracking() -> [any Channel] {
+        self.open.withLock { open in
+            open.stopped = true
+            return Array(open.channels.values)
+        }
+    }
 
     func set(_ listener: PeerListener) {
         self.listener.withLock { $0.listener = listener }
