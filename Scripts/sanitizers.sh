@@ -26,8 +26,11 @@ case $kind in
   address) scratch=.build-asan ;;
   *) echo "unknown sanitizer $kind" >&2; exit 2 ;;
 esac
-swift build --build-tests --sanitize="$kind" --scratch-path "$scratch" >/dev/null
 reports=$(mktemp -d /tmp/intercom-$kind.XXXXXX)
+if ! swift build --build-tests --sanitize="$kind" --scratch-path "$scratch" > "$reports/build.log" 2>&1; then
+  tail -30 "$reports/build.log"
+  exit 1
+fi
 options="log_path=$reports/report handle_segv=0 halt_on_error=0"
 export TSAN_OPTIONS="$options suppressions=$PWD/Scripts/tsan/suppressions.supp"
 export ASAN_OPTIONS="$options detect_leaks=0"
