@@ -247,21 +247,27 @@ public final class WatchedProcess: Sendable {
     /// fails one test instead of hanging the run.
     @discardableResult
     public func waitForExit(timeout: Duration = .seconds(120)) async -> Int32 {
+        enum Outcome { case exited(Int32), reportedBefore, timedOut }
         let exit = self.exit
-        let exited = await withTaskGroup(of: Int32?.self) { group -> Int32? in
+        let outcome = await withTaskGroup(of: Outcome.self) { group -> Outcome in
             group.addTask {
-                for await status in exit { return status }
-                return nil
+                for await status in exit { return .exited(status) }
+                // The stream ended without a status: an earlier wait took it.
+                return .reportedBefore
             }
             group.addTask {
                 try? await Task.sleep(for: timeout)
-                return nil
+                return .timedOut
             }
-            let first = await group.next() ?? nil
+            let first = await group.next() ?? .timedOut
             group.cancelAll()
             return first
         }
-        if let exited { return exited }
+        switch outcome {
+        case .exited(let status): return status
+        case .reportedBefore where !self.process.isRunning: return self.process.terminationStatus
+        case .reportedBefore, .timedOut: break  // (still running after an earlier wait timed out)
+        }
         let pid = self.pid
         Issue.record("process \(pid) did not exit (or its exit went unnoticed) within \(timeout); killed")
         _ = Glibc.kill(pid, SIGKILL)
