@@ -14,6 +14,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Intercom", targets: ["Intercom"]),
+        .library(name: "IntercomTesting", targets: ["IntercomTesting"]),
         .executable(name: "intercom", targets: ["IntercomCLI"]),
         .executable(name: "actors-example", targets: ["ActorsExample"]),
     ],
@@ -50,6 +51,16 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // For users' tests: two peers in one process with virtual time and faults.
+        .target(
+            name: "IntercomTesting",
+            dependencies: [
+                "Intercom",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -119,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "IntercomTests",
             dependencies: [
-                "Intercom", "IntercomWire", "IntercomTestHelper", "IntercomCLI", "IntercomTestSupport",
+                "Intercom", "IntercomWire", "IntercomTestHelper", "IntercomCLI", "IntercomTestSupport", "IntercomTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

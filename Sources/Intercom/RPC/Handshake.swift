@@ -53,7 +53,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     func transportActive() {
-        self.startedAt = .now
+        self.startedAt = self.transport.now
         #if os(Linux)
         if self.configuration.sharedMemory.isEnabled, let socket = self.transport as? NIOFrameTransport {
             self.offersSharedMemory = socket.isUnixStreamSocket

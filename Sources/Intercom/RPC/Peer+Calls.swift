@@ -38,9 +38,9 @@ extension Peer {
     ///
     /// - Throws: ``IntercomError`` `timeout`, `peerLost` or `closed`.
     public func ping(timeout: Duration = .seconds(5)) async throws -> Duration {
-        let start = ContinuousClock.now
+        let start = self.transport.now
         _ = try await self.exchange(nil, Optional<Int>.none, timeout: timeout, kind: .ping)
-        return ContinuousClock.now - start
+        return self.transport.now - start
     }
 
     /// Calls `method` with a JSON argument and returns the JSON reply, whatever
@@ -66,7 +66,7 @@ extension Peer {
         guard timeout > .zero else {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
-        let pending = PendingCall(method: method, timeout: timeout, deadline: ContinuousClock.now.advanced(by: timeout))
+        let pending = PendingCall(method: method, timeout: timeout, deadline: self.transport.now.advanced(by: timeout))
         let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         if let jsonArgument {
@@ -157,13 +157,13 @@ extension Peer {
     }
 
     func armCallTimer(at deadline: ContinuousClock.Instant) -> any ScheduledWork {
-        self.transport.schedule(after: deadline - .now) { [weak self] in self?.expireOverdueCalls() }
+        self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.expireOverdueCalls() }
     }
 
     /// The call timer fired: fail every call past its deadline, tell their handlers
     /// to stop, and arm the timer for the next deadline.
     func expireOverdueCalls() {
-        let now = ContinuousClock.now
+        let now = self.transport.now
         let overdue = self.calls.withLock { table -> [(UInt64, PendingCall)] in
             table.timer.fired(at: now)
             var overdue: [(UInt64, PendingCall)] = []

@@ -50,7 +50,7 @@ extension Peer {
     /// Starts the task for one call. Runs under the handler-table lock, so the task
     /// is in `running` before it can finish and remove itself.
     func startHandler(_ frame: Frame, table: inout HandlerTable) {
-        let arrival = ContinuousClock.now
+        let arrival = self.transport.now
         let deadline = frame.timeout.map { arrival.advanced(by: $0) }
         let method = frame.method ?? ""
         let context = CallContext(
@@ -75,13 +75,13 @@ extension Peer {
     }
 
     func armHandlerTimer(at deadline: ContinuousClock.Instant) -> any ScheduledWork {
-        self.transport.schedule(after: deadline - .now) { [weak self] in self?.cancelOverdueHandlers() }
+        self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.cancelOverdueHandlers() }
     }
 
     /// The handler timer fired: cancel every handler past its caller's deadline and
     /// arm the timer for the next one. (Handlers remove themselves when they end.)
     func cancelOverdueHandlers() {
-        let now = ContinuousClock.now
+        let now = self.transport.now
         let overdue = self.handlers.withLock { table -> [Task<Void, Never>] in
             table.timer.fired(at: now)
             var overdue: [Task<Void, Never>] = []
@@ -119,7 +119,7 @@ extension Peer {
         } catch {
             if isCall {
                 reply = self.encodeError(
-                    Self.deadlineError(error, call.context) ?? error, id: id, method: call.method, codec: call.codec)
+                    Self.deadlineError(error, call.context, now: self.transport.now) ?? error, id: id, method: call.method, codec: call.codec)
             } else {
                 self.configuration.logger.warning(
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
@@ -151,9 +151,9 @@ extension Peer {
 
     /// A handler stopped by its deadline answers `timeout`, not `cancelled`: the
     /// caller's own timer and this reply race, and the caller must see one answer.
-    static func deadlineError(_ error: any Error, _ context: CallContext) -> IntercomError? {
+    static func deadlineError(_ error: any Error, _ context: CallContext, now: ContinuousClock.Instant) -> IntercomError? {
         let cancelled = error is CancellationError || (error as? IntercomError)?.code == .cancelled
-        guard cancelled, let deadline = context.deadline, deadline <= .now else { return nil }
+        guard cancelled, let deadline = context.deadline, deadline <= now else { return nil }
         let budget = context.timeout.map { " within \($0)" } ?? ""
         return IntercomError(
             .timeout, "no reply from the handler of '\(context.method)'\(budget): it ran past the caller's deadline")

@@ -5,7 +5,8 @@ public struct CallContext: Sendable {
     /// The call's correlation id on its connection (0 for one-way messages).
     public let callID: UInt64
     /// When the caller stops waiting: the arrival time plus the time the caller allowed.
-    /// The handler's task is cancelled at this instant.
+    /// The handler's task is cancelled at this instant. Reckoned on the
+    /// connection's clock (``now``): the system's, or virtual time in tests.
     public let deadline: ContinuousClock.Instant?
     /// The time the caller allowed for the call, as it said in the frame.
     public var timeout: Duration? = nil
@@ -25,8 +26,12 @@ public struct CallContext: Sendable {
     /// Time left before the deadline (`nil` when the message has none, zero when past).
     public var remainingTime: Duration? {
         guard let deadline else { return nil }
-        return max(.zero, ContinuousClock.now.duration(to: deadline))
+        return max(.zero, self.now.duration(to: deadline))
     }
+
+    /// The current instant on the connection's clock: the system's monotonic
+    /// clock, or an in-memory connection's virtual time.
+    public var now: ContinuousClock.Instant { self.peer.transport.now }
 
     /// `true` for one-way messages, which get no reply.
     public var isOneWay: Bool { self.callID == 0 }

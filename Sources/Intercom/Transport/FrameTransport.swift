@@ -45,8 +45,17 @@ protocol FrameTransport: AnyObject, Sendable {
     /// Runs `body` on the transport's thread after `delay`, unless cancelled first.
     func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork
 
+    /// The transport's clock, which ``schedule(after:_:)`` runs on: the system's
+    /// monotonic clock, or virtual time on an in-memory transport. Deadlines of
+    /// calls and handlers are reckoned on it.
+    var now: ContinuousClock.Instant { get }
+
     /// Flushes what was queued and closes the stream.
     func close()
+}
+
+extension FrameTransport {
+    var now: ContinuousClock.Instant { .now }
 }
 
 /// Why reading from a transport is paused; reading resumes when no reason is left.

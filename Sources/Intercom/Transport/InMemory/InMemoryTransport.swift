@@ -1,0 +1,298 @@
+internal import IntercomWire
+internal import NIOCore
+
+/// Two ends of a connection that never leaves the process: what one end sends
+/// is cut into frames by the other end's decoder, as from a socket, on one
+/// event loop. No kernel, no threads of its own; on a testing event loop
+/// (NIO's `NIOAsyncTestingEventLoop`) time is virtual and moves only when the
+/// test moves it, so deadlines and timeouts are deterministic.
+///
+/// Each direction can be made to misbehave: stall (bytes wait, the sender
+/// meets backpressure), drop whole frames, corrupt a byte, or the whole
+/// connection can be cut without a goodbye. Everything is confined to the
+/// loop: sends from other threads are handed to it, and frames are delivered
+/// in a later loop task, never inside `send` (a receiver may send from inside
+/// its own callback, holding its own locks).
+package final class InMemoryLink: Sendable {
+    /// One direction: the bytes its sender wrote that its receiver did not take yet.
+    struct Direction {
+        var pending = ByteBuffer()
+        /// Bytes of `pending` the receiver's decoder did not consume yet (the sender's backlog).
+        var stalled = false
+        var framesToDrop = 0
+        /// Flip the byte at this offset of the next frame sent (offset from its first byte).
+        var corruptNextAt: Int?
+    }
+
+    /// One end: its receiver, whether it reads, and the senders waiting for room.
+    struct Side {
+        var receiver: (any FrameReceiver)?
+        var paused: ReadPauseReason = []
+        var waiters = WritabilityWaiters()
+        var wasFull = false
+    }
+
+    struct State {
+        var directions = [Direction(), Direction()]
+        var sides = [Side(), Side()]
+        var ended: IntercomError?
+        var pumpQueued = [false, false]
+    }
+
+    let loop: any EventLoop
+    let limits: [WireLimits]
+    /// Each sender's outbound watermarks: past `high` unsent bytes it is full,
+    /// below `low` it has room again.
+    let watermarks: [(low: Int, high: Int)]
+    let state = Locked(State())
+
+    /// The two ends, 0 and 1 (set once, in ``make(on:limits:watermarks:)``, before the link is shared).
+    nonisolated(unsafe) private(set) var ends: [InMemoryTransport] = []
+
+    private init(loop: any EventLoop, limits: [WireLimits], watermarks: [(low: Int, high: Int)]) {
+        self.loop = loop
+        self.limits = limits
+        self.watermarks = watermarks
+    }
+
+    /// A connection on `loop`; each end decodes with its own limits.
+    static func make(
+        on loop: any EventLoop, limits: (WireLimits, WireLimits), watermarks: ((low: Int, high: Int), (low: Int, high: Int))
+    ) -> InMemoryLink {
+        let link = InMemoryLink(loop: loop, limits: [limits.0, limits.1], watermarks: [watermarks.0, watermarks.1])
+        link.ends = [InMemoryTransport(link: link, side: 0), InMemoryTransport(link: link, side: 1)]
+        return link
+    }
+
+    // MARK: Faults (the direction is named by the end that sends)
+
+    /// Holds every byte `sender` sends until ``resume(from:)``; its senders meet backpressure past the watermark.
+    package func stall(from sender: Int) { self.state.withLock { $0.directions[sender].stalled = true } }
+
+    /// Delivers what a stall held back, and everything after it.
+    package func resume(from sender: Int) {
+        self.state.withLock { $0.directions[sender].stalled = false }
+        self.schedulePump(from: sender)
+    }
+
+    /// The next `count` whole frames `sender` sends vanish on the way.
+    package func dropFrames(from sender: Int, count: Int) {
+        self.state.withLock { $0.directions[sender].framesToDrop += count }
+    }
+
+    /// The next frame `sender` sends arrives with the byte at `offset` (from
+    /// the frame's first byte) flipped.
+    package func corruptNextFrame(from sender: Int, at offset: Int) {
+        self.state.withLock { $0.directions[sender].corruptNextAt = offset }
+    }
+
+    /// Ends the connection at once, as a dead process or a pulled cable would:
+    /// nothing in flight arrives, no goodbye, both ends see the end of the stream.
+    package func cut() {
+        self.loop.execute { self.end(IntercomError(.peerLost, "the in-memory connection was cut")) }
+    }
+
+    // MARK: Moving bytes
+
+    func send(_ bytes: ByteBuffer, from sender: Int) {
+        let queue = self.state.withLock { state -> Bool in
+            guard state.ended == nil else { return false }
+            var bytes = bytes
+            if let offset = state.directions[sender].corruptNextAt, offset < bytes.readableBytes {
+                let index = bytes.readerIndex + offset
+                bytes.setInteger(bytes.getInteger(at: index, as: UInt8.self)! ^ 0xFF, at: index)
+                state.directions[sender].corruptNextAt = nil
+            }
+            state.directions[sender].pending.writeImmutableBuffer(bytes)
+            if state.directions[sender].pending.readableBytes >= self.watermarks[sender].high { state.sides[sender].wasFull = true }
+            return true
+        }
+        if queue { self.schedulePump(from: sender) }
+    }
+
+    func writability(of sender: Int, _ state: State) -> Writability {
+        if let ended = state.ended { return .closed(ended) }
+        return state.directions[sender].pending.readableBytes >= self.watermarks[sender].high ? .full : .writable
+    }
+
+    /// Delivers `sender`'s bytes in a later loop task (once, however many sends come before it).
+    func schedulePump(from sender: Int) {
+        let queue = self.state.withLock { state -> Bool in
+            guard !state.pumpQueued[sender] else { return false }
+            state.pumpQueued[sender] = true
+            return true
+        }
+        if queue { self.loop.execute { self.pump(from: sender) } }
+    }
+
+    /// On the loop: hands the whole frames `sender` sent to the other end's
+    /// receiver while it reads, then tells `sender` if it has room again.
+    func pump(from sender: Int) {
+        let receiving = 1 - sender
+        var delivered = false
+        while true {
+            let next = self.state.withLock { state -> Result<(Frame, any FrameReceiver)?, ProtocolError> in
+                state.pumpQueued[sender] = false
+                guard state.ended == nil, !state.directions[sender].stalled, state.sides[receiving].paused.isEmpty,
+                    let receiver = state.sides[receiving].receiver
+                else { return .success(nil) }
+                let decoder = FrameDecoder(limits: self.limits[receiving])
+                do throws(ProtocolError) {
+                    while let frame = try decoder.next(from: &state.directions[sender].pending) {
+                        if state.directions[sender].framesToDrop > 0 {
+                            state.directions[sender].framesToDrop -= 1
+                            continue
+                        }
+                        return .success((frame, receiver))
+                    }
+                    return .success(nil)
+                } catch {
+                    return .failure(error)
+                }
+            }
+            switch next {
+            case .success(let (frame, receiver)?):
+                delivered = true
+                receiver.receive(frame)
+            case .success(nil):
+                if delivered { self.state.withLock { $0.sides[receiving].receiver }?.endOfReadBatch() }
+                self.tellIfWritable(sender)
+                return
+            case .failure(let error):
+                self.violation(error, detectedBy: receiving)
+                return
+            }
+        }
+    }
+
+    /// Resumes `sender`'s waiting senders once its backlog fell below the low watermark.
+    func tellIfWritable(_ sender: Int) {
+        let (waiters, receiver) = self.state.withLock { state -> ([UnsafeContinuation<Void, any Error>], (any FrameReceiver)?) in
+            guard state.ended == nil, state.sides[sender].wasFull,
+                state.directions[sender].pending.readableBytes < self.watermarks[sender].low
+            else { return ([], nil) }
+            state.sides[sender].wasFull = false
+            return (state.sides[sender].waiters.takeAll(), state.sides[sender].receiver)
+        }
+        for waiter in waiters { waiter.resume() }
+        receiver?.transportWritable()
+    }
+
+    /// The receiving end found a protocol violation: it tells the sender why
+    /// (an error frame, id 0, as the socket transport does) and the connection ends.
+    func violation(_ error: ProtocolError, detectedBy side: Int) {
+        let (receiver, other) = self.state.withLock { state in
+            (state.sides[side].receiver, state.sides[1 - side].receiver)
+        }
+        receiver?.transportFailed(error)
+        var body = ErrorBody(connectionError: error).frame(id: 0)
+        if let frame = try? FrameDecoder(limits: self.limits[1 - side]).next(from: &body) { other?.receive(frame) }
+        self.end(IntercomError(error, peer: nil))
+    }
+
+    /// On the loop: the connection is over; both receivers hear it once, waiting senders fail.
+    func end(_ error: IntercomError) {
+        let (receivers, waiters) = self.state.withLock { state -> ([any FrameReceiver], [UnsafeContinuation<Void, any Error>]) in
+            guard state.ended == nil else { return ([], []) }
+            state.ended = error
+            let receivers = state.sides.compactMap(\.receiver)
+            let waiters = state.sides.indices.flatMap { state.sides[$0].waiters.takeAll() }
+            for index in state.sides.indices { state.sides[index].receiver = nil }
+            state.directions = [Direction(), Direction()]
+            return (receivers, waiters)
+        }
+        for waiter in waiters { waiter.resume(throwing: error) }
+        for receiver in receivers { receiver.transportClosed() }
+    }
+}
+
+/// One end of an ``InMemoryLink``.
+package final class InMemoryTransport: FrameTransport, WritabilityWaiting {
+    let link: InMemoryLink
+    let side: Int
+    let executor: any TaskExecutor
+
+    init(link: InMemoryLink, side: Int) {
+        self.link = link
+        self.side = side
+        self.executor = EventLoopExecutor.forLoop(link.loop)
+    }
+
+    var isOnTransportThread: Bool { self.link.loop.inEventLoop }
+    var isSharedMemory: Bool { false }
+
+    /// The loop's clock: virtual on a testing loop. An instant on the system's
+    /// clock plus the loop's own time, so a deadline compares as it would.
+    var now: ContinuousClock.Instant {
+        InMemoryClock.origin.advanced(by: .nanoseconds(self.link.loop.now.uptimeNanoseconds))
+    }
+
+    func setReceiver(_ receiver: any FrameReceiver) {
+        let ended = self.link.state.withLock { state -> Bool in
+            guard state.ended == nil else { return true }
+            state.sides[self.side].receiver = receiver
+            return false
+        }
+        if ended {
+            self.link.loop.execute { receiver.transportClosed() }
+        } else {
+            self.link.schedulePump(from: 1 - self.side)
+        }
+    }
+
+    func send(_ bytes: ByteBuffer) { self.link.send(bytes, from: self.side) }
+
+    func sendIfWritable(_ bytes: ByteBuffer) -> Bool {
+        let writable = self.link.state.withLock { state in
+            if case .full = self.link.writability(of: self.side, state) { return false }
+            return true
+        }
+        if writable { self.send(bytes) }
+        return writable
+    }
+
+    func withWritability<R, E: Error>(_ body: (Writability, inout WritabilityWaiters) throws(E) -> R) throws(E) -> R {
+        try self.link.state.withLock { state throws(E) -> R in
+            try body(self.link.writability(of: self.side, state), &state.sides[self.side].waiters)
+        }
+    }
+
+    func waitUntilWritable() async throws(IntercomError) { try await self.suspendUntilWritable() }
+
+    var blockedSenders: Int { self.link.state.withLock { $0.sides[self.side].waiters.count } }
+
+    func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
+        let resumed = self.link.state.withLock { state -> Bool in
+            if paused {
+                state.sides[self.side].paused.insert(reason)
+                return false
+            }
+            state.sides[self.side].paused.remove(reason)
+            return state.sides[self.side].paused.isEmpty
+        }
+        if resumed { self.link.schedulePump(from: 1 - self.side) }
+    }
+
+    func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork {
+        InMemoryScheduledWork(task: self.link.loop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { body() })
+    }
+
+    /// Delivers what this end sent, then ends the connection.
+    func close() {
+        self.link.loop.execute {
+            self.link.pump(from: self.side)
+            self.link.end(IntercomError(.closed, "the in-memory connection was closed"))
+        }
+    }
+}
+
+private struct InMemoryScheduledWork: ScheduledWork {
+    let task: Scheduled<Void>
+    func cancel() { self.task.cancel() }
+}
+
+/// Where in-memory time starts on the system's clock (fixed once per process),
+/// so instants from a virtual loop and from the system compare sensibly.
+enum InMemoryClock {
+    static let origin = ContinuousClock.now
+}
