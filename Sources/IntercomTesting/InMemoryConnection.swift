@@ -37,7 +37,10 @@ public final class InMemoryConnection: Sendable {
 
     /// One of the two ends, naming the direction of a fault by its sender.
     public enum Side: Sendable {
-        case first, second
+        /// ``InMemoryConnection/first``.
+        case first
+        /// ``InMemoryConnection/second``.
+        case second
         var index: Int { self == .first ? 0 : 1 }
     }
 
