@@ -59,6 +59,7 @@ let package = Package(
             name: "IntercomTesting",
             dependencies: [
                 "Intercom",
+                "IntercomWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],

@@ -1,4 +1,5 @@
 public import Intercom
+internal import IntercomWire
 internal import NIOCore
 internal import NIOEmbedded
 
@@ -121,15 +122,5 @@ public final class InMemoryConnection: Sendable {
         await self.first.close()
         await self.second.close()
         await self.loop.shutdownGracefully()
-    }
-}
-
-extension Duration {
-    fileprivate var nanosecondsClamped: Int64 {
-        let (seconds, attoseconds) = self.components
-        if seconds < 0 { return 0 }
-        let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return .max }
-        return ns.addingReportingOverflow(attoseconds / 1_000_000_000).overflow ? .max : ns + attoseconds / 1_000_000_000
     }
 }
