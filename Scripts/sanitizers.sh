@@ -9,6 +9,11 @@
 # - handle_segv=0: a few tests make a helper crash with SIGSEGV on purpose and
 #   check that the parent sees "signaled(SIGSEGV)"; the sanitizer's own SEGV
 #   handler would turn that into exit code 66 (TSan) or 1 (ASan).
+# - SWIFT_BACKTRACE=enable=no: a Swift process that crashes (some helpers do
+#   on purpose; a service that loses a name race exits through an uncaught
+#   error) spawns the runtime's backtracer; under ThreadSanitizer that child
+#   died in the sanitizer's fork handling (CHECK failed, tsan_rtl.cpp:261)
+#   and the crashing process never finished.
 # - exitcode=0: a helper process with a report exits as it would have (tests
 #   check exit statuses); its reports are counted below all the same.
 # - detect_leaks=0 (ASan): LeakSanitizer reports the Swift runtime's weak-
@@ -36,6 +41,7 @@ fi
 options="log_path=$reports/report handle_segv=0 halt_on_error=0 exitcode=0"
 export TSAN_OPTIONS="$options suppressions=$PWD/Scripts/tsan/suppressions.supp"
 export ASAN_OPTIONS="$options detect_leaks=0"
+export SWIFT_BACKTRACE=enable=no
 export INTERCOM_TEST_HANG_LIMIT=${INTERCOM_TEST_HANG_LIMIT:-1500}
 status=0
 "$scratch/x86_64-unknown-linux-gnu/debug/intercomPackageTests.xctest" --testing-library swift-testing "$@" \
