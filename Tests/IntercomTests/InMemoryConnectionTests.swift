@@ -5,6 +5,8 @@ import Testing
 
 /// The in-memory connection: real peers, real frames, no kernel; time moves
 /// only when a test moves it, so these tests never wait on the wall clock.
+/// (The resource check is their safety net: a regression that leaves an
+/// awaited event unsent ends the run with the test's name instead of hanging.)
 @Suite struct InMemoryConnectionTests {
     /// Suspends until cancelled, then tells `cancelled` and throws.
     static func hangUntilCancelled(telling cancelled: AsyncStream<Void>.Continuation) async throws -> Int {
@@ -16,137 +18,196 @@ import Testing
     }
 
     @Test func callsMessagesAndEventsCrossBothWays() async throws {
-        let first = Router()
-        try first.register("name") { (_: Int, _: CallContext) in "first" }
-        let second = Router()
-        try second.register("math.double") { (value: Int, _: CallContext) in value * 2 }
-        let connection = try await InMemoryConnection.open(first: first, second: second)
-        #expect(try await connection.first.call("math.double", 21, returning: Int.self) == 42)
-        #expect(try await connection.second.call("name", 0, returning: String.self) == "first")
-        let events = connection.second.events("ticks", as: Int.self)
-        try await connection.second.send("hello", "one-way")
-        #expect(try await connection.first.receive(as: String.self) == "one-way")
-        await connection.settle()  // the subscription reached the other side
-        _ = try connection.first.publish("ticks", 7)
-        var iterator = events.makeAsyncIterator()
-        #expect(try await iterator.next() == .event(7))
-        await connection.close()
+        try await withResourceCheck {
+            let first = Router()
+            try first.register("name") { (_: Int, _: CallContext) in "first" }
+            let second = Router()
+            try second.register("math.double") { (value: Int, _: CallContext) in value * 2 }
+            let connection = try await InMemoryConnection.open(first: first, second: second)
+            #expect(try await connection.first.call("math.double", 21, returning: Int.self) == 42)
+            #expect(try await connection.second.call("name", 0, returning: String.self) == "first")
+            let events = connection.second.events("ticks", as: Int.self)
+            try await connection.second.send("hello", "one-way")
+            #expect(try await connection.first.receive(as: String.self) == "one-way")
+            await connection.settle()  // the subscription reached the other side
+            _ = try connection.first.publish("ticks", 7)
+            var iterator = events.makeAsyncIterator()
+            #expect(try await iterator.next() == .event(7))
+            await connection.close()
+        }
     }
 
     /// A 30-second timeout passes when the test says so: the call fails with
     /// `timeout` and the handler is cancelled at the same virtual instant.
     @Test func aCallTimesOutAtItsVirtualDeadlineAndTheHandlerIsCancelled() async throws {
-        let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
-        let router = Router()
-        try router.register("hang") { (_: Int, _: CallContext) -> Int in try await Self.hangUntilCancelled(telling: cancel) }
-        let connection = try await InMemoryConnection.open(second: router)
-        let call = Task(executorPreference: connection.first.executor) {
-            try await connection.first.call("hang", 1, returning: Int.self, timeout: .seconds(30))
+        try await withResourceCheck {
+            let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
+            let router = Router()
+            try router.register("hang") { (_: Int, _: CallContext) -> Int in try await Self.hangUntilCancelled(telling: cancel) }
+            let connection = try await InMemoryConnection.open(second: router)
+            let call = Task(executorPreference: connection.first.executor) {
+                try await connection.first.call("hang", 1, returning: Int.self, timeout: .seconds(30))
+            }
+            await connection.settle()
+            #expect(connection.first.statistics.pendingCalls == 1)
+            await connection.advanceTime(by: .seconds(29))
+            #expect(connection.first.statistics.pendingCalls == 1, "nothing may expire before its deadline")
+            await connection.advanceTime(by: .seconds(1))
+            let error = await #expect(throws: IntercomError.self) { try await call.value }
+            #expect(error?.code == .timeout)
+            var iterator = cancelled.makeAsyncIterator()
+            #expect(await iterator.next() != nil, "the handler was cancelled")
+            #expect(connection.elapsed == .seconds(30))
+            await connection.close()
         }
-        await connection.settle()
-        #expect(connection.first.statistics.pendingCalls == 1)
-        await connection.advanceTime(by: .seconds(29))
-        #expect(connection.first.statistics.pendingCalls == 1, "nothing may expire before its deadline")
-        await connection.advanceTime(by: .seconds(1))
-        let error = await #expect(throws: IntercomError.self) { try await call.value }
-        #expect(error?.code == .timeout)
-        var iterator = cancelled.makeAsyncIterator()
-        #expect(await iterator.next() != nil, "the handler was cancelled")
-        #expect(connection.elapsed == .seconds(30))
-        await connection.close()
+    }
+
+    /// Each handler is cancelled at its own deadline, carried in its call frame,
+    /// even when the caller's cancel frames never arrive; a handler with time
+    /// left keeps running. Handlers run on the connection's loop here, so after
+    /// `settle()` the count of running handlers is exact.
+    @Test func handlersStopAtTheirOwnDeadlinesWithoutACancelFrame() async throws {
+        try await withResourceCheck {
+            let (cancelled, cancel) = AsyncStream.makeStream(of: Int.self)
+            let router = Router()
+            try router.register("work.wait") { (id: Int, _: CallContext) -> Int in
+                let (never, end) = AsyncStream.makeStream(of: Never.self)
+                for await _ in never {}
+                end.finish()
+                cancel.yield(id)
+                throw CancellationError()
+            }
+            var configuration = Peer.Configuration()
+            configuration.handlerExecution = .connectionThread
+            let connection = try await InMemoryConnection.open(second: router, configuration: configuration)
+            let caller = connection.first
+            let calls = [(1, Duration.seconds(60)), (2, .milliseconds(200)), (3, .milliseconds(400))].map { id, timeout in
+                Task(executorPreference: caller.executor) { try await caller.call("work.wait", id, returning: Int.self, timeout: timeout) }
+            }
+            await connection.settle()
+            #expect(connection.second.statistics.runningHandlers == 3)
+            connection.dropFrames(from: .first, count: 10)  // every cancel frame the caller sends is lost
+            var order = cancelled.makeAsyncIterator()
+            await connection.advanceTime(by: .milliseconds(200))
+            #expect(await order.next() == 2)
+            #expect(connection.second.statistics.runningHandlers == 2)
+            await connection.advanceTime(by: .milliseconds(200))
+            #expect(await order.next() == 3)
+            #expect(connection.second.statistics.runningHandlers == 1, "the 60 s call is still being handled")
+            for call in calls[1...] {
+                let error = await #expect(throws: IntercomError.self) { try await call.value }
+                #expect(error?.code == .timeout)
+            }
+            calls[0].cancel()
+            await connection.close()
+        }
     }
 
     /// A user-style example: a service that answers quickly when the caller
     /// is in a hurry. With virtual time the handler sees exactly the time the
     /// caller allowed, every run.
     @Test func exampleAServiceThatAdaptsToItsCallersDeadline() async throws {
-        let router = Router()
-        try router.register("forecast") { (_: String, context: CallContext) -> String in
-            guard let left = context.remainingTime else { return "detailed" }
-            return left < .seconds(1) ? "quick (\(left))" : "detailed (\(left))"
+        try await withResourceCheck {
+            let router = Router()
+            try router.register("forecast") { (_: String, context: CallContext) -> String in
+                guard let left = context.remainingTime else { return "detailed" }
+                return left < .seconds(1) ? "quick (\(left))" : "detailed (\(left))"
+            }
+            let connection = try await InMemoryConnection.open(second: router)
+            #expect(try await connection.first.call("forecast", "Berlin", returning: String.self, timeout: .milliseconds(500)) == "quick (0.5 seconds)")
+            #expect(try await connection.first.call("forecast", "Berlin", returning: String.self, timeout: .seconds(10)) == "detailed (10.0 seconds)")
+            await connection.close()
         }
-        let connection = try await InMemoryConnection.open(second: router)
-        #expect(try await connection.first.call("forecast", "Berlin", returning: String.self, timeout: .milliseconds(500)) == "quick (0.5 seconds)")
-        #expect(try await connection.first.call("forecast", "Berlin", returning: String.self, timeout: .seconds(10)) == "detailed (10.0 seconds)")
-        await connection.close()
     }
 
     /// A stalled direction fills up: the sender waits at its watermark instead
     /// of queueing without bound, and goes on once the stall ends.
     @Test func aStalledDirectionMakesTheSenderWaitUntilItResumes() async throws {
-        var configuration = Peer.Configuration()
-        configuration.outboundHighWatermark = 4096
-        configuration.outboundLowWatermark = 1024
-        let connection = try await InMemoryConnection.open(configuration: configuration)
-        connection.stall(.first)
-        let payload = [UInt8](repeating: 7, count: 1000)
-        let sender = Task(executorPreference: connection.first.executor) {
-            for _ in 0..<8 { try await connection.first.send("blob", payload) }
+        try await withResourceCheck {
+            var configuration = Peer.Configuration()
+            configuration.outboundHighWatermark = 4096
+            configuration.outboundLowWatermark = 1024
+            let connection = try await InMemoryConnection.open(configuration: configuration)
+            connection.stall(.first)
+            let payload = [UInt8](repeating: 7, count: 1000)
+            let sender = Task(executorPreference: connection.first.executor) {
+                for _ in 0..<8 { try await connection.first.send("blob", payload) }
+            }
+            await connection.settle()
+            #expect(connection.first.statistics.blockedSenders == 1)
+            connection.resume(.first)
+            try await sender.value
+            var received = 0
+            while received < 8 { received += try await connection.second.receiveMessages().count }
+            #expect(received == 8)
+            await connection.close()
         }
-        await connection.settle()
-        #expect(connection.first.statistics.blockedSenders == 1)
-        connection.resume(.first)
-        try await sender.value
-        var received = 0
-        while received < 8 { received += try await connection.second.receiveMessages().count }
-        #expect(received == 8)
-        await connection.close()
     }
 
     /// A frame whose magic byte is flipped on the way: the receiver refuses it
     /// (`badMagic`), the connection ends on both sides, the pending call fails.
     @Test func aCorruptedFrameEndsTheConnectionAndFailsThePendingCall() async throws {
-        let router = Router()
-        try router.register("echo") { (value: Int, _: CallContext) in value }
-        let connection = try await InMemoryConnection.open(second: router)
-        #expect(try await connection.first.call("echo", 1, returning: Int.self) == 1)
-        connection.corruptNextFrame(from: .first, at: 0)
-        let error = await #expect(throws: IntercomError.self) {
-            _ = try await connection.first.call("echo", 2, returning: Int.self)
+        try await withResourceCheck {
+            let router = Router()
+            try router.register("echo") { (value: Int, _: CallContext) in value }
+            let connection = try await InMemoryConnection.open(second: router)
+            #expect(try await connection.first.call("echo", 1, returning: Int.self) == 1)
+            connection.corruptNextFrame(from: .first, at: 0)
+            let error = await #expect(throws: IntercomError.self) {
+                _ = try await connection.first.call("echo", 2, returning: Int.self)
+            }
+            #expect(error?.code == .peerLost || error?.code == .protocolViolation, "\(String(describing: error))")
+            await connection.first.waitUntilClosed()
+            await connection.second.waitUntilClosed()
+            await connection.close()
         }
-        #expect(error?.code == .peerLost || error?.code == .protocolViolation, "\(String(describing: error))")
-        await connection.first.waitUntilClosed()
-        await connection.second.waitUntilClosed()
-        await connection.close()
     }
 
     /// A connection cut mid-call (a crash, a pulled cable): the caller learns
     /// `peerLost` at once, the handler is cancelled, both peers end.
     @Test func aCutConnectionFailsThePendingCallWithPeerLost() async throws {
-        let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
-        let router = Router()
-        try router.register("hang") { (_: Int, _: CallContext) -> Int in try await Self.hangUntilCancelled(telling: cancel) }
-        let connection = try await InMemoryConnection.open(second: router)
-        let call = Task(executorPreference: connection.first.executor) {
-            try await connection.first.call("hang", 1, returning: Int.self, timeout: .seconds(60))
+        try await withResourceCheck {
+            let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
+            let router = Router()
+            try router.register("hang") { (_: Int, _: CallContext) -> Int in try await Self.hangUntilCancelled(telling: cancel) }
+            let connection = try await InMemoryConnection.open(second: router)
+            let call = Task(executorPreference: connection.first.executor) {
+                try await connection.first.call("hang", 1, returning: Int.self, timeout: .seconds(60))
+            }
+            await connection.settle()
+            #expect(connection.second.statistics.runningHandlers == 1)
+            await connection.cut()
+            let error = await #expect(throws: IntercomError.self) { try await call.value }
+            #expect(error?.code == .peerLost)
+            var iterator = cancelled.makeAsyncIterator()
+            #expect(await iterator.next() != nil, "the handler was cancelled")
+            await connection.first.waitUntilClosed()
+            await connection.second.waitUntilClosed()
+            #expect(connection.elapsed == .zero)
+            await connection.close()
         }
-        await connection.settle()
-        #expect(connection.second.statistics.runningHandlers == 1)
-        await connection.cut()
-        let error = await #expect(throws: IntercomError.self) { try await call.value }
-        #expect(error?.code == .peerLost)
-        var iterator = cancelled.makeAsyncIterator()
-        #expect(await iterator.next() != nil, "the handler was cancelled")
-        await connection.first.waitUntilClosed()
-        await connection.second.waitUntilClosed()
-        #expect(connection.elapsed == .zero)
-        await connection.close()
     }
 
     /// A lost reply leaves the call to its own deadline — and only that call.
     @Test func aDroppedReplyLeavesTheCallToItsTimeout() async throws {
-        let router = Router()
-        try router.register("echo") { (value: Int, _: CallContext) in value }
-        let connection = try await InMemoryConnection.open(second: router)
-        connection.dropFrames(from: .second, count: 1)
-        let lost = Task(executorPreference: connection.first.executor) {
-            try await connection.first.call("echo", 1, returning: Int.self, timeout: .seconds(5))
+        try await withResourceCheck {
+            let router = Router()
+            try router.register("echo") { (value: Int, _: CallContext) in value }
+            // Handlers on the loop: the first reply is surely the one lost (on the
+            // pool, the second call's reply could overtake it and be dropped instead).
+            var configuration = Peer.Configuration()
+            configuration.handlerExecution = .connectionThread
+            let connection = try await InMemoryConnection.open(second: router, configuration: configuration)
+            connection.dropFrames(from: .second, count: 1)
+            let lost = Task(executorPreference: connection.first.executor) {
+                try await connection.first.call("echo", 1, returning: Int.self, timeout: .seconds(5))
+            }
+            await connection.settle()
+            #expect(try await connection.first.call("echo", 2, returning: Int.self, timeout: .seconds(5)) == 2)
+            await connection.advanceTime(by: .seconds(5))
+            let error = await #expect(throws: IntercomError.self) { try await lost.value }
+            #expect(error?.code == .timeout)
+            await connection.close()
         }
-        await connection.settle()
-        #expect(try await connection.first.call("echo", 2, returning: Int.self, timeout: .seconds(5)) == 2)
-        await connection.advanceTime(by: .seconds(5))
-        let error = await #expect(throws: IntercomError.self) { try await lost.value }
-        #expect(error?.code == .timeout)
-        await connection.close()
     }
 }

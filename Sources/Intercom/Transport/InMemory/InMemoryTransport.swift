@@ -274,7 +274,8 @@ package final class InMemoryTransport: FrameTransport, WritabilityWaiting {
     }
 
     func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork {
-        InMemoryScheduledWork(task: self.link.loop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { body() })
+        InMemoryScheduledWork(
+            task: self.link.loop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { body() }, loop: self.link.loop)
     }
 
     /// Delivers what this end sent, then ends the connection.
@@ -286,9 +287,21 @@ package final class InMemoryTransport: FrameTransport, WritabilityWaiting {
     }
 }
 
+/// Cancels on the loop: a testing loop that already shut down (and failed
+/// every scheduled task) then drops the cancellation instead of failing the
+/// task's promise a second time from another thread, which it cannot do —
+/// its debug build stopped the process over a "leaking promise".
 private struct InMemoryScheduledWork: ScheduledWork {
     let task: Scheduled<Void>
-    func cancel() { self.task.cancel() }
+    let loop: any EventLoop
+    func cancel() {
+        let task = self.task
+        if self.loop.inEventLoop {
+            task.cancel()
+        } else {
+            self.loop.execute { task.cancel() }
+        }
+    }
 }
 
 /// Where in-memory time starts on the system's clock (fixed once per process),
