@@ -8,13 +8,27 @@ import Testing
 /// (The resource check is their safety net: a regression that leaves an
 /// awaited event unsent ends the run with the test's name instead of hanging.)
 @Suite struct InMemoryConnectionTests {
-    /// Suspends until cancelled, then tells `cancelled` and throws.
-    static func hangUntilCancelled(telling cancelled: AsyncStream<Void>.Continuation) async throws -> Int {
-        let (never, end) = AsyncStream.makeStream(of: Never.self)
-        for await _ in never {}  // ends when the handler's task is cancelled
-        end.finish()
-        cancelled.yield()
-        throw CancellationError()
+    /// A connection whose second peer serves `hang` (never answers; tells the
+    /// returned stream when it is cancelled), with a call to it from the first
+    /// peer already sent and its timers armed.
+    static func hangingCall(timeout: Duration) async throws -> (
+        connection: InMemoryConnection, call: Task<Int, any Error>, cancelled: AsyncStream<Void>
+    ) {
+        let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
+        let router = Router()
+        try router.register("hang") { (_: Int, _: CallContext) -> Int in
+            let (never, end) = AsyncStream.makeStream(of: Never.self)
+            for await _ in never {}  // ends when the handler's task is cancelled
+            end.finish()
+            cancel.yield()
+            throw CancellationError()
+        }
+        let connection = try await InMemoryConnection.open(second: router)
+        let call = Task(executorPreference: connection.first.executor) {
+            try await connection.first.call("hang", 1, returning: Int.self, timeout: timeout)
+        }
+        await connection.settle()
+        return (connection, call, cancelled)
     }
 
     @Test func callsMessagesAndEventsCrossBothWays() async throws {
@@ -41,14 +55,7 @@ import Testing
     /// `timeout` and the handler is cancelled at the same virtual instant.
     @Test func aCallTimesOutAtItsVirtualDeadlineAndTheHandlerIsCancelled() async throws {
         try await withResourceCheck {
-            let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
-            let router = Router()
-            try router.register("hang") { (_: Int, _: CallContext) -> Int in try await Self.hangUntilCancelled(telling: cancel) }
-            let connection = try await InMemoryConnection.open(second: router)
-            let call = Task(executorPreference: connection.first.executor) {
-                try await connection.first.call("hang", 1, returning: Int.self, timeout: .seconds(30))
-            }
-            await connection.settle()
+            let (connection, call, cancelled) = try await Self.hangingCall(timeout: .seconds(30))
             #expect(connection.first.statistics.pendingCalls == 1)
             await connection.advanceTime(by: .seconds(29))
             #expect(connection.first.statistics.pendingCalls == 1, "nothing may expire before its deadline")
@@ -167,14 +174,7 @@ import Testing
     /// `peerLost` at once, the handler is cancelled, both peers end.
     @Test func aCutConnectionFailsThePendingCallWithPeerLost() async throws {
         try await withResourceCheck {
-            let (cancelled, cancel) = AsyncStream.makeStream(of: Void.self)
-            let router = Router()
-            try router.register("hang") { (_: Int, _: CallContext) -> Int in try await Self.hangUntilCancelled(telling: cancel) }
-            let connection = try await InMemoryConnection.open(second: router)
-            let call = Task(executorPreference: connection.first.executor) {
-                try await connection.first.call("hang", 1, returning: Int.self, timeout: .seconds(60))
-            }
-            await connection.settle()
+            let (connection, call, cancelled) = try await Self.hangingCall(timeout: .seconds(60))
             #expect(connection.second.statistics.runningHandlers == 1)
             await connection.cut()
             let error = await #expect(throws: IntercomError.self) { try await call.value }
