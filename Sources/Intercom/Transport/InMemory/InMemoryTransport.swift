@@ -16,11 +16,14 @@ internal import NIOCore
 package final class InMemoryLink: Sendable {
     /// One direction: the bytes its sender wrote that its receiver did not take yet.
     struct Direction {
+        /// Sent and not yet taken by the receiver's decoder: the sender's backlog,
+        /// measured against its watermarks.
         var pending = ByteBuffer()
-        /// Bytes of `pending` the receiver's decoder did not consume yet (the sender's backlog).
+        /// Held back by ``InMemoryLink/stall(from:)``.
         var stalled = false
+        /// Whole frames still to lose on the way.
         var framesToDrop = 0
-        /// Flip the byte at this offset of the next frame sent (offset from its first byte).
+        /// Flip the byte at this offset of the next bytes sent (a frame, or the first of a batch).
         var corruptNextAt: Int?
     }
 
@@ -155,6 +158,14 @@ package final class InMemoryLink: Sendable {
                 delivered = true
                 receiver.receive(frame)
             case .success(nil):
+                self.state.withLock { state in
+                    // Delivered frames keep their slices; the backlog does not keep growing.
+                    if state.directions[sender].pending.readableBytes == 0 {
+                        state.directions[sender].pending = ByteBuffer()
+                    } else if state.directions[sender].pending.readerIndex > 64 << 10 {
+                        state.directions[sender].pending.discardReadBytes()
+                    }
+                }
                 if delivered { self.state.withLock { $0.sides[receiving].receiver }?.endOfReadBatch() }
                 self.tellIfWritable(sender)
                 return
