@@ -35,10 +35,23 @@ public enum ResourceAudit {
             // A descriptor gone by the time it is looked at (the listing's own
             // directory descriptor, for one) was not left open.
             guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)") else { continue }
+            // A sanitizer opens its report file when it first reports, during some test.
+            if let reports = Self.sanitizerReports, target.hasPrefix(reports) { continue }
             result[name] = target
         }
         return result
     }
+
+    /// The `log_path` a sanitizer run writes its reports to (Scripts/sanitizers.sh), if any.
+    private static let sanitizerReports: String? = {
+        let environment = ProcessInfo.processInfo.environment
+        for options in [environment["TSAN_OPTIONS"], environment["ASAN_OPTIONS"]].compactMap({ $0 }) {
+            for option in options.split(separator: " ") where option.hasPrefix("log_path=") {
+                return String(option.dropFirst("log_path=".count))
+            }
+        }
+        return nil
+    }()
 
     /// Sends SIGKILL to `pids` and waits (up to 10 s) until they are reaped by
     /// whoever started them. Nothing tells of a reap, so this reads /proc every 10 ms.
