@@ -42,6 +42,10 @@ public enum ResourceAudit {
         return result
     }
 
+    /// Whether this process runs under a sanitizer of Scripts/sanitizers.sh
+    /// (memory figures then include the sanitizer's shadow memory).
+    public static var underSanitizer: Bool { Self.sanitizerReports != nil }
+
     /// The `log_path` a sanitizer run writes its reports to (Scripts/sanitizers.sh), if any.
     private static let sanitizerReports: String? = {
         let environment = ProcessInfo.processInfo.environment

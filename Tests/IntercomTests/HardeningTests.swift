@@ -326,7 +326,11 @@ func raiseDescriptorLimit(to wanted: Int) {
                         && probe.mappings <= mappings + stackCacheSlack
                 }
                 let grown = probe.residentBytes - resident
-                #expect(grown < 2 << 20, "RSS grew \(grown >> 10) KiB over 400 cycles")
+                // Under a sanitizer the process also grows shadow memory for what it
+                // touched (+5 to 6.5 MiB measured under ThreadSanitizer); a leak of the
+                // old size (10-20 KB a cycle, 4-8 MiB here) still shows in normal builds.
+                let bound = ResourceAudit.underSanitizer ? 16 << 20 : 2 << 20
+                #expect(grown < bound, "RSS grew \(grown >> 10) KiB over 400 cycles")
                 let client = try await temporary.bus.connect(to: "churn")
                 #expect(try await client.call("intercom.quit", 0, returning: Bool.self))
                 await client.waitUntilClosed()
