@@ -265,13 +265,17 @@ func raiseDescriptorLimit(to wanted: Int) {
                 }
                 #expect(blocked, "the service read all \(accepted) calls of 2 MB without stopping")
                 let peak = probe.residentBytes
-                let grown = peak - baseline
-                #expect(grown < 3 * budget + (16 << 20), "RSS grew by \(grown >> 20) MiB with a \(budget >> 20) MiB budget")
                 raw.close()
-                // The budget's worth comes back (malloc keeps a few MiB of arenas per
-                // thread that served the connection; 4.5-6.5 MiB measured alone).
-                try await observeUntil("the memory came back", timeout: .seconds(20)) {
-                    probe.residentBytes - baseline < budget + (4 << 20)
+                // Memory figures hold for normal builds only (a sanitizer's shadow
+                // memory or quarantine adds tens of MiB); `blocked` above holds anyway.
+                if !ResourceAudit.underSanitizer {
+                    let grown = peak - baseline
+                    #expect(grown < 3 * budget + (16 << 20), "RSS grew by \(grown >> 20) MiB with a \(budget >> 20) MiB budget")
+                    // The budget's worth comes back (malloc keeps a few MiB of arenas per
+                    // thread that served the connection; 4.5-6.5 MiB measured alone).
+                    try await observeUntil("the memory came back", timeout: .seconds(20)) {
+                        probe.residentBytes - baseline < budget + (4 << 20)
+                    }
                 }
                 print("budget test: baseline \(baseline >> 10) KiB, peak \(peak >> 10) KiB, after \(probe.residentBytes >> 10) KiB")
                 #expect(try await warm.call("intercom.quit", 0, returning: Bool.self))
@@ -325,12 +329,13 @@ func raiseDescriptorLimit(to wanted: Int) {
                     probe.openDescriptors <= descriptors && probe.sharedMemoryMappings <= regions
                         && probe.mappings <= mappings + stackCacheSlack
                 }
-                let grown = probe.residentBytes - resident
-                // Under a sanitizer the process also grows shadow memory for what it
-                // touched (+5 to 6.5 MiB measured under ThreadSanitizer); a leak of the
-                // old size (10-20 KB a cycle, 4-8 MiB here) still shows in normal builds.
-                let bound = ResourceAudit.underSanitizer ? 16 << 20 : 2 << 20
-                #expect(grown < bound, "RSS grew \(grown >> 10) KiB over 400 cycles")
+                // Memory figures hold for normal builds only: under ThreadSanitizer the
+                // service also grows shadow memory (+5 to 6.5 MiB here), under
+                // AddressSanitizer freed memory waits in quarantine (+35 to 47 MiB).
+                if !ResourceAudit.underSanitizer {
+                    let grown = probe.residentBytes - resident
+                    #expect(grown < 2 << 20, "RSS grew \(grown >> 10) KiB over 400 cycles")
+                }
                 let client = try await temporary.bus.connect(to: "churn")
                 #expect(try await client.call("intercom.quit", 0, returning: Bool.self))
                 await client.waitUntilClosed()
