@@ -44,6 +44,25 @@ import Testing
         }
     }
 
+    /// A service keeps its bus directory open while it serves; once `close()`
+    /// returns the descriptor is closed, however long something else still holds
+    /// the service (a task finishing a quit did, and a resource audit right after
+    /// a broadcast-quit saw the directory still open).
+    @Test func aClosedServiceHoldsNoDescriptorOfItsBusDirectory() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                func directoryDescriptors() -> [String] {
+                    ResourceAudit.openDescriptors().values.filter { $0.hasPrefix(temporary.directory) }
+                }
+                let service = try await temporary.bus.serve("kept")
+                #expect(!directoryDescriptors().isEmpty, "serving holds the directory open")
+                await service.close()
+                #expect(directoryDescriptors().isEmpty, "still open after close(): \(directoryDescriptors())")
+                withExtendedLifetime(service) {}
+            }
+        }
+    }
+
     @Test func connectingToAMissingServiceSaysWhatIsRunning() async throws {
         try await withResourceCheck {
             try await withTemporaryBus { temporary in

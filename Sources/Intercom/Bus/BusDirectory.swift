@@ -29,7 +29,8 @@ final class BusDirectory: Sendable {
     /// The prefix every file of the bus is addressed by: the open directory on
     /// Linux (`/proc/self/fd/N`), the path elsewhere.
     let base: String
-    private let fd: Int32
+    /// The open directory; -1 once ``closeDescriptor()`` ran.
+    private let fd: Locked<Int32>
 
     /// The directory of bus `name` from the environment.
     static func resolve(bus name: String, environment: [String: String] = ProcessInfo.processInfo.environment)
@@ -53,7 +54,7 @@ final class BusDirectory: Sendable {
     init(path: String, create: Bool = true) throws(IntercomError) {
         self.path = path
         let fd = try Self.openTrusted(path, create: create)
-        self.fd = fd
+        self.fd = Locked(fd)
         #if os(Linux)
         self.base = "/proc/self/fd/\(fd)"
         #else
@@ -62,7 +63,18 @@ final class BusDirectory: Sendable {
     }
 
     deinit {
-        POSIX.close(self.fd)
+        self.closeDescriptor()
+    }
+
+    /// Closes the directory now rather than when the last reference goes (a
+    /// closed service may be referenced a moment longer by a task finishing).
+    /// Nothing may address files through ``base`` afterwards.
+    func closeDescriptor() {
+        let fd = self.fd.withLock { fd -> Int32 in
+            defer { fd = -1 }
+            return fd
+        }
+        if fd >= 0 { POSIX.close(fd) }
     }
 
     private static var uid: UInt32 { UInt32(getuid()) }

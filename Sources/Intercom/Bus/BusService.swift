@@ -208,6 +208,9 @@ public final class BusService: Sendable {
         unlink(self.recordPath)
         await self.listener.close()
         self.lock.release()
+        // Last: nothing of the service addresses the directory after this, and a
+        // caller that returns from close() must find no descriptor of it open.
+        self.directory.closeDescriptor()
         let closeWaiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
             state.finished = true
             defer { state.closeWaiters.removeAll() }
