@@ -30,6 +30,13 @@ internal import NIOEmbedded
 /// Only what runs on the connection's loop follows virtual time: the library's
 /// deadlines, timeouts and handshake. A handler's own `Task.sleep` uses the
 /// system clock; wait on events or cancellation in handlers under test.
+///
+/// ``settle()`` finishes the work queued on the connection's loop. For state
+/// that must be exact right after it (how many calls are pending, how many
+/// handlers run), let the work run on that loop too: start callers with
+/// `Task(executorPreference: connection.first.executor)` and serve with
+/// `Peer.Configuration.handlerExecution = .connectionThread`; work on the
+/// concurrency pool finishes in its own time.
 public final class InMemoryConnection: Sendable {
     /// The end that opened the connection.
     public let first: Peer
