@@ -39,7 +39,32 @@ public enum ResourceAudit {
             if let reports = Self.sanitizerReports, target.hasPrefix(reports) { continue }
             result[name] = target
         }
-        return result
+        // ...and it starts its symbolizer then, talking to it through two pipes
+        // (seen as two pipes "left" by whichever test was running).
+        let symbolizerPipes = Self.symbolizerPipes()
+        return result.filter { !symbolizerPipes.contains($0.value) }
+    }
+
+    /// The pipes a sanitizer's `llvm-symbolizer` child holds (the other ends of
+    /// those the sanitizer keeps in this process).
+    private static func symbolizerPipes() -> Set<String> {
+        guard Self.sanitizerReports != nil else { return [] }
+        var pipes = Set<String>()
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+            guard let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) else { continue }
+            for pid in text.split(separator: " ").map({ $0.trimmingCharacters(in: .whitespacesAndNewlines) }) {
+                let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+                guard name?.hasPrefix("llvm-symbolizer") == true else { continue }
+                for fd in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? [] {
+                    if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)"),
+                        target.hasPrefix("pipe:")
+                    {
+                        pipes.insert(target)
+                    }
+                }
+            }
+        }
+        return pipes
     }
 
     /// Whether this process runs under a sanitizer of Scripts/sanitizers.sh
