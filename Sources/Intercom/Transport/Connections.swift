@@ -63,10 +63,17 @@ private func establish(
     }
 }
 
-/// Carries the handshake future out of a channel initializer.
-private final class FutureBox: @unchecked Sendable {
-    // Written once on the event loop before the connect future completes; read after it.
-    var future: EventLoopFuture<Peer>?
+/// Carries the handshake future out of a channel initializer: written once on
+/// the event loop before the connect future completes, read after it. That
+/// order is real, but it passes through a continuation resumed inside the
+/// uninstrumented Swift runtime, so ThreadSanitizer reported the plain variable
+/// this was; the lock (once per connect) makes the order visible to it.
+private final class FutureBox: Sendable {
+    private let stored = Locked<EventLoopFuture<Peer>?>(nil)
+    var future: EventLoopFuture<Peer>? {
+        get { self.stored.withLock { $0 } }
+        set { self.stored.withLock { $0 = newValue } }
+    }
 }
 
 extension IntercomError {
