@@ -50,17 +50,12 @@ public enum ResourceAudit {
     private static func symbolizerPipes() -> Set<String> {
         guard Self.sanitizerReports != nil else { return [] }
         var pipes = Set<String>()
-        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
-            guard let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) else { continue }
-            for pid in text.split(separator: " ").map({ $0.trimmingCharacters(in: .whitespacesAndNewlines) }) {
-                let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
-                guard name?.hasPrefix("llvm-symbolizer") == true else { continue }
-                for fd in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? [] {
-                    if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)"),
-                        target.hasPrefix("pipe:")
-                    {
-                        pipes.insert(target)
-                    }
+        for child in Self.children() where child.isSymbolizer {
+            for fd in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(child.pid)/fd")) ?? [] {
+                if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(child.pid)/fd/\(fd)"),
+                    target.hasPrefix("pipe:")
+                {
+                    pipes.insert(target)
                 }
             }
         }
@@ -93,19 +88,23 @@ public enum ResourceAudit {
         }
     }
 
+    /// This process's children, except a sanitizer's own symbolizer (a child
+    /// it never reaps), which is not the test's.
     public static func childPIDs() -> [Int32] {
-        var pids: [Int32] = []
+        Self.children().filter { !$0.isSymbolizer }.map(\.pid)
+    }
+
+    /// Every child of every thread of this process, with whether it is a sanitizer's `llvm-symbolizer`.
+    private static func children() -> [(pid: Int32, isSymbolizer: Bool)] {
+        var children: [(pid: Int32, isSymbolizer: Bool)] = []
         for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
-            if let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) {
-                pids += text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-                    // A sanitizer's own symbolizer (a child it never reaps) is not the test's.
-                    .filter { pid in
-                        let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
-                        return name?.hasPrefix("llvm-symbolizer") != true
-                    }
+            guard let text = try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8) else { continue }
+            for pid in text.split(separator: " ").compactMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+                let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+                children.append((pid, name?.hasPrefix("llvm-symbolizer") == true))
             }
         }
-        return pids
+        return children
     }
 
     private static let warmedUp = Locked(false)
