@@ -143,10 +143,15 @@ extension Peer {
     {
         let context = IntercomError.Context(method: method, callID: id, peer: self.remoteName)
         guard let value else { return FrameHeader.empty(kind: .reply, id: id) }
-        // A JSON call (see `callJSON`) is answered in JSON.
-        let flags: FrameFlags = codec.id == self.codec.id ? [] : .jsonPayload
         return try self.encodeFrame(
-            kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec, flags: flags)
+            kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec,
+            flags: self.answerFlags(for: codec))
+    }
+
+    /// A call that came in another codec than the connection's (a JSON call,
+    /// see `callJSON`) is answered in it, reply or error, and the frame says so.
+    func answerFlags(for codec: PayloadCodec) -> FrameFlags {
+        codec.id == self.codec.id ? [] : .jsonPayload
     }
 
     /// A handler stopped by its deadline answers `timeout`, not `cancelled`: the
@@ -164,7 +169,7 @@ extension Peer {
     /// that came as JSON, as its reply would.
     func encodeError(_ error: any Error, id: UInt64, method: String, codec: PayloadCodec) -> ByteBuffer {
         var body: ErrorBody
-        var flags: FrameFlags = codec.id == .json && self.codec.id != .json ? .jsonPayload : []
+        var flags = self.answerFlags(for: codec)
         switch error {
         case let error as IntercomError:
             body = ErrorBody(code: error.code.name, typeName: error.remoteType ?? "", message: error.message)
