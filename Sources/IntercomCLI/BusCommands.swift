@@ -5,6 +5,11 @@ import FoundationEssentials
 import Foundation
 #endif
 import Intercom
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// `--bus NAME`, shared by every command that talks to a bus.
 struct BusOptions: ParsableArguments {
@@ -115,7 +120,11 @@ struct Call: AsyncParsableCommand {
 /// or a file (`@PATH`).
 func readArgument(_ given: String) throws(IntercomError) -> String {
     if given == "-" {
-        return String(decoding: readStandardInput(), as: UTF8.self)
+        guard let bytes = readStandardInput() else {
+            throw IntercomError(
+                .invalidPayload, "cannot read the argument from standard input: \(String(cString: strerror(errno)))")
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
     if given.hasPrefix("@") {
         let path = String(given.dropFirst())

@@ -1,3 +1,4 @@
+import Intercom
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -33,18 +34,9 @@ private func writeAll(_ text: String, to fd: Int32) {
     }
 }
 
-/// Everything on standard input until its end.
-func readStandardInput() -> [UInt8] {
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
-        if count > 0 {
-            bytes.append(contentsOf: chunk[0..<count])
-        } else if count == 0 || errno != EINTR {
-            return bytes
-        }
-    }
+/// Everything on standard input until its end, or nil if reading fails.
+func readStandardInput() -> [UInt8]? {
+    POSIX.readAll(STDIN_FILENO, limit: .max)
 }
 
 /// `text` padded with spaces on the left to `width` characters (`%5d`).

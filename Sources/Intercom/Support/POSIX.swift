@@ -6,7 +6,7 @@ internal import Darwin
 
 /// The C calls whose Swift names are shadowed inside types that have methods of
 /// the same name (`close`, `kill`, `open`, `connect`), in one place for every file.
-enum POSIX {
+package enum POSIX {
     @discardableResult
     static func close(_ fd: Int32) -> Int32 {
         #if canImport(Glibc)
@@ -42,7 +42,7 @@ enum POSIX {
     }
 
     /// Reads `fd` to its end, or nil on an error or past `limit` bytes.
-    static func readAll(_ fd: Int32, limit: Int) -> [UInt8]? {
+    package static func readAll(_ fd: Int32, limit: Int) -> [UInt8]? {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
