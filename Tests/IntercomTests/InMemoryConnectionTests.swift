@@ -210,4 +210,87 @@ import Testing
             await connection.close()
         }
     }
+
+    /// A connection that serves one handler at a time: `gate` holds the slot
+    /// until the test finishes `release`; `probe` reports when it starts and
+    /// when it is cancelled. Handlers run on the connection's loop, so after
+    /// `settle()` what the statistics say is exact.
+    static func oneSlotConnection() async throws -> (
+        InMemoryConnection, release: AsyncStream<Void>.Continuation, probe: Locked<[String]>
+    ) {
+        let (gate, release) = AsyncStream.makeStream(of: Void.self)
+        let probe = Locked<[String]>([])
+        let router = Router()
+        try router.register("gate") { (_: Int, _: CallContext) -> Int in
+            for await _ in gate {}
+            return 0
+        }
+        try router.register("probe") { (_: Int, _: CallContext) -> Int in
+            probe.withLock { $0.append("started") }
+            let (never, end) = AsyncStream.makeStream(of: Never.self)
+            for await _ in never {}  // ends when the handler's task is cancelled
+            end.finish()
+            probe.withLock { $0.append("cancelled") }
+            throw CancellationError()
+        }
+        var configuration = Peer.Configuration()
+        configuration.maxConcurrentHandlers = 1
+        configuration.handlerExecution = .connectionThread
+        let connection = try await InMemoryConnection.open(second: router, configuration: configuration)
+        return (connection, release, probe)
+    }
+
+    /// A call cancelled while it waits for a handler slot never runs: the
+    /// caller gave up, and its bytes are freed at once.
+    @Test func aCallCancelledWhileQueuedNeverRuns() async throws {
+        try await withResourceCheck {
+            let (connection, release, probe) = try await Self.oneSlotConnection()
+            let caller = connection.first
+            let gate = Task(executorPreference: caller.executor) { try await caller.call("gate", 0, returning: Int.self) }
+            await connection.settle()
+            let queued = Task(executorPreference: caller.executor) { try await caller.call("probe", 0, returning: Int.self) }
+            await connection.settle()
+            #expect(connection.second.statistics.queuedCalls == 1)
+            queued.cancel()
+            let error = await #expect(throws: IntercomError.self) { try await queued.value }
+            #expect(error?.code == .cancelled)
+            await connection.settle()
+            #expect(connection.second.statistics.queuedCalls == 0, "the cancel dropped the queued call")
+            release.finish()
+            #expect(try await gate.value == 0)
+            await connection.settle()
+            #expect(connection.second.statistics.runningHandlers == 0, "the dropped call never started")
+            #expect(probe.withLock { $0 }.isEmpty)
+            await connection.close()
+        }
+    }
+
+    /// A queued call's deadline counts from its arrival: one that waited past
+    /// it for a slot is cancelled as soon as it starts (here its caller's
+    /// cancel frame is lost, so only the deadline can stop it).
+    @Test func aQueuedCallsDeadlineCountsFromItsArrival() async throws {
+        try await withResourceCheck {
+            let (connection, release, probe) = try await Self.oneSlotConnection()
+            let caller = connection.first
+            let gate = Task(executorPreference: caller.executor) {
+                try await caller.call("gate", 0, returning: Int.self, timeout: .seconds(60))
+            }
+            await connection.settle()
+            let late = Task(executorPreference: caller.executor) {
+                try await caller.call("probe", 0, returning: Int.self, timeout: .seconds(1))
+            }
+            await connection.settle()
+            connection.dropFrames(from: .first, count: 1)  // the cancel sent at the caller's timeout
+            await connection.advanceTime(by: .seconds(2))
+            let error = await #expect(throws: IntercomError.self) { try await late.value }
+            #expect(error?.code == .timeout)
+            #expect(connection.second.statistics.queuedCalls == 1, "the lost cancel left it queued")
+            release.finish()
+            #expect(try await gate.value == 0)
+            await connection.settle()
+            #expect(probe.withLock { $0 } == ["started", "cancelled"], "past its deadline when it started")
+            #expect(connection.elapsed == .seconds(2))
+            await connection.close()
+        }
+    }
 }

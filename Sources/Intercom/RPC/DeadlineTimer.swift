@@ -4,19 +4,20 @@
 /// the event loop — about a tenth of a small call's round trip. Instead, a table
 /// of calls arms a timer only when a new deadline comes before the one already
 /// armed (with equal timeouts, almost never), and when that timer fires it
-/// handles everything overdue and arms the next. Timers are never cancelled; one
-/// that fires with nothing due just re-arms for the earliest remaining deadline.
+/// handles everything overdue and arms the next, unless a later timer still armed
+/// already covers it. Timers are never cancelled while the connection lives.
 /// When the connection ends, every timer still armed is cancelled
 /// (``takeArmed()``): a 30-second deadline timer per connection otherwise kept
 /// its task (and the memory it holds) on the event loop long after the
 /// connection was gone.
 ///
-/// Not synchronised: it lives inside the table it serves, under that table's lock.
-struct DeadlineTimer {
+/// Not synchronised and no I/O: it lives inside the state machine it serves, which
+/// arms and cancels the timers (`Work`) outside its lock.
+struct DeadlineTimer<Work> {
     /// When the earliest armed timer fires, if one is armed.
     private var armedAt: ContinuousClock.Instant?
     /// The timers armed and not yet fired, to cancel when the connection ends.
-    private var armed: [(at: ContinuousClock.Instant, work: any ScheduledWork)] = []
+    private var armed: [(at: ContinuousClock.Instant, work: Work)] = []
 
     /// Whether a timer must be armed for `deadline` (none is armed, or the armed
     /// one fires later). If so, the caller arms it; it is recorded as armed.
@@ -28,17 +29,18 @@ struct DeadlineTimer {
 
     /// A timer fired at `now`: the armed one is used up if it was due.
     mutating func fired(at now: ContinuousClock.Instant) {
-        if let armedAt, armedAt <= now { self.armedAt = nil }
         self.armed.removeAll { $0.at <= now }
+        // A later timer still armed covers the deadlines up to its own.
+        if let armedAt, armedAt <= now { self.armedAt = self.armed.lazy.map(\.at).min() }
     }
 
     /// Records the timer armed for `deadline` (after ``needsTimer(for:)`` said so).
-    mutating func record(_ work: any ScheduledWork, at deadline: ContinuousClock.Instant) {
+    mutating func record(_ work: Work, at deadline: ContinuousClock.Instant) {
         self.armed.append((deadline, work))
     }
 
     /// The timers still armed, for the caller to cancel (outside its lock); none is armed afterwards.
-    mutating func takeArmed() -> [any ScheduledWork] {
+    mutating func takeArmed() -> [Work] {
         defer {
             self.armed = []
             self.armedAt = nil

@@ -66,7 +66,7 @@ extension Peer {
         guard timeout > .zero else {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
-        let pending = PendingCall(method: method, timeout: timeout, deadline: self.transport.now.advanced(by: timeout))
+        let deadline = self.transport.now.advanced(by: timeout)
         let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         if let jsonArgument {
@@ -82,28 +82,24 @@ extension Peer {
         }
         try await self.waitUntilWritable(context: context)
 
+        let cancellation = CallCancellation()
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
-                let registered = self.calls.withLock { table -> Result<Void, IntercomError> in
-                    if let ended = table.ended { return .failure(ended.with(context)) }
-                    if pending.cancelled {
-                        return .failure(IntercomError(.cancelled, "the calling task was cancelled", context: context))
-                    }
-                    pending.continuation = continuation
-                    table.pending[id] = pending
-                    if table.timer.needsTimer(for: pending.deadline) {
-                        table.timer.record(self.armCallTimer(at: pending.deadline), at: pending.deadline)
-                    }
-                    return .success(())
+                let call = OutboundCalls<PeerConnection>.Call(
+                    continuation: continuation, method: method, timeout: timeout, deadline: deadline)
+                switch self.state.withLock({ $0.registerCall(id, call, cancelled: cancellation.isSet) }) {
+                case .refuse(let reason):
+                    continuation.resume(throwing: reason.with(context))
+                case .cancelled:
+                    continuation.resume(throwing: IntercomError(.cancelled, "the calling task was cancelled", context: context))
+                case .send(let armTimerAt):
+                    if let armTimerAt { self.armCallTimer(at: armTimerAt) }
+                    self.transport.send(frame)
                 }
-                if case .failure(let error) = registered {
-                    continuation.resume(throwing: error)
-                    return
-                }
-                self.transport.send(frame)
             }
         } onCancel: {
-            self.cancelCall(id, pending: pending)
+            cancellation.set()
+            self.cancelCall(id)
         }
     }
 
@@ -113,7 +109,7 @@ extension Peer {
         do {
             try await self.transport.waitUntilWritable()
         } catch {
-            if let ended = self.calls.withLock({ $0.ended }) { throw ended.with(context) }
+            if let ended = self.state.withLock({ $0.endReason }) { throw ended.with(context) }
             throw error.with(context)
         }
     }
@@ -156,48 +152,36 @@ extension Peer {
         }
     }
 
-    func armCallTimer(at deadline: ContinuousClock.Instant) -> any ScheduledWork {
-        self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.expireOverdueCalls() }
+    /// Arms the call timer at `deadline` (outside the state lock; the state machine records it).
+    func armCallTimer(at deadline: ContinuousClock.Instant) {
+        let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.expireOverdueCalls() }
+        self.state.withLock { $0.callTimerArmed(timer, at: deadline) }?.cancel()
     }
 
     /// The call timer fired: fail every call past its deadline, tell their handlers
     /// to stop, and arm the timer for the next deadline.
     func expireOverdueCalls() {
         let now = self.transport.now
-        let overdue = self.calls.withLock { table -> [(UInt64, PendingCall)] in
-            table.timer.fired(at: now)
-            var overdue: [(UInt64, PendingCall)] = []
-            var next: ContinuousClock.Instant?
-            for (id, call) in table.pending {
-                if call.deadline <= now {
-                    overdue.append((id, call))
-                } else if next.map({ call.deadline < $0 }) ?? true {
-                    next = call.deadline
-                }
-            }
-            for (id, _) in overdue { table.pending.removeValue(forKey: id) }
-            if let next, table.timer.needsTimer(for: next) { table.timer.record(self.armCallTimer(at: next), at: next) }
-            for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) }
-            return overdue
-        }
-        for (id, call) in overdue {
+        let expiry = self.state.withLock { $0.callTimerFired(at: now) }
+        if let next = expiry.armTimerAt { self.armCallTimer(at: next) }
+        for waiter in expiry.drained { waiter.resume(returning: true) }
+        for (id, call) in expiry.overdue {
             self.sendCancel(id)
-            call.continuation?.resume(
+            call.continuation.resume(
                 throwing: IntercomError(
                     .timeout, "no reply from '\(self.remoteName)' within \(call.timeout)",
                     context: .init(method: call.method, callID: id, peer: self.remoteName)))
         }
     }
 
-    func cancelCall(_ id: UInt64, pending: PendingCall) {
-        let call = self.calls.withLock { table -> PendingCall? in
-            pending.cancelled = true
-            defer { for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) } }
-            return table.pending.removeValue(forKey: id)
-        }
-        guard let call else { return }
+    /// The calling task of call `id` was cancelled: fail the call and tell the
+    /// other side to stop its handler (if the call is still pending).
+    func cancelCall(_ id: UInt64) {
+        let removal = self.state.withLock { $0.callEnded(id) }
+        for waiter in removal.drained { waiter.resume(returning: true) }
+        guard let call = removal.call else { return }
         self.sendCancel(id)
-        call.continuation?.resume(
+        call.continuation.resume(
             throwing: IntercomError(
                 .cancelled, "the calling task was cancelled; the handler was told to stop",
                 context: .init(method: call.method, callID: id, peer: self.remoteName)))

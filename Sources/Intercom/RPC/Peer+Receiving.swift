@@ -38,11 +38,11 @@ extension Peer: FrameReceiver {
                 if collected >= Self.defaultReceiveLimit { self.flushArrivals() }
             }
         case .cancel:
-            self.handlers.withLock { $0.running[frame.id] }?.task.cancel()
+            self.cancelHandler(frame.id)
         case .ping:
             self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
         case .goodbye:
-            self.lifecycle.withLock { $0.remoteSaidGoodbye = true }
+            self.state.withLock { $0.goodbyeArrived() }
         case .event:
             self.deliverEvent(frame)
         case .subscribe:
@@ -102,20 +102,17 @@ extension Peer: FrameReceiver {
                 "peer reported a connection error", metadata: ["peer": "\(self.remoteName)", "error": "\(body?.message ?? "?")"])
             return
         }
-        let (removed, drained) = self.calls.withLock { table in
-            (table.pending.removeValue(forKey: frame.id), table.takeDrainWaitersIfIdle())
-        }
-        for waiter in drained { waiter.resume(returning: true) }
-        guard let call = removed else {
+        let removal = self.state.withLock { $0.callEnded(frame.id) }
+        for waiter in removal.drained { waiter.resume(returning: true) }
+        guard let call = removal.call else {
             // Late reply (the call timed out or was cancelled): dropped.
             self.lateReplies.add(1, ordering: .relaxed)
             return
         }
-        guard let continuation = call.continuation else { return }
         if frame.kind == .error {
-            continuation.resume(throwing: self.remoteError(from: frame, method: call.method))
+            call.continuation.resume(throwing: self.remoteError(from: frame, method: call.method))
         } else {
-            continuation.resume(returning: frame)
+            call.continuation.resume(returning: frame)
         }
     }
 
@@ -147,41 +144,32 @@ extension Peer: FrameReceiver {
     func transportFailed(_ error: ProtocolError) {
         self.configuration.logger.warning(
             "protocol violation; closing the connection", metadata: ["peer": "\(self.remoteName)", "error": "\(error)"])
-        self.endCalls(IntercomError(error, peer: self.remoteName))
+        let reason = IntercomError(error, peer: self.remoteName)
+        if let ending = self.state.withLock({ $0.beginClosing(reason) }) { self.failCalls(ending, reason: reason) }
     }
 
     func transportClosed() {
         self.endOfReadBatch()
-        let (goodbye, local) = self.lifecycle.withLock { ($0.remoteSaidGoodbye, $0.closedLocally) }
-        let error: IntercomError
-        if local {
-            error = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
-        } else {
-            let how = goodbye ? "closed the connection" : "went away without saying goodbye (exited, crashed or was killed)"
-            error = IntercomError(
-                .peerLost, "peer '\(self.remoteName)' (pid \(self.remotePID)) \(how)", context: .init(peer: self.remoteName))
+        let closure = self.state.withLock { state in
+            state.transportClosed { saidGoodbye in
+                let how =
+                    saidGoodbye ? "closed the connection" : "went away without saying goodbye (exited, crashed or was killed)"
+                return IntercomError(
+                    .peerLost, "peer '\(self.remoteName)' (pid \(self.remotePID)) \(how)", context: .init(peer: self.remoteName))
+            }
         }
-        self.endCalls(error)
-        self.inbox.end(error)
+        guard let closure else { return }
+        self.failCalls(closure.calls, reason: closure.reason)
+        self.inbox.end(closure.reason)
         let queues = self.subscriptions.withLock { table -> [EventQueue] in
-            table.ended = error
+            table.ended = closure.reason
             defer { table.byTopic.removeAll() }
             return table.byTopic.values.flatMap { $0.values }
         }
-        for queue in queues { queue.end(error) }
-        let (handlers, release, timers) = self.handlers.withLock { table -> ([RunningHandler], Bool, [any ScheduledWork]) in
-            table.ended = true
-            table.queued.removeAll()
-            return (Array(table.running.values), table.takeMemoryToRelease(), table.timer.takeArmed())
-        }
-        for timer in timers { timer.cancel() }
-        if release { ReleasedMemory.handBack() }
-        for handler in handlers { handler.task.cancel() }
-        let waiters = self.lifecycle.withLock { state -> [UnsafeContinuation<Void, Never>] in
-            state.closed = true
-            defer { state.closeWaiters.removeAll() }
-            return state.closeWaiters
-        }
-        for waiter in waiters { waiter.resume() }
+        for queue in queues { queue.end(closure.reason) }
+        for timer in closure.handlers.timers { timer.cancel() }
+        if closure.handlers.releaseMemory { ReleasedMemory.handBack() }
+        for task in closure.handlers.tasks { task.cancel() }
+        for waiter in closure.closeWaiters { waiter.resume() }
     }
 }

@@ -1,7 +1,6 @@
 internal import IntercomWire
 internal import Logging
 internal import NIOCore
-internal import DequeModule
 
 // Serving calls: scheduling handlers under the concurrency limit and byte budget, replies and errors.
 extension Peer {
@@ -14,90 +13,74 @@ extension Peer {
     /// so a resume posted from a finishing handler can never leave it reading past
     /// the budget for more than one read.
     func accept(_ frame: Frame) {
-        var reusedID = false
-        let pause = self.handlers.withLock { table -> Bool in
-            if table.ended { return false }
-            // Id 0 is "the whole connection" in error frames, and a reply is matched
-            // by id alone: neither may name a call (docs/PROTOCOL.md, "Calls").
-            if frame.kind == .call, frame.id == 0 || table.running[frame.id] != nil {
-                reusedID = true
-                return false
-            }
-            table.bytes += Self.heldBytes(frame)
-            table.peakBytes = max(table.peakBytes, table.bytes)
-            if table.active < self.configuration.maxConcurrentHandlers {
-                table.active += 1
-                self.startHandler(frame, table: &table)
-            } else {
-                table.queued.append(frame)
-            }
-            guard table.isOverLimit(self.configuration) else { return false }
-            table.paused = true
-            return true
-        }
-        if reusedID {
+        let request = InboundCalls<PeerConnection>.Request(
+            id: frame.id, isCall: frame.kind == .call, request: frame, bytes: Self.heldBytes(frame),
+            deadline: frame.timeout.map { self.transport.now.advanced(by: $0) })
+        switch self.state.withLock({ $0.requestArrived(request) }) {
+        case nil:
+            return
+        case .reusedID:
             self.violated(
                 ProtocolError(
                     .malformedHeader,
                     frame.id == 0
                         ? "a call with id 0 (reserved for errors about the whole connection)"
                         : "call id \(frame.id) is already used by a call in flight"))
-            return
+        case .queued(let pauseReading):
+            if pauseReading { self.transport.setReadingPaused(true, reason: .callQueueFull) }
+        case .start(let request, let armTimerAt, let pauseReading):
+            if pauseReading { self.transport.setReadingPaused(true, reason: .callQueueFull) }
+            self.startHandler(request, armTimerAt: armTimerAt)
         }
-        if pause { self.transport.setReadingPaused(true, reason: .callQueueFull) }
     }
 
-    /// Starts the task for one call. Runs under the handler-table lock, so the task
-    /// is in `running` before it can finish and remove itself.
-    func startHandler(_ frame: Frame, table: inout HandlerTable) {
-        let arrival = self.transport.now
-        let deadline = frame.timeout.map { arrival.advanced(by: $0) }
+    /// Starts the task for one call or routed message, which the state machine
+    /// has marked running (outside its lock: the task is attached afterwards).
+    func startHandler(_ request: InboundCalls<PeerConnection>.Request, armTimerAt: ContinuousClock.Instant?) {
+        if let armTimerAt { self.armHandlerTimer(at: armTimerAt) }
+        let frame = request.request
         let method = frame.method ?? ""
         let context = CallContext(
-            method: method, callID: frame.id, deadline: deadline, timeout: frame.timeout, peerName: self.remoteName,
-            peerPID: self.remotePID, peer: self)
+            method: method, callID: frame.id, deadline: request.deadline, timeout: frame.timeout,
+            peerName: self.remoteName, peerPID: self.remotePID, peer: self)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
-        let isCall = frame.kind == .call
+        let isCall = request.isCall
         let executor: (any TaskExecutor)? =
             self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
-        let held = Self.heldBytes(frame)
+        let held = request.bytes
         let task = Task(executorPreference: executor) {
             await self.run(call, isCall: isCall, held: held)
         }
         guard isCall else { return }
-        table.running[frame.id] = RunningHandler(task: task, deadline: deadline)
-        // The deadline travels in the frame: the handler is cancelled when it passes,
-        // even if the caller's cancel frame never comes.
-        if let deadline, table.timer.needsTimer(for: deadline) {
-            table.timer.record(self.armHandlerTimer(at: deadline), at: deadline)
+        if self.state.withLock({ $0.handlerTaskCreated(task, for: frame.id) }) { task.cancel() }
+    }
+
+    /// The other side cancelled its call `id`: cancel its handler, or drop it if still queued.
+    func cancelHandler(_ id: UInt64) {
+        switch self.state.withLock({ $0.cancelRequested(id) }) {
+        case .cancel(let task): task.cancel()
+        case .dropped(let resumeReading):
+            if resumeReading { self.transport.setReadingPaused(false, reason: .callQueueFull) }
+        case .none: break
         }
     }
 
-    func armHandlerTimer(at deadline: ContinuousClock.Instant) -> any ScheduledWork {
-        self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.cancelOverdueHandlers() }
+    /// Arms the handler timer at `deadline` (outside the state lock; the state machine records it).
+    func armHandlerTimer(at deadline: ContinuousClock.Instant) {
+        let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in
+            self?.cancelOverdueHandlers()
+        }
+        self.state.withLock { $0.handlerTimerArmed(timer, at: deadline) }?.cancel()
     }
 
     /// The handler timer fired: cancel every handler past its caller's deadline and
     /// arm the timer for the next one. (Handlers remove themselves when they end.)
     func cancelOverdueHandlers() {
         let now = self.transport.now
-        let overdue = self.handlers.withLock { table -> [Task<Void, Never>] in
-            table.timer.fired(at: now)
-            var overdue: [Task<Void, Never>] = []
-            var next: ContinuousClock.Instant?
-            for handler in table.running.values {
-                guard let deadline = handler.deadline else { continue }
-                if deadline <= now {
-                    if !handler.task.isCancelled { overdue.append(handler.task) }
-                } else if next.map({ deadline < $0 }) ?? true {
-                    next = deadline
-                }
-            }
-            if let next, table.timer.needsTimer(for: next) { table.timer.record(self.armHandlerTimer(at: next), at: next) }
-            return overdue
-        }
-        for task in overdue { task.cancel() }
+        let expiry = self.state.withLock { $0.handlerTimerFired(at: now) }
+        if let next = expiry.armTimerAt { self.armHandlerTimer(at: next) }
+        for task in expiry.overdue { task.cancel() }
     }
 
     func run(_ call: IncomingCall, isCall: Bool, held: Int) async {
@@ -131,7 +114,7 @@ extension Peer {
             // end). The waiting reply counts against the byte budget meanwhile.
             let replyBytes = reply.readableBytes
             held += replyBytes
-            self.handlers.withLock { $0.bytes += replyBytes }
+            self.state.withLock { $0.replyWaiting(replyBytes) }
             try? await self.transport.waitUntilWritable()
             self.transport.send(reply)
         }
@@ -191,36 +174,18 @@ extension Peer {
     }
 
     func handlerFinished(_ id: UInt64, isCall: Bool, released: Int) {
-        let (resume, afterReply) = self.handlers.withLock { table -> (Bool, [@Sendable () async -> Void]) in
-            let afterReply = isCall ? table.running.removeValue(forKey: id)?.afterReply ?? [] : []
-            table.active -= 1
-            table.bytes -= released
-            guard !table.ended else {
-                if table.takeMemoryToRelease() { ReleasedMemory.handBack() }
-                return (false, afterReply)
-            }
-            if let next = table.queued.popFirst() {
-                table.active += 1
-                self.startHandler(next, table: &table)
-            }
-            guard table.paused, !table.isOverLimit(self.configuration) else { return (false, afterReply) }
-            table.paused = false
-            return (true, afterReply)
-        }
-        if resume { self.transport.setReadingPaused(false, reason: .callQueueFull) }
-        if !afterReply.isEmpty {
-            Task { for action in afterReply { await action() } }
+        let finish = self.state.withLock { $0.handlerFinished(id, isCall: isCall, released: released) }
+        if finish.releaseMemory { ReleasedMemory.handBack() }
+        if let next = finish.next { self.startHandler(next, armTimerAt: finish.armTimerAt) }
+        if finish.resumeReading { self.transport.setReadingPaused(false, reason: .callQueueFull) }
+        if !finish.afterReply.isEmpty {
+            Task { for action in finish.afterReply { await action() } }
         }
     }
 
     /// Registers ``CallContext/afterReply(_:)`` work for call `id` (at once for a
     /// one-way message, which has no reply, or a call no longer running).
     func afterReply(to id: UInt64, _ action: @escaping @Sendable () async -> Void) {
-        let registered = self.handlers.withLock { table -> Bool in
-            guard id != 0, table.running[id] != nil else { return false }
-            table.running[id]!.afterReply.append(action)
-            return true
-        }
-        if !registered { Task { await action() } }
+        if !self.state.withLock({ $0.addAfterReply(action, to: id) }) { Task { await action() } }
     }
 }

@@ -2,7 +2,6 @@ public import IntercomWire
 internal import Logging
 internal import NIOCore
 internal import Synchronization
-internal import DequeModule
 
 /// One end of a connection between two processes: it calls the other side's
 /// handlers, answers calls with its ``Router``, and sends and receives one-way
@@ -38,12 +37,11 @@ public final class Peer: Sendable {
 
     let transport: any FrameTransport
     let router: Router?
-    let calls = Locked(CallTable())
+    /// Calls both ways and the connection's life: one state machine under one lock.
+    let state: Locked<ConnectionStateMachine<PeerConnection>>
     let nextCallID = Atomic<UInt64>(1)
     let lateReplies = Atomic<Int>(0)
-    let handlers = Locked(HandlerTable())
     let inbox: Inbox
-    let lifecycle = Locked(Lifecycle())
     let arrivals = Arrivals()
     let subscriptions = Locked(Subscriptions())
     let remoteTopics = Locked(RemoteTopics())
@@ -64,71 +62,10 @@ public final class Peer: Sendable {
         func subscription(for topic: String) -> Bool? { self.subscribed[topic] ?? self.subscribed["*"] }
     }
 
-    /// Calls this side made and is waiting for.
-    struct CallTable {
-        var pending: [UInt64: PendingCall] = [:]
-        var ended: IntercomError?
-        var timer = DeadlineTimer()
-        /// Tasks waiting until no call is pending (``waitForOutstandingCalls(timeout:)``).
-        var drainWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
-        var nextDrainWaiter: UInt64 = 0
-
-        /// After a removal: the drain waiters to wake if nothing is pending now.
-        mutating func takeDrainWaitersIfIdle() -> [CheckedContinuation<Bool, Never>] {
-            guard self.pending.isEmpty, !self.drainWaiters.isEmpty else { return [] }
-            defer { self.drainWaiters.removeAll() }
-            return Array(self.drainWaiters.values)
-        }
-    }
-
-    /// Handlers running (or queued) for calls the other side made.
-    struct HandlerTable {
-        var running: [UInt64: RunningHandler] = [:]
-        var active = 0
-        var queued = Deque<Frame>()
-        var ended = false
-        var timer = DeadlineTimer()
-        /// Bytes held for calls: queued and running requests, and replies waiting
-        /// for the caller to read (bounded by ``Configuration/requestByteBudget``).
-        var bytes = 0
-        /// Reading is paused for the call queue or the byte budget.
-        var paused = false
-        /// The most bytes held at once since the memory was last handed back.
-        var peakBytes = 0
-
-        /// After the connection ended and its last handler finished: whether it
-        /// held enough that its freed memory should go back to the system (once).
-        mutating func takeMemoryToRelease() -> Bool {
-            guard self.ended, self.active == 0, self.peakBytes >= ReleasedMemory.threshold else { return false }
-            self.peakBytes = 0
-            return true
-        }
-
-        /// Whether the connection must stop reading: too many queued calls or too many bytes.
-        func isOverLimit(_ configuration: Configuration) -> Bool {
-            self.queued.count >= configuration.maxQueuedCalls || self.bytes >= configuration.requestByteBudget
-        }
-    }
-
     /// What a request holds while queued or running: its payload and method name,
     /// plus the frame and task around them.
     static func heldBytes(_ frame: borrowing Frame) -> Int {
         frame.payload.readableBytes + (frame.method?.utf8.count ?? 0) + 256
-    }
-
-    struct RunningHandler {
-        let task: Task<Void, Never>
-        /// When the caller stops waiting (from the frame's timeout), if it said.
-        let deadline: ContinuousClock.Instant?
-        /// ``CallContext/afterReply(_:)`` work, run once the reply is queued.
-        var afterReply: [@Sendable () async -> Void] = []
-    }
-
-    struct Lifecycle {
-        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
-        var closed = false
-        var remoteSaidGoodbye = false
-        var closedLocally = false
     }
 
     init(transport: any FrameTransport, router: Router?, configuration: Configuration, remote: Hello, codec: PayloadCodec) {
@@ -139,6 +76,10 @@ public final class Peer: Sendable {
         self.remotePID = Int32(bitPattern: remote.pid)
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.codec = codec
+        self.state = Locked(
+            ConnectionStateMachine(
+                maxConcurrentHandlers: configuration.maxConcurrentHandlers, maxQueuedCalls: configuration.maxQueuedCalls,
+                requestByteBudget: configuration.requestByteBudget))
         self.inbox = Inbox(capacity: configuration.inboxCapacity, byteCapacity: configuration.inboxByteCapacity)
         self.inbox.transport = transport
     }
@@ -168,33 +109,21 @@ public final class Peer: Sendable {
     ///
     /// - Throws: ``IntercomError/Code/timeout`` if calls are still pending after `timeout`.
     public func waitForOutstandingCalls(timeout: Duration) async throws(IntercomError) {
-        let id = self.calls.withLock { table -> UInt64 in
-            table.nextDrainWaiter += 1
-            return table.nextDrainWaiter
-        }
-        let timer = Locked<Task<Void, Never>?>(nil)
+        let timer = Locked<(any ScheduledWork)?>(nil)
         let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            let registered = self.calls.withLock { table -> Bool in
-                if table.pending.isEmpty { return false }
-                table.drainWaiters[id] = continuation
-                return true
-            }
-            guard registered else {
+            guard let key = self.state.withLock({ $0.addDrainWaiter(continuation) }) else {
                 continuation.resume(returning: true)
                 return
             }
             // Armed only once the waiter is registered, so it cannot fire too early to find it.
-            timer.withLock {
-                $0 = Task {
-                    try? await Task.sleep(for: timeout)
-                    let waiter = self.calls.withLock { $0.drainWaiters.removeValue(forKey: id) }
-                    waiter?.resume(returning: false)
-                }
+            let work = self.transport.schedule(after: timeout) {
+                self.state.withLock { $0.removeDrainWaiter(key) }?.resume(returning: false)
             }
+            timer.withLock { $0 = work }
         }
-        timer.withLock { $0?.cancel() }
+        timer.withLock { $0 }?.cancel()
         guard drained else {
-            let left = self.calls.withLock { $0.pending.count }
+            let left = self.state.withLock { $0.outbound.pending.count }
             throw IntercomError(.timeout, "\(left) call(s) to '\(self.remoteName)' still pending after \(timeout)")
         }
     }
@@ -218,8 +147,9 @@ public final class Peer: Sendable {
 
     /// What is in flight right now.
     public var statistics: Statistics {
-        let pending = self.calls.withLock { $0.pending.count }
-        let (running, queued) = self.handlers.withLock { ($0.active, $0.queued.count) }
+        let (pending, running, queued) = self.state.withLock {
+            ($0.outbound.pending.count, $0.inbound.active, $0.inbound.queuedCount)
+        }
         return Statistics(
             pendingCalls: pending, runningHandlers: running, queuedCalls: queued,
             blockedSenders: self.transport.blockedSenders,
@@ -231,12 +161,9 @@ public final class Peer: Sendable {
     /// Says goodbye, flushes what is queued and closes the connection. Pending calls
     /// fail with ``IntercomError/Code/closed``. Returns when the connection is closed.
     public func close() async {
-        let first = self.lifecycle.withLock { state -> Bool in
-            defer { state.closedLocally = true }
-            return !state.closedLocally
-        }
-        if first {
-            self.endCalls(IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName)))
+        let reason = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
+        if let ending = self.state.withLock({ $0.beginClosing(reason) }) {
+            self.failCalls(ending, reason: reason)
             self.transport.send(FrameHeader.empty(kind: .goodbye, id: 0))
             self.transport.close()
         }
@@ -246,33 +173,32 @@ public final class Peer: Sendable {
     /// Returns when the connection has ended, whoever ended it.
     public func waitUntilClosed() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let closed = self.lifecycle.withLock { state -> Bool in
-                if state.closed { return true }
-                state.closeWaiters.append(continuation)
-                return false
-            }
-            if closed { continuation.resume() }
+            if !self.state.withLock({ $0.addCloseWaiter(continuation) }) { continuation.resume() }
         }
     }
 
     /// Whether the connection has ended.
-    public var isClosed: Bool { self.lifecycle.withLock { $0.closed } }
+    public var isClosed: Bool { self.state.withLock { $0.isClosed } }
 
-    /// Fails every pending call with `error` and refuses new ones.
-    func endCalls(_ error: IntercomError) {
-        let (orphans, timers) = self.calls.withLock { table -> ([UInt64: PendingCall], [any ScheduledWork]) in
-            if table.ended == nil { table.ended = error }
-            defer {
-                table.pending.removeAll()
-                for waiter in table.takeDrainWaitersIfIdle() { waiter.resume(returning: true) }
-            }
-            return (table.pending, table.timer.takeArmed())
-        }
-        for timer in timers { timer.cancel() }
-        for (id, call) in orphans {
-            call.continuation?.resume(throwing: error.with(.init(method: call.method, callID: id, peer: self.remoteName)))
+    /// Fails the calls the connection's end left pending (outside the lock).
+    func failCalls(_ ending: OutboundCalls<PeerConnection>.Ending, reason: IntercomError) {
+        for timer in ending.timers { timer.cancel() }
+        for waiter in ending.drained { waiter.resume(returning: true) }
+        for (id, call) in ending.orphans {
+            call.continuation.resume(throwing: reason.with(.init(method: call.method, callID: id, peer: self.remoteName)))
         }
     }
+}
+
+/// What a ``Peer``'s connection state machine holds.
+enum PeerConnection: ConnectionTypes {
+    typealias CallContinuation = UnsafeContinuation<Frame, any Error>
+    typealias DrainWaiter = CheckedContinuation<Bool, Never>
+    typealias CloseWaiter = UnsafeContinuation<Void, Never>
+    typealias HandlerTask = Task<Void, Never>
+    typealias AfterReply = @Sendable () async -> Void
+    typealias Timer = any ScheduledWork
+    typealias Request = Frame
 }
 
 /// Messages read in the current batch, not yet in the inbox.
@@ -309,19 +235,12 @@ final class Arrivals: @unchecked Sendable {
     var isEmpty: Bool { self.messages.pointee.isEmpty }
 }
 
-/// A call waiting for its reply. Fields are guarded by the peer's call-table lock.
-final class PendingCall: @unchecked Sendable {
-    var continuation: UnsafeContinuation<Frame, any Error>?
-    let method: String?
-    let timeout: Duration
-    let deadline: ContinuousClock.Instant
-    var cancelled = false
-
-    init(method: String?, timeout: Duration, deadline: ContinuousClock.Instant) {
-        self.method = method
-        self.timeout = timeout
-        self.deadline = deadline
-    }
+/// Set when a calling task is cancelled, possibly before its call is registered
+/// (the registration then refuses it).
+final class CallCancellation: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { self.flag.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { self.flag.load(ordering: .sequentiallyConsistent) }
 }
 
 extension IntercomError {
