@@ -132,6 +132,7 @@ let package = Package(
             name: "IntercomTests",
             dependencies: [
                 "Intercom", "IntercomWire", "IntercomTestHelper", "IntercomCLI", "IntercomTestSupport", "IntercomTesting",
+                "CIntercomShims",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

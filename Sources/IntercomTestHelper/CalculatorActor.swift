@@ -18,14 +18,17 @@ distributed actor CalculatorActor: Calculator {
     }
 
     distributed func wait(milliseconds: Int) async throws -> Int {
-        CalculatorActor.waiting.add(1, ordering: .relaxed)
-        defer { CalculatorActor.waiting.subtract(1, ordering: .relaxed) }
+        CalculatorActor.waits.change { $0.waiting += 1 }
         do {
             try await Task.sleep(for: .milliseconds(milliseconds))
         } catch {
-            CalculatorActor.cancellations.add(1, ordering: .relaxed)
+            CalculatorActor.waits.change {
+                $0.waiting -= 1
+                $0.cancellations += 1
+            }
             throw error
         }
+        CalculatorActor.waits.change { $0.waiting -= 1 }
         return milliseconds
     }
 
@@ -35,12 +38,47 @@ distributed actor CalculatorActor: Calculator {
 
 }
 
-import Synchronization
 extension CalculatorActor {
-    /// `wait` calls that ended by cancellation.
-    static let cancellations = Atomic<Int>(0)
-    /// `wait` calls in progress.
-    static let waiting = Atomic<Int>(0)
+    /// `wait` calls in progress and ended by cancellation.
+    static let waits = WaitCounts()
+}
+
+/// How many `wait` calls are in progress and how many ended by cancellation,
+/// with tasks (the `actors.waits` handler) waiting for given counts: the tests
+/// wait on these changes instead of asking again and again.
+final class WaitCounts: Sendable {
+    struct Counts {
+        var waiting = 0
+        var cancellations = 0
+        var pair: [Int] { [self.waiting, self.cancellations] }
+    }
+
+    private let state = Locked<(counts: Counts, waiters: [(target: [Int], continuation: CheckedContinuation<Void, Never>)])>(
+        (Counts(), []))
+
+    var current: [Int] { self.state.withLock { $0.counts.pair } }
+
+    func change(_ body: (inout Counts) -> Void) {
+        let woken = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            body(&state.counts)
+            let pair = state.counts.pair
+            defer { state.waiters.removeAll { $0.target == pair } }
+            return state.waiters.filter { $0.target == pair }.map(\.continuation)
+        }
+        for waiter in woken { waiter.resume() }
+    }
+
+    /// Returns once the counts are `target` ([in progress, cancelled]).
+    func waitUntil(_ target: [Int]) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let reached = self.state.withLock { state -> Bool in
+                if state.counts.pair == target { return true }
+                state.waiters.append((target, continuation))
+                return false
+            }
+            if reached { continuation.resume() }
+        }
+    }
 }
 
 /// `--actors NAME --bus DIR`: hosts a calculator published as "calculator" and a
@@ -58,8 +96,11 @@ func serveActors(name: String, directory: String) async throws -> Never {
     system.publish(temporary.actor!, as: "temporary")
     let router = Router()
     try system.install(on: router)
-    try router.register("actors.waits") { (_: Int, _: CallContext) -> [Int] in
-        [CalculatorActor.waiting.load(ordering: .relaxed), CalculatorActor.cancellations.load(ordering: .relaxed)]
+    // [wait calls in progress, wait calls cancelled], once they are the argument's
+    // (an empty argument: at once). The caller's timeout bounds the wait.
+    try router.register("actors.waits") { (target: [Int], _: CallContext) -> [Int] in
+        if !target.isEmpty { await CalculatorActor.waits.waitUntil(target) }
+        return CalculatorActor.waits.current
     }
     try router.register("actors.drop.temporary") { (_: Int, _: CallContext) -> Bool in
         temporary.actor = nil  // the last reference: the actor deinitialises and resigns its id

@@ -200,7 +200,7 @@ func runSurvivor(_ plan: SurvivorPlan, test: Peer) async throws -> SurvivorRepor
     try await withThrowingTaskGroup(of: Void.self) { group in
         load.start(on: victim, in: &group)
         _ = try await victim.receiveMessage(timeout: .seconds(10))  // hang.started
-        while load.completed.load(ordering: .relaxed) < plan.killAfter, load.outcomes.withLock({ $0.isEmpty }) { await Task.yield() }
+        await load.waitUntil(completed: plan.killAfter)
         try await test.send("survivor.armed", 0)
         try await group.waitForAll()
     }

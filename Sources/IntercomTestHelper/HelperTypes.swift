@@ -162,6 +162,8 @@ public final class CallLoad: Sendable {
     public let completed = Atomic<Int>(0)
     /// How and when each of the five lanes ended.
     package let outcomes = Locked<[(code: IntercomError.Code?, atNanos: UInt64)]>([])
+    /// A task waiting in ``waitUntil(completed:)``, with its target.
+    private let milestone = Locked<(target: Int, waiter: CheckedContinuation<Void, Never>?)>((0, nil))
 
     public init() {}
 
@@ -175,7 +177,8 @@ public final class CallLoad: Sendable {
                         _ = try await peer.call(
                             "echo.bytes", [UInt8](repeating: UInt8(lane), count: size), returning: [UInt8].self,
                             timeout: .seconds(20))
-                        self.completed.add(1, ordering: .relaxed)
+                        let count = self.completed.add(1, ordering: .relaxed).newValue
+                        self.takeWaiter { count >= $0 }?.resume()
                     } catch let error as IntercomError {
                         self.ended(error.code)
                         return
@@ -193,9 +196,35 @@ public final class CallLoad: Sendable {
         }
     }
 
+    /// Returns once `target` calls were answered, or a lane ended (the
+    /// connection is going down: the target may never be reached).
+    public func waitUntil(completed target: Int) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            // Read under the milestone lock: a completion or an end after it finds the waiter.
+            let reached = self.milestone.withLock { milestone -> Bool in
+                if self.completed.load(ordering: .relaxed) >= target || !self.outcomes.withLock({ $0.isEmpty }) {
+                    return true
+                }
+                milestone = (target, continuation)
+                return false
+            }
+            if reached { continuation.resume() }
+        }
+    }
+
+    /// The waiter, taken if `reached` says its target is met.
+    private func takeWaiter(_ reached: (Int) -> Bool) -> CheckedContinuation<Void, Never>? {
+        self.milestone.withLock { milestone in
+            guard let waiter = milestone.waiter, reached(milestone.target) else { return nil }
+            milestone.waiter = nil
+            return waiter
+        }
+    }
+
     private func ended(_ code: IntercomError.Code?) {
         let now = monotonicNanos()
         self.outcomes.withLock { $0.append((code, now)) }
+        self.takeWaiter { _ in true }?.resume()
     }
 }
 

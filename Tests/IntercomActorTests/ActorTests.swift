@@ -117,19 +117,12 @@ private final class CalculatorHost: Sendable {
             let task = Task { try await sameCalculator.wait(milliseconds: 60_000) }
             // Cancel once the remote function is running (read through a plain call).
             let peer = try await host.bus.connect(to: "calc")
-            let deadline = ContinuousClock.now + .seconds(10)
-            var waits = try await peer.call("actors.waits", 0, returning: [Int].self)
-            while waits[0] == 0, ContinuousClock.now < deadline {
-                await Task.yield()
-                waits = try await peer.call("actors.waits", 0, returning: [Int].self)
-            }
+            // (The timed-out call's cancellation counts once it is observed: wait for both.)
+            _ = try await peer.call("actors.waits", [1, 1], returning: [Int].self, timeout: .seconds(10))
             task.cancel()
             await #expect(throws: (any Error).self) { _ = try await task.value }
             // Both remote functions observed their cancellation.
-            while waits != [0, 2], ContinuousClock.now < deadline {
-                await Task.yield()
-                waits = try await peer.call("actors.waits", 0, returning: [Int].self)
-            }
+            let waits = try await peer.call("actors.waits", [0, 2], returning: [Int].self, timeout: .seconds(10))
             #expect(waits == [0, 2], "in progress, cancelled: \(waits)")
             await peer.close()
             await system.shutdown()
@@ -169,10 +162,7 @@ private final class CalculatorHost: Sendable {
             let calculator = try $Calculator.resolve(id: IntercomActorID(endpoint: "calc", name: "calculator"), using: system)
             let pending = Task { try await calculator.wait(milliseconds: 60_000) }
             let observer = try await host.bus.connect(to: "calc")
-            let deadline = ContinuousClock.now + .seconds(10)
-            while try await observer.call("actors.waits", 0, returning: [Int].self)[0] == 0, ContinuousClock.now < deadline {
-                await Task.yield()
-            }
+            _ = try await observer.call("actors.waits", [1, 0], returning: [Int].self, timeout: .seconds(10))
             kill(host.process.processIdentifier, SIGKILL)
             do {
                 _ = try await pending.value

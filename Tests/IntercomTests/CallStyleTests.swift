@@ -96,14 +96,14 @@ func blockingAdd(_ peer: Peer) throws -> Int {
             let child = try await ChildProcess.spawn(.socketpair)
             let peer = child.peer
             let calls = (0..<5).map { _ in peer.startCall("probe.concurrency", 50, returning: Int.self) }
-            try await waitUntil("the calls are sent") { peer.statistics.pendingCalls == 5 }
+            try #require(await peer.waitForStatistics(timeout: .seconds(10)) { $0.pendingCalls == 5 }, "the calls are sent")
             try await peer.waitForOutstandingCalls(timeout: .seconds(10))
             #expect(peer.statistics.pendingCalls == 0)
             // Every reply has arrived (each handle stores its result right after).
             for call in calls { #expect(try await call.value >= 1) }
 
             let hanging = peer.startCall("hang", 0, returning: Int.self, timeout: .seconds(30))
-            try await waitUntil("the hanging call is sent") { peer.statistics.pendingCalls == 1 }
+            try #require(await peer.waitForStatistics(timeout: .seconds(10)) { $0.pendingCalls == 1 }, "the hanging call is sent")
             await expectIntercomError(.timeout) { try await peer.waitForOutstandingCalls(timeout: .milliseconds(100)) }
             let blocked = await onPlainThread { try peer.waitForOutstandingCallsBlocking(timeout: .milliseconds(100)) }
             #expect(throws: IntercomError.self) { try blocked.get() }

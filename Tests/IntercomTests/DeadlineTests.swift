@@ -1,6 +1,7 @@
 import Intercom
 import IntercomTestSupport
 import IntercomTestHelper
+import IntercomTesting
 import IntercomWire
 import NIOCore
 import Testing
@@ -44,7 +45,7 @@ import Testing
                 _ = try await child.peer.call("probe.concurrency", 600, returning: Int.self, timeout: .milliseconds(100))
             }
             #expect(child.peer.statistics.lateReplies == 0)
-            try await waitUntil("the late reply arrived", timeout: .seconds(10)) { child.peer.statistics.lateReplies == 1 }
+            try #require(await child.peer.waitForStatistics(timeout: .seconds(10)) { $0.lateReplies == 1 }, "the late reply arrived")
             #expect(child.peer.statistics.pendingCalls == 0)
             #expect(try await child.peer.call("math.add", AddRequest(a: 1, b: 2), returning: Int.self) == 3)
             await child.shutdown()
@@ -83,7 +84,7 @@ import Testing
             let codes = answers.compactMap { try? ErrorBody(from: $0.payload).code }
             #expect(codes == ["timeout", "timeout"], "a handler stopped by its deadline answers timeout: \(codes)")
             // (A handler counts as running until just after its reply is queued.)
-            try await waitUntil("only the 60 s call is still being handled") { peer.statistics.runningHandlers == 1 }
+            try #require(await peer.waitForStatistics(timeout: .seconds(10)) { $0.runningHandlers == 1 }, "only the 60 s call is still being handled")
             await peer.close()
             raw.close()
         }
@@ -96,7 +97,9 @@ import Testing
 @Suite struct EventWaitCancellationTests {
     @Test func aTaskWaitingForAnEventEndsWhenCancelledAndTheSubscriptionCarriesOn() async throws {
         try await withResourceCheck {
-            let (publisher, subscriber) = try await Peer.pair()
+            // In memory: `settle()` says when the subscription has reached the publisher.
+            let connection = try await InMemoryConnection.open()
+            let (publisher, subscriber) = (connection.first, connection.second)
             let ticks = subscriber.events("ticks", as: Int.self)
             let waiting = Task {
                 for try await _ in ticks {}
@@ -104,8 +107,8 @@ import Testing
             waiting.cancel()
             await #expect(throws: CancellationError.self) { try await waiting.value }
             // The subscription is still there: an event published now arrives.
-            let deadline = ContinuousClock.now + .seconds(10)
-            while try publisher.publish("ticks", 7) == .notSubscribed, ContinuousClock.now < deadline { await Task.yield() }
+            await connection.settle()
+            #expect(try publisher.publish("ticks", 7) != .notSubscribed)
             var iterator = ticks.makeAsyncIterator()
             let next = try await iterator.next()
             guard case .event(let value)? = next else {
@@ -113,8 +116,7 @@ import Testing
                 return
             }
             #expect(value == 7)
-            await publisher.close()
-            await subscriber.waitUntilClosed()
+            await connection.close()
         }
     }
 }

@@ -9,20 +9,6 @@ import Testing
 import Glibc
 #endif
 
-/// Waits until `condition` holds, yielding between checks; fails after `timeout`.
-func waitUntil(
-    _ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("timed out waiting until \(what)")
-            throw IntercomError(.timeout, "timed out waiting until \(what)")
-        }
-        await Task.yield()
-    }
-}
-
 @discardableResult
 func expectIntercomError(
     _ code: IntercomError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void
@@ -335,7 +321,7 @@ func expectIntercomError(
                     sent.withLock { $0 += 1 }
                 }
             }
-            try await waitUntil("the sender is suspended") { peer.statistics.blockedSenders == 1 }
+            try #require(await peer.waitForStatistics(timeout: .seconds(10)) { $0.blockedSenders == 1 }, "the sender is suspended")
             let sentWhenBlocked = sent.withLock { $0 }
             #expect(sentWhenBlocked < total, "the sender must stop before everything is buffered")
             // Memory stays bounded: what was accepted fits in socket buffers, the child's

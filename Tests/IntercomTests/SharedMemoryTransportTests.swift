@@ -160,7 +160,7 @@ struct SharedMemoryTransportTests {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     load.start(on: peer, in: &group)
                     #expect(try await peer.receiveMessage(timeout: .seconds(10)).method == "hang.started")
-                    while load.completed.load(ordering: .relaxed) < killAfter { await Task.yield() }
+                    await load.waitUntil(completed: killAfter)
                     killedAt.withLock { $0 = monotonicNanos() }
                     child.kill(SIGKILL)
                     try await group.waitForAll()
@@ -264,7 +264,7 @@ struct SharedMemoryTransportTests {
                 nonisolated(unsafe) let memory = try #require(writer.outboundRingMemoryForTesting)
                 try #require(memory.count >= poolBlocks.upperBound)
                 let stop = Locked<Bool>(false)
-                let stopped = Locked<Bool>(false)
+                let (stopped, vandalDone) = AsyncStream.makeStream(of: Never.self)
                 // The vandal starts once calls flow, so that it hits a running connection.
                 let armed = Locked<Bool>(false)
                 // The vandal: random bytes anywhere in the ring (header, positions, lengths, data).
@@ -284,7 +284,7 @@ struct SharedMemoryTransportTests {
                         memory[offset] ^= UInt8.random(in: 1...255, using: &random)
                         for _ in 0..<Int.random(in: 0...20, using: &random) { sched_yield() }
                     }
-                    stopped.withLock { $0 = true }
+                    vandalDone.finish()
                 }
                 vandal.start()
                 var errors: [IntercomError.Code] = []
@@ -303,7 +303,7 @@ struct SharedMemoryTransportTests {
                 }
                 stop.withLock { $0 = true }
                 // The vandal must be done before the connection (and its mapping) goes away.
-                while !stopped.withLock({ $0 }) { await Task.yield() }
+                for await _ in stopped {}
                 await writer.close()
                 await reader.close()
                 #expect(writer.isClosed && reader.isClosed)

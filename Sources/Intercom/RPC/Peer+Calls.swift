@@ -87,7 +87,7 @@ extension Peer {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
                 let call = OutboundCalls<PeerConnection>.Call(
                     continuation: continuation, method: method, timeout: timeout, deadline: deadline)
-                switch self.state.withLock({ $0.registerCall(id, call, cancelled: cancellation.isSet) }) {
+                switch self.withState({ $0.registerCall(id, call, cancelled: cancellation.isSet) }) {
                 case .refuse(let reason):
                     continuation.resume(throwing: reason.with(context))
                 case .cancelled:
@@ -109,7 +109,7 @@ extension Peer {
         do {
             try await self.transport.waitUntilWritable()
         } catch {
-            if let ended = self.state.withLock({ $0.endReason }) { throw ended.with(context) }
+            if let ended = self.withState({ $0.endReason }) { throw ended.with(context) }
             throw error.with(context)
         }
     }
@@ -155,14 +155,14 @@ extension Peer {
     /// Arms the call timer at `deadline` (outside the state lock; the state machine records it).
     func armCallTimer(at deadline: ContinuousClock.Instant) {
         let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.expireOverdueCalls() }
-        self.state.withLock { $0.callTimerArmed(timer, at: deadline) }?.cancel()
+        self.withState { $0.callTimerArmed(timer, at: deadline) }?.cancel()
     }
 
     /// The call timer fired: fail every call past its deadline, tell their handlers
     /// to stop, and arm the timer for the next deadline.
     func expireOverdueCalls() {
         let now = self.transport.now
-        let expiry = self.state.withLock { $0.callTimerFired(at: now) }
+        let expiry = self.withState { $0.callTimerFired(at: now) }
         if let next = expiry.armTimerAt { self.armCallTimer(at: next) }
         for waiter in expiry.drained { waiter.resume(returning: true) }
         for (id, call) in expiry.overdue {
@@ -177,7 +177,7 @@ extension Peer {
     /// The calling task of call `id` was cancelled: fail the call and tell the
     /// other side to stop its handler (if the call is still pending).
     func cancelCall(_ id: UInt64) {
-        let removal = self.state.withLock { $0.callEnded(id) }
+        let removal = self.withState { $0.callEnded(id) }
         for waiter in removal.drained { waiter.resume(returning: true) }
         guard let call = removal.call else { return }
         self.sendCancel(id)

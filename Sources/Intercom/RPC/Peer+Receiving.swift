@@ -42,7 +42,7 @@ extension Peer: FrameReceiver {
         case .ping:
             self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
         case .goodbye:
-            self.state.withLock { $0.goodbyeArrived() }
+            self.withState { $0.goodbyeArrived() }
         case .event:
             self.deliverEvent(frame)
         case .subscribe:
@@ -102,11 +102,12 @@ extension Peer: FrameReceiver {
                 "peer reported a connection error", metadata: ["peer": "\(self.remoteName)", "error": "\(body?.message ?? "?")"])
             return
         }
-        let removal = self.state.withLock { $0.callEnded(frame.id) }
+        let removal = self.withState { $0.callEnded(frame.id) }
         for waiter in removal.drained { waiter.resume(returning: true) }
         guard let call = removal.call else {
             // Late reply (the call timed out or was cancelled): dropped.
             self.lateReplies.add(1, ordering: .relaxed)
+            self.statisticsChanged()
             return
         }
         if frame.kind == .error {
@@ -145,12 +146,12 @@ extension Peer: FrameReceiver {
         self.configuration.logger.warning(
             "protocol violation; closing the connection", metadata: ["peer": "\(self.remoteName)", "error": "\(error)"])
         let reason = IntercomError(error, peer: self.remoteName)
-        if let ending = self.state.withLock({ $0.beginClosing(reason) }) { self.failCalls(ending, reason: reason) }
+        if let ending = self.withState({ $0.beginClosing(reason) }) { self.failCalls(ending, reason: reason) }
     }
 
     func transportClosed() {
         self.endOfReadBatch()
-        let closure = self.state.withLock { state in
+        let closure = self.withState { state in
             state.transportClosed { saidGoodbye in
                 let how =
                     saidGoodbye ? "closed the connection" : "went away without saying goodbye (exited, crashed or was killed)"

@@ -16,7 +16,7 @@ extension Peer {
         let request = InboundCalls<PeerConnection>.Request(
             id: frame.id, isCall: frame.kind == .call, request: frame, bytes: Self.heldBytes(frame),
             deadline: frame.timeout.map { self.transport.now.advanced(by: $0) })
-        switch self.state.withLock({ $0.requestArrived(request) }) {
+        switch self.withState({ $0.requestArrived(request) }) {
         case nil:
             return
         case .reusedID:
@@ -53,12 +53,12 @@ extension Peer {
             await self.run(call, isCall: isCall, held: held)
         }
         guard isCall else { return }
-        if self.state.withLock({ $0.handlerTaskCreated(task, for: frame.id) }) { task.cancel() }
+        if self.withState({ $0.handlerTaskCreated(task, for: frame.id) }) { task.cancel() }
     }
 
     /// The other side cancelled its call `id`: cancel its handler, or drop it if still queued.
     func cancelHandler(_ id: UInt64) {
-        switch self.state.withLock({ $0.cancelRequested(id) }) {
+        switch self.withState({ $0.cancelRequested(id) }) {
         case .cancel(let task): task.cancel()
         case .dropped(let resumeReading):
             if resumeReading { self.transport.setReadingPaused(false, reason: .callQueueFull) }
@@ -71,14 +71,14 @@ extension Peer {
         let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in
             self?.cancelOverdueHandlers()
         }
-        self.state.withLock { $0.handlerTimerArmed(timer, at: deadline) }?.cancel()
+        self.withState { $0.handlerTimerArmed(timer, at: deadline) }?.cancel()
     }
 
     /// The handler timer fired: cancel every handler past its caller's deadline and
     /// arm the timer for the next one. (Handlers remove themselves when they end.)
     func cancelOverdueHandlers() {
         let now = self.transport.now
-        let expiry = self.state.withLock { $0.handlerTimerFired(at: now) }
+        let expiry = self.withState { $0.handlerTimerFired(at: now) }
         if let next = expiry.armTimerAt { self.armHandlerTimer(at: next) }
         for task in expiry.overdue { task.cancel() }
     }
@@ -114,7 +114,7 @@ extension Peer {
             // end). The waiting reply counts against the byte budget meanwhile.
             let replyBytes = reply.readableBytes
             held += replyBytes
-            self.state.withLock { $0.replyWaiting(replyBytes) }
+            self.withState { $0.replyWaiting(replyBytes) }
             try? await self.transport.waitUntilWritable()
             self.transport.send(reply)
         }
@@ -174,7 +174,7 @@ extension Peer {
     }
 
     func handlerFinished(_ id: UInt64, isCall: Bool, released: Int) {
-        let finish = self.state.withLock { $0.handlerFinished(id, isCall: isCall, released: released) }
+        let finish = self.withState { $0.handlerFinished(id, isCall: isCall, released: released) }
         if finish.releaseMemory { ReleasedMemory.handBack() }
         if let next = finish.next { self.startHandler(next, armTimerAt: finish.armTimerAt) }
         if finish.resumeReading { self.transport.setReadingPaused(false, reason: .callQueueFull) }
@@ -186,6 +186,6 @@ extension Peer {
     /// Registers ``CallContext/afterReply(_:)`` work for call `id` (at once for a
     /// one-way message, which has no reply, or a call no longer running).
     func afterReply(to id: UInt64, _ action: @escaping @Sendable () async -> Void) {
-        if !self.state.withLock({ $0.addAfterReply(action, to: id) }) { Task { await action() } }
+        if !self.withState({ $0.addAfterReply(action, to: id) }) { Task { await action() } }
     }
 }

@@ -42,6 +42,7 @@ public final class Peer: Sendable {
     let nextCallID = Atomic<UInt64>(1)
     let lateReplies = Atomic<Int>(0)
     let inbox: Inbox
+    let statisticsWatch = StatisticsWatch()
     let arrivals = Arrivals()
     let subscriptions = Locked(Subscriptions())
     let remoteTopics = Locked(RemoteTopics())
@@ -82,6 +83,38 @@ public final class Peer: Sendable {
                 requestByteBudget: configuration.requestByteBudget))
         self.inbox = Inbox(capacity: configuration.inboxCapacity, byteCapacity: configuration.inboxByteCapacity)
         self.inbox.transport = transport
+        transport.observeBlockedSenders { [weak self] in self?.statisticsChanged() }
+    }
+
+    /// Runs `body` on the connection's state machine under its lock, then wakes
+    /// anyone waiting for the statistics it may have changed.
+    func withState<R>(_ body: (inout ConnectionStateMachine<PeerConnection>) -> R) -> R {
+        let result = self.state.withLock(body)
+        self.statisticsChanged()
+        return result
+    }
+
+    func statisticsChanged() {
+        self.statisticsWatch.changed { self.statistics }
+    }
+
+    /// Returns true once `condition` holds for ``statistics`` — checked now and at
+    /// every change of what they count, never by polling — or false after
+    /// `timeout` on the connection's clock. For tests.
+    package func waitForStatistics(
+        timeout: Duration, until condition: @escaping @Sendable (Statistics) -> Bool
+    ) async -> Bool {
+        let timer = Locked<(any ScheduledWork)?>(nil)
+        let met = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let key = self.statisticsWatch.add(condition, continuation)
+            let work = self.transport.schedule(after: timeout) {
+                self.statisticsWatch.remove(key)?.resume(returning: false)
+            }
+            timer.withLock { $0 = work }
+            self.statisticsChanged()  // it may hold already
+        }
+        timer.withLock { $0 }?.cancel()
+        return met
     }
 
     /// An executor that runs tasks on the thread serving this connection.
@@ -111,13 +144,13 @@ public final class Peer: Sendable {
     public func waitForOutstandingCalls(timeout: Duration) async throws(IntercomError) {
         let timer = Locked<(any ScheduledWork)?>(nil)
         let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            guard let key = self.state.withLock({ $0.addDrainWaiter(continuation) }) else {
+            guard let key = self.withState({ $0.addDrainWaiter(continuation) }) else {
                 continuation.resume(returning: true)
                 return
             }
             // Armed only once the waiter is registered, so it cannot fire too early to find it.
             let work = self.transport.schedule(after: timeout) {
-                self.state.withLock { $0.removeDrainWaiter(key) }?.resume(returning: false)
+                self.withState { $0.removeDrainWaiter(key) }?.resume(returning: false)
             }
             timer.withLock { $0 = work }
         }
@@ -162,7 +195,7 @@ public final class Peer: Sendable {
     /// fail with ``IntercomError/Code/closed``. Returns when the connection is closed.
     public func close() async {
         let reason = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
-        if let ending = self.state.withLock({ $0.beginClosing(reason) }) {
+        if let ending = self.withState({ $0.beginClosing(reason) }) {
             self.failCalls(ending, reason: reason)
             self.transport.send(FrameHeader.empty(kind: .goodbye, id: 0))
             self.transport.close()
@@ -173,7 +206,7 @@ public final class Peer: Sendable {
     /// Returns when the connection has ended, whoever ended it.
     public func waitUntilClosed() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            if !self.state.withLock({ $0.addCloseWaiter(continuation) }) { continuation.resume() }
+            if !self.withState({ $0.addCloseWaiter(continuation) }) { continuation.resume() }
         }
     }
 

@@ -45,6 +45,10 @@ protocol FrameTransport: AnyObject, Sendable {
     /// Runs `body` on the transport's thread after `delay`, unless cancelled first.
     func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork
 
+    /// Calls `observer` (with no lock held) whenever a sender starts or stops
+    /// waiting for room (``blockedSenders`` changed). Set once, by the peer.
+    func observeBlockedSenders(_ observer: @escaping @Sendable () -> Void)
+
     /// The transport's clock, which ``schedule(after:_:)`` runs on: the system's
     /// monotonic clock, or virtual time on an in-memory transport. Deadlines of
     /// calls and handlers are reckoned on it.

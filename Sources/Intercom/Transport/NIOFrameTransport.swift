@@ -16,6 +16,7 @@ final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     private let loop: any EventLoop
     let handler: FrameChannelHandler
     private let outbox = Locked(Outbox())
+    let blockedSendersObserver = SetOnce<@Sendable () -> Void>()
 
     private struct Outbox {
         var pending: [ByteBuffer] = []

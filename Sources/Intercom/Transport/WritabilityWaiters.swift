@@ -39,9 +39,15 @@ struct WritabilityWaiters {
 protocol WritabilityWaiting: AnyObject, Sendable {
     /// Runs `body` under the transport's lock with its writability and waiters.
     func withWritability<R, E: Error>(_ body: (Writability, inout WritabilityWaiters) throws(E) -> R) throws(E) -> R
+    /// Told when a sender starts or stops waiting (see `observeBlockedSenders`).
+    var blockedSendersObserver: SetOnce<@Sendable () -> Void> { get }
 }
 
 extension WritabilityWaiting {
+    func observeBlockedSenders(_ observer: @escaping @Sendable () -> Void) {
+        self.blockedSendersObserver.set(observer)
+    }
+
     /// Returns when the transport is writable; throws its close error if it
     /// closes first, `cancelled` if the waiting task is cancelled.
     func suspendUntilWritable() async throws(IntercomError) {
@@ -54,6 +60,7 @@ extension WritabilityWaiting {
         }
         guard let id else { return }
         let cancelled = IntercomError(.cancelled, "cancelled while waiting for the peer to read")
+        defer { self.blockedSendersObserver.current?() }  // it stopped waiting
         do {
             try await withTaskCancellationHandler {
                 try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
@@ -67,7 +74,11 @@ extension WritabilityWaiting {
                             return nil
                         }
                     }
-                    if let outcome { continuation.resume(with: outcome) }
+                    if let outcome {
+                        continuation.resume(with: outcome)
+                    } else {
+                        self.blockedSendersObserver.current?()  // it waits
+                    }
                 }
             } onCancel: {
                 self.withWritability { _, waiters in waiters.remove(id) }?.resume(throwing: cancelled)

@@ -222,6 +222,7 @@ package final class InMemoryTransport: FrameTransport, WritabilityWaiting {
     let link: InMemoryLink
     let side: Int
     let executor: any TaskExecutor
+    let blockedSendersObserver = SetOnce<@Sendable () -> Void>()
 
     init(link: InMemoryLink, side: Int) {
         self.link = link

@@ -35,6 +35,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     let thread: pthread_t
 
     let writer = Locked(Writer())
+    let blockedSendersObserver = SetOnce<@Sendable () -> Void>()
     let mail = Locked(Mail())
     /// Set whenever `mail` holds something, so the spinning thread need not lock.
     let hasMail = Atomic<Bool>(false)
