@@ -1,23 +1,20 @@
 import Intercom
+import IntercomWire
 import Testing
 
-/// The connection's state machine on its own: no transport, no tasks, no clock
-/// but instants the test makes up. Continuations, tasks and timers are names,
-/// so each test reads what the machine tells the peer to do.
+/// The connection's state machine on its own: no transport, no I/O, no clock
+/// but instants the test makes up. Calls are named by their method, timers by
+/// a name; tasks are real but never run anything. Each test reads what the
+/// machine tells the peer to do.
 @Suite struct ConnectionStateMachineTests {
-    enum Names: ConnectionTypes {
-        typealias CallContinuation = String
-        typealias DrainWaiter = String
-        typealias CloseWaiter = String
-        typealias HandlerTask = String
-        typealias AfterReply = String
-        typealias Timer = String
-        typealias Request = String
-    }
+    typealias Machine = ConnectionStateMachine
+    typealias Request = InboundCalls.Request
 
-    typealias Machine = ConnectionStateMachine<Names>
-    typealias Call = OutboundCalls<Names>.Call
-    typealias Request = InboundCalls<Names>.Request
+    /// A timer that never runs: the machine only stores and hands back timers.
+    struct NamedTimer: ScheduledWork {
+        let name: String
+        func cancel() {}
+    }
 
     /// An origin for made-up instants (read once; nothing waits on it).
     let origin = ContinuousClock.now
@@ -28,13 +25,25 @@ import Testing
         Machine(maxConcurrentHandlers: concurrent, maxQueuedCalls: queued, requestByteBudget: budget)
     }
 
-    func call(_ name: String, deadline seconds: Int) -> Call {
-        Call(continuation: name, method: name, timeout: .seconds(seconds), deadline: self.at(seconds))
+    /// A call named by its method (its continuation stays unset: nothing is resumed here).
+    func call(_ name: String, deadline seconds: Int) -> PendingCall {
+        PendingCall(method: name, timeout: .seconds(seconds), deadline: self.at(seconds))
     }
 
     func request(_ id: UInt64, bytes: Int = 100, deadline: Int? = nil, isCall: Bool = true) -> Request {
-        Request(id: id, isCall: isCall, request: "request \(id)", bytes: bytes, deadline: deadline.map(self.at))
+        Request(
+            id: id, isCall: isCall, frame: Frame(kind: isCall ? .call : .message, id: id), bytes: bytes,
+            deadline: deadline.map(self.at))
     }
+
+    func timer(_ name: String) -> NamedTimer { NamedTimer(name: name) }
+    func names(_ timers: [any ScheduledWork]) -> [String] { timers.compactMap { ($0 as? NamedTimer)?.name } }
+    func name(_ timer: (any ScheduledWork)?) -> String? { (timer as? NamedTimer)?.name }
+
+    /// Real tasks that never run anything: the machine stores and hands them back.
+    static let task1 = Task<Void, Never> {}
+    static let task2 = Task<Void, Never> {}
+    static let task3 = Task<Void, Never> {}
 
     static let lost = IntercomError(.peerLost, "went away")
     static let closed = IntercomError(.closed, "this side closed")
@@ -43,9 +52,9 @@ import Testing
 
     @Test func oneTimerServesManyDeadlinesAndIsArmedOnlyForAnEarlierOne() {
         var machine = self.machine()
-        guard case .send(let first) = machine.registerCall(1, self.call("a", deadline: 5), cancelled: false),
-            case .send(let later) = machine.registerCall(2, self.call("b", deadline: 9), cancelled: false),
-            case .send(let earlier) = machine.registerCall(3, self.call("c", deadline: 2), cancelled: false)
+        guard case .send(let first) = machine.registerCall(1, self.call("a", deadline: 5)),
+            case .send(let later) = machine.registerCall(2, self.call("b", deadline: 9)),
+            case .send(let earlier) = machine.registerCall(3, self.call("c", deadline: 2))
         else {
             Issue.record("a call on an open connection was refused")
             return
@@ -53,9 +62,9 @@ import Testing
         #expect(first == self.at(5))
         #expect(later == nil)
         #expect(earlier == self.at(2))
-        let timerToCancel = machine.callTimerArmed("timer at 5", at: self.at(5))
+        let timerToCancel = machine.callTimerArmed(self.timer("timer at 5"), at: self.at(5))
         #expect(timerToCancel == nil)
-        let timerToCancelAgain = machine.callTimerArmed("timer at 2", at: self.at(2))
+        let timerToCancelAgain = machine.callTimerArmed(self.timer("timer at 2"), at: self.at(2))
         #expect(timerToCancelAgain == nil)
 
         // At 2 s: call 3 is overdue; the timer armed at 5 covers the rest.
@@ -64,44 +73,46 @@ import Testing
         #expect(expiry.armTimerAt == nil)
         // At 5 s: call 1 is overdue; call 2 needs a timer at 9.
         let next = machine.callTimerFired(at: self.at(5))
-        #expect(next.overdue.map(\.call.continuation) == ["a"])
+        #expect(next.overdue.map(\.call.method) == ["a"])
         #expect(next.armTimerAt == self.at(9))
         #expect(machine.outbound.pending.keys.sorted() == [2])
     }
 
     @Test func anAnswerRemovesItsCallOnceAndALateOneFindsNothing() {
         var machine = self.machine()
-        _ = machine.registerCall(7, self.call("caller", deadline: 5), cancelled: false)
+        _ = machine.registerCall(7, self.call("caller", deadline: 5))
         let removal = machine.callEnded(7)
-        #expect(removal.call?.continuation == "caller")
+        #expect(removal.call?.method == "caller")
         let removalAgain = machine.callEnded(7)
         #expect(removalAgain.call == nil)  // the late reply
     }
 
     @Test func drainWaitersWakeWhenTheLastCallEndsWhicheverWayItEnds() {
         var machine = self.machine()
-        let waiterKey = machine.addDrainWaiter("nothing pending")
+        let waiterKey = machine.addDrainWaiter { _ in }
         #expect(waiterKey == nil)
-        _ = machine.registerCall(1, self.call("answered", deadline: 5), cancelled: false)
-        _ = machine.registerCall(2, self.call("times out", deadline: 1), cancelled: false)
-        let key = machine.addDrainWaiter("waiter")
+        _ = machine.registerCall(1, self.call("answered", deadline: 5))
+        _ = machine.registerCall(2, self.call("times out", deadline: 1))
+        let key = machine.addDrainWaiter { _ in }
         #expect(key != nil)
         let removal = machine.callEnded(1)
         #expect(removal.drained.isEmpty)
         let expiry = machine.callTimerFired(at: self.at(1))
-        #expect(expiry.drained == ["waiter"])
+        #expect(expiry.drained.count == 1)
 
-        _ = machine.registerCall(3, self.call("pending", deadline: 5), cancelled: false)
-        let gaveUp = machine.addDrainWaiter("gives up")!
+        _ = machine.registerCall(3, self.call("pending", deadline: 5))
+        let gaveUp = machine.addDrainWaiter { _ in }!
         let takenBack = machine.removeDrainWaiter(gaveUp)
-        #expect(takenBack == "gives up")
+        #expect(takenBack != nil)
         let removalAgain = machine.callEnded(3)
         #expect(removalAgain.drained.isEmpty)
     }
 
     @Test func aCallCancelledBeforeItIsRegisteredIsNeverSent() {
         var machine = self.machine()
-        guard case .cancelled = machine.registerCall(1, self.call("a", deadline: 5), cancelled: true) else {
+        let call = self.call("a", deadline: 5)
+        call.cancel()
+        guard case .cancelled = machine.registerCall(1, call) else {
             Issue.record("a cancelled call was registered")
             return
         }
@@ -112,22 +123,22 @@ import Testing
 
     @Test func closingFailsPendingCallsOnceRefusesNewOnesAndKeepsItsReason() {
         var machine = self.machine()
-        _ = machine.registerCall(1, self.call("a", deadline: 5), cancelled: false)
-        _ = machine.callTimerArmed("timer", at: self.at(5))
+        _ = machine.registerCall(1, self.call("a", deadline: 5))
+        _ = machine.callTimerArmed(self.timer("timer"), at: self.at(5))
         let ending = machine.beginClosing(Self.closed)
-        #expect(ending?.orphans.map(\.call.continuation) == ["a"])
-        #expect(ending?.timers == ["timer"])
+        #expect(ending?.orphans.map(\.call.method) == ["a"])
+        #expect(self.names(ending?.timers ?? []) == ["timer"])
         let closingAgain = machine.beginClosing(Self.closed)
         #expect(closingAgain == nil)
 
-        guard case .refuse(let reason) = machine.registerCall(2, self.call("b", deadline: 5), cancelled: false) else {
+        guard case .refuse(let reason) = machine.registerCall(2, self.call("b", deadline: 5)) else {
             Issue.record("a call after close was registered")
             return
         }
         #expect(reason.code == .closed)
         // A timer armed after the end comes straight back to be cancelled.
-        let timerToCancel = machine.callTimerArmed("late timer", at: self.at(5))
-        #expect(timerToCancel == "late timer")
+        let timerToCancel = machine.callTimerArmed(self.timer("late timer"), at: self.at(5))
+        #expect(self.name(timerToCancel) == "late timer")
 
         // The transport's end keeps the reason closing began with, whatever it saw.
         let closure = machine.transportClosed { _ in Self.lost }
@@ -147,7 +158,7 @@ import Testing
         #expect(saw == true)
 
         var abrupt = self.machine()
-        let mustWait = abrupt.addCloseWaiter("waiter")
+        let mustWait = abrupt.addCloseWaiter {}
         #expect(mustWait)
         let closure = abrupt.transportClosed { goodbye in
             saw = goodbye
@@ -155,8 +166,8 @@ import Testing
         }
         #expect(saw == false)
         #expect(closure?.reason.code == .peerLost)
-        #expect(closure?.closeWaiters == ["waiter"])
-        let mustWaitAgain = abrupt.addCloseWaiter("too late")
+        #expect(closure?.closeWaiters.count == 1)
+        let mustWaitAgain = abrupt.addCloseWaiter {}
         #expect(!mustWaitAgain)
         #expect(abrupt.endReason?.code == .peerLost)
     }
@@ -174,7 +185,7 @@ import Testing
         #expect(first.id == 1)
         #expect(machine.inbound.active == 1)
         #expect(machine.inbound.queuedCount == 1)
-        let cancelAtOnce = machine.handlerTaskCreated("task 1", for: 1)
+        let cancelAtOnce = machine.handlerTaskCreated(Self.task1, for: 1)
         #expect(cancelAtOnce == false)
         let finish = machine.handlerFinished(1, isCall: true, released: 100)
         #expect(finish.next?.id == 2)
@@ -231,15 +242,15 @@ import Testing
             Issue.record("nothing to cancel yet")
             return
         }
-        let cancelAtOnce = machine.handlerTaskCreated("task 1", for: 1)
+        let cancelAtOnce = machine.handlerTaskCreated(Self.task1, for: 1)
         #expect(cancelAtOnce)
-        guard case .cancel("task 1") = machine.cancelRequested(1) else {
+        guard case .cancel(let task) = machine.cancelRequested(1), task == Self.task1 else {
             Issue.record("a running task is cancelled")
             return
         }
         // A task attached after its handler finished is not kept.
         _ = machine.handlerFinished(1, isCall: true, released: 100)
-        let cancelAtOnceAgain = machine.handlerTaskCreated("task 1", for: 1)
+        let cancelAtOnceAgain = machine.handlerTaskCreated(Self.task1, for: 1)
         #expect(!cancelAtOnceAgain)
     }
 
@@ -264,16 +275,16 @@ import Testing
             return
         }
         #expect(arm == self.at(2))
-        let timerToCancel = machine.handlerTimerArmed("timer", at: self.at(2))
+        let timerToCancel = machine.handlerTimerArmed(self.timer("timer"), at: self.at(2))
         #expect(timerToCancel == nil)
         _ = machine.requestArrived(self.request(2, deadline: 2))  // task not attached yet
         _ = machine.requestArrived(self.request(3, deadline: 6))
-        _ = machine.handlerTaskCreated("task 1", for: 1)
-        _ = machine.handlerTaskCreated("task 3", for: 3)
+        _ = machine.handlerTaskCreated(Self.task1, for: 1)
+        _ = machine.handlerTaskCreated(Self.task3, for: 3)
         let expiry = machine.handlerTimerFired(at: self.at(2))
-        #expect(expiry.overdue == ["task 1"])
+        #expect(expiry.overdue == [Self.task1])
         #expect(expiry.armTimerAt == self.at(6))
-        let cancelAtOnce = machine.handlerTaskCreated("task 2", for: 2)
+        let cancelAtOnce = machine.handlerTaskCreated(Self.task2, for: 2)
         #expect(cancelAtOnce)  // cancelled as it attaches
         // Already told to stop: not cancelled again.
         let laterExpiry = machine.handlerTimerFired(at: self.at(3))
@@ -283,25 +294,25 @@ import Testing
     @Test func afterReplyWorkIsHandedBackWhenTheHandlerFinishes() {
         var machine = self.machine()
         _ = machine.requestArrived(self.request(1))
-        let registered = machine.addAfterReply("flush", to: 1)
+        let registered = machine.addAfterReply({}, to: 1)
         #expect(registered)
-        let registeredAgain = machine.addAfterReply("no such call", to: 9)
+        let registeredAgain = machine.addAfterReply({}, to: 9)
         #expect(!registeredAgain)
-        let registeredThird = machine.addAfterReply("one-way", to: 0)
+        let registeredThird = machine.addAfterReply({}, to: 0)
         #expect(!registeredThird)
         let finish = machine.handlerFinished(1, isCall: true, released: 100)
-        #expect(finish.afterReply == ["flush"])
+        #expect(finish.afterReply.count == 1)
     }
 
     @Test func theEndCancelsRunningHandlersDropsQueuedOnesAndHandsBackBigMemoryOnce() {
         var machine = self.machine(concurrent: 1)
         _ = machine.requestArrived(self.request(1, bytes: 8 << 20))
-        _ = machine.handlerTaskCreated("task 1", for: 1)
+        _ = machine.handlerTaskCreated(Self.task1, for: 1)
         _ = machine.requestArrived(self.request(2))
-        _ = machine.handlerTimerArmed("timer", at: self.at(9))
+        _ = machine.handlerTimerArmed(self.timer("timer"), at: self.at(9))
         let closure = machine.transportClosed { _ in Self.lost }
-        #expect(closure?.handlers.tasks == ["task 1"])
-        #expect(closure?.handlers.timers == ["timer"])
+        #expect(closure?.handlers.tasks == [Self.task1])
+        #expect(self.names(closure?.handlers.timers ?? []) == ["timer"])
         #expect(closure?.handlers.releaseMemory == false)  // a handler still runs
         #expect(machine.inbound.queuedCount == 0)
         let arrival = machine.requestArrived(self.request(3))
@@ -310,7 +321,7 @@ import Testing
         #expect(finish.next == nil)
         #expect(finish.releaseMemory)
         #expect(machine.inbound.bytes == 0)
-        let timerToCancel = machine.handlerTimerArmed("late", at: self.at(9))
-        #expect(timerToCancel == "late")
+        let timerToCancel = machine.handlerTimerArmed(self.timer("late"), at: self.at(9))
+        #expect(self.name(timerToCancel) == "late")
     }
 }

@@ -12,12 +12,12 @@
 /// connection was gone.
 ///
 /// Not synchronised and no I/O: it lives inside the state machine it serves, which
-/// arms and cancels the timers (`Work`) outside its lock.
-struct DeadlineTimer<Work> {
+/// arms and cancels the timers  outside its lock.
+struct DeadlineTimer {
     /// When the earliest armed timer fires, if one is armed.
     private var armedAt: ContinuousClock.Instant?
     /// The timers armed and not yet fired, to cancel when the connection ends.
-    private var armed: [(at: ContinuousClock.Instant, work: Work)] = []
+    private var armed: [(at: ContinuousClock.Instant, work: any ScheduledWork)] = []
 
     /// Whether a timer must be armed for `deadline` (none is armed, or the armed
     /// one fires later). If so, the caller arms it; it is recorded as armed.
@@ -35,12 +35,12 @@ struct DeadlineTimer<Work> {
     }
 
     /// Records the timer armed for `deadline` (after ``needsTimer(for:)`` said so).
-    mutating func record(_ work: Work, at deadline: ContinuousClock.Instant) {
+    mutating func record(_ work: any ScheduledWork, at deadline: ContinuousClock.Instant) {
         self.armed.append((deadline, work))
     }
 
     /// The timers still armed, for the caller to cancel (outside its lock); none is armed afterwards.
-    mutating func takeArmed() -> [Work] {
+    mutating func takeArmed() -> [any ScheduledWork] {
         defer {
             self.armed = []
             self.armedAt = nil

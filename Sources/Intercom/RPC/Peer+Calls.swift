@@ -66,7 +66,7 @@ extension Peer {
         guard timeout > .zero else {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
-        let deadline = self.transport.now.advanced(by: timeout)
+        let pending = PendingCall(method: method, timeout: timeout, deadline: self.transport.now.advanced(by: timeout))
         let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         if let jsonArgument {
@@ -82,12 +82,10 @@ extension Peer {
         }
         try await self.waitUntilWritable(context: context)
 
-        let cancellation = CallCancellation()
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
-                let call = OutboundCalls<PeerConnection>.Call(
-                    continuation: continuation, method: method, timeout: timeout, deadline: deadline)
-                switch self.withState({ $0.registerCall(id, call, cancelled: cancellation.isSet) }) {
+                pending.continuation = continuation  // before the call is published (registered)
+                switch self.withState({ $0.registerCall(id, pending) }) {
                 case .refuse(let reason):
                     continuation.resume(throwing: reason.with(context))
                 case .cancelled:
@@ -98,7 +96,7 @@ extension Peer {
                 }
             }
         } onCancel: {
-            cancellation.set()
+            pending.cancel()
             self.cancelCall(id)
         }
     }
@@ -164,10 +162,10 @@ extension Peer {
         let now = self.transport.now
         let expiry = self.withState { $0.callTimerFired(at: now) }
         if let next = expiry.armTimerAt { self.armCallTimer(at: next) }
-        for waiter in expiry.drained { waiter.resume(returning: true) }
+        for waiter in expiry.drained { waiter(true) }
         for (id, call) in expiry.overdue {
             self.sendCancel(id)
-            call.continuation.resume(
+            call.continuation?.resume(
                 throwing: IntercomError(
                     .timeout, "no reply from '\(self.remoteName)' within \(call.timeout)",
                     context: .init(method: call.method, callID: id, peer: self.remoteName)))
@@ -178,10 +176,10 @@ extension Peer {
     /// other side to stop its handler (if the call is still pending).
     func cancelCall(_ id: UInt64) {
         let removal = self.withState { $0.callEnded(id) }
-        for waiter in removal.drained { waiter.resume(returning: true) }
+        for waiter in removal.drained { waiter(true) }
         guard let call = removal.call else { return }
         self.sendCancel(id)
-        call.continuation.resume(
+        call.continuation?.resume(
             throwing: IntercomError(
                 .cancelled, "the calling task was cancelled; the handler was told to stop",
                 context: .init(method: call.method, callID: id, peer: self.remoteName)))

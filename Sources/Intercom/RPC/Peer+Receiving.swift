@@ -103,7 +103,7 @@ extension Peer: FrameReceiver {
             return
         }
         let removal = self.withState { $0.callEnded(frame.id) }
-        for waiter in removal.drained { waiter.resume(returning: true) }
+        for waiter in removal.drained { waiter(true) }
         guard let call = removal.call else {
             // Late reply (the call timed out or was cancelled): dropped.
             self.lateReplies.add(1, ordering: .relaxed)
@@ -111,9 +111,9 @@ extension Peer: FrameReceiver {
             return
         }
         if frame.kind == .error {
-            call.continuation.resume(throwing: self.remoteError(from: frame, method: call.method))
+            call.continuation?.resume(throwing: self.remoteError(from: frame, method: call.method))
         } else {
-            call.continuation.resume(returning: frame)
+            call.continuation?.resume(returning: frame)
         }
     }
 
@@ -171,6 +171,6 @@ extension Peer: FrameReceiver {
         for timer in closure.handlers.timers { timer.cancel() }
         if closure.handlers.releaseMemory { ReleasedMemory.handBack() }
         for task in closure.handlers.tasks { task.cancel() }
-        for waiter in closure.closeWaiters { waiter.resume() }
+        for waiter in closure.closeWaiters { waiter() }
     }
 }

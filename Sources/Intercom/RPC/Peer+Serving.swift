@@ -13,8 +13,8 @@ extension Peer {
     /// so a resume posted from a finishing handler can never leave it reading past
     /// the budget for more than one read.
     func accept(_ frame: Frame) {
-        let request = InboundCalls<PeerConnection>.Request(
-            id: frame.id, isCall: frame.kind == .call, request: frame, bytes: Self.heldBytes(frame),
+        let request = InboundCalls.Request(
+            id: frame.id, isCall: frame.kind == .call, frame: frame, bytes: Self.heldBytes(frame),
             deadline: frame.timeout.map { self.transport.now.advanced(by: $0) })
         switch self.withState({ $0.requestArrived(request) }) {
         case nil:
@@ -36,9 +36,9 @@ extension Peer {
 
     /// Starts the task for one call or routed message, which the state machine
     /// has marked running (outside its lock: the task is attached afterwards).
-    func startHandler(_ request: InboundCalls<PeerConnection>.Request, armTimerAt: ContinuousClock.Instant?) {
+    func startHandler(_ request: InboundCalls.Request, armTimerAt: ContinuousClock.Instant?) {
         if let armTimerAt { self.armHandlerTimer(at: armTimerAt) }
-        let frame = request.request
+        let frame = request.frame
         let method = frame.method ?? ""
         let context = CallContext(
             method: method, callID: frame.id, deadline: request.deadline, timeout: frame.timeout,

@@ -38,7 +38,7 @@ public final class Peer: Sendable {
     let transport: any FrameTransport
     let router: Router?
     /// Calls both ways and the connection's life: one state machine under one lock.
-    let state: Locked<ConnectionStateMachine<PeerConnection>>
+    let state: Locked<ConnectionStateMachine>
     let nextCallID = Atomic<UInt64>(1)
     let lateReplies = Atomic<Int>(0)
     let inbox: Inbox
@@ -88,7 +88,7 @@ public final class Peer: Sendable {
 
     /// Runs `body` on the connection's state machine under its lock, then wakes
     /// anyone waiting for the statistics it may have changed.
-    func withState<R>(_ body: (inout ConnectionStateMachine<PeerConnection>) -> R) -> R {
+    func withState<R>(_ body: (inout ConnectionStateMachine) -> R) -> R {
         let result = self.state.withLock(body)
         self.statisticsChanged()
         return result
@@ -144,13 +144,13 @@ public final class Peer: Sendable {
     public func waitForOutstandingCalls(timeout: Duration) async throws(IntercomError) {
         let timer = Locked<(any ScheduledWork)?>(nil)
         let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            guard let key = self.withState({ $0.addDrainWaiter(continuation) }) else {
+            guard let key = self.withState({ $0.addDrainWaiter { continuation.resume(returning: $0) } }) else {
                 continuation.resume(returning: true)
                 return
             }
             // Armed only once the waiter is registered, so it cannot fire too early to find it.
             let work = self.transport.schedule(after: timeout) {
-                self.withState { $0.removeDrainWaiter(key) }?.resume(returning: false)
+                self.withState { $0.removeDrainWaiter(key) }?(false)
             }
             timer.withLock { $0 = work }
         }
@@ -206,7 +206,7 @@ public final class Peer: Sendable {
     /// Returns when the connection has ended, whoever ended it.
     public func waitUntilClosed() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            if !self.withState({ $0.addCloseWaiter(continuation) }) { continuation.resume() }
+            if !self.withState({ $0.addCloseWaiter { continuation.resume() } }) { continuation.resume() }
         }
     }
 
@@ -214,24 +214,13 @@ public final class Peer: Sendable {
     public var isClosed: Bool { self.state.withLock { $0.isClosed } }
 
     /// Fails the calls the connection's end left pending (outside the lock).
-    func failCalls(_ ending: OutboundCalls<PeerConnection>.Ending, reason: IntercomError) {
+    func failCalls(_ ending: OutboundCalls.Ending, reason: IntercomError) {
         for timer in ending.timers { timer.cancel() }
-        for waiter in ending.drained { waiter.resume(returning: true) }
+        for waiter in ending.drained { waiter(true) }
         for (id, call) in ending.orphans {
-            call.continuation.resume(throwing: reason.with(.init(method: call.method, callID: id, peer: self.remoteName)))
+            call.continuation?.resume(throwing: reason.with(.init(method: call.method, callID: id, peer: self.remoteName)))
         }
     }
-}
-
-/// What a ``Peer``'s connection state machine holds.
-enum PeerConnection: ConnectionTypes {
-    typealias CallContinuation = UnsafeContinuation<Frame, any Error>
-    typealias DrainWaiter = CheckedContinuation<Bool, Never>
-    typealias CloseWaiter = UnsafeContinuation<Void, Never>
-    typealias HandlerTask = Task<Void, Never>
-    typealias AfterReply = @Sendable () async -> Void
-    typealias Timer = any ScheduledWork
-    typealias Request = Frame
 }
 
 /// Messages read in the current batch, not yet in the inbox.
@@ -266,14 +255,6 @@ final class Arrivals: @unchecked Sendable {
     }
 
     var isEmpty: Bool { self.messages.pointee.isEmpty }
-}
-
-/// Set when a calling task is cancelled, possibly before its call is registered
-/// (the registration then refuses it).
-final class CallCancellation: Sendable {
-    private let flag = Atomic<Bool>(false)
-    func set() { self.flag.store(true, ordering: .sequentiallyConsistent) }
-    var isSet: Bool { self.flag.load(ordering: .sequentiallyConsistent) }
 }
 
 extension IntercomError {

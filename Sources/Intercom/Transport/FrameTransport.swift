@@ -77,7 +77,7 @@ struct ReadPauseReason: OptionSet, Sendable {
 }
 
 /// A scheduled piece of work that can still be called off.
-protocol ScheduledWork: Sendable {
+package protocol ScheduledWork: Sendable {
     /// Calls the work off if it has not run yet.
     func cancel()
 }

@@ -1,4 +1,5 @@
 internal import DequeModule
+package import IntercomWire
 
 /// The other side's calls and routed messages this side serves: which run, which
 /// wait for a handler slot, the bytes they hold and the handler deadline timer.
@@ -9,22 +10,25 @@ internal import DequeModule
 /// A handler's task is created outside the lock, so a call is recorded before
 /// its task exists (``attach(_:to:)`` adds it). A cancel frame or a deadline that
 /// comes in between is remembered and applied when the task is attached.
-package struct InboundCalls<Types: ConnectionTypes> {
+package struct InboundCalls {
+    /// Work to run after a handler's reply is queued (``CallContext/afterReply(_:)``).
+    package typealias AfterReply = @Sendable () async -> Void
+
     /// A call or routed message to run.
     package struct Request {
         package let id: UInt64
         /// A call (answered) rather than a one-way message (not answered, not cancellable).
         package let isCall: Bool
-        package let request: Types.Request
+        package let frame: Frame
         /// Bytes it holds while queued or running (against the byte budget).
         package let bytes: Int
         /// When the caller stops waiting, from the frame's timeout and its arrival.
         package let deadline: ContinuousClock.Instant?
 
-        package init(id: UInt64, isCall: Bool, request: Types.Request, bytes: Int, deadline: ContinuousClock.Instant?) {
+        package init(id: UInt64, isCall: Bool, frame: Frame, bytes: Int, deadline: ContinuousClock.Instant?) {
             self.id = id
             self.isCall = isCall
-            self.request = request
+            self.frame = frame
             self.bytes = bytes
             self.deadline = deadline
         }
@@ -32,12 +36,12 @@ package struct InboundCalls<Types: ConnectionTypes> {
 
     /// A call that is queued or running, by id.
     private struct Entry {
-        var task: Types.HandlerTask?
+        var task: Task<Void, Never>?
         let deadline: ContinuousClock.Instant?
         var running = false
         var cancelRequested = false
         /// ``CallContext/afterReply(_:)`` work, run once the reply is queued.
-        var afterReply: [Types.AfterReply] = []
+        var afterReply: [AfterReply] = []
     }
 
     private var calls: [UInt64: Entry] = [:]
@@ -51,7 +55,7 @@ package struct InboundCalls<Types: ConnectionTypes> {
     private var peakBytes = 0
     /// Reading is paused for the call queue or the byte budget.
     private var paused = false
-    private var timer = DeadlineTimer<Types.Timer>()
+    private var timer = DeadlineTimer()
 
     package let maxConcurrent: Int
     package let maxQueued: Int
@@ -114,7 +118,7 @@ package struct InboundCalls<Types: ConnectionTypes> {
 
     /// The task for call `id` exists now. Returns whether to cancel it at once
     /// (a cancel frame or its deadline came first).
-    package mutating func attach(_ task: Types.HandlerTask, to id: UInt64) -> Bool {
+    package mutating func attach(_ task: Task<Void, Never>, to id: UInt64) -> Bool {
         guard self.calls[id] != nil else { return false }  // Already finished.
         self.calls[id]!.task = task
         return self.calls[id]!.cancelRequested
@@ -123,7 +127,7 @@ package struct InboundCalls<Types: ConnectionTypes> {
     /// What a cancel frame leaves to do.
     package enum Cancellation {
         /// Cancel this running handler's task.
-        case cancel(Types.HandlerTask)
+        case cancel(Task<Void, Never>)
         /// The call was still queued and is dropped: its caller gave up, so it never
         /// runs and is not answered. Resume reading if the pause is over.
         case dropped(resumeReading: Bool)
@@ -160,7 +164,7 @@ package struct InboundCalls<Types: ConnectionTypes> {
     /// What a finished handler leaves to do.
     package struct Finish {
         /// ``CallContext/afterReply(_:)`` work to run.
-        package var afterReply: [Types.AfterReply] = []
+        package var afterReply: [AfterReply] = []
         /// The next queued request to start (with the handler timer to arm, if asked).
         package var next: Request?
         package var armTimerAt: ContinuousClock.Instant?
@@ -190,28 +194,28 @@ package struct InboundCalls<Types: ConnectionTypes> {
 
     /// Registers after-reply work for call `id`; false if it is not queued or
     /// running (a one-way message, or finished): then run it at once.
-    package mutating func addAfterReply(_ action: Types.AfterReply, to id: UInt64) -> Bool {
+    package mutating func addAfterReply(_ action: @escaping AfterReply, to id: UInt64) -> Bool {
         guard id != 0, self.calls[id] != nil else { return false }
         self.calls[id]!.afterReply.append(action)
         return true
     }
 
     /// The handler timer asked for is armed.
-    package mutating func timerArmed(_ timer: Types.Timer, at deadline: ContinuousClock.Instant) {
+    package mutating func timerArmed(_ timer: any ScheduledWork, at deadline: ContinuousClock.Instant) {
         self.timer.record(timer, at: deadline)
     }
 
     /// What the handler timer's firing leaves to do.
     package struct Expiry {
         /// Tasks of handlers past their caller's deadline: cancel them.
-        package var overdue: [Types.HandlerTask]
+        package var overdue: [Task<Void, Never>]
         package var armTimerAt: ContinuousClock.Instant?
     }
 
     /// The handler timer fired at `now`. (Handlers remove themselves when they end.)
     package mutating func timerFired(at now: ContinuousClock.Instant) -> Expiry {
         self.timer.fired(at: now)
-        var overdue: [Types.HandlerTask] = []
+        var overdue: [Task<Void, Never>] = []
         var next: ContinuousClock.Instant?
         for (id, entry) in self.calls where entry.running && !entry.cancelRequested {
             guard let deadline = entry.deadline else { continue }
@@ -229,8 +233,8 @@ package struct InboundCalls<Types: ConnectionTypes> {
     /// What the connection's end leaves to do for the calls it serves.
     package struct Ending {
         /// Running handlers' tasks: cancel them (each still finishes and reports).
-        package var tasks: [Types.HandlerTask]
-        package var timers: [Types.Timer]
+        package var tasks: [Task<Void, Never>]
+        package var timers: [any ScheduledWork]
         package var releaseMemory: Bool
     }
 

@@ -1,30 +1,38 @@
-/// The calls this side made and waits for: one part of ``ConnectionStateMachine``.
-///
-/// A value with no locks and no I/O. Each event returns what must happen next
-/// (resume these callers, arm a timer at this instant, cancel these timers), and
-/// the peer does it after releasing the lock the machine lives under. Whether
-/// the connection has ended is not stored here: the connection state machine
-/// knows, and calls ``end()`` once.
-package struct OutboundCalls<Types: ConnectionTypes> {
-    /// A call waiting for its answer.
-    package struct Call {
-        package let continuation: Types.CallContinuation
-        package let method: String?
-        package let timeout: Duration
-        package let deadline: ContinuousClock.Instant
+package import IntercomWire
+internal import Synchronization
 
-        package init(continuation: Types.CallContinuation, method: String?, timeout: Duration, deadline: ContinuousClock.Instant) {
-            self.continuation = continuation
-            self.method = method
-            self.timeout = timeout
-            self.deadline = deadline
-        }
+/// A call this side made, from its sending until its answer, timeout or
+/// cancellation. One allocation per call: the continuation, what errors need
+/// (method, timeout), the deadline, and the flag a cancellation sets even
+/// before the call is registered (the registration then refuses it).
+package final class PendingCall: @unchecked Sendable {
+    // @unchecked: `continuation` is set before the call is registered (published
+    // under the state lock) and read only after it is removed under that lock.
+    package var continuation: UnsafeContinuation<Frame, any Error>?
+    package let method: String?
+    package let timeout: Duration
+    package let deadline: ContinuousClock.Instant
+    private let cancelled = Atomic<Bool>(false)
+
+    package init(method: String?, timeout: Duration, deadline: ContinuousClock.Instant) {
+        self.method = method
+        self.timeout = timeout
+        self.deadline = deadline
     }
 
-    package private(set) var pending: [UInt64: Call] = [:]
-    private var timer = DeadlineTimer<Types.Timer>()
+    /// The calling task was cancelled.
+    package func cancel() { self.cancelled.store(true, ordering: .sequentiallyConsistent) }
+    package var isCancelled: Bool { self.cancelled.load(ordering: .sequentiallyConsistent) }
+}
+
+package struct OutboundCalls {
+    /// Woken with `true` when no call is pending, `false` when its time ran out.
+    package typealias DrainWaiter = @Sendable (_ drained: Bool) -> Void
+
+    package private(set) var pending: [UInt64: PendingCall] = [:]
+    private var timer = DeadlineTimer()
     /// Tasks waiting until no call is pending (``Peer/waitForOutstandingCalls(timeout:)``).
-    private var drainWaiters: [UInt64: Types.DrainWaiter] = [:]
+    private var drainWaiters: [UInt64: DrainWaiter] = [:]
     private var nextDrainWaiter: UInt64 = 0
 
     package init() {}
@@ -32,20 +40,20 @@ package struct OutboundCalls<Types: ConnectionTypes> {
     /// What a removal leaves to do: the call to answer (nil if it was no longer
     /// pending — a late reply) and the drain waiters to wake if none is left.
     package struct Removal {
-        package var call: Call?
-        package var drained: [Types.DrainWaiter]
+        package var call: PendingCall?
+        package var drained: [DrainWaiter]
     }
 
     /// Records call `id`. Returns the instant to arm the call timer at, if no
     /// timer armed already fires by the call's deadline.
-    package mutating func register(_ id: UInt64, _ call: Call) -> ContinuousClock.Instant? {
+    package mutating func register(_ id: UInt64, _ call: PendingCall) -> ContinuousClock.Instant? {
         precondition(self.pending[id] == nil, "call id \(id) registered twice")
         self.pending[id] = call
         return self.timer.needsTimer(for: call.deadline) ? call.deadline : nil
     }
 
     /// The timer asked for by ``register(_:_:)`` or ``timerFired(at:)`` is armed.
-    package mutating func timerArmed(_ timer: Types.Timer, at deadline: ContinuousClock.Instant) {
+    package mutating func timerArmed(_ timer: any ScheduledWork, at deadline: ContinuousClock.Instant) {
         self.timer.record(timer, at: deadline)
     }
 
@@ -60,16 +68,16 @@ package struct OutboundCalls<Types: ConnectionTypes> {
     package struct Expiry {
         /// The calls past their deadline, no longer pending: fail each with `timeout`
         /// and tell the other side to stop its handler.
-        package var overdue: [(id: UInt64, call: Call)]
+        package var overdue: [(id: UInt64, call: PendingCall)]
         /// When to arm the timer next, if a call is still pending and no timer covers it.
         package var armTimerAt: ContinuousClock.Instant?
-        package var drained: [Types.DrainWaiter]
+        package var drained: [DrainWaiter]
     }
 
     /// The call timer fired at `now`.
     package mutating func timerFired(at now: ContinuousClock.Instant) -> Expiry {
         self.timer.fired(at: now)
-        var overdue: [(id: UInt64, call: Call)] = []
+        var overdue: [(id: UInt64, call: PendingCall)] = []
         var next: ContinuousClock.Instant?
         for (id, call) in self.pending {
             if call.deadline <= now {
@@ -86,10 +94,10 @@ package struct OutboundCalls<Types: ConnectionTypes> {
     /// What the connection's end leaves to do for its calls.
     package struct Ending {
         /// Every call still pending: fail each with the connection's end.
-        package var orphans: [(id: UInt64, call: Call)]
+        package var orphans: [(id: UInt64, call: PendingCall)]
         /// Timers still armed, to cancel.
-        package var timers: [Types.Timer]
-        package var drained: [Types.DrainWaiter]
+        package var timers: [any ScheduledWork]
+        package var drained: [DrainWaiter]
     }
 
     /// The connection ended: nothing is pending any more.
@@ -101,7 +109,7 @@ package struct OutboundCalls<Types: ConnectionTypes> {
 
     /// Registers a task that waits until no call is pending; nil if none is
     /// pending now (the waiter need not wait).
-    package mutating func addDrainWaiter(_ waiter: Types.DrainWaiter) -> UInt64? {
+    package mutating func addDrainWaiter(_ waiter: @escaping DrainWaiter) -> UInt64? {
         guard !self.pending.isEmpty else { return nil }
         self.nextDrainWaiter += 1
         self.drainWaiters[self.nextDrainWaiter] = waiter
@@ -109,11 +117,11 @@ package struct OutboundCalls<Types: ConnectionTypes> {
     }
 
     /// Takes back a drain waiter whose time ran out; nil if it was already woken.
-    package mutating func removeDrainWaiter(_ key: UInt64) -> Types.DrainWaiter? {
+    package mutating func removeDrainWaiter(_ key: UInt64) -> DrainWaiter? {
         self.drainWaiters.removeValue(forKey: key)
     }
 
-    private mutating func takeDrainWaitersIfIdle() -> [Types.DrainWaiter] {
+    private mutating func takeDrainWaitersIfIdle() -> [DrainWaiter] {
         guard self.pending.isEmpty, !self.drainWaiters.isEmpty else { return [] }
         defer { self.drainWaiters.removeAll() }
         return Array(self.drainWaiters.values)
