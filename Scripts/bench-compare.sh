@@ -16,7 +16,7 @@ for round in $(seq 1 "$rounds"); do
   for transport in socketpair unix shm; do
     case $transport in socketpair) c=socketpair ;; unix) c=unixpath ;; shm) c=shm-futex ;; esac
     echo "## round $round transport $transport"
-    echo "# C $c"; $pin "$cref" "$c" 2>&1 | grep -E '^S[1-4]|scenario=S[1-4]' || true
+    echo "# C $c"; timeout 60 $pin "$cref" "$c" 2>&1 | grep -E '^S[1-4]|scenario=S[1-4]' || true
     for build in before after; do
       binary=$before; [ $build = after ] && binary=$after
       echo "# $build"; $pin "$binary" bench --transport "$transport" --scenario all 2>&1 | grep -E '^S[1-4]|scenario=S[1-4]' || true

@@ -108,22 +108,32 @@ extension Peer {
                 "event of \(payload.readableBytes) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'",
                 context: .init(method: topic, peer: self.remoteName))
         }
-        return self.remoteTopics.withLock { state -> PublishOutcome in
-            guard state.subscription(for: topic) != nil else { return .notSubscribed }
-            let missed = state.missed[topic] ?? 0
-            var frame = ByteBuffer()
-            frame.reserveCapacity(FrameHeader.size + 3 + topic.utf8.count + payload.readableBytes)
-            let mark = FrameHeader.begin(
-                into: &frame, kind: .event, flags: json ? .jsonPayload : [], id: UInt64(missed), method: topic)
-            var body = payload
-            frame.writeBuffer(&body)
-            FrameHeader.finish(mark, in: &frame)
-            if self.transport.sendIfWritable(frame) {
-                state.missed[topic] = nil
-                return .sent
-            }
-            state.missed[topic] = missed + 1
-            return .dropped
+        // The count of events dropped before this one travels in its id. It is taken
+        // out under the lock and the frame written after it (no write under a lock);
+        // if the write fails, the count goes back, one higher.
+        let taken = self.remoteTopics.withLock { state -> Int? in
+            guard state.subscription(for: topic) != nil else { return nil }
+            return state.missed.removeValue(forKey: topic) ?? 0
+        }
+        guard let missed = taken else { return .notSubscribed }
+        var frame = ByteBuffer()
+        frame.reserveCapacity(FrameHeader.size + 3 + topic.utf8.count + payload.readableBytes)
+        let mark = FrameHeader.begin(
+            into: &frame, kind: .event, flags: json ? .jsonPayload : [], id: UInt64(missed), method: topic)
+        var body = payload
+        frame.writeBuffer(&body)
+        FrameHeader.finish(mark, in: &frame)
+        if self.transport.sendIfWritable(frame) { return .sent }
+        self.oweMissedEvents(missed + 1, of: topic)
+        return .dropped
+    }
+
+    /// Counts `count` events of `topic` as dropped, to report with the next one
+    /// sent (or a lag notice) — unless the other side unsubscribed meanwhile.
+    func oweMissedEvents(_ count: Int, of topic: String) {
+        self.remoteTopics.withLock { state in
+            guard state.subscription(for: topic) != nil else { return }
+            state.missed[topic, default: 0] += count
         }
     }
 }

@@ -11,13 +11,15 @@ extension Peer: FrameReceiver {
     /// The connection drained after being full: tell subscribers what they missed
     /// now, rather than with the next event (which may never come).
     func transportWritable() {
-        self.remoteTopics.withLock { state in
-            for (topic, missed) in state.missed where missed > 0 {
-                var frame = ByteBuffer()
-                let mark = FrameHeader.begin(into: &frame, kind: .event, flags: .lagNotice, id: UInt64(missed), method: topic)
-                FrameHeader.finish(mark, in: &frame)
-                if self.transport.sendIfWritable(frame) { state.missed[topic] = nil }
-            }
+        let owed = self.remoteTopics.withLock { state -> [String: Int] in
+            defer { state.missed.removeAll() }
+            return state.missed
+        }
+        for (topic, missed) in owed where missed > 0 {
+            var frame = ByteBuffer()
+            let mark = FrameHeader.begin(into: &frame, kind: .event, flags: .lagNotice, id: UInt64(missed), method: topic)
+            FrameHeader.finish(mark, in: &frame)
+            if !self.transport.sendIfWritable(frame) { self.oweMissedEvents(missed, of: topic) }
         }
     }
 

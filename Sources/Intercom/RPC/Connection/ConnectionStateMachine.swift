@@ -1,16 +1,18 @@
 /// One connection's state as a value: events in, actions out.
 ///
-/// The model is grpc-swift-nio-transport's state machines. It holds concrete
-/// types (continuations, tasks, timers) rather than being generic over them: a
-/// generic version measured 20–25 % slower on calls in flight, its entries'
-/// layouts resolved through metadata at run time. Its tests use real tasks and
-/// timers that never run. The peer keeps this
+/// The model is grpc-swift-nio-transport's state machines. The peer keeps this
 /// value under one lock; every event is a mutating method that changes the state
 /// and returns what must happen next — resume these continuations, cancel these
 /// tasks, arm a timer at this instant, pause reading — which the peer carries out
-/// after releasing the lock. So no timer is scheduled, no frame written and no
-/// continuation resumed while the lock is held, and there is no lock order to
-/// remember. Nothing here does I/O, so the tests drive it without any.
+/// after releasing the lock. So no timer is scheduled, no task started, no frame
+/// written and no continuation resumed while the lock is held, and there is no
+/// lock order to remember. Nothing here does I/O, so the tests drive it without
+/// any (with real tasks and timers that never run).
+///
+/// It holds concrete types (``PendingCall``, tasks, timers, closures) rather than
+/// being generic over them: a generic version, easier to test with plain values,
+/// resolved its entries' layouts through metadata at run time and cost 13–20 %
+/// on calls in flight (BENCHMARKS.md).
 ///
 /// It is also the one place that knows whether the connection has ended and
 /// why (``phase``): calls, handlers, close waiters and the peer's receivers all
