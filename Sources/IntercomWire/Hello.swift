@@ -24,6 +24,10 @@ public struct Hello: Hashable, Sendable {
     /// Capability bit 0: this side can move the connection onto shared-memory
     /// rings and will, if the other side sets it too.
     public static let sharedMemoryCapability: UInt64 = 1 << 0
+    /// The id of the `sharedMemory` frame that says "ready" (step 1 of the
+    /// upgrade, docs/PROTOCOL.md), the one that may still come through the socket's
+    /// normal reading.
+    public static let sharedMemoryReadyID: UInt64 = 1
     /// The sender's name: a service name, a role, or the executable's name.
     public var name: String
 

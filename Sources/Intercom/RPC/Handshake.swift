@@ -1,5 +1,5 @@
 internal import IntercomWire
-internal import NIOCore
+internal import NIOCore  // ByteBuffer
 #if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)
@@ -7,43 +7,44 @@ internal import Darwin
 #endif
 
 /// The first receiver of every connection: sends this side's hello, waits for the
-/// other side's, agrees on version and codec, then hands the stream to a new ``Peer``.
+/// other side's, agrees on version and codec, then hands the stream to a new ``Peer``
+/// — on the same transport, or on the one it upgraded to when both hellos
+/// offered it (through ``TransportUpgrade``: no knowledge of which transports).
 ///
 /// Confined to the transport's thread (every callback and the timer run there).
 final class Handshake: FrameReceiver, @unchecked Sendable {
     private let transport: any FrameTransport
     private let router: Router?
     private let configuration: Peer.Configuration
-    private let promise: EventLoopPromise<Peer>
+    private let completion: @Sendable (Result<Peer, IntercomError>) -> Void
     private var finished = false
     private var timer: (any ScheduledWork)?
     private var startedAt = ContinuousClock.now
-    /// Whether this side's hello offers shared memory (enabled, and the
-    /// connection is a Unix stream socket whose descriptor is known).
+    /// Whether this side's hello offers shared memory (the transport can upgrade).
     private var offersSharedMemory = false
-    #if os(Linux)
     /// The upgrade under way (its rings are made only once both hellos offered it,
     /// so a connection that never completes a hello costs no shared memory).
-    private var upgrade: SharedMemoryUpgrade?
-    #endif
+    private var upgrade: (any TransportUpgrade)?
     /// Both hellos offered shared memory; the upgrade conversation is under way.
     private var upgrading = false
     /// The socket ended during the upgrade (NIO reads to the end of the stream when
     /// it sees it end, even while paused); the upgrade thread decides the outcome.
     private var socketEndedWhileUpgrading = false
 
-    init(transport: any FrameTransport, router: Router?, configuration: Peer.Configuration, promise: EventLoopPromise<Peer>) {
+    /// `completion` is called once, on the transport's thread, with the peer or why there is none.
+    init(
+        transport: any FrameTransport, router: Router?, configuration: Peer.Configuration,
+        completion: @escaping @Sendable (Result<Peer, IntercomError>) -> Void
+    ) {
         self.transport = transport
         self.router = router
         self.configuration = configuration
-        self.promise = promise
+        self.completion = completion
     }
 
     private var ownHello: Hello {
         var capabilities: UInt64 = 0
-        #if os(Linux)
         if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
-        #endif
         return Hello(
             preferredCodec: self.configuration.preferredCodec,
             maxFrameSize: UInt32(clamping: self.configuration.limits.maxFrameSize),
@@ -54,11 +55,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     func transportActive() {
         self.startedAt = self.transport.now
-        #if os(Linux)
-        if self.configuration.sharedMemory.isEnabled, let socket = self.transport as? NIOFrameTransport {
-            self.offersSharedMemory = socket.isUnixStreamSocket
-        }
-        #endif
+        self.offersSharedMemory = self.transport.canOfferUpgrade(self.configuration.sharedMemory)
         var buffer = ByteBuffer()
         let mark = FrameHeader.begin(into: &buffer, kind: .hello, id: 0)
         self.ownHello.write(into: &buffer)
@@ -76,7 +73,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         if self.upgrading {
             // Only the other side's "ready" can come this way before reading moves
             // to the upgrade thread; anything else is for that thread to judge.
-            if frame.kind == .sharedMemory, frame.id == SharedMemoryUpgrade.readyID { self.upgrade?.remoteReady = true }
+            if frame.kind == .sharedMemory, frame.id == Hello.sharedMemoryReadyID { self.upgrade?.remoteReadyArrived() }
             return
         }
         switch frame.kind {
@@ -93,7 +90,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                 self.transport.setReceiver(peer)
                 self.finished = true
                 self.timer?.cancel()
-                self.promise.succeed(peer)
+                self.completion(.success(peer))
             } catch {
                 self.refuse(error)
             }
@@ -111,14 +108,43 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     /// Moves the connection to shared memory if both hellos offered it; false if not.
     private func startUpgrade(remote: Hello, codec: PayloadCodec) -> Bool {
-        #if os(Linux)
-        guard self.offersSharedMemory, remote.capabilities & Hello.sharedMemoryCapability != 0,
-            let socket = self.transport as? NIOFrameTransport
-        else {
-            return false
-        }
+        guard self.offersSharedMemory, remote.capabilities & Hello.sharedMemoryCapability != 0 else { return false }
         self.upgrading = true
-        guard let upgrade = SharedMemoryUpgrade.offer(on: socket, options: self.configuration.sharedMemory) else {
+        let configuration = self.configuration
+        let router = self.router
+        let upgrade = self.transport.beginUpgrade(
+            options: configuration.sharedMemory, deadline: self.startedAt + configuration.handshakeTimeout,
+            limits: configuration.limits, logger: configuration.logger,
+            established: { [self] newTransport in
+                // On the new transport's thread, before it serves the connection.
+                let peer = Peer(transport: newTransport, router: router, configuration: configuration, remote: remote, codec: codec)
+                return { [self] handover in
+                    // Back on this transport's thread. Only now may frames reach the peer
+                    // (they wait in the ring meanwhile): whoever waits for it has it first.
+                    // A listener that had not yet listed a connection when its first call
+                    // ran made a service's publish skip that caller's subscription.
+                    defer { handover.newTransport.setReceiver(peer) }
+                    guard !self.finished else {
+                        handover.newTransport.close()  // the handshake timed out or the socket closed meanwhile
+                        return
+                    }
+                    self.finished = true
+                    self.timer?.cancel()
+                    self.upgrade = nil
+                    handover.complete(self.socketEndedWhileUpgrading)
+                    self.completion(.success(peer))
+                }
+            },
+            failed: { [self] error in
+                var explained = error
+                if error.code != .peerLost {
+                    explained.message += " (the connection was moving to shared memory; to keep it on its socket, set configuration.sharedMemory.isEnabled = false or INTERCOM_SHARED_MEMORY=off)"
+                }
+                self.upgrade = nil
+                self.fail(explained)
+                self.transport.close()
+            })
+        guard let upgrade else {
             // Both sides agreed to move; this side cannot (out of descriptors or memory).
             self.upgrading = false
             self.refuse(
@@ -128,49 +154,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
             return true
         }
         self.upgrade = upgrade
-        let configuration = self.configuration
-        let router = self.router
-        upgrade.start(
-            socket: socket, deadline: self.startedAt + configuration.handshakeTimeout, limits: configuration.limits,
-            logger: configuration.logger,
-            established: { [self] shm in
-                // On the new transport's thread, before it serves the connection.
-                let peer = Peer(transport: shm, router: router, configuration: configuration, remote: remote, codec: codec)
-                socket.executeOnLoop { [self] in
-                    // Only now may frames reach the peer (they wait in the ring meanwhile):
-                    // whoever waits for it has it first. A listener that had not yet listed
-                    // a connection when its first call ran made a service's publish skip
-                    // that caller's subscription.
-                    defer { shm.setReceiver(peer) }
-                    guard !self.finished else {
-                        shm.close()  // the handshake timed out or the socket closed meanwhile
-                        return
-                    }
-                    self.finished = true
-                    self.timer?.cancel()
-                    self.upgrade = nil
-                    socket.setReceiver(SharedMemoryLiveness(transport: shm))
-                    socket.setReadingPaused(false, reason: .upgrade)
-                    if self.socketEndedWhileUpgrading || !socket.channel.isActive { shm.socketEnded() }
-                    self.promise.succeed(peer)
-                }
-            },
-            failed: { [self] error in
-                var explained = error
-                if error.code != .peerLost {
-                    explained.message += " (the connection was moving to shared memory; to keep it on its socket, set configuration.sharedMemory.isEnabled = false or INTERCOM_SHARED_MEMORY=off)"
-                }
-                let error = explained
-                socket.executeOnLoop { [self] in
-                    self.upgrade = nil
-                    self.fail(error)
-                    socket.close()
-                }
-            })
         return true
-        #else
-        return false
-        #endif
     }
 
     /// Tells the other side why the handshake failed, then closes.
@@ -200,12 +184,10 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     private func fail(_ error: IntercomError) {
-        #if os(Linux)
         self.upgrade = nil
-        #endif
         guard !self.finished else { return }
         self.finished = true
         self.timer?.cancel()
-        self.promise.fail(error)
+        self.completion(.failure(error))
     }
 }

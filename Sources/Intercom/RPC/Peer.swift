@@ -127,13 +127,11 @@ public final class Peer: Sendable {
     /// host allowed it; see ``SharedMemoryOptions``) rather than its socket.
     public var isSharedMemory: Bool { self.transport.isSharedMemory }
 
-    #if os(Linux)
     /// For tests that play a hostile peer: the shared memory of the ring this side
     /// writes (which the other side reads), or nil on a socket.
     package var outboundRingMemoryForTesting: UnsafeMutableRawBufferPointer? {
-        (self.transport as? SharedMemoryTransport)?.outboundMemory
+        self.transport.outboundMemoryForTesting
     }
-    #endif
 
     // MARK: Waiting for calls
 

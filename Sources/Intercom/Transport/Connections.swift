@@ -18,7 +18,10 @@ func installPeer(on channel: any Channel, descriptor: Int32?, router: Router?, c
         channel: channel, descriptor: descriptor, limits: configuration.limits, logger: configuration.logger)
     try channel.pipeline.syncOperations.addHandler(transport.handler)
     let promise = channel.eventLoop.makePromise(of: Peer.self)
-    transport.setReceiver(Handshake(transport: transport, router: router, configuration: configuration, promise: promise))
+    transport.setReceiver(
+        Handshake(transport: transport, router: router, configuration: configuration) { result in
+            promise.completeWith(result.mapError { $0 as any Error })
+        })
     return promise.futureResult
 }
 

@@ -1,5 +1,6 @@
 internal import IntercomWire
 internal import NIOCore
+internal import Logging
 
 /// What the RPC layer needs from a byte stream that carries frames.
 ///
@@ -44,6 +45,26 @@ protocol FrameTransport: AnyObject, Sendable {
 
     /// Runs `body` on the transport's thread after `delay`, unless cancelled first.
     func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork
+
+    /// The memory this side writes frames into when the other side reads it
+    /// directly (a shared-memory ring), for tests that play a hostile peer.
+    var outboundMemoryForTesting: UnsafeMutableRawBufferPointer? { get }
+
+    /// Whether this side can offer to move the connection to another transport
+    /// in its hello (the shared-memory capability): a Unix stream socket whose
+    /// descriptor is known, with shared memory enabled.
+    func canOfferUpgrade(_ options: SharedMemoryOptions) -> Bool
+
+    /// Starts moving the connection once both hellos offered it; nil if this side
+    /// cannot after all (out of descriptors or memory). `established` runs on the
+    /// new transport's thread before it serves anything (make the receiver there)
+    /// and returns what to run on this transport's thread with the handover;
+    /// `failed` runs on this transport's thread.
+    func beginUpgrade(
+        options: SharedMemoryOptions, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
+        established: @escaping @Sendable (_ newTransport: any FrameTransport) -> @Sendable (TransportHandover) -> Void,
+        failed: @escaping @Sendable (IntercomError) -> Void
+    ) -> (any TransportUpgrade)?
 
     /// Calls `observer` (with no lock held) whenever a sender starts or stops
     /// waiting for room (``blockedSenders`` changed). Set once, by the peer.

@@ -13,10 +13,13 @@ extension Peer {
             on: loop, limits: (configurations.first.limits, configurations.second.limits),
             watermarks: (configurations.first.inMemoryWatermarks, configurations.second.inMemoryWatermarks))
         let promises = [loop.makePromise(of: Peer.self), loop.makePromise(of: Peer.self)]
-        let handshakes = [
-            Handshake(transport: link.ends[0], router: routers.first, configuration: configurations.first, promise: promises[0]),
-            Handshake(transport: link.ends[1], router: routers.second, configuration: configurations.second, promise: promises[1]),
-        ]
+        let configurations = [configurations.first, configurations.second]
+        let routers = [routers.first, routers.second]
+        let handshakes = (0..<2).map { side in
+            Handshake(transport: link.ends[side], router: routers[side], configuration: configurations[side]) { result in
+                promises[side].completeWith(result.mapError { $0 as any Error })
+            }
+        }
         for side in 0..<2 { link.ends[side].setReceiver(handshakes[side]) }
         loop.execute { for handshake in handshakes { handshake.transportActive() } }
         do {

@@ -121,6 +121,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     }
 
     /// The mapped bytes of the outbound ring (header and data).
+    var outboundMemoryForTesting: UnsafeMutableRawBufferPointer? { self.outboundMemory }
+
     var outboundMemory: UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: self.regions.outbound.base, count: self.regions.outbound.size)
     }

@@ -37,7 +37,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     /// The other side's "ready" arrived through NIO, before reading moved to `recvmsg`.
     var remoteReady = false
 
-    static let readyID: UInt64 = 1
+    static let readyID: UInt64 = Hello.sharedMemoryReadyID
     static let ringID: UInt64 = 2
     static let mappedID: UInt64 = 3
     /// Largest region accepted from the other side (a ring of 256 MiB and the largest pool).
