@@ -220,7 +220,8 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
                 kill(echo.processIdentifier, SIGTERM)
                 var status: Int32 = -1
                 for await code in echoExit { status = code }
-                #expect(status == 0)
+                let said = String(decoding: echoErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                #expect(status == 0 && echo.terminationReason == .exit, "echo ended with \(status) (\(echo.terminationReason)): \(said.prefix(3000))")
                 #expect(temporary.files.isEmpty, "left behind: \(temporary.files)")
                 try? echoOut.fileHandleForReading.close()
                 try? echoErr.fileHandleForReading.close()

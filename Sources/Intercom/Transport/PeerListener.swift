@@ -128,8 +128,11 @@ public final class PeerListener: Sendable {
             .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
             .channelInitializer { child in
                 guard box.track(child) else {
-                    // The listener closed while this connection waited for its loop.
-                    return child.close()
+                    // The listener closed while this connection waited for its loop. A failed
+                    // initializer makes the bootstrap close the channel without registering
+                    // it; closing it here and succeeding made it register a closed channel,
+                    // which NIO's debug builds stop the process for (seen under TSan on SIGTERM).
+                    return child.eventLoop.makeFailedFuture(IntercomError(.closed, "the listener closed"))
                 }
                 if let refusal {
                     logger.warning("refused a connection", metadata: ["path": "\(path)", "reason": "\(refusal)"])
@@ -152,6 +155,7 @@ public final class PeerListener: Sendable {
                 }
             }
         bootstrap.withConnectedSocket(connection).whenFailure { error in
+            if (error as? IntercomError)?.code == .closed { return }  // the listener closed: nothing to report
             logger.warning("could not serve a connection", metadata: ["path": "\(path)", "error": "\(error)"])
         }
     }
