@@ -293,4 +293,18 @@ import Testing
             await connection.close()
         }
     }
+
+    /// Whether the connection ended decides a subscription under the same lock
+    /// that ends them all: one made after the end ends at once, with the reason.
+    @Test func aSubscriptionMadeAfterTheEndEndsAtOnceWithTheReason() async throws {
+        try await withResourceCheck {
+            let connection = try await InMemoryConnection.open()
+            await connection.cut()
+            #expect(connection.second.isClosed)
+            var iterator = connection.second.events("ticks", as: Int.self).makeAsyncIterator()
+            let error = await #expect(throws: IntercomError.self) { _ = try await iterator.next() }
+            #expect(error?.code == .peerLost)
+            await connection.close()
+        }
+    }
 }

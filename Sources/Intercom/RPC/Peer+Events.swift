@@ -27,34 +27,23 @@ extension Peer {
 
     func subscribe(_ topic: String, bufferSize: Int, overflow: EventOverflowPolicy, json: Bool) -> EventQueue {
         let queue = EventQueue(topic: topic, capacity: bufferSize, policy: overflow)
-        let first = self.subscriptions.withLock { table -> Bool? in
-            if let ended = table.ended {
-                queue.end(ended)
-                return nil
-            }
-            let first = table.byTopic[topic] == nil
-            table.byTopic[topic, default: [:]][ObjectIdentifier(queue)] = queue
-            return first
-        }
-        if first == true {
+        switch self.withState({ $0.subscribe(queue) }) {
+        case .ended(let reason):
+            queue.end(reason)
+        case .subscribed(let first) where first:
             var frame = ByteBuffer()
             let mark = FrameHeader.begin(into: &frame, kind: .subscribe, flags: json ? .jsonPayload : [], id: 0, method: topic)
             FrameHeader.finish(mark, in: &frame)
             self.transport.send(frame)
+        case .subscribed:
+            break
         }
         return queue
     }
 
     /// Ends one subscription; the other side is told when its topic has no subscriber left.
     func unsubscribe(_ queue: EventQueue) {
-        let last = self.subscriptions.withLock { table -> Bool in
-            guard table.byTopic[queue.topic]?.removeValue(forKey: ObjectIdentifier(queue)) != nil else { return false }
-            if table.byTopic[queue.topic]?.isEmpty == true {
-                table.byTopic[queue.topic] = nil
-                return table.ended == nil
-            }
-            return false
-        }
+        let last = self.withState { $0.unsubscribe(queue) }
         queue.end(IntercomError(.closed, "unsubscribed from '\(queue.topic)'"))
         if last {
             var frame = ByteBuffer()

@@ -67,12 +67,7 @@ extension Peer: FrameReceiver {
     /// An event arrived: hand it to every local subscription of its topic.
     func deliverEvent(_ frame: Frame) {
         guard let topic = frame.method else { return }
-        let queues = self.subscriptions.withLock { table -> [EventQueue] in
-            var queues: [EventQueue] = []
-            if let exact = table.byTopic[topic] { queues.append(contentsOf: exact.values) }
-            if let all = table.byTopic["*"] { queues.append(contentsOf: all.values) }
-            return queues
-        }
+        let queues = self.withState { $0.subscribers(of: topic) }
         let missed = Int(clamping: frame.id)
         if frame.flags.contains(.lagNotice) {
             for queue in queues { queue.addMissed(missed) }
@@ -164,12 +159,7 @@ extension Peer: FrameReceiver {
         guard let closure else { return }
         self.failCalls(closure.calls, reason: closure.reason)
         self.inbox.end(closure.reason)
-        let queues = self.subscriptions.withLock { table -> [EventQueue] in
-            table.ended = closure.reason
-            defer { table.byTopic.removeAll() }
-            return table.byTopic.values.flatMap { $0.values }
-        }
-        for queue in queues { queue.end(closure.reason) }
+        for queue in closure.subscriptions { queue.end(closure.reason) }
         for timer in closure.handlers.timers { timer.cancel() }
         if closure.handlers.releaseMemory { ReleasedMemory.handBack() }
         for task in closure.handlers.tasks { task.cancel() }

@@ -44,14 +44,7 @@ public final class Peer: Sendable {
     let inbox: Inbox
     let statisticsWatch = StatisticsWatch()
     let arrivals = Arrivals()
-    let subscriptions = Locked(Subscriptions())
     let remoteTopics = Locked(RemoteTopics())
-
-    /// This side's subscriptions to the other side's events, by topic.
-    struct Subscriptions {
-        var byTopic: [String: [ObjectIdentifier: EventQueue]] = [:]
-        var ended: IntercomError?
-    }
 
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).

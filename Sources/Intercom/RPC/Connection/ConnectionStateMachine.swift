@@ -37,6 +37,9 @@ package struct ConnectionStateMachine {
     package private(set) var inbound: InboundCalls
     private var goodbyeReceived = false
     private var closeWaiters: [CloseWaiter] = []
+    /// This side's subscriptions to the other side's events: topic → queues
+    /// (ConnectionStateMachine+Subscriptions.swift).
+    var subscriptions: [String: [ObjectIdentifier: EventQueue]] = [:]
 
     package init(maxConcurrentHandlers: Int, maxQueuedCalls: Int, requestByteBudget: Int) {
         self.inbound = InboundCalls(
@@ -177,6 +180,8 @@ package struct ConnectionStateMachine {
         package var calls: OutboundCalls.Ending
         package var handlers: InboundCalls.Ending
         package var closeWaiters: [CloseWaiter]
+        /// Every event subscription: end each with the reason.
+        var subscriptions: [EventQueue]
     }
 
     /// The transport closed. The reason is the one closing began with, or `lost`
@@ -192,7 +197,8 @@ package struct ConnectionStateMachine {
         self.phase = .closed(reason)
         defer { self.closeWaiters.removeAll() }
         return Closure(
-            reason: reason, calls: self.outbound.end(), handlers: self.inbound.end(), closeWaiters: self.closeWaiters)
+            reason: reason, calls: self.outbound.end(), handlers: self.inbound.end(), closeWaiters: self.closeWaiters,
+            subscriptions: self.takeSubscriptions())
     }
 
     /// A task waits for the end; false if the connection already closed (it need not wait).
