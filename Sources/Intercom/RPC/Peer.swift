@@ -97,17 +97,14 @@ public final class Peer: Sendable {
     package func waitForStatistics(
         timeout: Duration, until condition: @escaping @Sendable (Statistics) -> Bool
     ) async -> Bool {
-        let timer = Locked<(any ScheduledWork)?>(nil)
-        let met = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+        await self.waitUntilWoken(orAfter: timeout) { continuation in
             let key = self.statisticsWatch.add(condition, continuation)
-            let work = self.transport.schedule(after: timeout) {
-                self.statisticsWatch.remove(key)?.resume(returning: false)
-            }
-            timer.withLock { $0 = work }
             self.statisticsChanged()  // it may hold already
+            return {
+                guard let waiter = self.statisticsWatch.remove(key) else { return nil }
+                return { @Sendable met in waiter.resume(returning: met) }
+            }
         }
-        timer.withLock { $0 }?.cancel()
-        return met
     }
 
     /// An executor that runs tasks on the thread serving this connection.
@@ -133,23 +130,35 @@ public final class Peer: Sendable {
     ///
     /// - Throws: ``IntercomError/Code/timeout`` if calls are still pending after `timeout`.
     public func waitForOutstandingCalls(timeout: Duration) async throws(IntercomError) {
-        let timer = Locked<(any ScheduledWork)?>(nil)
-        let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            guard let key = self.withState({ $0.addDrainWaiter { continuation.resume(returning: $0) } }) else {
-                continuation.resume(returning: true)
-                return
-            }
-            // Armed only once the waiter is registered, so it cannot fire too early to find it.
-            let work = self.transport.schedule(after: timeout) {
-                self.withState { $0.removeDrainWaiter(key) }?(false)
-            }
-            timer.withLock { $0 = work }
+        let drained = await self.waitUntilWoken(orAfter: timeout) { continuation in
+            guard let key = self.withState({ $0.addDrainWaiter { continuation.resume(returning: $0) } }) else { return nil }
+            return { self.withState { $0.removeDrainWaiter(key) } }
         }
-        timer.withLock { $0 }?.cancel()
         guard drained else {
             let left = self.state.withLock { $0.outbound.pending.count }
             throw IntercomError(.timeout, "\(left) call(s) to '\(self.remoteName)' still pending after \(timeout)")
         }
+    }
+
+    /// Waits until the waiter `register` files is woken (true), or `timeout` passes on
+    /// the connection's clock (false). `register` returns how to take the waiter back
+    /// (its wake-up, if it was still waiting), or nil if it need not wait at all.
+    func waitUntilWoken(
+        orAfter timeout: Duration,
+        register: (CheckedContinuation<Bool, Never>) -> (@Sendable () -> (@Sendable (Bool) -> Void)?)?
+    ) async -> Bool {
+        let timer = Locked<(any ScheduledWork)?>(nil)
+        let woken = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            guard let takeBack = register(continuation) else {
+                continuation.resume(returning: true)
+                return
+            }
+            // Armed only once the waiter is registered, so it cannot fire too early to find it.
+            let work = self.transport.schedule(after: timeout) { takeBack()?(false) }
+            timer.withLock { $0 = work }
+        }
+        timer.withLock { $0 }?.cancel()
+        return woken
     }
 
     // MARK: Observing
