@@ -12,7 +12,7 @@
 /// connection was gone.
 ///
 /// Not synchronised and no I/O: it lives inside the state machine it serves, which
-/// arms and cancels the timers  outside its lock.
+/// arms and cancels the timers outside its lock.
 struct DeadlineTimer {
     /// When the earliest armed timer fires, if one is armed.
     private var armedAt: ContinuousClock.Instant?

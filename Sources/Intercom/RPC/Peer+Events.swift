@@ -30,13 +30,12 @@ extension Peer {
         switch self.withState({ $0.subscribe(queue) }) {
         case .ended(let reason):
             queue.end(reason)
-        case .subscribed(let first) where first:
+        case .subscribed(let firstOfTopic):
+            guard firstOfTopic else { break }
             var frame = ByteBuffer()
             let mark = FrameHeader.begin(into: &frame, kind: .subscribe, flags: json ? .jsonPayload : [], id: 0, method: topic)
             FrameHeader.finish(mark, in: &frame)
             self.transport.send(frame)
-        case .subscribed:
-            break
         }
         return queue
     }

@@ -67,7 +67,8 @@ extension Peer: FrameReceiver {
     /// An event arrived: hand it to every local subscription of its topic.
     func deliverEvent(_ frame: Frame) {
         guard let topic = frame.method else { return }
-        let queues = self.withState { $0.subscribers(of: topic) }
+        // A read: no statistics change, so not through `withState`.
+        let queues = self.state.withLock { $0.subscribers(of: topic) }
         let missed = Int(clamping: frame.id)
         if frame.flags.contains(.lagNotice) {
             for queue in queues { queue.addMissed(missed) }

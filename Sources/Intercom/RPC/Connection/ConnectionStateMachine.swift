@@ -133,9 +133,7 @@ package struct ConnectionStateMachine {
 
     /// The handler of `id` finished.
     package mutating func handlerFinished(_ id: UInt64, isCall: Bool, released: Int) -> InboundCalls.Finish {
-        var finish = self.inbound.finished(id, isCall: isCall, released: released, ended: self.isClosed)
-        if case .closing = self.phase { finish.resumeReading = false }
-        return finish
+        self.inbound.finished(id, isCall: isCall, released: released, ended: self.isClosed)
     }
 
     /// Registers after-reply work for call `id`; false: run it now.
