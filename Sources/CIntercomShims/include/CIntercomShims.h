@@ -38,4 +38,14 @@ int c_intercom_futex_wake_all(unsigned int *word);
 /// Names the calling thread for the kernel (ps, top, /proc/PID/task/TID/comm).
 void c_intercom_name_this_thread(const char *name);
 
+/// A hint to the CPU that the caller is spinning (PAUSE on x86, YIELD on Arm):
+/// it saves power and lets the other hardware thread of the core run.
+static inline void c_intercom_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #endif

@@ -86,15 +86,23 @@ package struct InboundCalls {
     package mutating func arrive(_ request: Request) -> Arrival {
         // Id 0 is "the whole connection" in error frames and a reply is matched by
         // id alone: neither may name a call (docs/PROTOCOL.md, "Calls").
-        if request.isCall, request.id == 0 || self.calls[request.id] != nil { return .reusedID }
+        let startsNow = self.active < self.maxConcurrent
+        if request.isCall {
+            // One hash lookup on the common path: insert, and put back what was there.
+            let entry = Entry(deadline: request.deadline, running: startsNow)
+            if request.id == 0 { return .reusedID }
+            if let previous = self.calls.updateValue(entry, forKey: request.id) {
+                self.calls[request.id] = previous
+                return .reusedID
+            }
+        }
         self.bytes += request.bytes
         self.peakBytes = max(self.peakBytes, self.bytes)
-        if request.isCall { self.calls[request.id] = Entry(deadline: request.deadline) }
-        guard self.active < self.maxConcurrent else {
+        guard startsNow else {
             self.queue.append(request)
             return .queued(pauseReading: self.takePause())
         }
-        let arm = self.started(request)
+        let arm = self.started(request, marked: true)
         return .start(request, armTimerAt: arm, pauseReading: self.takePause())
     }
 
@@ -106,10 +114,11 @@ package struct InboundCalls {
     }
 
     /// Marks `request` running; returns when to arm the handler timer, if needed.
-    private mutating func started(_ request: Request) -> ContinuousClock.Instant? {
+    /// `marked`: its entry says so already (set when it was recorded).
+    private mutating func started(_ request: Request, marked: Bool) -> ContinuousClock.Instant? {
         self.active += 1
         guard request.isCall else { return nil }
-        self.calls[request.id]?.running = true
+        if !marked { self.calls[request.id]?.running = true }
         // The deadline travels in the frame: the handler is cancelled when it passes,
         // even if the caller's cancel frame never comes.
         guard let deadline = request.deadline, self.timer.needsTimer(for: deadline) else { return nil }
@@ -119,9 +128,9 @@ package struct InboundCalls {
     /// The task for call `id` exists now. Returns whether to cancel it at once
     /// (a cancel frame or its deadline came first).
     package mutating func attach(_ task: Task<Void, Never>, to id: UInt64) -> Bool {
-        guard self.calls[id] != nil else { return false }  // Already finished.
-        self.calls[id]!.task = task
-        return self.calls[id]!.cancelRequested
+        guard let index = self.calls.index(forKey: id) else { return false }  // Already finished.
+        self.calls.values[index].task = task
+        return self.calls.values[index].cancelRequested
     }
 
     /// What a cancel frame leaves to do.
@@ -186,7 +195,7 @@ package struct InboundCalls {
         }
         if let next = self.queue.popFirst() {
             finish.next = next
-            finish.armTimerAt = self.started(next)
+            finish.armTimerAt = self.started(next, marked: false)
         }
         finish.resumeReading = self.takeResume()
         return finish

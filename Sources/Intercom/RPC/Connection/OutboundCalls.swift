@@ -47,8 +47,8 @@ package struct OutboundCalls {
     /// Records call `id`. Returns the instant to arm the call timer at, if no
     /// timer armed already fires by the call's deadline.
     package mutating func register(_ id: UInt64, _ call: PendingCall) -> ContinuousClock.Instant? {
-        precondition(self.pending[id] == nil, "call id \(id) registered twice")
-        self.pending[id] = call
+        let previous = self.pending.updateValue(call, forKey: id)
+        precondition(previous == nil, "call id \(id) registered twice")
         return self.timer.needsTimer(for: call.deadline) ? call.deadline : nil
     }
 

@@ -1,4 +1,5 @@
 #if os(Linux)
+internal import CIntercomShims
 internal import DequeModule
 internal import Glibc
 internal import IntercomWire
@@ -63,6 +64,16 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         var socketEnded = false
         /// The thread has ended; jobs and timers go to the socket's event loop.
         var exited = false
+
+        /// Empties what was taken, keeping the collections' capacity (`exited` stays).
+        mutating func clear() {
+            self.jobs.removeAll(keepingCapacity: true)
+            self.timers.removeAll(keepingCapacity: true)
+            self.pauseChanges.removeAll(keepingCapacity: true)
+            self.receiver = nil
+            self.closeRequested = false
+            self.socketEnded = false
+        }
     }
 
     /// What only the transport's thread touches.
@@ -73,6 +84,10 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         var decoder: FrameDecoder
         var pauseReasons: ReadPauseReason = []
         var timers: [SharedMemoryTimer] = []
+        /// The other half of the mail's double buffer (see ``takeMail()``).
+        var spareMail = Mail()
+        /// The earliest deadline in `timers` (cancelled ones included until it passes).
+        var earliestTimer: ContinuousClock.Instant?
         var closing = false
         var closeStarted: ContinuousClock.Instant?
         var socketEnded = false
@@ -288,55 +303,90 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     }
 
     /// Serves the connection until it closes, then hands later jobs to the event loop.
+    ///
+    /// A busy thread takes turn after turn. An idle one watches only the cheap
+    /// signs of work — a few atomic loads, no clock, no lock, no exclusivity
+    /// check — between turns, so it sees the other side's next frame within
+    /// tens of nanoseconds; it reads the clock once per watch (for the timers
+    /// and the spin budget) and sleeps on its futex once the budget is spent.
     func run() {
         let loop = self.loop
         var idleSince: ContinuousClock.Instant?
-        var spins = 0
+        var watches = 0
         while !loop.finished {
-            var busy = false
-            if self.hasMail.load(ordering: .sequentiallyConsistent) {
-                busy = self.takeMail() || busy
-            }
-            busy = self.runDueTimers() || busy
-            busy = self.readInbound() || busy
-            busy = self.moveOverflow() || busy
-            if loop.closing || loop.socketEnded { self.finishIfDone() }
-            if busy {
+            if self.turn() {
                 idleSince = nil
                 continue
             }
             let now = ContinuousClock.now
             let since = idleSince ?? now
             idleSince = since
-            if now - since < self.options.spinDuration {
-                // Spin: the next frame or job is usually microseconds away. Yield
-                // now and then, for a peer that shares this CPU.
-                spins &+= 1
-                if spins & 63 == 0 { sched_yield() }
+            if now - since >= self.options.spinDuration {
+                self.sleepUntilWork()
+                idleSince = nil
                 continue
             }
-            self.sleepUntilWork()
-            idleSince = nil
+            // Yield now and then, for a peer or a thread of ours that shares this CPU.
+            watches &+= 1
+            if watches & 15 == 0 { sched_yield() }
+            self.watchForWork(spins: 64)
         }
         self.exit()
     }
 
+    /// One pass over every source of work; true if any had some.
+    func turn() -> Bool {
+        let loop = self.loop
+        var busy = false
+        if self.hasMail.load(ordering: .sequentiallyConsistent) {
+            busy = self.takeMail() || busy
+        }
+        busy = self.runDueTimers() || busy
+        busy = self.readInbound() || busy
+        busy = self.moveOverflow() || busy
+        if loop.closing || loop.socketEnded { self.finishIfDone() }
+        return busy
+    }
+
+    /// Spins until a sign of work (posted mail, bytes to move on, inbound bytes
+    /// it may read) or `spins` checks pass; timers are the caller's, per watch.
+    func watchForWork(spins: Int) {
+        let loop = self.loop
+        if loop.undecoded || loop.pendingReference != nil || loop.closing || loop.socketEnded { return }
+        let reading = loop.receiver != nil && loop.pauseReasons.isEmpty
+        let reader = loop.reader
+        for _ in 0..<spins {
+            if self.hasMail.load(ordering: .relaxed) || self.overflowing.load(ordering: .relaxed) { return }
+            if reading, self.inbound.hasData(reader) { return }
+            c_intercom_cpu_relax()
+        }
+    }
+
     /// Moves what other threads posted into the thread's own state and runs the jobs.
+    ///
+    /// Mail is double-buffered: the emptied collections of the last turn go back
+    /// under the lock with their capacity, so posting a job allocates nothing.
     func takeMail() -> Bool {
         self.hasMail.store(false, ordering: .sequentiallyConsistent)
-        let taken = self.mail.withLock { mail -> Mail in
-            var taken = Mail()
-            swap(&taken, &mail)
-            return taken
-        }
         let loop = self.loop
+        var taken = Mail()
+        swap(&taken, &loop.spareMail)
+        self.mail.withLock { swap(&taken, &$0) }
+        defer {
+            taken.clear()
+            swap(&taken, &loop.spareMail)
+        }
         if let receiver = taken.receiver {
             let first = loop.receiver == nil
             loop.receiver = receiver
             if first { receiver.transportActive() }
         }
         for (paused, reason) in taken.pauseChanges { self.applyPause(paused, reason: reason) }
-        loop.timers.append(contentsOf: taken.timers)
+        if !taken.timers.isEmpty {
+            loop.timers.append(contentsOf: taken.timers)
+            let earliest = taken.timers.lazy.map(\.deadline).min()!
+            loop.earliestTimer = loop.earliestTimer.map { min($0, earliest) } ?? earliest
+        }
         if taken.closeRequested, !loop.closing {
             loop.closing = true
             loop.closeStarted = .now
@@ -357,8 +407,9 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     func runDueTimers() -> Bool {
         let loop = self.loop
-        guard !loop.timers.isEmpty else { return false }
+        guard let earliest = loop.earliestTimer else { return false }
         let now = ContinuousClock.now
+        guard earliest <= now else { return false }
         var due: [SharedMemoryTimer] = []
         loop.timers.removeAll { timer in
             if timer.isCancelled { return true }
@@ -368,6 +419,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             }
             return false
         }
+        loop.earliestTimer = loop.timers.lazy.map(\.deadline).min()
         for timer in due { timer.body() }
         return !due.isEmpty
     }
@@ -423,7 +475,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         let loop = self.loop
         if self.hasMail.load(ordering: .sequentiallyConsistent) { return true }
         if loop.receiver != nil, loop.pauseReasons.isEmpty, self.hasInboundBytes { return true }
-        if let next = loop.timers.lazy.map(\.deadline).min(), next <= .now { return true }
+        if let next = loop.earliestTimer, next <= .now { return true }
         if loop.closing || loop.socketEnded { return true }
         guard self.overflowing.load(ordering: .sequentiallyConsistent) else { return false }
         return self.writer.withLock { writer in
@@ -439,7 +491,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
             return
         }
         var timeout = Duration.seconds(1)
-        if let next = self.loop.timers.lazy.map(\.deadline).min() {
+        if let next = self.loop.earliestTimer {
             timeout = max(.zero, min(timeout, next - .now))
         }
         self.inbound.sleep(seen: seen, timeout: timeout)
@@ -513,6 +565,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
                 }
             }
             self.loop.timers.removeAll()
+            self.loop.earliestTimer = nil
             if jobs.isEmpty { break }
             let executor = self.asUnownedTaskExecutor()
             for job in jobs { job.runSynchronously(on: executor) }
