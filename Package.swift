@@ -37,21 +37,78 @@ let package = Package(
         ),
         // Syscalls the Glibc module hides (behind _GNU_SOURCE): thin C wrappers, no dlsym.
         .target(name: "CIntercomShims"),
-        // The runtime: transports, connection/RPC peer, routing, process spawning.
+        // Layers, bottom-up; each module sees only those below it (docs/ARCHITECTURE.md).
+        // Transports: byte streams that carry frames (sockets, shared memory, in-memory)
+        // behind `FrameTransport` with its upgrade hook; the errors and the small
+        // concurrency helpers every layer shares.
         .target(
-            name: "Intercom",
+            name: "IntercomTransport",
             dependencies: [
                 "IntercomWire",
                 "CIntercomShims",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The connection: its state machine, the RPC peer over any transport,
+        // routing, and connecting/listening (handshake included).
+        .target(
+            name: "IntercomCore",
+            dependencies: [
+                "IntercomWire",
+                "IntercomTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Named services on a host: claim, discover, presence, broadcast, reconnect.
+        .target(
+            name: "IntercomBus",
+            dependencies: [
+                "IntercomWire",
+                "IntercomTransport",
+                "IntercomCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Spawning and supervising workers.
+        .target(
+            name: "IntercomProcesses",
+            dependencies: [
+                "IntercomTransport",
+                "IntercomCore",
+                "IntercomBus",
+                "CIntercomShims",
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Atomics", package: "swift-atomics"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // Distributed actors over connections and bus services.
+        .target(
+            name: "IntercomActors",
+            dependencies: [
+                "IntercomWire",
+                "IntercomTransport",
+                "IntercomCore",
+                "IntercomBus",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // What users import: every layer above the wire, re-exported.
+        .target(
+            name: "Intercom",
+            dependencies: ["IntercomTransport", "IntercomCore", "IntercomBus", "IntercomProcesses", "IntercomActors"],
             swiftSettings: swiftSettings
         ),
         // For users' tests: two peers in one process with virtual time and faults.

@@ -1,0 +1,223 @@
+#if canImport(FoundationEssentials)
+public import IntercomTransport
+public import IntercomCore
+internal import FoundationEssentials
+#else
+internal import Foundation
+#endif
+internal import IntercomWire
+internal import NIOCore
+internal import Synchronization
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
+
+/// A service serving a name on a ``Bus``: it holds the name's lock, accepts
+/// connections on the name's socket, and publishes events to subscribers.
+///
+/// Made by ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
+/// Close it to give the name up; if the process dies instead, the kernel drops
+/// the lock and the next lookup removes the leftovers.
+public final class BusService: Sendable {
+    /// The name served.
+    public let name: String
+    /// The record other processes see.
+    public let info: ServiceInfo
+    /// The bus.
+    public let bus: Bus
+
+    private let listener: PeerListener
+    private let lock: NameLock
+    private let recordPath: String
+    /// The bus directory, held open: the socket, record and lock are addressed
+    /// through it until the service is closed.
+    private let directory: BusDirectory
+    private let state = Locked(State())
+
+    private struct State {
+        var closed = false
+        var finished = false
+        var closeWaiters: [UnsafeContinuation<Void, Never>] = []
+        var quitRequested = false
+        var quitWaiters: [UnsafeContinuation<Void, Never>] = []
+    }
+
+    private init(
+        name: String, info: ServiceInfo, bus: Bus, directory: BusDirectory, listener: PeerListener, lock: NameLock,
+        recordPath: String
+    ) {
+        self.directory = directory
+        self.name = name
+        self.info = info
+        self.bus = bus
+        self.listener = listener
+        self.lock = lock
+        self.recordPath = recordPath
+    }
+
+    static func start(
+        name: String, bus: Bus, directory: BusDirectory, lock: NameLock, router: Router,
+        configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?
+    ) async throws(IntercomError) -> BusService {
+        // The built-in handlers may run as soon as the listener accepts, before the
+        // service object exists: they wait for it (nil if starting failed) instead
+        // of answering "not yet" — an early `intercom.quit` used to be lost.
+        let box = SetOnce<WeakReference<BusService>>()
+        let methods = (router.methods + ["intercom.info", "intercom.quit"]).sorted()
+        let info = ServiceInfo(
+            name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
+            protocolVersion: Int(FrameHeader.currentVersion),
+            methods: Array(Set(methods)).sorted())
+        try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in info }
+        try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
+            // Stop serving once the reply is queued (closing flushes what is queued),
+            // so the caller learns that the quit was taken.
+            context.afterReply { await box.value.object?.requestQuit() }
+            return true
+        }
+        let socketPath = directory.socketPath(name)
+        let listener = try await PeerListener.listen(
+            unixPath: socketPath, router: router, configuration: configuration, allowedUIDs: allowedUIDs)
+        guard chmod(socketPath, 0o600) == 0 else {
+            box.set(WeakReference(nil))
+            await listener.close()
+            throw IntercomError(.permissionDenied, "cannot make \(socketPath) private (chmod 0600 failed)")
+        }
+        let recordPath = directory.recordPath(name)
+        do {
+            try Self.writeRecord(info, to: recordPath, in: directory.base)
+        } catch {
+            box.set(WeakReference(nil))
+            await listener.close()
+            throw error
+        }
+        let service = BusService(
+            name: name, info: info, bus: bus, directory: directory, listener: listener, lock: lock, recordPath: recordPath)
+        box.set(WeakReference(service))
+        return service
+    }
+
+    /// Writes the record beside a temporary name and renames it into place: readers
+    /// see no record or a whole one, and the rename never follows a planted symlink.
+    private static func writeRecord(_ info: ServiceInfo, to path: String, in directory: String) throws(IntercomError) {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(info) else {
+            throw IntercomError(.invalidPayload, "cannot encode the service record")
+        }
+        let temporary = "\(directory)/.\(info.name).json.\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw IntercomError(.permissionDenied, "cannot write \(temporary): \(String(cString: strerror(errno)))")
+        }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        POSIX.close(fd)
+        guard written == data.count, rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw IntercomError(.permissionDenied, "cannot write the service record \(path)")
+        }
+    }
+
+    /// Connections from clients, as they arrive (each already past the credential
+    /// check and the handshake). The first access also delivers the clients
+    /// connected at that moment; until then no closed connection is kept for it.
+    public var clients: AsyncStream<Peer> { self.listener.peers }
+
+    /// The clients connected now.
+    public var connectedClients: [Peer] { self.listener.connectedPeers }
+
+    /// Publishes an event to every client subscribed to `topic`. Never waits: a
+    /// client whose connection is full misses the event and is told how many it
+    /// missed with the next one it gets.
+    ///
+    /// - Returns: which clients it was sent to and which missed it.
+    /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
+    @discardableResult
+    public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishReport {
+        var report = PublishReport()
+        // Encoded once, with the codec of the first binary subscriber; subscribers
+        // that want JSON or agreed on another codec get their own encoding.
+        var shared: (codec: CodecID, payload: ByteBuffer)?
+        for peer in self.listener.connectedPeers {
+            guard let json = peer.subscriptionFormat(for: topic) else { continue }
+            let outcome: PublishOutcome
+            if json || (shared.map { $0.codec != peer.codec.id } ?? false) {
+                outcome = try peer.publish(topic, value)
+            } else {
+                if shared == nil { shared = (peer.codec.id, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
+                outcome = try peer.publishEncoded(topic, payload: shared!.payload)
+            }
+            let label = "\(peer.remoteName) (pid \(peer.remotePID))"
+            switch outcome {
+            case .sent: report.sentTo.append(label)
+            case .dropped: report.droppedFor.append(label)
+            case .notSubscribed: break
+            }
+        }
+        return report
+    }
+
+    /// Returns when someone asked this service to quit (the built-in
+    /// `intercom.quit`, used by `replace:` and by broadcasts) or it was closed.
+    public func waitForQuit() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let now = self.state.withLock { state -> Bool in
+                if state.quitRequested || state.closed { return true }
+                state.quitWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    private func requestQuit() async {
+        let waiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.quitRequested = true
+            defer { state.quitWaiters.removeAll() }
+            return state.quitWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+        await self.close()
+    }
+
+    /// Stops serving: closes every client connection, removes the record and the
+    /// socket, and gives up the name (the lock file goes last).
+    public func close() async {
+        let (first, waiters) = self.state.withLock { state -> (Bool, [UnsafeContinuation<Void, Never>]) in
+            defer {
+                state.closed = true
+                state.quitWaiters.removeAll()
+            }
+            return (!state.closed, state.quitWaiters)
+        }
+        for waiter in waiters { waiter.resume() }
+        guard first else {
+            // Someone else is closing: return when they are done, so a caller that
+            // exits right after never leaves the files behind.
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                let done = self.state.withLock { state -> Bool in
+                    if state.finished { return true }
+                    state.closeWaiters.append(continuation)
+                    return false
+                }
+                if done { continuation.resume() }
+            }
+            return
+        }
+        unlink(self.recordPath)
+        await self.listener.close()
+        self.lock.release()
+        // Last: nothing of the service addresses the directory after this, and a
+        // caller that returns from close() must find no descriptor of it open.
+        self.directory.closeDescriptor()
+        let closeWaiters = self.state.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.finished = true
+            defer { state.closeWaiters.removeAll() }
+            return state.closeWaiters
+        }
+        for waiter in closeWaiters { waiter.resume() }
+    }
+}

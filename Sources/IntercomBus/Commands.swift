@@ -1,0 +1,118 @@
+public import IntercomTransport
+public import IntercomCore
+/// A typed command (magscope's Command dataclasses): a Codable value with a
+/// stable name, the type of its reply, and where it is delivered.
+///
+/// ```swift
+/// struct SetExposure: Command {
+///     typealias Reply = Ack
+///     static let name = "camera.exposure.set"
+///     static let delivery = CommandDelivery.service("camera")
+///     var ms: Int
+/// }
+/// try router.handle(SetExposure.self) { command, _ in Ack(ok: true) }   // in the camera
+/// let ack = try await bus.send(SetExposure(ms: 10))                     // anywhere
+/// ```
+public protocol Command: Codable, Sendable {
+    /// What handling the command returns.
+    associatedtype Reply: Codable & Sendable
+    /// The command's method name (dot-separated, unique on the bus).
+    static var name: String { get }
+    /// Where the command goes.
+    static var delivery: CommandDelivery { get }
+}
+
+/// Where a ``Command`` is delivered.
+public enum CommandDelivery: Sendable, Hashable {
+    /// To the service with this name.
+    case service(String)
+    /// To every live service that handles it.
+    case broadcast
+    /// To the coordinating process (the service named by the caller's `coordinator`, default `coordinator`).
+    case coordinator
+}
+
+extension Router {
+    /// Registers the handler of command `C`.
+    ///
+    /// - Throws: ``IntercomError/Code/conflict`` if `C` (or its name) already has a handler.
+    public func handle<C: Command>(
+        _ command: C.Type, _ handler: @escaping @Sendable (C, CallContext) async throws -> C.Reply
+    ) throws(IntercomError) {
+        try self.register(C.name, handler)
+    }
+}
+
+extension Bus {
+    /// Sends a command delivered to one process (``CommandDelivery/service(_:)`` or
+    /// ``CommandDelivery/coordinator``) and returns its reply.
+    ///
+    /// - Throws: as ``Peer/call(_:_:returning:timeout:)``; `serviceNotFound` if the
+    ///   target is not running; `invalidName` for a broadcast command (use ``broadcast(_:timeout:)``).
+    public func send<C: Command>(_ command: C, coordinator: String = "coordinator", timeout: Duration = .seconds(30))
+        async throws -> C.Reply
+    {
+        let target: String
+        switch C.delivery {
+        case .service(let name): target = name
+        case .coordinator: target = coordinator
+        case .broadcast:
+            throw IntercomError(.invalidName, "command '\(C.name)' is delivered by broadcast; use bus.broadcast(_:)")
+        }
+        let peer = try await self.connect(to: target)
+        do {
+            let reply = try await peer.call(C.name, command, returning: C.Reply.self, timeout: timeout)
+            await peer.close()
+            return reply
+        } catch {
+            await peer.close()
+            throw error
+        }
+    }
+
+    /// Sends a command to every live service that handles it, whatever its
+    /// delivery mode, and reports who handled it.
+    public func broadcast<C: Command>(_ command: C, timeout: Duration = .seconds(2))
+        async throws(IntercomError) -> BroadcastReport<C.Reply>
+    {
+        try await self.broadcast(C.name, command, returning: C.Reply.self, timeout: timeout, onlyServicesHandlingIt: true)
+    }
+
+    /// Checks that every declared command has a reachable handler now: its
+    /// service (or the coordinator) is running and lists the command among its
+    /// methods; a broadcast command has at least one such service. Run it at
+    /// start-up, once the services are up.
+    ///
+    /// - Throws: ``IntercomError/Code/missingHandler`` naming every command without
+    ///   a handler and the target it was looked for in.
+    public func checkHandlers(for commands: [any Command.Type], coordinator: String = "coordinator") throws(IntercomError) {
+        let live = Dictionary(uniqueKeysWithValues: try self.services().map { ($0.name, $0) })
+        var missing: [String] = []
+        for command in commands {
+            let name = command.name
+            switch command.delivery {
+            case .service(let target):
+                if let problem = Self.problem(with: name, at: target, in: live) { missing.append(problem) }
+            case .coordinator:
+                if let problem = Self.problem(with: name, at: coordinator, in: live) { missing.append(problem) }
+            case .broadcast:
+                if !live.values.contains(where: { $0.methods.contains(name) }) {
+                    missing.append("command '\(name)' (broadcast) has no handler in any live service")
+                }
+            }
+        }
+        guard missing.isEmpty else {
+            throw IntercomError(.missingHandler, missing.joined(separator: "; "))
+        }
+    }
+
+    private static func problem(with command: String, at target: String, in live: [String: ServiceInfo]) -> String? {
+        guard let service = live[target] else {
+            return "command '\(command)' goes to service '\(target)', which is not running"
+        }
+        guard service.methods.contains(command) else {
+            return "command '\(command)' goes to service '\(target)' (pid \(service.pid)), which has no handler for it"
+        }
+        return nil
+    }
+}

@@ -1,0 +1,148 @@
+public import IntercomTransport
+public import IntercomCore
+internal import Synchronization
+
+/// A client's lasting handle to a named service: it connects on first use,
+/// notices when the service goes away, and reconnects to whichever process
+/// serves the name next (a restart under a new pid).
+///
+/// ```swift
+/// let camera = bus.handle(to: "camera")
+/// let ack = try await camera.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
+/// ```
+///
+/// Calls pending when the service dies fail with ``IntercomError/Code/peerLost``
+/// (their outcome is unknown, so they are not retried). A call made while the
+/// service is away waits for it until the call's deadline, or fails at once with
+/// `serviceNotFound` if the handle was made with ``WhenAway/failFast``.
+public final class ServiceHandle: Sendable {
+    /// What a call does while the service is not running.
+    public enum WhenAway: Sendable, Hashable {
+        /// Wait for the service to come (back) up, until the call's deadline.
+        case waitUntilDeadline
+        /// Fail at once with `serviceNotFound`.
+        case failFast
+    }
+
+    /// What happens to the service behind a handle.
+    public enum Change: Sendable, Hashable {
+        /// Connected to the process serving the name.
+        case connected(pid: Int32)
+        /// That process went away (exited, crashed, quit or was replaced).
+        case lost(pid: Int32, reason: IntercomError)
+    }
+
+    /// The service's name.
+    public let name: String
+    /// The bus.
+    public let bus: Bus
+    /// What calls do while the service is away.
+    public let whenAway: WhenAway
+    /// Connects, losses and reconnects, as they happen.
+    public let changes: AsyncStream<Change>
+
+    private let configuration: Peer.Configuration
+    private let changesContinuation: AsyncStream<Change>.Continuation
+    private let state = Locked(State())
+
+    private struct State {
+        var peer: Peer?
+        var closed = false
+    }
+
+    init(name: String, bus: Bus, whenAway: WhenAway, configuration: Peer.Configuration) {
+        self.name = name
+        self.bus = bus
+        self.whenAway = whenAway
+        self.configuration = configuration
+        (self.changes, self.changesContinuation) = AsyncStream.makeStream(of: Change.self)
+    }
+
+    /// The connection to the current process serving the name, connecting (and
+    /// waiting, per ``whenAway``, up to `timeout`) if there is none.
+    public func peer(timeout: Duration? = nil) async throws(IntercomError) -> Peer {
+        if let peer = self.state.withLock({ $0.peer }), !peer.isClosed { return peer }
+        let timeout = timeout ?? self.configuration.defaultCallTimeout
+        let peer: Peer
+        switch self.whenAway {
+        case .failFast:
+            peer = try await self.bus.connect(to: self.name, configuration: self.configuration)
+        case .waitUntilDeadline:
+            peer = try await self.bus.connect(to: self.name, waitingUpTo: timeout, configuration: self.configuration)
+        }
+        let (kept, closed) = self.state.withLock { state -> (Peer, Bool) in
+            if state.closed { return (peer, true) }
+            if let current = state.peer, !current.isClosed { return (current, false) }  // another task won the race
+            state.peer = peer
+            return (peer, false)
+        }
+        if closed {
+            await peer.close()
+            throw IntercomError(.closed, "the handle to '\(self.name)' is closed")
+        }
+        if kept === peer {
+            self.changesContinuation.yield(.connected(pid: peer.remotePID))
+            Task { [weak self] in
+                await peer.waitUntilClosed()
+                self?.lost(peer)
+            }
+        } else {
+            await peer.close()
+        }
+        return kept
+    }
+
+    private func lost(_ peer: Peer) {
+        let wasCurrent = self.state.withLock { state -> Bool in
+            guard state.peer === peer else { return false }
+            state.peer = nil
+            return !state.closed
+        }
+        guard wasCurrent else { return }
+        self.changesContinuation.yield(
+            .lost(
+                pid: peer.remotePID,
+                reason: IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remotePID)) went away")))
+    }
+
+    /// Calls `method` on whichever process serves the name now.
+    ///
+    /// - Throws: as ``Peer/call(_:_:returning:timeout:)``, plus `serviceNotFound`
+    ///   (fail-fast handle, service away) or `timeout` (service did not come back in time).
+    public func call<Request: Encodable & Sendable, Response: Decodable>(
+        _ method: String, _ request: Request, returning: Response.Type = Response.self, timeout: Duration? = nil
+    ) async throws -> Response {
+        let timeout = timeout ?? self.configuration.defaultCallTimeout
+        let start = ContinuousClock.now
+        let peer = try await self.peer(timeout: timeout)
+        let remaining = timeout - (ContinuousClock.now - start)
+        return try await peer.call(method, request, returning: Response.self, timeout: remaining)
+    }
+
+    /// Sends a one-way message to whichever process serves the name now.
+    public func send<Message: Encodable>(_ method: String, _ message: Message) async throws(IntercomError) {
+        try await self.peer().send(method, message)
+    }
+
+    /// Closes the current connection; later calls fail with `closed`.
+    public func close() async {
+        let peer = self.state.withLock { state -> Peer? in
+            state.closed = true
+            defer { state.peer = nil }
+            return state.peer
+        }
+        self.changesContinuation.finish()
+        await peer?.close()
+    }
+}
+
+extension Bus {
+    /// A lasting handle to the service `name` (see ``ServiceHandle``). Nothing is
+    /// connected until it is first used.
+    public func handle(
+        to name: String, whenAway: ServiceHandle.WhenAway = .waitUntilDeadline,
+        configuration: Peer.Configuration = Peer.Configuration()
+    ) -> ServiceHandle {
+        ServiceHandle(name: name, bus: self, whenAway: whenAway, configuration: configuration)
+    }
+}

@@ -1,0 +1,272 @@
+public import IntercomTransport
+public import IntercomWire
+public import NIOCore
+internal import Synchronization
+internal import DequeModule
+
+/// A one-way message that arrived without a handler, still encoded.
+public struct InboundMessage: Sendable {
+    /// The method the sender named, if any.
+    public let method: String?
+    /// The encoded payload.
+    public let payload: ByteBuffer
+    /// The connection's codec.
+    public let codec: PayloadCodec
+
+    /// Decodes the payload as `type`.
+    ///
+    /// - Throws: ``IntercomError`` `invalidPayload` naming the type and what did not match.
+    public func decode<T: Decodable>(as type: T.Type = T.self) throws(IntercomError) -> T {
+        try self.codec.decodePayload(
+            T.self, from: self.payload, what: self.method.map { "message '\($0)'" } ?? "message",
+            context: .init(method: self.method))
+    }
+}
+
+/// The bounded queue of unsolicited messages. When it holds `capacity` messages,
+/// or `byteCapacity` bytes of them, the connection stops reading until receivers
+/// have taken half.
+///
+/// Messages are kept in the batches they arrived in (one per read of the
+/// connection): a batch goes in, and usually out through ``nextBatch(limit:timeout:)``,
+/// without copying each message — at millions of messages a second the copies
+/// (a retain and release of each payload and method) were most of the cost.
+final class Inbox: Sendable {
+    private struct State {
+        /// The queued messages, in order, in the batches they arrived in.
+        var batches = Deque<[InboundMessage]>()
+        /// How many of the first batch's messages were taken already.
+        var taken = 0
+        /// How many messages are queued.
+        var count = 0
+        /// The bytes of the queued messages (payloads and method names), and of
+        /// what is left of each batch, front first.
+        var bytes = 0
+        var batchBytes = Deque<Int>()
+        var waiters: [UInt64: UnsafeContinuation<InboundMessage, any Error>] = [:]
+        var waiterOrder = Deque<UInt64>()
+        var nextWaiterID: UInt64 = 0
+        var ended: IntercomError?
+        var paused = false
+
+        mutating func popFirst() -> InboundMessage? {
+            guard self.count > 0 else { return nil }
+            let message = self.batches[0][self.taken]
+            self.advance(by: 1, bytes: Self.size(of: message))
+            return message
+        }
+
+        /// Up to `limit` messages from the front: the first batch itself when it
+        /// is whole and small enough, else a copy of its front.
+        mutating func take(upTo limit: Int) -> [InboundMessage] {
+            guard self.count > 0, limit > 0 else { return [] }
+            if self.taken == 0, self.batches[0].count <= limit {
+                self.count -= self.batches[0].count
+                self.bytes -= self.batchBytes.removeFirst()
+                return self.batches.removeFirst()
+            }
+            let end = min(self.batches[0].count, self.taken + limit)
+            let messages = Array(self.batches[0][self.taken..<end])
+            self.advance(by: messages.count, bytes: Self.size(of: messages[...]))
+            return messages
+        }
+
+        /// Appends a batch of messages that arrived together.
+        mutating func append(_ batch: [InboundMessage], bytes: Int) {
+            self.batches.append(batch)
+            self.batchBytes.append(bytes)
+            self.count += batch.count
+            self.bytes += bytes
+        }
+
+        private mutating func advance(by taken: Int, bytes: Int) {
+            self.taken += taken
+            self.count -= taken
+            self.bytes -= bytes
+            self.batchBytes[0] -= bytes
+            if self.taken == self.batches[0].count {
+                self.batches.removeFirst()
+                self.batchBytes.removeFirst()
+                self.taken = 0
+            }
+        }
+
+        /// What a message holds while queued.
+        static func size(of message: InboundMessage) -> Int {
+            message.payload.readableBytes + (message.method?.utf8.count ?? 0) + 64
+        }
+
+        static func size(of messages: ArraySlice<InboundMessage>) -> Int {
+            messages.reduce(0) { $0 + Self.size(of: $1) }
+        }
+
+        /// Whether the inbox holds as much as it may (reading must pause).
+        func isFull(capacity: Int, byteCapacity: Int) -> Bool {
+            self.count >= capacity || self.bytes >= byteCapacity
+        }
+
+        /// Whether reading, paused because the inbox was full, may resume now
+        /// (it has drained to half, in count and in bytes): clears `paused` if so.
+        mutating func resumesReading(capacity: Int, byteCapacity: Int) -> Bool {
+            guard self.paused, self.count < capacity / 2 + 1, self.bytes <= byteCapacity / 2 else { return false }
+            self.paused = false
+            return true
+        }
+    }
+
+    private let state = Locked(State())
+    private let capacity: Int
+    private let byteCapacity: Int
+    nonisolated(unsafe) weak var transport: (any FrameTransport)?
+
+    init(capacity: Int, byteCapacity: Int) {
+        self.capacity = max(1, capacity)
+        self.byteCapacity = max(1, byteCapacity)
+    }
+
+    /// On the transport thread: messages arrived (in order), queued under one lock.
+    func append(contentsOf messages: [InboundMessage]) {
+        guard !messages.isEmpty else { return }
+        var handed: [(UnsafeContinuation<InboundMessage, any Error>, InboundMessage)] = []
+        let pause = self.state.withLock { state -> Bool in
+            var rest = messages[...]
+            // Receivers already waiting get the first messages, in the order they began to wait.
+            while !state.waiterOrder.isEmpty, let message = rest.first {
+                let id = state.waiterOrder.removeFirst()
+                guard let waiter = state.waiters.removeValue(forKey: id) else { continue }
+                handed.append((waiter, message))
+                rest = rest.dropFirst()
+            }
+            if !rest.isEmpty {
+                state.append(rest.count == messages.count ? messages : Array(rest), bytes: State.size(of: rest))
+            }
+            if state.isFull(capacity: self.capacity, byteCapacity: self.byteCapacity), !state.paused {
+                state.paused = true
+                return true
+            }
+            return false
+        }
+        for (waiter, message) in handed { waiter.resume(returning: message) }
+        if pause { self.transport?.setReadingPaused(true, reason: .inboxFull) }
+    }
+
+    /// The stream ended: waiters fail now, later receivers after the queued messages.
+    func end(_ error: IntercomError) {
+        let waiters = self.state.withLock { state -> [UnsafeContinuation<InboundMessage, any Error>] in
+            if state.ended == nil { state.ended = error }
+            defer { state.waiters.removeAll(); state.waiterOrder.removeAll() }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume(throwing: error) }
+    }
+
+    /// The next queued message, if one is there now; throws once the stream
+    /// ended and nothing is left.
+    func tryNext() throws(IntercomError) -> InboundMessage? {
+        let (message, resume) = try self.state.withLock { state throws(IntercomError) -> (InboundMessage?, Bool) in
+            if let message = state.popFirst() {
+                return (message, state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
+            }
+            if let ended = state.ended { throw ended }
+            return (nil, false)
+        }
+        if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+        return message
+    }
+
+    func next(timeout: Duration?) async throws(IntercomError) -> InboundMessage {
+        enum Immediate { case message(InboundMessage, resume: Bool), failure(IntercomError) }
+        let immediate = self.state.withLock { state -> Immediate? in
+            if let message = state.popFirst() {
+                return .message(message, resume: state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
+            }
+            if let ended = state.ended { return .failure(ended) }
+            return nil
+        }
+        switch immediate {
+        case .message(let message, let resume):
+            if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+            return message
+        case .failure(let error):
+            throw error
+        case nil:
+            break
+        }
+        let id = self.state.withLock { state in
+            state.nextWaiterID += 1
+            return state.nextWaiterID
+        }
+        let timer = timeout.flatMap { timeout in
+            self.transport?.schedule(after: timeout) { [weak self] in
+                self?.fail(id, IntercomError(.timeout, "no message arrived within \(timeout)"))
+            }
+        }
+        defer { timer?.cancel() }
+        do {
+            return try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<InboundMessage, any Error>) in
+                    let immediate = self.state.withLock { state -> Result<InboundMessage, IntercomError>? in
+                        if let message = state.popFirst() { return .success(message) }
+                        if let ended = state.ended { return .failure(ended) }
+                        if Task.isCancelled { return .failure(IntercomError(.cancelled, "receive was cancelled")) }
+                        state.waiters[id] = continuation
+                        state.waiterOrder.append(id)
+                        return nil
+                    }
+                    if let immediate { continuation.resume(with: immediate) }
+                }
+            } onCancel: {
+                self.fail(id, IntercomError(.cancelled, "receive was cancelled"))
+            }
+        } catch let error as IntercomError {
+            throw error
+        } catch {
+            throw IntercomError(.cancelled, "\(error)")
+        }
+    }
+
+    /// Waits for at least one message, then takes up to `limit` in all under one lock.
+    func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
+        let limit = max(1, limit)
+        let (ready, resume) = self.state.withLock { state -> ([InboundMessage], Bool) in
+            let messages = state.take(upTo: limit)
+            return (messages, !messages.isEmpty && state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
+        }
+        if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+        if !ready.isEmpty { return ready }
+        // Nothing queued: wait for the first, then take what came with it.
+        let first = try await self.next(timeout: timeout)
+        let (more, resumeAfter) = self.state.withLock { state -> ([InboundMessage], Bool) in
+            let messages = state.take(upTo: limit - 1)
+            return (messages, state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
+        }
+        if resumeAfter { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+        return [first] + more
+    }
+
+    private func fail(_ id: UInt64, _ error: IntercomError) {
+        let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+        waiter?.resume(throwing: error)
+    }
+}
+
+/// The unsolicited messages of a ``Peer``, decoded as `Element`.
+///
+/// Iteration ends by throwing ``IntercomError`` (`peerLost` or `closed`) once the
+/// connection has ended and every message that arrived before has been delivered.
+public struct MessageSequence<Element: Decodable>: AsyncSequence, Sendable {
+    let peer: Peer
+
+    /// The iterator.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let peer: Peer
+
+        /// The next message.
+        public mutating func next() async throws(IntercomError) -> Element? {
+            try await self.peer.receive(as: Element.self)
+        }
+    }
+
+    /// Makes an iterator that receives from the peer's inbox.
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(peer: self.peer) }
+}

@@ -1,0 +1,192 @@
+internal import IntercomTransport
+internal import IntercomWire
+internal import NIOCore
+internal import Synchronization
+
+// Calls this side makes: encoding the request, the outbound call table and its deadline timer.
+extension Peer {
+
+    /// Calls `method` on the other side with `request` and returns its reply.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long to wait for the reply (default
+    ///     ``Configuration/defaultCallTimeout``). The remaining time travels in the
+    ///     frame; the handler's task is cancelled when it runs out.
+    /// - Throws: ``IntercomError`` (`timeout`, `peerLost`, `unknownMethod`, `remote`,
+    ///   `invalidPayload`, `frameTooLarge`, `cancelled`, `closed`, …), or the handler's
+    ///   own error if its type is in ``Configuration/remoteErrors``. Cancelling the
+    ///   calling task sends a cancel frame and cancels the handler's task.
+    public func call<Request: Encodable, Response: Decodable>(
+        _ method: String,
+        _ request: Request,
+        returning: Response.Type = Response.self,
+        timeout: Duration? = nil
+    ) async throws -> Response {
+        let reply = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
+        return try self.codec.decodePayload(
+            Response.self, from: reply.payload, what: "reply to '\(method)'",
+            context: .init(method: method, callID: reply.id, peer: self.remoteName))
+    }
+
+    /// Calls `method` and waits for it to complete, ignoring any reply value.
+    ///
+    /// - Throws: as ``call(_:_:returning:timeout:)``.
+    public func call<Request: Encodable>(_ method: String, _ request: Request, timeout: Duration? = nil) async throws {
+        _ = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
+    }
+
+    /// Sends a `ping` frame and returns the round-trip time.
+    ///
+    /// - Throws: ``IntercomError`` `timeout`, `peerLost` or `closed`.
+    public func ping(timeout: Duration = .seconds(5)) async throws -> Duration {
+        let start = self.transport.now
+        _ = try await self.exchange(nil, Optional<Int>.none, timeout: timeout, kind: .ping)
+        return self.transport.now - start
+    }
+
+    /// Calls `method` with a JSON argument and returns the JSON reply, whatever
+    /// codec the connection uses: the handler decodes the JSON as its typed
+    /// request and answers in JSON. For tools (`intercom call`) and scripts.
+    ///
+    /// - Returns: the reply's JSON text (`null` for a handler without a value).
+    /// - Throws: as ``call(_:_:returning:timeout:)``.
+    public func callJSON(_ method: String, json: String, timeout: Duration? = nil) async throws -> String {
+        let reply = try await self.exchange(
+            method, Optional<Int>.none, timeout: timeout ?? self.configuration.defaultCallTimeout, jsonArgument: json)
+        return reply.payload.readableBytes == 0 ? "null" : String(buffer: reply.payload)
+    }
+
+    /// Sends the frame of one call and waits for the frame that answers it.
+    func exchange<Request: Encodable>(
+        _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil
+    ) async throws -> Frame {
+        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        if let method, method.utf8.count > 255 {
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
+        }
+        guard timeout > .zero else {
+            throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
+        }
+        let pending = PendingCall(method: method, timeout: timeout, deadline: self.transport.now.advanced(by: timeout))
+        let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
+        let frame: ByteBuffer
+        if let jsonArgument {
+            var buffer = ByteBuffer()
+            let mark = FrameHeader.begin(into: &buffer, kind: .call, flags: .jsonPayload, id: id, method: method, timeout: timeout)
+            buffer.writeString(jsonArgument)
+            FrameHeader.finish(mark, in: &buffer)
+            frame = buffer
+        } else if kind == .call {
+            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
+        } else {
+            frame = FrameHeader.empty(kind: kind, id: id)
+        }
+        try await self.waitUntilWritable(context: context)
+
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
+                pending.continuation = continuation  // before the call is published (registered)
+                switch self.withState({ $0.registerCall(id, pending) }) {
+                case .refuse(let reason):
+                    continuation.resume(throwing: reason.with(context))
+                case .cancelled:
+                    continuation.resume(throwing: IntercomError(.cancelled, "the calling task was cancelled", context: context))
+                case .send(let armTimerAt):
+                    if let armTimerAt { self.armCallTimer(at: armTimerAt) }
+                    self.transport.send(frame)
+                }
+            }
+        } onCancel: {
+            pending.cancel()
+            self.cancelCall(id)
+        }
+    }
+
+    /// Waits for room in the outbound buffer. If the connection ended, throws why
+    /// it ended (`peerLost` with the peer's name, or `closed`), not just that it did.
+    func waitUntilWritable(context: IntercomError.Context) async throws(IntercomError) {
+        do {
+            try await self.transport.waitUntilWritable()
+        } catch {
+            if let ended = self.withState({ $0.endReason }) { throw ended.with(context) }
+            throw error.with(context)
+        }
+    }
+
+    func encodeFrame<Value: Encodable>(
+        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
+        codec: PayloadCodec? = nil, flags: FrameFlags = []
+    ) throws(IntercomError) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(128)
+        try self.appendFrame(
+            into: &buffer, kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec,
+            flags: flags)
+        return buffer
+    }
+
+    /// Encodes one frame at the end of `buffer` (several frames may share one buffer
+    /// and go out in one write). On error `buffer` holds part of a frame: discard it.
+    func appendFrame<Value: Encodable>(
+        into buffer: inout ByteBuffer, kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value,
+        context: IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = []
+    ) throws(IntercomError) {
+        let mark = FrameHeader.begin(into: &buffer, kind: kind, flags: flags, id: id, method: method, timeout: timeout)
+        do {
+            try (codec ?? self.codec).encode(value, into: &buffer)
+        } catch {
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context)
+        }
+        let length = FrameHeader.finish(mark, in: &buffer)
+        try self.checkPayloadLength(length, of: kind, context: context)
+    }
+
+    /// Refuses a payload longer than the other side accepts in one frame.
+    func checkPayloadLength(_ length: Int, of kind: FrameKind, context: IntercomError.Context) throws(IntercomError) {
+        guard length <= self.remoteMaxFrameSize else {
+            throw IntercomError(
+                .frameTooLarge,
+                "\(kind) payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'; send it in parts",
+                context: context)
+        }
+    }
+
+    /// Arms the call timer at `deadline` (outside the state lock; the state machine records it).
+    func armCallTimer(at deadline: ContinuousClock.Instant) {
+        let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.expireOverdueCalls() }
+        self.withState { $0.callTimerArmed(timer, at: deadline) }?.cancel()
+    }
+
+    /// The call timer fired: fail every call past its deadline, tell their handlers
+    /// to stop, and arm the timer for the next deadline.
+    func expireOverdueCalls() {
+        let now = self.transport.now
+        let expiry = self.withState { $0.callTimerFired(at: now) }
+        if let next = expiry.armTimerAt { self.armCallTimer(at: next) }
+        for waiter in expiry.drained { waiter(true) }
+        for (id, call) in expiry.overdue {
+            self.sendCancel(id)
+            call.continuation?.resume(
+                throwing: IntercomError(
+                    .timeout, "no reply from '\(self.remoteName)' within \(call.timeout)",
+                    context: .init(method: call.method, callID: id, peer: self.remoteName)))
+        }
+    }
+
+    /// The calling task of call `id` was cancelled: fail the call and tell the
+    /// other side to stop its handler (if the call is still pending).
+    func cancelCall(_ id: UInt64) {
+        let removal = self.withState { $0.callEnded(id) }
+        for waiter in removal.drained { waiter(true) }
+        guard let call = removal.call else { return }
+        self.sendCancel(id)
+        call.continuation?.resume(
+            throwing: IntercomError(
+                .cancelled, "the calling task was cancelled; the handler was told to stop",
+                context: .init(method: call.method, callID: id, peer: self.remoteName)))
+    }
+
+    func sendCancel(_ id: UInt64) {
+        self.transport.send(FrameHeader.empty(kind: .cancel, id: id))
+    }
+}

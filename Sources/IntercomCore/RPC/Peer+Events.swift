@@ -1,0 +1,128 @@
+public import IntercomTransport
+package import IntercomWire
+package import NIOCore
+
+// Events: publishing to subscribers on the other side, and subscribing to its topics.
+extension Peer {
+
+    /// Subscribes to the other side's events on `topic`.
+    ///
+    /// Events wait in a queue of `bufferSize`; when it is full, `overflow` decides:
+    /// drop the oldest and deliver ``EventDelivery/lagged(missed:)``, or end the
+    /// subscription. The connection keeps reading either way, so a slow subscriber
+    /// never holds up the publisher or its calls.
+    public func events<Value: Decodable & Sendable>(
+        _ topic: String, as type: Value.Type = Value.self, bufferSize: Int = 1024,
+        overflow: EventOverflowPolicy = .dropOldest
+    ) -> EventSubscription<Value> {
+        EventSubscription(queue: self.subscribe(topic, bufferSize: bufferSize, overflow: overflow, json: false), peer: self)
+    }
+
+    /// Subscribes to the other side's events on `topic` (`*`: every topic) as JSON
+    /// text, whatever codec the connection uses: for tools like `intercom watch`.
+    /// Use a connection of its own for it (typed subscriptions to the same topics
+    /// on the same connection take precedence and arrive in the connection's codec).
+    public func jsonEvents(_ topic: String = "*", bufferSize: Int = 1024) -> JSONEventSubscription {
+        JSONEventSubscription(queue: self.subscribe(topic, bufferSize: bufferSize, overflow: .dropOldest, json: true), peer: self)
+    }
+
+    func subscribe(_ topic: String, bufferSize: Int, overflow: EventOverflowPolicy, json: Bool) -> EventQueue {
+        let queue = EventQueue(topic: topic, capacity: bufferSize, policy: overflow)
+        switch self.withState({ $0.subscribe(queue) }) {
+        case .ended(let reason):
+            queue.end(reason)
+        case .subscribed(let firstOfTopic):
+            guard firstOfTopic else { break }
+            var frame = ByteBuffer()
+            let mark = FrameHeader.begin(into: &frame, kind: .subscribe, flags: json ? .jsonPayload : [], id: 0, method: topic)
+            FrameHeader.finish(mark, in: &frame)
+            self.transport.send(frame)
+        }
+        return queue
+    }
+
+    /// Ends one subscription; the other side is told when its topic has no subscriber left.
+    func unsubscribe(_ queue: EventQueue) {
+        let last = self.withState { $0.unsubscribe(queue) }
+        queue.end(IntercomError(.closed, "unsubscribed from '\(queue.topic)'"))
+        if last {
+            var frame = ByteBuffer()
+            let mark = FrameHeader.begin(into: &frame, kind: .unsubscribe, id: 0, method: queue.topic)
+            FrameHeader.finish(mark, in: &frame)
+            self.transport.send(frame)
+        }
+    }
+
+    /// Publishes an event to the other side if it subscribes to `topic`. Never
+    /// waits: if the connection's outbound buffer is full the event is dropped and
+    /// the subscriber learns how many it missed with the next event it gets.
+    ///
+    /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode,
+    ///   `frameTooLarge` if it is over the other side's limit.
+    @discardableResult
+    public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishOutcome {
+        guard let json = self.subscriptionFormat(for: topic) else { return .notSubscribed }
+        let codec = json ? PayloadCodec.json(limits: self.codec.limits) : self.codec
+        return try self.publishEncoded(topic, payload: Self.encodeEvent(value, with: codec, topic: topic), json: json)
+    }
+
+    /// An event's payload encoded with `codec`.
+    package static func encodeEvent<Value: Encodable>(_ value: Value, with codec: PayloadCodec, topic: String)
+        throws(IntercomError) -> ByteBuffer
+    {
+        var payload = ByteBuffer()
+        do {
+            try codec.encode(value, into: &payload)
+        } catch {
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
+        }
+        return payload
+    }
+
+    /// Whether the other side subscribes to `topic` (or to every topic).
+    public func isSubscribed(to topic: String) -> Bool {
+        self.subscriptionFormat(for: topic) != nil
+    }
+
+    /// How the other side subscribed to `topic`: nil if it did not, true if it asked for JSON.
+    package func subscriptionFormat(for topic: String) -> Bool? {
+        self.remoteTopics.withLock { $0.subscription(for: topic) }
+    }
+
+    /// Publishes an already-encoded event (one encoding for many subscribers).
+    package func publishEncoded(_ topic: String, payload: ByteBuffer, json: Bool = false) throws(IntercomError) -> PublishOutcome {
+        guard payload.readableBytes <= self.remoteMaxFrameSize else {
+            throw IntercomError(
+                .frameTooLarge,
+                "event of \(payload.readableBytes) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'",
+                context: .init(method: topic, peer: self.remoteName))
+        }
+        // The count of events dropped before this one travels in its id. It is taken
+        // out under the lock and the frame written after it (no write under a lock);
+        // if the write fails, the count goes back, one higher.
+        let taken = self.remoteTopics.withLock { state -> Int? in
+            guard state.subscription(for: topic) != nil else { return nil }
+            return state.missed.removeValue(forKey: topic) ?? 0
+        }
+        guard let missed = taken else { return .notSubscribed }
+        var frame = ByteBuffer()
+        frame.reserveCapacity(FrameHeader.size + 3 + topic.utf8.count + payload.readableBytes)
+        let mark = FrameHeader.begin(
+            into: &frame, kind: .event, flags: json ? .jsonPayload : [], id: UInt64(missed), method: topic)
+        var body = payload
+        frame.writeBuffer(&body)
+        FrameHeader.finish(mark, in: &frame)
+        if self.transport.sendIfWritable(frame) { return .sent }
+        self.oweMissedEvents(missed + 1, of: topic)
+        return .dropped
+    }
+
+    /// Counts `count` events of `topic` as dropped, to report with the next one
+    /// sent (or a lag notice) — unless the other side unsubscribed meanwhile.
+    func oweMissedEvents(_ count: Int, of topic: String) {
+        self.remoteTopics.withLock { state in
+            guard state.subscription(for: topic) != nil else { return }
+            state.missed[topic, default: 0] += count
+        }
+    }
+}

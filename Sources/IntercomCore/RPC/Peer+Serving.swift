@@ -1,0 +1,192 @@
+internal import IntercomTransport
+internal import IntercomWire
+internal import Logging
+internal import NIOCore
+
+// Serving calls: scheduling handlers under the concurrency limit and byte budget, replies and errors.
+extension Peer {
+
+    /// A call (or routed message) arrived: run it now or queue it behind the handler limit.
+    ///
+    /// On the transport's thread. Past the call-queue limit or the byte budget the
+    /// connection stops reading (the sender's backpressure); the pause is applied
+    /// here, on the transport's thread, every time a call arrives over the limit,
+    /// so a resume posted from a finishing handler can never leave it reading past
+    /// the budget for more than one read.
+    func accept(_ frame: Frame) {
+        let request = InboundCalls.Request(
+            id: frame.id, isCall: frame.kind == .call, frame: frame, bytes: Self.heldBytes(frame),
+            deadline: frame.timeout.map { self.transport.now.advanced(by: $0) })
+        switch self.withState({ $0.requestArrived(request) }) {
+        case nil:
+            return
+        case .reusedID:
+            self.violated(
+                ProtocolError(
+                    .malformedHeader,
+                    frame.id == 0
+                        ? "a call with id 0 (reserved for errors about the whole connection)"
+                        : "call id \(frame.id) is already used by a call in flight"))
+        case .queued(let pauseReading):
+            if pauseReading { self.transport.setReadingPaused(true, reason: .callQueueFull) }
+        case .start(let request, let armTimerAt, let pauseReading):
+            if pauseReading { self.transport.setReadingPaused(true, reason: .callQueueFull) }
+            self.startHandler(request, armTimerAt: armTimerAt)
+        }
+    }
+
+    /// Starts the task for one call or routed message, which the state machine
+    /// has marked running (outside its lock: the task is attached afterwards).
+    func startHandler(_ request: InboundCalls.Request, armTimerAt: ContinuousClock.Instant?) {
+        if let armTimerAt { self.armHandlerTimer(at: armTimerAt) }
+        let frame = request.frame
+        let method = frame.method ?? ""
+        let context = CallContext(
+            method: method, callID: frame.id, deadline: request.deadline, timeout: frame.timeout,
+            peerName: self.remoteName, peerPID: self.remotePID, peer: self)
+        let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
+        let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
+        let isCall = request.isCall
+        let executor: (any TaskExecutor)? =
+            self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
+        let held = request.bytes
+        let task = Task(executorPreference: executor) {
+            await self.run(call, isCall: isCall, held: held)
+        }
+        guard isCall else { return }
+        if self.withState({ $0.handlerTaskCreated(task, for: frame.id) }) { task.cancel() }
+    }
+
+    /// The other side cancelled its call `id`: cancel its handler, or drop it if still queued.
+    func cancelHandler(_ id: UInt64) {
+        switch self.withState({ $0.cancelRequested(id) }) {
+        case .cancel(let task): task.cancel()
+        case .dropped(let resumeReading):
+            if resumeReading { self.transport.setReadingPaused(false, reason: .callQueueFull) }
+        case .none: break
+        }
+    }
+
+    /// Arms the handler timer at `deadline` (outside the state lock; the state machine records it).
+    func armHandlerTimer(at deadline: ContinuousClock.Instant) {
+        let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in
+            self?.cancelOverdueHandlers()
+        }
+        self.withState { $0.handlerTimerArmed(timer, at: deadline) }?.cancel()
+    }
+
+    /// The handler timer fired: cancel every handler past its caller's deadline and
+    /// arm the timer for the next one. (Handlers remove themselves when they end.)
+    func cancelOverdueHandlers() {
+        let now = self.transport.now
+        let expiry = self.withState { $0.handlerTimerFired(at: now) }
+        if let next = expiry.armTimerAt { self.armHandlerTimer(at: next) }
+        for task in expiry.overdue { task.cancel() }
+    }
+
+    func run(_ call: IncomingCall, isCall: Bool, held: Int) async {
+        let id = call.context.callID
+        var reply: ByteBuffer?
+        do {
+            guard let handler = self.router?.handler(for: call.method) else {
+                let registered = self.router?.methods ?? []
+                throw IntercomError(
+                    .unknownMethod,
+                    "peer '\(self.configuration.name)' has no handler for '\(call.method)'"
+                        + (registered.isEmpty ? " (it registers no methods)" : "; it handles: \(registered.prefix(20).joined(separator: ", "))"),
+                    context: .init(method: call.method, callID: id))
+            }
+            let value = try await handler(call)
+            if isCall {
+                reply = try self.encodeReply(value, id: id, method: call.method, codec: call.codec)
+            }
+        } catch {
+            if isCall {
+                reply = self.encodeError(
+                    Self.deadlineError(error, call.context, now: self.transport.now) ?? error, id: id, method: call.method, codec: call.codec)
+            } else {
+                self.configuration.logger.warning(
+                    "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
+            }
+        }
+        var held = held
+        if let reply, !self.transport.sendIfWritable(reply) {
+            // Over the watermark: wait for the caller to read (or the connection to
+            // end). The waiting reply counts against the byte budget meanwhile.
+            let replyBytes = reply.readableBytes
+            held += replyBytes
+            self.withState { $0.replyWaiting(replyBytes) }
+            try? await self.transport.waitUntilWritable()
+            self.transport.send(reply)
+        }
+        self.handlerFinished(id, isCall: isCall, released: held)
+    }
+
+    func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
+        throws -> ByteBuffer
+    {
+        let context = IntercomError.Context(method: method, callID: id, peer: self.remoteName)
+        guard let value else { return FrameHeader.empty(kind: .reply, id: id) }
+        return try self.encodeFrame(
+            kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec,
+            flags: self.answerFlags(for: codec))
+    }
+
+    /// A call that came in another codec than the connection's (a JSON call,
+    /// see `callJSON`) is answered in it, reply or error, and the frame says so.
+    func answerFlags(for codec: PayloadCodec) -> FrameFlags {
+        codec.id == self.codec.id ? [] : .jsonPayload
+    }
+
+    /// A handler stopped by its deadline answers `timeout`, not `cancelled`: the
+    /// caller's own timer and this reply race, and the caller must see one answer.
+    static func deadlineError(_ error: any Error, _ context: CallContext, now: ContinuousClock.Instant) -> IntercomError? {
+        let cancelled = error is CancellationError || (error as? IntercomError)?.code == .cancelled
+        guard cancelled, let deadline = context.deadline, deadline <= now else { return nil }
+        let budget = context.timeout.map { " within \($0)" } ?? ""
+        return IntercomError(
+            .timeout, "no reply from the handler of '\(context.method)'\(budget): it ran past the caller's deadline")
+    }
+
+    /// An error frame for call `id`. A thrown `Encodable` error travels in the
+    /// details in the call's codec: JSON (and the frame flagged so) for a call
+    /// that came as JSON, as its reply would.
+    func encodeError(_ error: any Error, id: UInt64, method: String, codec: PayloadCodec) -> ByteBuffer {
+        var body: ErrorBody
+        var flags = self.answerFlags(for: codec)
+        switch error {
+        case let error as IntercomError:
+            body = ErrorBody(code: error.code.name, typeName: error.remoteType ?? "", message: error.message)
+        case is CancellationError:
+            body = ErrorBody(code: IntercomError.Code.cancelled.name, message: "the handler of '\(method)' was cancelled")
+        default:
+            body = ErrorBody(
+                code: IntercomError.Code.remote.name, typeName: String(reflecting: type(of: error)),
+                message: "\(error)")
+            if let encodable = error as? any Encodable {
+                var details = ByteBuffer()
+                if (try? codec.encode(encodable, into: &details)) != nil {
+                    body.details = details
+                    flags.insert(.typedError)
+                }
+            }
+        }
+        return body.frame(id: id, flags: flags)
+    }
+
+    func handlerFinished(_ id: UInt64, isCall: Bool, released: Int) {
+        let finish = self.withState { $0.handlerFinished(id, isCall: isCall, released: released) }
+        if finish.releaseMemory { ReleasedMemory.handBack() }
+        if let next = finish.next { self.startHandler(next, armTimerAt: finish.armTimerAt) }
+        if finish.resumeReading { self.transport.setReadingPaused(false, reason: .callQueueFull) }
+        if !finish.afterReply.isEmpty {
+            Task { for action in finish.afterReply { await action() } }
+        }
+    }
+
+    /// Registers ``CallContext/afterReply(_:)`` work for call `id` (at once for a
+    /// one-way message, which has no reply, or a call no longer running).
+    func afterReply(to id: UInt64, _ action: @escaping @Sendable () async -> Void) {
+        if !self.withState({ $0.addAfterReply(action, to: id) }) { Task { await action() } }
+    }
+}

@@ -1,0 +1,270 @@
+public import IntercomTransport
+public import IntercomWire
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+
+/// One end of a connection between two processes: it calls the other side's
+/// handlers, answers calls with its ``Router``, and sends and receives one-way
+/// messages. Both sides are peers: either may call the other, with many calls
+/// in flight in both directions.
+///
+/// Make one with ``Peer/pair(router:configuration:)``,
+/// ``Peer/connect(unixPath:router:configuration:)``, a ``PeerListener``,
+/// ``Peer/adopt(fileDescriptor:router:configuration:)`` or
+/// ``Peer/standardIO(router:configuration:)``; each returns once the handshake
+/// is done.
+///
+/// ```swift
+/// let ack = try await peer.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self, timeout: .seconds(1))
+/// try await peer.send("log.line", "exposure set")
+/// for try await note in peer.messages(as: Note.self) { … }
+/// ```
+///
+/// When the other process closes the connection or dies, every pending call fails
+/// at once with ``IntercomError/Code/peerLost``; messages that already arrived are
+/// still delivered before receiving ends with that error.
+public final class Peer: Sendable {
+    /// The name the other side gave in its handshake.
+    public let remoteName: String
+    /// The process id the other side reported in its handshake.
+    public let remotePID: Int32
+    /// The largest frame the other side accepts.
+    public let remoteMaxFrameSize: Int
+    /// The payload codec both sides agreed on.
+    public let codec: PayloadCodec
+    /// The configuration this side uses.
+    public let configuration: Configuration
+
+    let transport: any FrameTransport
+    let router: Router?
+    /// Calls both ways and the connection's life: one state machine under one lock.
+    let state: Locked<ConnectionStateMachine>
+    let nextCallID = Atomic<UInt64>(1)
+    let lateReplies = Atomic<Int>(0)
+    let inbox: Inbox
+    let statisticsWatch = StatisticsWatch()
+    let arrivals = Arrivals()
+    let remoteTopics = Locked(RemoteTopics())
+
+    /// The topics the other side subscribed to, and per topic how many events
+    /// were dropped since the last one sent (reported in the next event's id).
+    struct RemoteTopics {
+        /// Topic (or `*`, every topic) → whether the subscriber wants JSON payloads.
+        var subscribed: [String: Bool] = [:]
+        var missed: [String: Int] = [:]
+
+        func subscription(for topic: String) -> Bool? { self.subscribed[topic] ?? self.subscribed["*"] }
+    }
+
+    /// What a request holds while queued or running: its payload and method name,
+    /// plus the frame and task around them.
+    static func heldBytes(_ frame: borrowing Frame) -> Int {
+        frame.payload.readableBytes + (frame.method?.utf8.count ?? 0) + 256
+    }
+
+    init(transport: any FrameTransport, router: Router?, configuration: Configuration, remote: Hello, codec: PayloadCodec) {
+        self.transport = transport
+        self.router = router
+        self.configuration = configuration
+        self.remoteName = remote.name
+        self.remotePID = Int32(bitPattern: remote.pid)
+        self.remoteMaxFrameSize = Int(remote.maxFrameSize)
+        self.codec = codec
+        self.state = Locked(
+            ConnectionStateMachine(
+                maxConcurrentHandlers: configuration.maxConcurrentHandlers, maxQueuedCalls: configuration.maxQueuedCalls,
+                requestByteBudget: configuration.requestByteBudget))
+        self.inbox = Inbox(capacity: configuration.inboxCapacity, byteCapacity: configuration.inboxByteCapacity)
+        self.inbox.transport = transport
+        transport.observeBlockedSenders { [weak self] in self?.statisticsChanged() }
+    }
+
+    /// Runs `body` on the connection's state machine under its lock, then wakes
+    /// anyone waiting for the statistics it may have changed.
+    func withState<R>(_ body: (inout ConnectionStateMachine) -> R) -> R {
+        let result = self.state.withLock(body)
+        self.statisticsChanged()
+        return result
+    }
+
+    func statisticsChanged() {
+        self.statisticsWatch.changed { self.statistics }
+    }
+
+    /// Returns true once `condition` holds for ``statistics`` — checked now and at
+    /// every change of what they count, never by polling — or false after
+    /// `timeout` on the connection's clock. For tests.
+    package func waitForStatistics(
+        timeout: Duration, until condition: @escaping @Sendable (Statistics) -> Bool
+    ) async -> Bool {
+        await self.waitUntilWoken(orAfter: timeout) { continuation in
+            let key = self.statisticsWatch.add(condition, continuation)
+            self.statisticsChanged()  // it may hold already
+            return {
+                guard let waiter = self.statisticsWatch.remove(key) else { return nil }
+                return { @Sendable met in waiter.resume(returning: met) }
+            }
+        }
+    }
+
+    /// An executor that runs tasks on the thread serving this connection.
+    ///
+    /// A task that prefers it (`withTaskExecutorPreference(peer.executor) { … }`)
+    /// sends and receives without a thread hop: the fastest way to make many calls.
+    public var executor: any TaskExecutor { self.transport.executor }
+
+    /// Whether this connection runs over shared-memory rings (both sides on one
+    /// host allowed it; see ``SharedMemoryOptions``) rather than its socket.
+    public var isSharedMemory: Bool { self.transport.isSharedMemory }
+
+    /// For tests that play a hostile peer: the shared memory of the ring this side
+    /// writes (which the other side reads), or nil on a socket.
+    package var outboundRingMemoryForTesting: UnsafeMutableRawBufferPointer? {
+        self.transport.outboundMemoryForTesting
+    }
+
+    // MARK: Waiting for calls
+
+    /// Returns once no call this side made is waiting for its reply (every one
+    /// answered, failed, timed out or cancelled).
+    ///
+    /// - Throws: ``IntercomError/Code/timeout`` if calls are still pending after `timeout`.
+    public func waitForOutstandingCalls(timeout: Duration) async throws(IntercomError) {
+        let drained = await self.waitUntilWoken(orAfter: timeout) { continuation in
+            guard let key = self.withState({ $0.addDrainWaiter { continuation.resume(returning: $0) } }) else { return nil }
+            return { self.withState { $0.removeDrainWaiter(key) } }
+        }
+        guard drained else {
+            let left = self.state.withLock { $0.outbound.pending.count }
+            throw IntercomError(.timeout, "\(left) call(s) to '\(self.remoteName)' still pending after \(timeout)")
+        }
+    }
+
+    /// Waits until the waiter `register` files is woken (true), or `timeout` passes on
+    /// the connection's clock (false). `register` returns how to take the waiter back
+    /// (its wake-up, if it was still waiting), or nil if it need not wait at all.
+    func waitUntilWoken(
+        orAfter timeout: Duration,
+        register: (CheckedContinuation<Bool, Never>) -> (@Sendable () -> (@Sendable (Bool) -> Void)?)?
+    ) async -> Bool {
+        let timer = Locked<(any ScheduledWork)?>(nil)
+        let woken = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            guard let takeBack = register(continuation) else {
+                continuation.resume(returning: true)
+                return
+            }
+            // Armed only once the waiter is registered, so it cannot fire too early to find it.
+            let work = self.transport.schedule(after: timeout) { takeBack()?(false) }
+            timer.withLock { $0 = work }
+        }
+        timer.withLock { $0 }?.cancel()
+        return woken
+    }
+
+    // MARK: Observing
+
+    /// A snapshot of what is in flight on a connection.
+    public struct Statistics: Sendable, Hashable {
+        /// Calls this side made that wait for a reply.
+        public var pendingCalls: Int
+        /// Handlers running for the other side's calls and routed messages.
+        public var runningHandlers: Int
+        /// The other side's calls waiting for a free handler slot.
+        public var queuedCalls: Int
+        /// Tasks suspended because the outbound buffer is full (the other side is not reading).
+        public var blockedSenders: Int
+        /// Replies that arrived after their call had timed out or been cancelled,
+        /// and were dropped, since the connection opened.
+        public var lateReplies: Int
+    }
+
+    /// What is in flight right now.
+    public var statistics: Statistics {
+        let (pending, running, queued) = self.state.withLock {
+            ($0.outbound.pending.count, $0.inbound.active, $0.inbound.queuedCount)
+        }
+        return Statistics(
+            pendingCalls: pending, runningHandlers: running, queuedCalls: queued,
+            blockedSenders: self.transport.blockedSenders,
+            lateReplies: self.lateReplies.load(ordering: .relaxed))
+    }
+
+    // MARK: Closing
+
+    /// Says goodbye, flushes what is queued and closes the connection. Pending calls
+    /// fail with ``IntercomError/Code/closed``. Returns when the connection is closed.
+    public func close() async {
+        let reason = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
+        if let ending = self.withState({ $0.beginClosing(reason) }) {
+            self.failCalls(ending, reason: reason)
+            self.transport.send(FrameHeader.empty(kind: .goodbye, id: 0))
+            self.transport.close()
+        }
+        await self.waitUntilClosed()
+    }
+
+    /// Returns when the connection has ended, whoever ended it.
+    public func waitUntilClosed() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            if !self.withState({ $0.addCloseWaiter { continuation.resume() } }) { continuation.resume() }
+        }
+    }
+
+    /// Whether the connection has ended.
+    public var isClosed: Bool { self.state.withLock { $0.isClosed } }
+
+    /// Fails the calls the connection's end left pending (outside the lock).
+    func failCalls(_ ending: OutboundCalls.Ending, reason: IntercomError) {
+        for timer in ending.timers { timer.cancel() }
+        for waiter in ending.drained { waiter(true) }
+        for (id, call) in ending.orphans {
+            call.continuation?.resume(throwing: reason.with(.init(method: call.method, callID: id, peer: self.remoteName)))
+        }
+    }
+}
+
+/// Messages read in the current batch, not yet in the inbox.
+///
+/// The array lives behind a pointer rather than in a stored `var`: every access
+/// to a class's stored `var` costs a runtime exclusivity check, and this one is
+/// touched once per message at millions of messages a second.
+final class Arrivals: @unchecked Sendable {
+    // Touched only on the transport's thread (receive / endOfReadBatch / transportClosed).
+    let messages = UnsafeMutablePointer<[InboundMessage]>.allocate(capacity: 1)
+
+    init() { self.messages.initialize(to: []) }
+
+    deinit {
+        self.messages.deinitialize(count: 1)
+        self.messages.deallocate()
+    }
+
+    /// Appends `message`; returns how many are collected now.
+    func append(_ message: consuming InboundMessage) -> Int {
+        self.messages.pointee.append(message)
+        return self.messages.pointee.count
+    }
+
+    /// The collected messages (the array itself, not a copy); the next batch
+    /// starts with room for as many.
+    func takeAll() -> [InboundMessage] {
+        var batch: [InboundMessage] = []
+        swap(&batch, &self.messages.pointee)
+        self.messages.pointee.reserveCapacity(batch.count)
+        return batch
+    }
+
+    var isEmpty: Bool { self.messages.pointee.isEmpty }
+}
+
+extension IntercomError {
+    /// This error with the context filled in where it was empty.
+    func with(_ context: Context) -> IntercomError {
+        var copy = self
+        copy.context.method = copy.context.method ?? context.method
+        copy.context.callID = copy.context.callID ?? context.callID
+        copy.context.peer = copy.context.peer ?? context.peer
+        return copy
+    }
+}

@@ -1,0 +1,110 @@
+public import IntercomTransport
+public import IntercomWire
+public import Logging
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
+internal import Foundation
+#endif
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
+
+extension Peer {
+    /// How a connection behaves. Every field has a documented default.
+    public struct Configuration: Sendable {
+        /// The name this side gives in the handshake (default: the process name).
+        public var name: String
+        /// The timeout of a call that passes none: 30 seconds.
+        public var defaultCallTimeout: Duration = .seconds(30)
+        /// How many handlers may run at once for calls arriving on one connection:
+        /// 64 by default; 1 makes the connection strictly serial (calls are handled
+        /// one after another, in arrival order).
+        public var maxConcurrentHandlers: Int = 64
+        /// Calls waiting for a free handler slot before the connection stops reading
+        /// (so the sender's backpressure kicks in): 1,024.
+        public var maxQueuedCalls: Int = 1024
+        /// Bytes that calls arriving on one connection may hold at once — queued
+        /// and running requests and the replies waiting for the caller to read
+        /// them: 64 MiB. Past it the connection stops reading (so the sender's
+        /// backpressure kicks in) instead of allocating more; one request is always
+        /// admitted, so a single frame up to ``WireLimits/maxFrameSize`` still goes through.
+        public var requestByteBudget: Int = 64 << 20
+        /// Unsolicited messages held for ``Peer/receive(as:timeout:)`` before the
+        /// connection stops reading: 1,024.
+        public var inboxCapacity: Int = 1024
+        /// Bytes of unsolicited messages held for ``Peer/receive(as:timeout:)``
+        /// before the connection stops reading: 64 MiB (reading resumes once
+        /// receivers took half). A single message larger than this still goes through.
+        public var inboxByteCapacity: Int = 64 << 20
+        /// Outbound bytes buffered before senders suspend: 1 MiB (they resume below ``outboundLowWatermark``).
+        public var outboundHighWatermark: Int = 1 << 20
+        /// Outbound bytes under which suspended senders resume: 256 KiB.
+        public var outboundLowWatermark: Int = 256 << 10
+        /// Input limits (frame size, nesting, string and collection lengths).
+        public var limits: WireLimits = .defaults
+        /// The codec this side prefers; the handshake settles on one both speak.
+        public var preferredCodec: CodecID = .binary
+        /// How long the handshake may take: 10 seconds.
+        public var handshakeTimeout: Duration = .seconds(10)
+        /// Where handlers run: ``HandlerExecution/concurrencyPool`` by default.
+        public var handlerExecution: HandlerExecution = .concurrencyPool
+        /// Error types rethrown as themselves when a handler on the other side throws them.
+        public var remoteErrors = RemoteErrorTypes()
+        /// Whether and how the connection moves to shared memory when both sides
+        /// are on one host (Linux; on by default, see ``SharedMemoryOptions``).
+        public var sharedMemory = SharedMemoryOptions()
+        /// Who may serve a Unix socket this side connects to: the server process's
+        /// uid (from the kernel, `SO_PEERCRED`) must be one of these, checked before
+        /// a byte is sent. This user and root by default; nil trusts anyone.
+        public var trustedServerUIDs: Set<UInt32>? = [UInt32(getuid()), 0]
+        /// Where the connection logs (protocol violations at `warning`).
+        public var logger: Logger = Logger(label: "intercom.peer")
+
+        /// Creates a configuration with the defaults; `name` defaults to the process name.
+        public init(name: String? = nil) {
+            self.name = name ?? ProcessInfo.processInfo.processName
+        }
+
+        /// The defaults, changed by `configure`.
+        public static func defaults(configure: (inout Configuration) -> Void) -> Configuration {
+            var configuration = Configuration()
+            configure(&configuration)
+            return configuration
+        }
+    }
+
+    /// Where a connection's handlers run.
+    public enum HandlerExecution: Sendable {
+        /// On Swift's global concurrent executor: safe for handlers that compute for a while.
+        case concurrencyPool
+        /// On the thread that reads the connection: no thread hop per call, the
+        /// fastest choice, but a handler that computes for long delays every
+        /// connection on that event loop. For short handlers.
+        case connectionThread
+    }
+}
+
+/// Error types a caller rethrows as themselves when the handler threw them.
+///
+/// The handler side encodes any thrown error that is `Encodable` into the error
+/// frame with its type name (`String(reflecting:)`, so the type must live in a
+/// module both processes link); the calling side decodes it if the type is
+/// registered here, and otherwise throws ``IntercomError`` `remote` with the
+/// type name and message.
+public struct RemoteErrorTypes: Sendable {
+    typealias Decode = @Sendable (ByteBuffer, PayloadCodec) throws -> any Error
+    var decoders: [String: Decode] = [:]
+
+    /// An empty set.
+    public init() {}
+
+    /// Adds `type`.
+    public mutating func register<E: Error & Decodable>(_ type: E.Type) {
+        self.decoders[String(reflecting: type)] = { buffer, codec in try codec.decode(E.self, from: buffer) }
+    }
+}
+
+internal import NIOCore

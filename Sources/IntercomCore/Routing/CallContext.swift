@@ -1,0 +1,40 @@
+internal import IntercomTransport
+/// What a handler knows about the call it is serving.
+public struct CallContext: Sendable {
+    /// The method the caller named.
+    public let method: String
+    /// The call's correlation id on its connection (0 for one-way messages).
+    public let callID: UInt64
+    /// When the caller stops waiting: the arrival time plus the time the caller allowed.
+    /// The handler's task is cancelled at this instant. Reckoned on the
+    /// connection's clock (``now``): the system's, or virtual time in tests.
+    public let deadline: ContinuousClock.Instant?
+    /// The time the caller allowed for the call, as it said in the frame.
+    public var timeout: Duration? = nil
+    /// The other side's handshake name.
+    public let peerName: String
+    /// The other side's process id as it reported it.
+    public let peerPID: Int32
+    /// The connection the call arrived on, so a handler can call back.
+    public let peer: Peer
+    /// Runs `action` once this call's reply (or error) has been queued on the
+    /// connection — for a handler whose effect must not overtake its own answer,
+    /// such as closing the connection or stopping the service.
+    public func afterReply(_ action: @escaping @Sendable () async -> Void) {
+        self.peer.afterReply(to: self.callID, action)
+    }
+
+    /// Time left before the deadline (`nil` when the message has none, zero when past).
+    public var remainingTime: Duration? {
+        guard let deadline else { return nil }
+        return max(.zero, self.now.duration(to: deadline))
+    }
+
+    /// The current instant on the connection's clock: the system's monotonic
+    /// clock, or an in-memory connection's virtual time.
+    public var now: ContinuousClock.Instant { self.peer.transport.now }
+
+    /// `true` for one-way messages, which get no reply.
+    public var isOneWay: Bool { self.callID == 0 }
+}
+

@@ -1,0 +1,132 @@
+public import IntercomTransport
+internal import Synchronization
+
+/// Maps dot-namespaced method names (`camera.exposure.set`) to typed handlers.
+///
+/// One router can serve many connections (every peer a ``PeerListener`` accepts
+/// shares its router). Registering a name twice is an error, never a silent
+/// replacement; a call to a name with no handler goes to the fallback handler,
+/// or, without one, fails at the caller with ``IntercomError/Code/unknownMethod``
+/// while the connection stays up.
+///
+/// ```swift
+/// let router = Router()
+/// try router.register("camera.exposure.set") { (request: SetExposure, context) in
+///     try await camera.setExposure(request.ms)
+///     return Ack(ok: true)
+/// }
+/// ```
+public final class Router: Sendable {
+    /// A handler with its types erased: decodes the payload, runs, and returns the reply value.
+    typealias Handler = @Sendable (IncomingCall) async throws -> (any Encodable & Sendable)?
+
+    private struct State {
+        var handlers: [String: Handler] = [:]
+        var fallback: Handler?
+    }
+
+    private let state = Locked(State())
+
+    /// Creates an empty router.
+    public init() {}
+
+    /// Registers a handler that answers calls to `method` with a value.
+    ///
+    /// - Throws: ``IntercomError`` ``IntercomError/Code/conflict`` if `method` already has a
+    ///   handler, ``IntercomError/Code/invalidName`` if it is not a dot-separated name.
+    public func register<Request: Decodable & Sendable, Response: Encodable & Sendable>(
+        _ method: String,
+        _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
+    ) throws(IntercomError) {
+        try self.add(method) { call in
+            let request: Request = try call.decode()
+            return try await handler(request, call.context)
+        }
+    }
+
+    /// Registers a handler without a result: for one-way messages, or calls whose
+    /// caller only waits for completion (the reply is empty).
+    ///
+    /// - Throws: as ``register(_:_:)-(_,(Request,CallContext)->Response)``.
+    public func register<Request: Decodable & Sendable>(
+        _ method: String,
+        _ handler: @escaping @Sendable (Request, CallContext) async throws -> Void
+    ) throws(IntercomError) {
+        try self.add(method) { call in
+            let request: Request = try call.decode()
+            try await handler(request, call.context)
+            return nil
+        }
+    }
+
+    /// Sets the handler for methods nobody registered. It receives the raw call and
+    /// decides, by ``IncomingCall/method``, what to do; throwing
+    /// ``IntercomError/Code/unknownMethod`` is the polite way to refuse.
+    ///
+    /// - Throws: ``IntercomError/Code/conflict`` if a fallback is already set.
+    public func setFallback(
+        _ handler: @escaping @Sendable (IncomingCall) async throws -> (any Encodable & Sendable)?
+    ) throws(IntercomError) {
+        try self.state.withLock { (state: inout State) throws(IntercomError) in
+            guard state.fallback == nil else {
+                throw IntercomError(.conflict, "a fallback handler is already set on this router")
+            }
+            state.fallback = handler
+        }
+    }
+
+    /// Removes the handler for `method`.
+    ///
+    /// - Returns: whether there was one.
+    @discardableResult
+    public func unregister(_ method: String) -> Bool {
+        self.state.withLock { $0.handlers.removeValue(forKey: method) != nil }
+    }
+
+    /// The registered method names, sorted.
+    public var methods: [String] {
+        self.state.withLock { $0.handlers.keys.sorted() }
+    }
+
+    /// The handler for `method`: its own, else the fallback.
+    func handler(for method: String) -> Handler? {
+        self.state.withLock { $0.handlers[method] ?? $0.fallback }
+    }
+
+    /// Whether `method` has its own handler (not just the fallback).
+    func hasOwnHandler(for method: String) -> Bool {
+        self.state.withLock { $0.handlers[method] != nil }
+    }
+
+    private func add(_ method: String, _ handler: @escaping Handler) throws(IntercomError) {
+        try Self.validate(method)
+        try self.state.withLock { (state: inout State) throws(IntercomError) in
+            guard state.handlers[method] == nil else {
+                throw IntercomError(
+                    .conflict, "method '\(method)' is already registered; unregister it first or pick another name",
+                    context: .init(method: method))
+            }
+            state.handlers[method] = handler
+        }
+    }
+
+    /// Checks that `name` is dot-separated segments of letters, digits, `_` and `-`.
+    static func validate(_ name: String) throws(IntercomError) {
+        let segments = name.split(separator: ".", omittingEmptySubsequences: false)
+        let valid =
+            !name.isEmpty && name.utf8.count <= 255
+            && segments.allSatisfy { segment in
+                !segment.isEmpty
+                    && segment.utf8.allSatisfy { byte in
+                        (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                            || byte == 0x5F || byte == 0x2D
+                    }
+            }
+        guard valid else {
+            throw IntercomError(
+                .invalidName,
+                "'\(name)' is not a valid method name: use dot-separated segments of letters, digits, '_' and '-' (at most 255 bytes), e.g. 'camera.exposure.set'",
+                context: .init(method: name))
+        }
+    }
+}

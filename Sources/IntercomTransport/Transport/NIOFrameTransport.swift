@@ -1,0 +1,396 @@
+package import IntercomWire
+package import Logging
+package import NIOCore
+internal import Synchronization
+
+/// A ``FrameTransport`` over a NIO stream channel: Unix sockets, socket pairs,
+/// inherited descriptors and pipes.
+///
+/// Outbound frames from any thread are collected in an outbox and written in
+/// batches by one event-loop task per batch, so many small frames cost one
+/// `writev` rather than one syscall each. Senders wait in
+/// ``waitUntilWritable()`` while the channel is over its high watermark.
+package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
+    let channel: any Channel
+    package let executor: any TaskExecutor
+    private let loop: any EventLoop
+    package let handler: FrameChannelHandler
+    private let outbox = Locked(Outbox())
+    package let blockedSendersObserver = SetOnce<@Sendable () -> Void>()
+
+    private struct Outbox {
+        var pending: [ByteBuffer] = []
+        var flushScheduled = false
+        var channelWritable = true
+        var closed = false
+        var waiters = WritabilityWaiters()
+        /// The batch buffer of the last drain, kept for reuse: once the channel
+        /// has written it, its storage is ours again and `clear()` recycles it
+        /// without a fresh allocation (fresh pages cost a page fault each).
+        var spare: ByteBuffer?
+    }
+
+    /// Frames smaller than this are copied into a batch buffer (one `writev`
+    /// element for many frames); larger ones are queued as they are (no copy).
+    private static let coalesceLimit = 4096
+    /// Capacity of a batch buffer.
+    private static let batchCapacity = 32 * 1024
+
+    /// The descriptor under the channel, if known (NIO does not tell it).
+    let descriptor: Int32?
+
+    package init(channel: any Channel, descriptor: Int32?, limits: WireLimits, logger: Logger) {
+        self.channel = channel
+        self.descriptor = descriptor
+        self.loop = channel.eventLoop
+        self.executor = EventLoopExecutor.forLoop(channel.eventLoop)
+        self.handler = FrameChannelHandler(limits: limits, logger: logger)
+        self.handler.transport = self
+    }
+
+    package var isOnTransportThread: Bool { self.loop.inEventLoop }
+    package var isSharedMemory: Bool { false }
+
+    /// Runs `body` on the channel's event loop.
+    func executeOnLoop(_ body: @escaping @Sendable () -> Void) {
+        self.loop.execute(body)
+    }
+
+    /// On the event loop: a close-on-exec duplicate of the Unix stream socket
+    /// under the channel, or nil (a pipe, another kind of socket, an unknown
+    /// descriptor). Checked by the socket's cookie, so a descriptor number
+    /// reused after the channel closed is never taken for it.
+    func duplicateUnixSocket() -> Int32? {
+        self.knownSocket.flatMap { DescriptorPassing.duplicateUnixStreamSocket($0.descriptor, cookie: $0.cookie) }
+    }
+
+    /// On the event loop: whether the channel runs over a Unix stream socket whose
+    /// descriptor is known (so the connection could move to shared memory).
+    var isUnixStreamSocket: Bool {
+        self.knownSocket.map { DescriptorPassing.isUnixStreamSocket($0.descriptor, cookie: $0.cookie) } ?? false
+    }
+
+    /// The descriptor under the channel and its socket's cookie, when both are known (Linux).
+    private var knownSocket: (descriptor: Int32, cookie: UInt64)? {
+        #if os(Linux)
+        guard let descriptor = self.descriptor, let cookie = self.socketCookie() else { return nil }
+        return (descriptor, cookie)
+        #else
+        return nil
+        #endif
+    }
+
+    /// On the event loop: the kernel's cookie of the socket under the channel
+    /// (nil for pipes and anything that is not a socket).
+    private func socketCookie() -> UInt64? {
+        guard let provider = self.channel as? any SocketOptionProvider else { return nil }
+        let future: EventLoopFuture<UInt64> = provider.unsafeGetSocketOption(
+            level: .socket, name: NIOBSDSocket.Option(rawValue: 57 /* SO_COOKIE */))
+        // On the event loop the option is read at once and the callback runs now.
+        let cookie = Locked<UInt64?>(nil)
+        future.whenSuccess { value in cookie.withLock { $0 = value } }
+        return cookie.withLock { $0 }
+    }
+
+    /// On the event loop: writes what is queued, then `bytes`, and flushes;
+    /// the future completes once the bytes were handed to the kernel.
+    func writeNow(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
+        self.drainOutbox()
+        return self.channel.writeAndFlush(bytes)
+    }
+
+    package func setReceiver(_ receiver: any FrameReceiver) {
+        if self.loop.inEventLoop {
+            self.handler.setReceiver(receiver)
+        } else {
+            self.loop.execute { self.handler.setReceiver(receiver) }
+        }
+    }
+
+    package func send(_ bytes: ByteBuffer) {
+        self.enqueue(bytes, onlyIfWritable: false)
+    }
+
+    package func sendIfWritable(_ bytes: ByteBuffer) -> Bool {
+        self.enqueue(bytes, onlyIfWritable: true)
+    }
+
+    /// Appends to the outbox (unless `onlyIfWritable` and the channel is over its
+    /// watermark, or the stream is closed) and schedules a drain if none is pending.
+    @discardableResult
+    private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
+        var accepted = false
+        let mustSchedule = self.outbox.withLock { outbox -> Bool in
+            guard !outbox.closed, !onlyIfWritable || outbox.channelWritable else { return false }
+            accepted = true
+            if bytes.readableBytes < Self.coalesceLimit {
+                var copy = bytes
+                if outbox.pending.isEmpty || outbox.pending[outbox.pending.count - 1].writableBytes < copy.readableBytes {
+                    var batch = outbox.spare.take() ?? ByteBuffer()
+                    batch.clear(minimumCapacity: Self.batchCapacity)
+                    outbox.pending.append(batch)
+                }
+                outbox.pending[outbox.pending.count - 1].writeBuffer(&copy)
+            } else {
+                outbox.pending.append(bytes)
+            }
+            if outbox.flushScheduled { return false }
+            outbox.flushScheduled = true
+            return true
+        }
+        if mustSchedule {
+            self.loop.execute { self.drainOutbox() }
+        }
+        return accepted
+    }
+
+    /// On the event loop: writes everything queued and flushes once.
+    private func drainOutbox() {
+        let batch = self.outbox.withLock { outbox -> [ByteBuffer] in
+            outbox.flushScheduled = false
+            // Hand the array over; keeping its capacity would only force a copy-on-write.
+            defer { outbox.pending = [] }
+            return outbox.pending
+        }
+        guard !batch.isEmpty else { return }
+        for buffer in batch {
+            self.channel.write(buffer, promise: nil)
+        }
+        self.channel.flush()
+        if let last = batch.last, last.capacity == Self.batchCapacity {
+            self.outbox.withLock { $0.spare = last }
+        }
+    }
+
+    package func waitUntilWritable() async throws(IntercomError) {
+        try await self.suspendUntilWritable()
+    }
+
+    package func withWritability<R, E: Error>(_ body: (Writability, inout WritabilityWaiters) throws(E) -> R) throws(E) -> R {
+        try self.outbox.withLock { outbox throws(E) -> R in
+            let writability: Writability =
+                outbox.closed
+                ? .closed(IntercomError(.closed, "the connection is closed")) : outbox.channelWritable ? .writable : .full
+            return try body(writability, &outbox.waiters)
+        }
+    }
+
+    /// On the event loop: the channel's writability changed.
+    func writabilityChanged(_ writable: Bool) {
+        let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
+            outbox.channelWritable = writable
+            return writable ? outbox.waiters.takeAll() : []
+        }
+        for waiter in waiters { waiter.resume() }
+        if writable { self.handler.notifyWritable() }
+    }
+
+    /// On the event loop: the channel is gone; fail every waiting sender.
+    func markClosed() {
+        let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
+            outbox.closed = true
+            outbox.pending.removeAll()
+            return outbox.waiters.takeAll()
+        }
+        for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }
+    }
+
+    package var blockedSenders: Int { self.outbox.withLock { $0.waiters.count } }
+
+    package func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
+        if self.loop.inEventLoop {
+            self.handler.setReadingPaused(paused, reason: reason)
+        } else {
+            self.loop.execute { self.handler.setReadingPaused(paused, reason: reason) }
+        }
+    }
+
+    package func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> any ScheduledWork {
+        let task = self.loop.scheduleTask(in: .nanoseconds(delay.nanosecondsClamped)) { body() }
+        return NIOScheduledWork(task: task)
+    }
+
+    package func close() {
+        self.loop.execute {
+            self.drainOutbox()
+            self.channel.close(promise: nil)
+        }
+    }
+}
+
+private struct NIOScheduledWork: ScheduledWork {
+    let task: Scheduled<Void>
+    func cancel() { self.task.cancel() }
+}
+
+/// The channel handler under ``NIOFrameTransport``: cuts frames from the byte
+/// stream, hands them to the receiver, holds reads back while paused, and closes
+/// the channel (after telling the peer why) on a protocol violation.
+package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
+    // @unchecked: every stored property is touched only on the channel's event loop.
+    package typealias InboundIn = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
+
+    weak var transport: NIOFrameTransport?
+    private var receiver: (any FrameReceiver)?
+    private let decoder: FrameDecoder
+    private let logger: Logger
+    private var cumulation: ByteBuffer?
+    private var context: ChannelHandlerContext?
+    private var activated = false
+    private var failed = false
+    private var pauseReasons: ReadPauseReason = []
+    private var readRequested = false
+    private var closedNotified = false
+
+    init(limits: WireLimits, logger: Logger) {
+        self.decoder = FrameDecoder(limits: limits)
+        self.logger = logger
+    }
+
+    func setReceiver(_ receiver: any FrameReceiver) {
+        // After the end a receiver is not kept: it (a peer) holds the transport,
+        // which holds this handler, and nothing would break that cycle. Whoever
+        // sets one that late learns of the end from the channel itself.
+        guard !self.closedNotified else { return }
+        self.receiver = receiver
+        if let context, context.channel.isActive { self.activate() }
+    }
+
+    private func activate() {
+        guard !self.activated, let receiver = self.receiver else { return }
+        self.activated = true
+        receiver.transportActive()
+        if let context, self.cumulation != nil { self.decodeFrames(context: context) }
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { self.activate() }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    package func channelActive(context: ChannelHandlerContext) {
+        self.activate()
+        context.fireChannelActive()
+    }
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = self.unwrapInboundIn(data)
+        guard !self.failed else { return }
+        if self.cumulation == nil {
+            self.cumulation = bytes
+        } else {
+            self.cumulation!.writeBuffer(&bytes)
+        }
+        if self.activated { self.decodeFrames(context: context) }
+    }
+
+    private func decodeFrames(context: ChannelHandlerContext) {
+        while !self.failed, var buffer = self.cumulation {
+            self.cumulation = nil  // keep the storage uniquely referenced while slicing
+            let frame: Frame?
+            do {
+                frame = try self.decoder.next(from: &buffer)
+            } catch {
+                self.fail(error, context: context)
+                return
+            }
+            if buffer.readableBytes > 0 {
+                if buffer.readerIndex > 256 * 1024 { buffer.discardReadBytes() }
+                self.cumulation = buffer
+            }
+            guard let frame else { break }
+            self.receiver?.receive(frame)
+        }
+        self.receiver?.endOfReadBatch()
+    }
+
+    private func fail(_ error: ProtocolError, context: ChannelHandlerContext) {
+        self.failed = true
+        self.cumulation = nil
+        self.logger.warning(
+            "closing connection after a protocol violation",
+            metadata: ["error": "\(error)", "remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "local")"])
+        self.receiver?.transportFailed(error)
+        // Read nothing more: whatever else the peer sends is not ours to buffer.
+        self.pauseReasons.insert(.violation)
+        // Tell the other side why, then close. Id 0: the error concerns the connection.
+        // A peer that does not read would hold that write (and the connection)
+        // forever, so the close comes after a short grace whether or not it went out.
+        let buffer = ErrorBody(connectionError: error).frame(id: 0)
+        let channel = context.channel
+        let grace = channel.eventLoop.scheduleTask(in: Self.violationGrace) { channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in
+            grace.cancel()
+            channel.close(promise: nil)
+        }
+    }
+
+    /// How long the error frame after a protocol violation may take to go out
+    /// before the connection closes anyway.
+    static let violationGrace: TimeAmount = .milliseconds(500)
+
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.transport?.writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func notifyWritable() {
+        self.receiver?.transportWritable()
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        self.notifyClosed()
+        context.fireChannelInactive()
+    }
+
+    private func notifyClosed() {
+        guard !self.closedNotified else { return }
+        self.closedNotified = true
+        self.transport?.markClosed()
+        self.receiver?.transportClosed()
+        // Break the cycle receiver (a peer) -> transport -> this handler, and drop
+        // any partial frame: nothing more will be read.
+        self.receiver = nil
+        self.cumulation = nil
+    }
+
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Connection reset and the like: the stream is over.
+        self.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // Half-closed by the other side: nothing more will arrive.
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    package func read(context: ChannelHandlerContext) {
+        if self.pauseReasons.isEmpty {
+            context.read()
+        } else {
+            self.readRequested = true
+        }
+    }
+
+    func setReadingPaused(_ paused: Bool, reason: ReadPauseReason) {
+        if paused {
+            self.pauseReasons.insert(reason)
+        } else {
+            self.pauseReasons.remove(reason)
+            if self.pauseReasons.isEmpty, self.readRequested, let context = self.context {
+                self.readRequested = false
+                context.read()
+            }
+        }
+    }
+}
