@@ -1,6 +1,6 @@
-#if canImport(FoundationEssentials)
 internal import IntercomTransport
 internal import IntercomCore
+#if canImport(FoundationEssentials)
 internal import FoundationEssentials
 #else
 internal import Foundation

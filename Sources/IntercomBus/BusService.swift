@@ -1,6 +1,6 @@
-#if canImport(FoundationEssentials)
 public import IntercomTransport
 public import IntercomCore
+#if canImport(FoundationEssentials)
 internal import FoundationEssentials
 #else
 internal import Foundation

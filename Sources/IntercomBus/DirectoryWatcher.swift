@@ -36,25 +36,48 @@ final class DirectoryWatcher: Sendable {
         if self.fd >= 0 { close(self.fd) }
     }
 
-    /// Returns after a change in the directory, or after `limit`, whichever is first.
-    /// Without inotify, returns after at most 20 ms.
+    /// Returns after a change in the directory, after `limit` (at most 100 ms: a
+    /// backstop, since a crashed lock holder's release shows only as a close), or
+    /// when the task is cancelled, whichever is first. Without inotify, returns
+    /// after at most 20 ms.
+    ///
+    /// Driven by events: the inotify descriptor is watched by a dispatch read
+    /// source (epoll underneath), so no thread blocks while nothing changes.
     func waitForChange(upTo limit: Duration) async {
-        let milliseconds = max(1, min(Int32(clamping: limit.components.seconds * 1000 + limit.components.attoseconds / 1_000_000_000_000_000), 100))
         guard self.fd >= 0 else {
-            try? await Task.sleep(for: .milliseconds(min(20, Int(milliseconds))))
+            try? await Task.sleep(for: min(limit, .milliseconds(20)))
             return
         }
         let fd = self.fd
-        // poll() blocks, so it runs on a dispatch thread; slices of ≤ 100 ms let a
-        // cancelled waiter go soon after.
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                _ = poll(&entry, 1, milliseconds)
-                var scratch = [UInt8](repeating: 0, count: 4096)
-                while scratch.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
-                continuation.resume()
+        let queue = DispatchQueue(label: "intercom.directory-watcher")
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        let (seconds, attoseconds) = min(max(limit, .zero), .milliseconds(100)).components
+        let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let timer = DispatchWorkItem { source.cancel() }
+                source.setEventHandler { source.cancel() }
+                // Runs once, after the source let go of the descriptor: only then may
+                // the wait end (and the watcher, with its descriptor, go away).
+                source.setCancelHandler {
+                    timer.cancel()
+                    var scratch = [UInt8](repeating: 0, count: 4096)
+                    while scratch.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
+                    continuation.resume()
+                }
+                queue.asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds)), execute: timer)
+                source.resume()
             }
+        } onCancel: { [cancel = CancelSource(source)] in
+            cancel.source.cancel()
         }
     }
+}
+
+/// Lets the cancellation handler (a `@Sendable` closure) cancel the read source:
+/// `DispatchSource.cancel()` may be called from any thread, though the type is not
+/// marked `Sendable`.
+private final class CancelSource: @unchecked Sendable {
+    let source: any DispatchSourceRead
+    init(_ source: any DispatchSourceRead) { self.source = source }
 }

@@ -1,6 +1,6 @@
-#if canImport(Glibc)
 internal import IntercomTransport
 internal import IntercomCore
+#if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)
 internal import Darwin

@@ -1,6 +1,6 @@
-#if canImport(FoundationEssentials)
 internal import IntercomTransport
 internal import IntercomCore
+#if canImport(FoundationEssentials)
 public import FoundationEssentials
 #else
 public import Foundation

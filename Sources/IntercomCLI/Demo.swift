@@ -113,6 +113,8 @@ struct DemoCoordinator {
                 role: role, arguments: ["demo-worker", "--role", role, "--bus-directory", self.bus.directory])
             supervisor.start(role, spec, policy: policy, router: router)
         }
+        // The supervisor's run owns the workers: it ends after stopAll, once both are reaped.
+        async let supervising: Void = supervisor.run()
         let killedAt = Locked<ContinuousClock.Instant?>(nil)
         let pids = Locked<[String: [Int32]]>([:])
         let watcher = Task {
@@ -177,7 +179,7 @@ struct DemoCoordinator {
             if second == killTime, let processor = supervisor.worker(named: "processor") {
                 say("  ⚡ killing the processor (pid \(processor.pid)) with SIGKILL")
                 killedAt.withLock { $0 = .now }
-                processor.kill(SIGKILL)
+                processor.send(.kill)
             }
         }
 
@@ -186,6 +188,7 @@ struct DemoCoordinator {
         say("  quit acknowledged by: \(report.received.joined(separator: ", "))")
         for (name, error) in report.failures.sorted(by: { $0.key < $1.key }) { say("  \(name): \(error.code)") }
         await supervisor.stopAll(grace: .seconds(3))
+        await supervising
         await watcher.value
         let all = pids.withLock { $0.values.flatMap { $0 } }.sorted()
         let alive = all.filter { kill($0, 0) == 0 }

@@ -2,6 +2,7 @@ internal import IntercomTransport
 public import IntercomCore
 internal import IntercomBus
 internal import Synchronization
+internal import ServiceLifecycle
 
 /// When a supervised worker is started again after it exits.
 public enum RestartPolicy: Sendable, Hashable {
@@ -28,38 +29,68 @@ public enum LifecycleEvent: Sendable, Hashable {
     case stopped(name: String)
 }
 
-/// Starts workers and keeps them running by their ``RestartPolicy``, the way
-/// launchd and systemd keep services running.
+/// Keeps workers running by their ``RestartPolicy``, the way launchd and systemd
+/// keep services running — for as long as its ``run()`` runs, which owns them:
+/// every worker is a child task of `run()`, and `run()` returns only once every
+/// worker is stopped and reaped.
 ///
 /// ```swift
 /// let supervisor = Supervisor()
 /// supervisor.start("camera", .currentExecutable(role: "camera"), policy: .onFailure())
-/// for await event in supervisor.events { print(event) }
-/// await supervisor.stopAll()
+/// try await withThrowingDiscardingTaskGroup { group in
+///     group.addTask { await supervisor.run() }       // or put it in a ServiceGroup
+///     for await event in supervisor.events { print(event) }
+/// }
 /// ```
+///
+/// `run()` ends on ``stopAll(_:)``, on cancellation, or on a swift-service-lifecycle
+/// graceful shutdown; each way it stops every worker by its teardown first.
 public final class Supervisor: Sendable {
-    /// Every start, exit, restart, failure and stop, as it happens.
+    /// Every start, exit, restart, failure and stop, as it happens; it ends when ``run()`` does.
     public let events: AsyncStream<LifecycleEvent>
     private let continuation: AsyncStream<LifecycleEvent>.Continuation
+    /// Workers declared by ``start(_:_:policy:router:configuration:)``, taken by ``run()``.
+    private let requests: AsyncStream<Request>
+    private let requestContinuation: AsyncStream<Request>.Continuation
     private let state = Locked(State())
+
+    struct Request: Sendable {
+        let name: String
+        let spec: WorkerSpec
+        let policy: RestartPolicy
+        let router: Router?
+        let configuration: Peer.Configuration
+    }
 
     private struct State {
         var workers: [String: Supervised] = [:]
+        /// No worker starts again: ``stopAll(_:)``, cancellation or a graceful shutdown began.
+        var shuttingDown = false
+        /// How the workers still running are stopped when `run()` ends.
+        var teardown = Teardown.graceful()
+        var running = false
+        var finished = false
+        /// Tasks in ``stopAll(_:)`` waiting for `run()` to end.
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private struct Supervised {
         var current: Worker?
         var stopping = false
-        var loop: Task<Void, Never>?
         var restarts = 0
+        var ended = false
+        /// Tasks in ``stop(_:_:)`` waiting for this worker's supervision to end.
+        var endWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     /// Creates a supervisor with no workers.
     public init() {
         (self.events, self.continuation) = AsyncStream.makeStream(of: LifecycleEvent.self)
+        (self.requests, self.requestContinuation) = AsyncStream.makeStream(of: Request.self)
     }
 
-    /// Starts supervising `spec` under `name` (in the background; watch ``events``).
+    /// Supervises `spec` under `name`: started by ``run()`` (at once if it runs
+    /// already; watch ``events``). Nothing starts after `run()` has ended.
     ///
     /// `router` serves the worker's calls to this process; the same router serves
     /// every incarnation.
@@ -67,8 +98,14 @@ public final class Supervisor: Sendable {
         _ name: String, _ spec: WorkerSpec, policy: RestartPolicy = .onFailure(), router: Router? = nil,
         configuration: Peer.Configuration = Peer.Configuration()
     ) {
-        let loop = Task { await self.run(name, spec, policy: policy, router: router, configuration: configuration) }
-        self.state.withLock { $0.workers[name, default: Supervised()].loop = loop }
+        let accepted = self.state.withLock { state -> Bool in
+            guard !state.shuttingDown, state.workers[name] == nil else { return false }
+            state.workers[name] = Supervised()
+            return true
+        }
+        guard accepted else { return }
+        self.requestContinuation.yield(
+            Request(name: name, spec: spec, policy: policy, router: router, configuration: configuration))
     }
 
     /// The running incarnation of `name`, if one is up.
@@ -81,35 +118,92 @@ public final class Supervisor: Sendable {
         self.state.withLock { $0.workers[name]?.restarts ?? 0 }
     }
 
-    private func run(
-        _ name: String, _ spec: WorkerSpec, policy: RestartPolicy, router: Router?, configuration: Peer.Configuration
-    ) async {
+    /// Runs the supervised workers — each in a child task of this call — until
+    /// ``stopAll(_:)``, cancellation or a graceful shutdown; then stops every
+    /// worker still running by the teardown (``Teardown/graceful(_:)`` unless
+    /// `stopAll` said otherwise), waits until all are reaped, and ends ``events``.
+    public func run() async {
+        let first = self.state.withLock { state -> Bool in
+            defer { state.running = true }
+            return !state.running
+        }
+        precondition(first, "Supervisor.run() called twice")
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                await withDiscardingTaskGroup { group in
+                    for await request in self.requests {
+                        group.addTask { await self.supervise(request) }
+                    }
+                    // Requests ended: stop whatever still runs. The waits of a
+                    // teardown do not sleep in this (possibly cancelled) task.
+                    let (workers, teardown) = self.state.withLock { state -> ([Worker], Teardown) in
+                        for name in state.workers.keys { state.workers[name]?.stopping = true }
+                        return (state.workers.values.compactMap(\.current), state.teardown)
+                    }
+                    for worker in workers { group.addTask { await worker.stop(teardown) } }
+                }
+            } onCancel: {
+                self.shutDown(nil)
+            }
+        } onGracefulShutdown: {
+            self.shutDown(nil)
+        }
+        self.continuation.finish()
+        let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.finished = true
+            defer { state.finishWaiters.removeAll() }
+            return state.finishWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// No worker starts again; `run()` stops those that run (by `teardown`, if given).
+    private func shutDown(_ teardown: Teardown?) {
+        self.state.withLock { state in
+            state.shuttingDown = true
+            if let teardown { state.teardown = teardown }
+        }
+        self.requestContinuation.finish()
+    }
+
+    private func supervise(_ request: Request) async {
+        let name = request.name
         var recentRestarts: [ContinuousClock.Instant] = []
         var consecutiveFailures = 0
+        defer {
+            let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.workers[name]?.ended = true
+                defer { state.workers[name]?.endWaiters.removeAll() }
+                return state.workers[name]?.endWaiters ?? []
+            }
+            for waiter in waiters { waiter.resume() }
+        }
         while true {
-            let status: ProcessExitStatus
-            var pid: Int32 = 0
-            switch await Worker.launch(spec, router: router, configuration: configuration) {
-            case .running(let worker):
-                pid = worker.pid
-                let stopping = self.state.withLock { state -> Bool in
-                    state.workers[name]?.current = worker
-                    return state.workers[name]?.stopping ?? false
+            let (status, pid) = await Worker.withLaunched(
+                request.spec, router: request.router, configuration: request.configuration
+            ) { launch -> (ProcessExitStatus, Int32) in
+                switch launch {
+                case .running(let worker):
+                    let stopping = self.state.withLock { state -> Bool in
+                        state.workers[name]?.current = worker
+                        return self.isStopping(name, state)
+                    }
+                    self.continuation.yield(.started(name: name, pid: worker.pid))
+                    if stopping { await worker.stop(self.state.withLock { $0.teardown }) }
+                    let status = await worker.waitForExit()
+                    self.state.withLock { $0.workers[name]?.current = nil }
+                    return (status, worker.pid)
+                case .failedToStart(_, let exit):
+                    return (exit ?? .exited(127), 0)
                 }
-                self.continuation.yield(.started(name: name, pid: worker.pid))
-                if stopping { await worker.stop() }
-                status = await worker.waitForExit()
-                self.state.withLock { $0.workers[name]?.current = nil }
-            case .failedToStart(_, let exit):
-                status = exit ?? .exited(127)
             }
             self.continuation.yield(.exited(name: name, pid: pid, status: status))
-            if self.state.withLock({ $0.workers[name]?.stopping ?? true }) {
+            if self.state.withLock({ self.isStopping(name, $0) }) {
                 self.continuation.yield(.stopped(name: name))
                 return
             }
             let (maxRestarts, window, backoff): (Int, Duration, Duration)
-            switch policy {
+            switch request.policy {
             case .never:
                 return
             case .onFailure(let max, let w, let b):
@@ -134,30 +228,61 @@ public final class Supervisor: Sendable {
                 return state.workers[name]?.restarts ?? 0
             }
             self.continuation.yield(.restarting(name: name, attempt: attempt, delay: delay))
+            // Cut short by cancellation, which also marks every worker stopping.
             try? await Task.sleep(for: delay)
-            if self.state.withLock({ $0.workers[name]?.stopping ?? true }) {
+            if Task.isCancelled || self.state.withLock({ self.isStopping(name, $0) }) {
                 self.continuation.yield(.stopped(name: name))
                 return
             }
         }
     }
 
-    /// Stops `name` gracefully (see ``Worker/stop(grace:)``) and does not restart it.
-    public func stop(_ name: String, grace: Duration = .seconds(5)) async {
-        let (worker, loop) = self.state.withLock { state -> (Worker?, Task<Void, Never>?) in
-            state.workers[name]?.stopping = true
-            return (state.workers[name]?.current, state.workers[name]?.loop)
-        }
-        await worker?.stop(grace: grace)
-        await loop?.value
+    private func isStopping(_ name: String, _ state: State) -> Bool {
+        state.shuttingDown || (state.workers[name]?.stopping ?? true)
     }
 
-    /// Stops every worker at once, waits until all are reaped, and ends ``events``.
-    public func stopAll(grace: Duration = .seconds(5)) async {
-        let names = self.state.withLock { Array($0.workers.keys) }
-        await withTaskGroup(of: Void.self) { group in
-            for name in names { group.addTask { await self.stop(name, grace: grace) } }
+    /// Stops `name` by `teardown` (see ``Worker/stop(_:)``), does not restart it,
+    /// and returns once its supervision has ended.
+    public func stop(_ name: String, _ teardown: Teardown = .graceful()) async {
+        let worker = self.state.withLock { state -> Worker? in
+            state.workers[name]?.stopping = true
+            return state.workers[name]?.current
         }
-        self.continuation.finish()
+        await worker?.stop(teardown)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let wait = self.state.withLock { state -> Bool in
+                guard state.running, let supervised = state.workers[name], !supervised.ended else { return false }
+                state.workers[name]?.endWaiters.append(continuation)
+                return true
+            }
+            if !wait { continuation.resume() }
+        }
+    }
+
+    /// ``stop(_:_:)`` with ``Teardown/graceful(_:)`` of `grace`.
+    public func stop(_ name: String, grace: Duration) async {
+        await self.stop(name, .graceful(grace))
+    }
+
+    /// Ends ``run()``: every worker is stopped by `teardown` at once; returns when
+    /// all are reaped and ``events`` has ended (at once if `run()` never ran).
+    public func stopAll(_ teardown: Teardown = .graceful()) async {
+        self.shutDown(teardown)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let wait = self.state.withLock { state -> Bool in
+                guard state.running, !state.finished else { return false }
+                state.finishWaiters.append(continuation)
+                return true
+            }
+            if !wait {
+                self.continuation.finish()
+                continuation.resume()
+            }
+        }
+    }
+
+    /// ``stopAll(_:)`` with ``Teardown/graceful(_:)`` of `grace`.
+    public func stopAll(grace: Duration) async {
+        await self.stopAll(.graceful(grace))
     }
 }

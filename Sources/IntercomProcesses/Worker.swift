@@ -1,7 +1,7 @@
-#if canImport(FoundationEssentials)
 public import IntercomTransport
 public import IntercomCore
 internal import IntercomBus
+#if canImport(FoundationEssentials)
 internal import FoundationEssentials
 #else
 internal import Foundation
@@ -9,6 +9,7 @@ internal import Foundation
 internal import Subprocess
 internal import SystemPackage
 internal import Synchronization
+internal import Dispatch
 #if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)
@@ -46,12 +47,17 @@ public struct WorkerSpec: Sendable, Hashable {
 
 /// A child process started with a connection to this process already open.
 ///
+/// Scoped — the worker lives as long as the closure, and is stopped and reaped
+/// before the call returns, whatever the closure does:
+///
 /// ```swift
-/// let worker = try await Worker.spawn(.currentExecutable(role: "camera"))
-/// let ack = try await worker.peer.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
-/// let status = await worker.stop()            // goodbye, SIGTERM, SIGKILL
+/// let ack = try await Worker.withWorker(.currentExecutable(role: "camera")) { camera in
+///     try await camera.peer.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
+/// }
 /// // in the child: let parent = try await Peer.parent(router: router)
 /// ```
+///
+/// or started with ``spawn(_:router:configuration:)`` and stopped with ``stop(_:)``.
 ///
 /// The child gets its end of a socket pair as its standard input (named by
 /// `INTERCOM_PARENT_FD`); every other descriptor is closed in the child
@@ -65,22 +71,64 @@ public final class Worker: Sendable {
     /// The connection to the child (its ``Peer/parent(router:configuration:)``).
     public let peer: Peer
     private let exit: ExitRecord
+    /// The task that runs and reaps the process, for a worker from ``spawn(_:router:configuration:)``
+    /// (awaited by ``stop(_:)`` and ``waitForExit()``); nil in a scope, which awaits it itself.
+    private let runner: Task<Void, Never>?
 
-    private init(spec: WorkerSpec, pid: Int32, peer: Peer, exit: ExitRecord) {
+    fileprivate init(spec: WorkerSpec, pid: Int32, peer: Peer, exit: ExitRecord, runner: Task<Void, Never>?) {
         self.spec = spec
         self.pid = pid
         self.peer = peer
         self.exit = exit
+        self.runner = runner
     }
 
-    /// Starts `spec` and completes the handshake with it.
+    /// Starts `spec`, completes the handshake with it, runs `body` with it, then
+    /// stops it by `teardown` and waits until it is reaped — also when `body`
+    /// throws or the calling task is cancelled (the teardown's waits still run
+    /// their course: they do not sleep in the cancelled task).
+    ///
+    /// - Throws: ``IntercomError`` `connectionFailed` if it cannot be started,
+    ///   `peerLost` (with its exit status) if it exits before the handshake, or
+    ///   what `body` throws.
+    public static func withWorker<Value: Sendable>(
+        _ spec: WorkerSpec, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration(),
+        teardown: Teardown = .graceful(), _ body: (Worker) async throws -> Value
+    ) async throws -> Value {
+        try await Self.withLaunched(spec, router: router, configuration: configuration) { launch -> Result<Value, any Error> in
+            switch launch {
+            case .failedToStart(let error, _):
+                return .failure(error)
+            case .running(let worker):
+                let result: Result<Value, any Error>
+                do {
+                    result = .success(try await body(worker))
+                } catch {
+                    result = .failure(error)
+                }
+                await worker.stop(teardown)
+                return result
+            }
+        }.get()
+    }
+
+    /// Starts `spec` and completes the handshake with it. The worker runs until
+    /// ``stop(_:)`` (or until it exits); prefer ``withWorker(_:router:configuration:teardown:_:)``,
+    /// which cannot forget to stop it.
     ///
     /// - Throws: ``IntercomError`` `connectionFailed` if it cannot be started, or
     ///   `peerLost` (with its exit status) if it exits before the handshake.
     public static func spawn(
         _ spec: WorkerSpec, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration()
     ) async throws(IntercomError) -> Worker {
-        switch await Self.launch(spec, router: router, configuration: configuration) {
+        let launching: Launching
+        do {
+            launching = try Launching(spec)
+        } catch {
+            throw error
+        }
+        let runner = Task { await launching.runProcess() }
+        switch await launching.connect(router: router, configuration: configuration, runner: runner) {
         case .running(let worker): return worker
         case .failedToStart(let error, _): throw error
         }
@@ -92,65 +140,27 @@ public final class Worker: Sendable {
         case failedToStart(IntercomError, ProcessExitStatus?)
     }
 
-    static func launch(_ spec: WorkerSpec, router: Router?, configuration: Peer.Configuration) async -> Launch {
-        let sockets: SocketPair
+    /// Starts `spec` and hands `body` the outcome; returns once `body` has and the
+    /// process is reaped (so `body` must stop the worker or wait for its exit).
+    ///
+    /// The task that runs the process is held by this scope and awaited before it
+    /// returns, but it is not a child task: swift-subprocess kills a process at
+    /// once when the task running it is cancelled, and a cancelled scope must still
+    /// stop its worker by the teardown (goodbye first). Nothing outlives the scope.
+    static func withLaunched<Value: Sendable>(
+        _ spec: WorkerSpec, router: Router?, configuration: Peer.Configuration, _ body: (Launch) async -> Value
+    ) async -> Value {
+        let launching: Launching
         do {
-            sockets = try SocketPair()
+            launching = try Launching(spec)
         } catch {
-            return .failedToStart(error, nil)
+            return await body(.failedToStart(error, nil))
         }
-        var variables: [Environment.Key: String?] = [
-            Environment.Key(stringLiteral: WorkerEnvironment.parentDescriptor): "0",
-            Environment.Key(stringLiteral: WorkerEnvironment.parentPID): "\(getpid())",
-            Environment.Key(stringLiteral: WorkerEnvironment.role): spec.role,
-        ]
-        for (key, value) in spec.environment { variables[Environment.Key(stringLiteral: key)] = value }
-        let environment = Environment.inherit.updating(variables)
-        let record = ExitRecord()
-        let (started, startedContinuation) = AsyncStream.makeStream(of: Int32.self)
-        let childEnd = sockets.second
-        Task.detached {
-            do {
-                let result = try await Subprocess.run(
-                    .path(FilePath(spec.executablePath)),
-                    arguments: Arguments(spec.arguments),
-                    environment: environment,
-                    input: .fileDescriptor(FileDescriptor(rawValue: childEnd), closeAfterSpawningProcess: true),
-                    output: .currentStandardOutput,
-                    error: .currentStandardError
-                ) { execution in
-                    startedContinuation.yield(execution.processIdentifier.value)
-                    startedContinuation.finish()
-                }
-                switch result.terminationStatus {
-                case .exited(let code): record.finish(.exited(code))
-                case .signaled(let signal): record.finish(.signaled(signal))
-                }
-            } catch {
-                startedContinuation.finish()
-                record.failToStart("\(error)")
-            }
-        }
-        var pids = started.makeAsyncIterator()
-        guard let pid = await pids.next() else {
-            POSIX.close(sockets.first)
-            return .failedToStart(
-                IntercomError(
-                    .connectionFailed,
-                    "cannot start \(spec.executablePath): \(record.startFailure ?? "unknown error")"), nil)
-        }
-        do {
-            let peer = try await Peer.adopt(fileDescriptor: sockets.first, router: router, configuration: configuration)
-            return .running(Worker(spec: spec, pid: pid, peer: peer, exit: record))
-        } catch {
-            // It died (or never spoke Intercom): report how it ended.
-            POSIX.kill(pid, SIGKILL)
-            let status = await record.wait()
-            return .failedToStart(
-                IntercomError(
-                    .peerLost, "worker \(spec.role ?? spec.executablePath) (pid \(pid)) \(status) before the handshake: \(error.message)"),
-                status)
-        }
+        let runner = Task { await launching.runProcess() }
+        let launch = await launching.connect(router: router, configuration: configuration, runner: nil)
+        let value = await body(launch)
+        await runner.value
+        return value
     }
 
     /// How the child ended, once it has (nil while it runs).
@@ -159,7 +169,9 @@ public final class Worker: Sendable {
     /// Waits for the child to exit (it is reaped by then).
     @discardableResult
     public func waitForExit() async -> ProcessExitStatus {
-        await self.exit.wait()
+        let status = await self.exit.wait()
+        await self.runner?.value
+        return status
     }
 
     /// Waits up to `limit` for the child to exit.
@@ -167,28 +179,115 @@ public final class Worker: Sendable {
         await self.exit.wait(upTo: limit)
     }
 
-    /// Sends `signal` to the child (no-op once it has been reaped).
-    public func kill(_ signal: Int32) {
+    /// Sends `signal` to the child (nothing once it has been reaped: its pid may
+    /// belong to another process by then).
+    public func send(_ signal: Signal) {
         guard self.exit.status == nil else { return }
-        POSIX.kill(self.pid, signal)
+        POSIX.kill(self.pid, signal.rawValue)
     }
 
-    /// Stops the child gracefully: says goodbye (closes the connection), sends
-    /// `SIGTERM` at half the grace period, `SIGKILL` at the end of it, and returns
-    /// its exit status once it is reaped. A child that ignores both is gone within
-    /// the grace period plus the time the kernel takes to reap it.
+    /// Stops the child by `teardown` (by default: goodbye, `SIGTERM` after 2.5 s,
+    /// `SIGKILL` after 5 s) and returns its exit status once it is reaped.
     ///
     /// Calls the child was still serving fail with `closed` on this side; calls the
     /// child made to this side fail with `peerLost` there.
     @discardableResult
-    public func stop(grace: Duration = .seconds(5)) async -> ProcessExitStatus {
-        if let status = self.exit.status { return status }
+    public func stop(_ teardown: Teardown = .graceful()) async -> ProcessExitStatus {
+        var status = self.exit.status
+        for step in teardown.steps where status == nil {
+            switch step.action {
+            case .goodbye: await self.peer.close()
+            case .signal(let signal): self.send(signal)
+            }
+            status = await self.exit.wait(upTo: step.wait)
+        }
+        if status == nil { self.send(.kill) }
+        let reaped = await self.waitForExit()
         await self.peer.close()
-        if let status = await self.exit.wait(upTo: grace / 2) { return status }
-        self.kill(SIGTERM)
-        if let status = await self.exit.wait(upTo: grace / 2) { return status }
-        self.kill(SIGKILL)
-        return await self.exit.wait()
+        return reaped
+    }
+
+    /// ``stop(_:)`` with ``Teardown/graceful(_:)`` of `grace`.
+    @discardableResult
+    public func stop(grace: Duration) async -> ProcessExitStatus {
+        await self.stop(.graceful(grace))
+    }
+}
+
+/// One start of a worker: the socket pair, the environment, the exit record, and
+/// the two halves of starting — running the process (in a task its owner holds)
+/// and the handshake.
+private final class Launching: Sendable {
+    let spec: WorkerSpec
+    let sockets: SocketPair
+    let environment: Environment
+    let record = ExitRecord()
+    let started: AsyncStream<Int32>
+    let startedContinuation: AsyncStream<Int32>.Continuation
+
+    init(_ spec: WorkerSpec) throws(IntercomError) {
+        self.spec = spec
+        self.sockets = try SocketPair()
+        var variables: [Environment.Key: String?] = [
+            Environment.Key(stringLiteral: WorkerEnvironment.parentDescriptor): "0",
+            Environment.Key(stringLiteral: WorkerEnvironment.parentPID): "\(getpid())",
+            Environment.Key(stringLiteral: WorkerEnvironment.role): spec.role,
+        ]
+        for (key, value) in spec.environment { variables[Environment.Key(stringLiteral: key)] = value }
+        self.environment = Environment.inherit.updating(variables)
+        (self.started, self.startedContinuation) = AsyncStream.makeStream(of: Int32.self)
+    }
+
+    /// Runs the process until it exits and records how (or why it never started).
+    func runProcess() async {
+        let started = self.startedContinuation
+        do {
+            let result = try await Subprocess.run(
+                .path(FilePath(self.spec.executablePath)),
+                arguments: Arguments(self.spec.arguments),
+                environment: self.environment,
+                input: .fileDescriptor(FileDescriptor(rawValue: self.sockets.second), closeAfterSpawningProcess: true),
+                output: .currentStandardOutput,
+                error: .currentStandardError
+            ) { execution in
+                started.yield(execution.processIdentifier.value)
+                started.finish()
+            }
+            switch result.terminationStatus {
+            case .exited(let code): self.record.finish(.exited(code))
+            case .signaled(let signal): self.record.finish(.signaled(signal))
+            }
+        } catch {
+            started.finish()
+            self.record.failToStart("\(error)")
+        }
+    }
+
+    /// Waits for the process to start and completes the handshake with it.
+    func connect(router: Router?, configuration: Peer.Configuration, runner: Task<Void, Never>?) async -> Worker.Launch {
+        let spec = self.spec
+        var pids = self.started.makeAsyncIterator()
+        guard let pid = await pids.next() else {
+            POSIX.close(self.sockets.first)
+            await runner?.value
+            return .failedToStart(
+                IntercomError(
+                    .connectionFailed,
+                    "cannot start \(spec.executablePath): \(self.record.startFailure ?? "unknown error")"), nil)
+        }
+        do {
+            let peer = try await Peer.adopt(fileDescriptor: self.sockets.first, router: router, configuration: configuration)
+            return .running(Worker(spec: spec, pid: pid, peer: peer, exit: self.record, runner: runner))
+        } catch {
+            // It died (or never spoke Intercom): report how it ended.
+            POSIX.kill(pid, SIGKILL)
+            let status = await self.record.wait()
+            await runner?.value
+            return .failedToStart(
+                IntercomError(
+                    .peerLost, "worker \(spec.role ?? spec.executablePath) (pid \(pid)) \(status) before the handshake: \(error.message)"),
+                status)
+        }
     }
 }
 
@@ -240,11 +339,14 @@ final class ExitRecord: Sendable {
             state.nextWaiter += 1
             return state.nextWaiter
         }
+        // A timer outside Swift concurrency, not a sleeping task: a wait in a
+        // cancelled task (a teardown after cancellation) still lasts its time.
         let timer = limit.map { limit in
-            Task {
-                try? await Task.sleep(for: limit)
-                self.resume(id, with: nil)
-            }
+            let item = DispatchWorkItem { self.resume(id, with: nil) }
+            let (seconds, attoseconds) = limit.components
+            let nanoseconds = max(0, min(seconds, Int64(Int.max / 1_000_000_000) - 1) * 1_000_000_000 + attoseconds / 1_000_000_000)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds)), execute: item)
+            return item
         }
         defer { timer?.cancel() }
         return await withCheckedContinuation { (continuation: CheckedContinuation<ProcessExitStatus?, Never>) in

@@ -398,9 +398,13 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
         let supervisor = Supervisor()
         supervisor.start(
             "worker", WorkerSpec(executablePath: CommandLine.arguments[0], environment: ["SWIFT_BACKTRACE": "enable=no"]))
-        var events = supervisor.events.makeAsyncIterator()
-        guard case .started(_, let workerPID)? = await events.next() else { exit(3) }
-        try router.register("lifecycle.worker.pid") { (_: Int, _: CallContext) in Int(workerPID) }
+        // The worker starts once the group runs the supervisor; the test asks once.
+        try router.register("lifecycle.worker.pid") { (_: Int, _: CallContext) -> Int in
+            for await event in supervisor.events {
+                if case .started(_, let pid) = event { return Int(pid) }
+            }
+            return 0
+        }
         let service = try await Bus(directory: directory).serve(name, router: router, configuration: configuration)
         holder.service = service
         let group = ServiceGroup(

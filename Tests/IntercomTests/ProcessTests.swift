@@ -70,7 +70,7 @@ func isAlive(_ pid: Int32) -> Bool {
                             case 2:
                                 expected = .signaled(SIGKILL)
                                 worker = try await Worker.spawn(helperSpec())
-                                worker.kill(SIGKILL)
+                                worker.send(.kill)
                             default:
                                 expected = .signaled(SIGSEGV)
                                 worker = try await Worker.spawn(helperSpec(["--signal-after-handshake", "\(SIGSEGV)"]))
@@ -139,6 +139,7 @@ func isAlive(_ pid: Int32) -> Bool {
     @Test func aCrashLoopStopsAtThePolicyLimitAndSaysSo() async throws {
         try await withResourceCheck {
             let supervisor = Supervisor()
+            async let supervising: Void = supervisor.run()
             supervisor.start(
                 "crasher", helperSpec(["--exit-now", "3"]),
                 policy: .onFailure(maxRestarts: 3, window: .seconds(60), backoff: .milliseconds(10)))
@@ -161,6 +162,7 @@ func isAlive(_ pid: Int32) -> Bool {
             #expect(reason.contains("exited(3)"))
             #expect(supervisor.restartCount(of: "crasher") == 3)
             await supervisor.stopAll()
+            await supervising
         }
     }
 
@@ -168,12 +170,13 @@ func isAlive(_ pid: Int32) -> Bool {
         try await withResourceCheck {
             let supervisor = Supervisor()
             supervisor.start("steady", helperSpec(), policy: .onFailure(backoff: .milliseconds(10)))
+            async let supervising: Void = supervisor.run()
             var iterator = supervisor.events.makeAsyncIterator()
             guard case .started(_, let first)? = await iterator.next() else { throw IntercomError(.closed, "no start") }
             let firstWorker = try #require(supervisor.worker(named: "steady"))
             let pending = Task { try await firstWorker.peer.call("hang", 0, returning: Int.self, timeout: .seconds(60)) }
             _ = try await firstWorker.peer.receiveMessage(timeout: .seconds(10))  // "hang.started"
-            firstWorker.kill(SIGKILL)
+            firstWorker.send(.kill)
             await expectIntercomError(.peerLost) { _ = try await pending.value }
             #expect(await iterator.next() == .exited(name: "steady", pid: first, status: .signaled(SIGKILL)))
             guard case .restarting(_, 1, _)? = await iterator.next() else { throw IntercomError(.closed, "no restart") }
@@ -184,6 +187,88 @@ func isAlive(_ pid: Int32) -> Bool {
             var rest: [LifecycleEvent] = []
             while let event = await iterator.next() { rest.append(event) }
             #expect(rest == [.exited(name: "steady", pid: second, status: .exited(0)), .stopped(name: "steady")])
+            await supervising
+        }
+    }
+
+    @Test func aScopedWorkerIsStoppedAndReapedWhenItsScopeEndsEvenByAnError() async throws {
+        try await withResourceCheck {
+            let seen = Locked<Worker?>(nil)
+            let pid = try await Worker.withWorker(helperSpec()) { worker in
+                seen.withLock { $0 = worker }
+                return try await worker.peer.call("peer.pid", 0, returning: Int.self)
+            }
+            let worker = try #require(seen.withLock { $0 })
+            #expect(pid == Int(worker.pid))
+            #expect(worker.exitStatus == .exited(0), "said goodbye, exited by itself, reaped before the scope returned")
+            #expect(!isAlive(worker.pid))
+
+            struct Abandoned: Error {}
+            await #expect(throws: Abandoned.self) {
+                try await Worker.withWorker(helperSpec()) { worker in
+                    seen.withLock { $0 = worker }
+                    throw Abandoned()
+                }
+            }
+            let thrower = try #require(seen.withLock { $0 })
+            #expect(thrower.exitStatus == .exited(0))
+            #expect(!isAlive(thrower.pid))
+        }
+    }
+
+    @Test func aCancelledScopeStillStopsItsWorkerGracefully() async throws {
+        try await withResourceCheck {
+            let seen = Locked<Worker?>(nil)
+            let (ready, readyContinuation) = AsyncStream.makeStream(of: Void.self)
+            let scope = Task {
+                try await Worker.withWorker(helperSpec(), teardown: .graceful(.seconds(30))) { worker in
+                    seen.withLock { $0 = worker }
+                    readyContinuation.yield()
+                    // Waits for the cancellation (a receive that never gets a message).
+                    _ = try await worker.peer.receiveMessage(timeout: .seconds(60))
+                }
+            }
+            for await _ in ready { break }
+            scope.cancel()
+            await #expect(throws: (any Error).self) { try await scope.value }
+            let worker = try #require(seen.withLock { $0 })
+            // The teardown's first wait (up to 15 s for the goodbye to end it) ran
+            // its course in the cancelled task: the worker exited by itself, where
+            // a wait that slept in the task would have ended at once and killed it.
+            #expect(worker.exitStatus == .exited(0))
+            #expect(!isAlive(worker.pid))
+        }
+    }
+
+    @Test func aTeardownIsData() async throws {
+        try await withResourceCheck {
+            // A worker that ignores the goodbye and SIGTERM: an interrupt, then the final SIGKILL.
+            let worker = try await Worker.spawn(helperSpec(["--linger"]))
+            let status = await worker.stop(Teardown(steps: [.signal(.interrupt, wait: .seconds(10))]))
+            #expect(status == .signaled(SIGINT), "the first step's signal ended it")
+            #expect(Teardown.graceful(.seconds(4)).steps == [.goodbye(wait: .seconds(2)), .signal(.terminate, wait: .seconds(2))])
+            #expect(Signal.terminate.description == "SIGTERM")
+            #expect(Signal(rawValue: 64).description == "signal 64")
+        }
+    }
+
+    @Test func aSupervisorsRunOwnsItsWorkers() async throws {
+        try await withResourceCheck {
+            let supervisor = Supervisor()
+            supervisor.start("steady", helperSpec(), policy: .always(backoff: .milliseconds(10)))
+            let running = Task { await supervisor.run() }
+            var events = supervisor.events.makeAsyncIterator()
+            guard case .started(_, let pid)? = await events.next() else { throw IntercomError(.closed, "no start") }
+            // Cancelling the run stops the worker (gracefully: it exits by itself) and
+            // does not restart it, although its policy is `always`.
+            running.cancel()
+            await running.value
+            var rest: [LifecycleEvent] = []
+            while let event = await events.next() { rest.append(event) }
+            #expect(rest == [.exited(name: "steady", pid: pid, status: .exited(0)), .stopped(name: "steady")])
+            #expect(!isAlive(pid), "reaped before run() returned")
+            supervisor.start("late", helperSpec())
+            #expect(supervisor.worker(named: "late") == nil, "nothing starts after run() ended")
         }
     }
 
