@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-internal import Glibc
+package import Glibc
 #elseif canImport(Darwin)
 package import Darwin
 #endif
@@ -15,17 +15,22 @@ package import Darwin
 ///
 /// The value and the mutex live in one `ManagedBuffer` allocation and are
 /// reached through pointers, so taking the lock touches no class stored
-/// property (no runtime exclusivity check on the hot path).
+/// property (no runtime exclusivity check on the hot path). `withLock` is
+/// inlinable: the layers above use it from other modules, where an opaque
+/// generic call would cost a metadata lookup and an unspecialized closure call
+/// per lock (seen in profiles once the modules were split).
 package final class Locked<Value>: @unchecked Sendable {
     // @unchecked: the value is only ever touched with the mutex held.
-    private final class Storage: ManagedBuffer<Value, pthread_mutex_t> {
+    @usableFromInline
+    final class Storage: ManagedBuffer<Value, pthread_mutex_t> {
         // The header (the value) is destroyed by ManagedBuffer; the element is ours.
         deinit {
             _ = self.withUnsafeMutablePointerToElements { mutex in pthread_mutex_destroy(mutex) }
         }
     }
 
-    private let storage: Storage
+    @usableFromInline
+    let storage: Storage
 
     /// A lock around `value`.
     package init(_ value: Value) {
@@ -41,7 +46,7 @@ package final class Locked<Value>: @unchecked Sendable {
 
     /// Runs `body` with the value, the lock held. Never call back into code
     /// that may take the same lock, and never suspend inside.
-    @inline(__always)
+    @inlinable @inline(__always)
     package func withLock<Result, Failure: Error>(
         _ body: (inout Value) throws(Failure) -> Result
     ) throws(Failure) -> Result {
