@@ -220,14 +220,19 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
             "no connection to actor endpoint '\(endpoint)': register one with register(_:as:) or give the system a bus")
     }
 
-    /// Closes the connections the system opened through the bus.
-    public func shutdown() async {
+    /// Closes the connections the system opened through the bus (`close`, like
+    /// every other thing in Intercom that holds connections open).
+    public func close() async {
         let handles = self.state.withLock { state -> [ServiceHandle] in
             defer { state.handles.removeAll() }
             return Array(state.handles.values)
         }
         for handle in handles { await handle.close() }
     }
+
+    /// Renamed ``close()``.
+    @available(*, deprecated, renamed: "close()")
+    public func shutdown() async { await self.close() }
 }
 
 /// A weak reference, so hosting an actor does not keep it alive.

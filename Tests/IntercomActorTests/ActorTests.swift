@@ -92,7 +92,7 @@ private final class CalculatorHost: Sendable {
                 #expect(error.message.contains("not codable"))
             }
             #expect(system.remoteCallCount == 7)
-            await system.shutdown()
+            await system.close()
             await host.finish()
         }
     }
@@ -125,8 +125,8 @@ private final class CalculatorHost: Sendable {
             let waits = try await peer.call("actors.waits", [0, 2], returning: [Int].self, timeout: .seconds(10))
             #expect(waits == [0, 2], "in progress, cancelled: \(waits)")
             await peer.close()
-            await system.shutdown()
-            await patient.shutdown()
+            await system.close()
+            await patient.close()
             await host.finish()
         }
     }
@@ -171,7 +171,7 @@ private final class CalculatorHost: Sendable {
                 #expect(error.code == .peerLost, "\(error)")
             }
             await observer.close()
-            await system.shutdown()
+            await system.close()
             await host.finish()
         }
     }

@@ -29,7 +29,7 @@ final class EventQueue: Sendable {
         var events = Deque<(topic: String, payload: ByteBuffer)>()
         var missed = 0
         var waiter: UnsafeContinuation<Void, Never>?
-        var ended: IntercomError?
+        var ended: Ending?
         var receivedTotal = 0
         var missedTotal = 0
     }
@@ -60,9 +60,9 @@ final class EventQueue: Sendable {
                     state.missed += 1
                     state.missedTotal += 1
                 case .disconnect:
-                    state.ended = IntercomError(
+                    state.ended = .failed(IntercomError(
                         .busy,
-                        "subscription to '\(self.topic)' overflowed its \(self.capacity)-event queue; the subscriber was disconnected (policy .disconnect)")
+                        "subscription to '\(self.topic)' overflowed its \(self.capacity)-event queue; the subscriber was disconnected (policy .disconnect)"))
                     defer { state.waiter = nil }
                     return (state.waiter, false)
                 }
@@ -87,10 +87,17 @@ final class EventQueue: Sendable {
         waiter?.resume()
     }
 
-    /// Ends the subscription (connection gone, or unsubscribed) after what is queued.
-    func end(_ error: IntercomError) {
+    /// Why a subscription ended: its subscriber let go (the sequence just ends),
+    /// or the connection did (the sequence throws why).
+    enum Ending: Sendable {
+        case unsubscribed
+        case failed(IntercomError)
+    }
+
+    /// Ends the subscription after what is queued.
+    func end(_ ending: Ending) {
         let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
-            if state.ended == nil { state.ended = error }
+            if state.ended == nil { state.ended = ending }
             defer { state.waiter = nil }
             return state.waiter
         }
@@ -100,7 +107,7 @@ final class EventQueue: Sendable {
     enum Next {
         case event(topic: String, payload: ByteBuffer)
         case lagged(Int)
-        case end(IntercomError)
+        case end(Ending)
         /// The waiting task was cancelled (the subscription itself goes on).
         case cancelled
     }
@@ -204,8 +211,9 @@ public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sen
                         context: .init(method: self.queue.topic)))
             case .lagged(let missed):
                 return .lagged(missed: missed)
-            case .end(let error):
-                if error.code == .closed, error.message.hasPrefix("unsubscribed") { return nil }
+            case .end(.unsubscribed):
+                return nil
+            case .end(.failed(let error)):
                 throw error
             case .cancelled:
                 throw CancellationError()
@@ -251,8 +259,9 @@ public struct JSONEventSubscription: AsyncSequence, Sendable {
                 return .event(topic: topic, json: String(buffer: payload))
             case .lagged(let missed):
                 return .lagged(missed: missed)
-            case .end(let error):
-                if error.code == .closed, error.message.hasPrefix("unsubscribed") { return nil }
+            case .end(.unsubscribed):
+                return nil
+            case .end(.failed(let error)):
                 throw error
             case .cancelled:
                 throw CancellationError()

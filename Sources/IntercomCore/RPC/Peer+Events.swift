@@ -30,7 +30,7 @@ extension Peer {
         let queue = EventQueue(topic: topic, capacity: bufferSize, policy: overflow)
         switch self.withState({ $0.subscribe(queue) }) {
         case .ended(let reason):
-            queue.end(reason)
+            queue.end(.failed(reason))
         case .subscribed(let firstOfTopic):
             guard firstOfTopic else { break }
             var frame = ByteBuffer()
@@ -44,7 +44,7 @@ extension Peer {
     /// Ends one subscription; the other side is told when its topic has no subscriber left.
     func unsubscribe(_ queue: EventQueue) {
         let last = self.withState { $0.unsubscribe(queue) }
-        queue.end(IntercomError(.closed, "unsubscribed from '\(queue.topic)'"))
+        queue.end(.unsubscribed)
         if last {
             var frame = ByteBuffer()
             let mark = FrameHeader.begin(into: &frame, kind: .unsubscribe, id: 0, method: queue.topic)

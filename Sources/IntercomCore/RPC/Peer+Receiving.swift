@@ -161,7 +161,7 @@ extension Peer: FrameReceiver {
         guard let closure else { return }
         self.failCalls(closure.calls, reason: closure.reason)
         self.inbox.end(closure.reason)
-        for queue in closure.subscriptions { queue.end(closure.reason) }
+        for queue in closure.subscriptions { queue.end(.failed(closure.reason)) }
         for timer in closure.handlers.timers { timer.cancel() }
         if closure.handlers.releaseMemory { ReleasedMemory.handBack() }
         for task in closure.handlers.tasks { task.cancel() }
