@@ -42,19 +42,22 @@ if Peer.workerRole == "calculator" {
     await parent.waitUntilClosed()  // serve until the parent says goodbye
     _ = calculator
 } else {
-    // Parent: spawn the worker, then call its calculator as a distributed actor.
-    let worker = try await Worker.spawn(.currentExecutable(role: "calculator"))
-    let system = IntercomActorSystem()
-    system.register(worker.peer, as: "calculator-worker")
-    let calculator = try $Calculator.resolve(
-        id: IntercomActorID(endpoint: "calculator-worker", name: "calculator"), using: system)
-    print("worker pid \(worker.pid)")
-    print("add(40, 2)        = \(try await calculator.add(40, 2))")
-    print("divide(84, by: 2) = \(try await calculator.divide(84, by: 2))")
-    do {
-        _ = try await calculator.divide(1, by: 0)
-    } catch let error as CalculatorError {
-        print("divide(1, by: 0)  threw \(error) — the worker's own error type, rethrown here")
+    // Parent: run the worker for the scope below, and call its calculator as a distributed actor.
+    let worker = try await Worker.withWorker(.currentExecutable(role: "calculator")) { worker in
+        let system = IntercomActorSystem()
+        system.register(worker.peer, as: "calculator-worker")
+        let calculator = try $Calculator.resolve(
+            id: IntercomActorID(endpoint: "calculator-worker", name: "calculator"), using: system)
+        print("worker pid \(worker.pid)")
+        print("add(40, 2)        = \(try await calculator.add(40, 2))")
+        print("divide(84, by: 2) = \(try await calculator.divide(84, by: 2))")
+        do {
+            _ = try await calculator.divide(1, by: 0)
+        } catch let error as CalculatorError {
+            print("divide(1, by: 0)  threw \(error) — the worker's own error type, rethrown here")
+        }
+        return worker
     }
-    print("worker \(await worker.stop())")
+    // Stopped (goodbye) and reaped when the scope ended.
+    print("worker \(worker.exitStatus.map { "\($0)" } ?? "still running?")")
 }
