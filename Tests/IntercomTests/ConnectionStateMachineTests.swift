@@ -19,7 +19,7 @@ import Testing
     /// An origin for made-up instants (read once; nothing waits on it).
     let origin = ContinuousClock.now
 
-    func at(_ seconds: Int) -> ContinuousClock.Instant { self.origin + .seconds(seconds) }
+    func at(_ seconds: Int) -> Deadline { Deadline(self.origin + .seconds(seconds)) }
 
     func machine(concurrent: Int = 2, queued: Int = 3, budget: Int = 1 << 30) -> Machine {
         Machine(maxConcurrentHandlers: concurrent, maxQueuedCalls: queued, requestByteBudget: budget)

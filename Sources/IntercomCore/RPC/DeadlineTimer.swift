@@ -16,27 +16,27 @@ internal import IntercomTransport
 /// arms and cancels the timers outside its lock.
 struct DeadlineTimer {
     /// When the earliest armed timer fires, if one is armed.
-    private var armedAt: ContinuousClock.Instant?
+    private var armedAt: Deadline?
     /// The timers armed and not yet fired, to cancel when the connection ends.
-    private var armed: [(at: ContinuousClock.Instant, work: any ScheduledWork)] = []
+    private var armed: [(at: Deadline, work: any ScheduledWork)] = []
 
     /// Whether a timer must be armed for `deadline` (none is armed, or the armed
     /// one fires later). If so, the caller arms it; it is recorded as armed.
-    mutating func needsTimer(for deadline: ContinuousClock.Instant) -> Bool {
+    mutating func needsTimer(for deadline: Deadline) -> Bool {
         if let armedAt, armedAt <= deadline { return false }
         self.armedAt = deadline
         return true
     }
 
     /// A timer fired at `now`: the armed one is used up if it was due.
-    mutating func fired(at now: ContinuousClock.Instant) {
+    mutating func fired(at now: Deadline) {
         self.armed.removeAll { $0.at <= now }
         // A later timer still armed covers the deadlines up to its own.
         if let armedAt, armedAt <= now { self.armedAt = self.armed.lazy.map(\.at).min() }
     }
 
     /// Records the timer armed for `deadline` (after ``needsTimer(for:)`` said so).
-    mutating func record(_ work: any ScheduledWork, at deadline: ContinuousClock.Instant) {
+    mutating func record(_ work: any ScheduledWork, at deadline: Deadline) {
         self.armed.append((deadline, work))
     }
 

@@ -67,7 +67,7 @@ extension Peer {
         guard timeout > .zero else {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
-        let pending = PendingCall(method: method, timeout: timeout, deadline: self.transport.now.advanced(by: timeout))
+        let pending = PendingCall(method: method, timeout: timeout, deadline: Deadline(self.transport.now).advanced(by: timeout))
         let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         if let jsonArgument {
@@ -152,15 +152,15 @@ extension Peer {
     }
 
     /// Arms the call timer at `deadline` (outside the state lock; the state machine records it).
-    func armCallTimer(at deadline: ContinuousClock.Instant) {
-        let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in self?.expireOverdueCalls() }
+    func armCallTimer(at deadline: Deadline) {
+        let timer = self.transport.schedule(after: deadline - Deadline(self.transport.now)) { [weak self] in self?.expireOverdueCalls() }
         self.withState { $0.callTimerArmed(timer, at: deadline) }?.cancel()
     }
 
     /// The call timer fired: fail every call past its deadline, tell their handlers
     /// to stop, and arm the timer for the next deadline.
     func expireOverdueCalls() {
-        let now = self.transport.now
+        let now = Deadline(self.transport.now)
         let expiry = self.withState { $0.callTimerFired(at: now) }
         if let next = expiry.armTimerAt { self.armCallTimer(at: next) }
         for waiter in expiry.drained { waiter(true) }

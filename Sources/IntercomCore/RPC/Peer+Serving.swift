@@ -16,7 +16,7 @@ extension Peer {
     func accept(_ frame: Frame) {
         let request = InboundCalls.Request(
             id: frame.id, isCall: frame.kind == .call, frame: frame, bytes: Self.heldBytes(frame),
-            deadline: frame.timeout.map { self.transport.now.advanced(by: $0) })
+            deadline: frame.timeout.map { Deadline(self.transport.now).advanced(by: $0) })
         switch self.withState({ $0.requestArrived(request) }) {
         case nil:
             return
@@ -37,12 +37,12 @@ extension Peer {
 
     /// Starts the task for one call or routed message, which the state machine
     /// has marked running (outside its lock: the task is attached afterwards).
-    func startHandler(_ request: InboundCalls.Request, armTimerAt: ContinuousClock.Instant?) {
+    func startHandler(_ request: InboundCalls.Request, armTimerAt: Deadline?) {
         if let armTimerAt { self.armHandlerTimer(at: armTimerAt) }
         let frame = request.frame
         let method = frame.method ?? ""
         let context = CallContext(
-            method: method, callID: frame.id, deadline: request.deadline, timeout: frame.timeout,
+            method: method, callID: frame.id, deadline: request.deadline?.instant, timeout: frame.timeout,
             peerName: self.remoteName, peerPID: self.remotePID, peer: self)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
@@ -68,8 +68,8 @@ extension Peer {
     }
 
     /// Arms the handler timer at `deadline` (outside the state lock; the state machine records it).
-    func armHandlerTimer(at deadline: ContinuousClock.Instant) {
-        let timer = self.transport.schedule(after: deadline - self.transport.now) { [weak self] in
+    func armHandlerTimer(at deadline: Deadline) {
+        let timer = self.transport.schedule(after: deadline - Deadline(self.transport.now)) { [weak self] in
             self?.cancelOverdueHandlers()
         }
         self.withState { $0.handlerTimerArmed(timer, at: deadline) }?.cancel()
@@ -78,7 +78,7 @@ extension Peer {
     /// The handler timer fired: cancel every handler past its caller's deadline and
     /// arm the timer for the next one. (Handlers remove themselves when they end.)
     func cancelOverdueHandlers() {
-        let now = self.transport.now
+        let now = Deadline(self.transport.now)
         let expiry = self.withState { $0.handlerTimerFired(at: now) }
         if let next = expiry.armTimerAt { self.armHandlerTimer(at: next) }
         for task in expiry.overdue { task.cancel() }

@@ -65,7 +65,7 @@ package struct ConnectionStateMachine {
     /// What registering a call leaves to do.
     package enum CallRegistration {
         /// Send the call's frame (and arm the call timer first, if asked).
-        case send(armTimerAt: ContinuousClock.Instant?)
+        case send(armTimerAt: Deadline?)
         /// Do not send it: fail the call with this error.
         case refuse(IntercomError)
         /// Its task was cancelled before it was registered.
@@ -81,7 +81,7 @@ package struct ConnectionStateMachine {
 
     /// The call timer asked for is armed. Returns it if the connection ended
     /// meanwhile: cancel it.
-    package mutating func callTimerArmed(_ timer: any ScheduledWork, at deadline: ContinuousClock.Instant) -> (any ScheduledWork)? {
+    package mutating func callTimerArmed(_ timer: any ScheduledWork, at deadline: Deadline) -> (any ScheduledWork)? {
         guard case .open = self.phase else { return timer }
         self.outbound.timerArmed(timer, at: deadline)
         return nil
@@ -93,7 +93,7 @@ package struct ConnectionStateMachine {
     }
 
     /// The call timer fired.
-    package mutating func callTimerFired(at now: ContinuousClock.Instant) -> OutboundCalls.Expiry {
+    package mutating func callTimerFired(at now: Deadline) -> OutboundCalls.Expiry {
         var expiry = self.outbound.timerFired(at: now)
         if case .open = self.phase {} else { expiry.armTimerAt = nil }
         return expiry
@@ -143,14 +143,14 @@ package struct ConnectionStateMachine {
     }
 
     /// The handler timer asked for is armed. Returns it if the connection closed meanwhile: cancel it.
-    package mutating func handlerTimerArmed(_ timer: any ScheduledWork, at deadline: ContinuousClock.Instant) -> (any ScheduledWork)? {
+    package mutating func handlerTimerArmed(_ timer: any ScheduledWork, at deadline: Deadline) -> (any ScheduledWork)? {
         guard !self.isClosed else { return timer }
         self.inbound.timerArmed(timer, at: deadline)
         return nil
     }
 
     /// The handler timer fired.
-    package mutating func handlerTimerFired(at now: ContinuousClock.Instant) -> InboundCalls.Expiry {
+    package mutating func handlerTimerFired(at now: Deadline) -> InboundCalls.Expiry {
         var expiry = self.inbound.timerFired(at: now)
         if self.isClosed { expiry.armTimerAt = nil }
         return expiry

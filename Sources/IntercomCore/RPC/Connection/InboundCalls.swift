@@ -24,9 +24,9 @@ package struct InboundCalls {
         /// Bytes it holds while queued or running (against the byte budget).
         package let bytes: Int
         /// When the caller stops waiting, from the frame's timeout and its arrival.
-        package let deadline: ContinuousClock.Instant?
+        package let deadline: Deadline?
 
-        package init(id: UInt64, isCall: Bool, frame: Frame, bytes: Int, deadline: ContinuousClock.Instant?) {
+        package init(id: UInt64, isCall: Bool, frame: Frame, bytes: Int, deadline: Deadline?) {
             self.id = id
             self.isCall = isCall
             self.frame = frame
@@ -38,7 +38,7 @@ package struct InboundCalls {
     /// A call that is queued or running, by id.
     private struct Entry {
         var task: Task<Void, Never>?
-        let deadline: ContinuousClock.Instant?
+        let deadline: Deadline?
         var running = false
         var cancelRequested = false
         /// ``CallContext/afterReply(_:)`` work, run once the reply is queued.
@@ -73,7 +73,7 @@ package struct InboundCalls {
     /// What an arrival leaves to do.
     package enum Arrival {
         /// Start this request's handler now (and arm the handler timer, if asked).
-        case start(Request, armTimerAt: ContinuousClock.Instant?, pauseReading: Bool)
+        case start(Request, armTimerAt: Deadline?, pauseReading: Bool)
         /// It waits for a handler slot.
         case queued(pauseReading: Bool)
         /// Its id is 0 or already in use: a protocol violation.
@@ -116,7 +116,7 @@ package struct InboundCalls {
 
     /// Marks `request` running; returns when to arm the handler timer, if needed.
     /// `marked`: its entry says so already (set when it was recorded).
-    private mutating func started(_ request: Request, marked: Bool) -> ContinuousClock.Instant? {
+    private mutating func started(_ request: Request, marked: Bool) -> Deadline? {
         self.active += 1
         guard request.isCall else { return nil }
         if !marked { self.calls[request.id]?.running = true }
@@ -177,7 +177,7 @@ package struct InboundCalls {
         package var afterReply: [AfterReply] = []
         /// The next queued request to start (with the handler timer to arm, if asked).
         package var next: Request?
-        package var armTimerAt: ContinuousClock.Instant?
+        package var armTimerAt: Deadline?
         package var resumeReading = false
         /// The connection is over and held much: hand freed memory back to the system.
         package var releaseMemory = false
@@ -211,7 +211,7 @@ package struct InboundCalls {
     }
 
     /// The handler timer asked for is armed.
-    package mutating func timerArmed(_ timer: any ScheduledWork, at deadline: ContinuousClock.Instant) {
+    package mutating func timerArmed(_ timer: any ScheduledWork, at deadline: Deadline) {
         self.timer.record(timer, at: deadline)
     }
 
@@ -219,14 +219,14 @@ package struct InboundCalls {
     package struct Expiry {
         /// Tasks of handlers past their caller's deadline: cancel them.
         package var overdue: [Task<Void, Never>]
-        package var armTimerAt: ContinuousClock.Instant?
+        package var armTimerAt: Deadline?
     }
 
     /// The handler timer fired at `now`. (Handlers remove themselves when they end.)
-    package mutating func timerFired(at now: ContinuousClock.Instant) -> Expiry {
+    package mutating func timerFired(at now: Deadline) -> Expiry {
         self.timer.fired(at: now)
         var overdue: [Task<Void, Never>] = []
-        var next: ContinuousClock.Instant?
+        var next: Deadline?
         for (id, entry) in self.calls where entry.running && !entry.cancelRequested {
             guard let deadline = entry.deadline else { continue }
             if deadline <= now {

@@ -12,10 +12,10 @@ package final class PendingCall: @unchecked Sendable {
     package var continuation: UnsafeContinuation<Frame, any Error>?
     package let method: String?
     package let timeout: Duration
-    package let deadline: ContinuousClock.Instant
+    package let deadline: Deadline
     private let cancelled = Atomic<Bool>(false)
 
-    package init(method: String?, timeout: Duration, deadline: ContinuousClock.Instant) {
+    package init(method: String?, timeout: Duration, deadline: Deadline) {
         self.method = method
         self.timeout = timeout
         self.deadline = deadline
@@ -47,14 +47,14 @@ package struct OutboundCalls {
 
     /// Records call `id`. Returns the instant to arm the call timer at, if no
     /// timer armed already fires by the call's deadline.
-    package mutating func register(_ id: UInt64, _ call: PendingCall) -> ContinuousClock.Instant? {
+    package mutating func register(_ id: UInt64, _ call: PendingCall) -> Deadline? {
         let previous = self.pending.updateValue(call, forKey: id)
         precondition(previous == nil, "call id \(id) registered twice")
         return self.timer.needsTimer(for: call.deadline) ? call.deadline : nil
     }
 
     /// The timer asked for by ``register(_:_:)`` or ``timerFired(at:)`` is armed.
-    package mutating func timerArmed(_ timer: any ScheduledWork, at deadline: ContinuousClock.Instant) {
+    package mutating func timerArmed(_ timer: any ScheduledWork, at deadline: Deadline) {
         self.timer.record(timer, at: deadline)
     }
 
@@ -71,15 +71,15 @@ package struct OutboundCalls {
         /// and tell the other side to stop its handler.
         package var overdue: [(id: UInt64, call: PendingCall)]
         /// When to arm the timer next, if a call is still pending and no timer covers it.
-        package var armTimerAt: ContinuousClock.Instant?
+        package var armTimerAt: Deadline?
         package var drained: [DrainWaiter]
     }
 
     /// The call timer fired at `now`.
-    package mutating func timerFired(at now: ContinuousClock.Instant) -> Expiry {
+    package mutating func timerFired(at now: Deadline) -> Expiry {
         self.timer.fired(at: now)
         var overdue: [(id: UInt64, call: PendingCall)] = []
-        var next: ContinuousClock.Instant?
+        var next: Deadline?
         for (id, call) in self.pending {
             if call.deadline <= now {
                 overdue.append((id, call))
