@@ -254,12 +254,23 @@ public struct Bus: Sendable {
     }
 
     /// Waits for `name` to come up (up to `timeout`), then connects to it.
+    ///
+    /// Every wait in Intercom is spelled `timeout:`.
     public func connect(
-        to name: String, waitingUpTo timeout: Duration, router: Router? = nil,
+        to name: String, timeout: Duration, router: Router? = nil,
         configuration: Peer.Configuration = Peer.Configuration()
     ) async throws(IntercomError) -> Peer {
         _ = try await self.waitForService(name, timeout: timeout)
         return try await self.connect(to: name, router: router, configuration: configuration)
+    }
+
+    /// Renamed ``connect(to:timeout:router:configuration:)``.
+    @available(*, deprecated, renamed: "connect(to:timeout:router:configuration:)")
+    public func connect(
+        to name: String, waitingUpTo timeout: Duration, router: Router? = nil,
+        configuration: Peer.Configuration = Peer.Configuration()
+    ) async throws(IntercomError) -> Peer {
+        try await self.connect(to: name, timeout: timeout, router: router, configuration: configuration)
     }
 }
 

@@ -68,7 +68,7 @@ public final class ServiceHandle: Sendable {
         case .failFast:
             peer = try await self.bus.connect(to: self.name, configuration: self.configuration)
         case .waitUntilDeadline:
-            peer = try await self.bus.connect(to: self.name, waitingUpTo: timeout, configuration: self.configuration)
+            peer = try await self.bus.connect(to: self.name, timeout: timeout, configuration: self.configuration)
         }
         let (kept, closed) = self.state.withLock { state -> (Peer, Bool) in
             if state.closed { return (peer, true) }

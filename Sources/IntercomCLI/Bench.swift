@@ -254,7 +254,7 @@ struct BenchChild {
                     output: .currentStandardOutput, error: .currentStandardError)
             }
             let peer = try await Bus(directory: directory).connect(
-                to: "bench", waitingUpTo: .seconds(30), configuration: configuration)
+                to: "bench", timeout: .seconds(30), configuration: configuration)
             return BenchChild(peer: peer, worker: nil, server: server, busDirectory: directory)
         }
     }

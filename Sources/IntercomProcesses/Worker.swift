@@ -174,9 +174,15 @@ public final class Worker: Sendable {
         return status
     }
 
-    /// Waits up to `limit` for the child to exit.
+    /// Waits up to `timeout` for the child to exit; nil if it still runs then.
+    public func waitForExit(timeout: Duration) async -> ProcessExitStatus? {
+        await self.exit.wait(upTo: timeout)
+    }
+
+    /// Renamed ``waitForExit(timeout:)``.
+    @available(*, deprecated, renamed: "waitForExit(timeout:)")
     public func waitForExit(upTo limit: Duration) async -> ProcessExitStatus? {
-        await self.exit.wait(upTo: limit)
+        await self.waitForExit(timeout: limit)
     }
 
     /// Sends `signal` to the child (nothing once it has been reaped: its pid may

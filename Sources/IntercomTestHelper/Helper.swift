@@ -187,7 +187,7 @@ func runSurvivor(_ plan: SurvivorPlan, test: Peer) async throws -> SurvivorRepor
     var listener: PeerListener?
     switch plan.role {
     case .connect:
-        victim = try await Bus(directory: plan.busDirectory).connect(to: plan.name, waitingUpTo: .seconds(10))
+        victim = try await Bus(directory: plan.busDirectory).connect(to: plan.name, timeout: .seconds(10))
     case .listen:
         let accepting = try await PeerListener.listen(unixPath: plan.path)
         listener = accepting

@@ -153,7 +153,7 @@ import Testing
             try await withTemporaryBus { temporary in
                 let bus = temporary.bus
                 let first = try ServiceProcess(name: "camera", bus: temporary)
-                let camera = try await bus.connect(to: "camera", waitingUpTo: .seconds(20))
+                let camera = try await bus.connect(to: "camera", timeout: .seconds(20))
                 let frames = camera.events("frames", as: Int.self)
                 let pending = Task {
                     try await camera.call("hang", 0, returning: Int.self, timeout: .seconds(60))
@@ -165,7 +165,7 @@ import Testing
                 await first.waitForExit()
 
                 let second = try ServiceProcess(name: "camera", bus: temporary)
-                let again = try await bus.connect(to: "camera", waitingUpTo: .seconds(20))
+                let again = try await bus.connect(to: "camera", timeout: .seconds(20))
                 #expect(again.remotePID == second.pid)
                 #expect(try await again.call("math.add", AddRequest(a: 2, b: 2), returning: Int.self) == 4)
                 _ = try? await again.call("intercom.quit", 0, returning: Bool.self)
@@ -184,7 +184,7 @@ import Testing
             try await withTemporaryBus { temporary in
                 let service = try ServiceProcess(name: "ticker", bus: temporary)
                 for _ in 0..<40 {
-                    let peer = try await temporary.bus.connect(to: "ticker", waitingUpTo: .seconds(20))
+                    let peer = try await temporary.bus.connect(to: "ticker", timeout: .seconds(20))
                     let ticks = peer.events("ticks", as: Int.self)
                     let tally = try await peer.call("events.burst", Burst(topic: "ticks", count: 1), returning: BurstTally.self)
                     #expect(tally == BurstTally(sent: 1, dropped: 0))
@@ -194,7 +194,7 @@ import Testing
                     }
                     await peer.close()
                 }
-                let last = try await temporary.bus.connect(to: "ticker", waitingUpTo: .seconds(20))
+                let last = try await temporary.bus.connect(to: "ticker", timeout: .seconds(20))
                 _ = try? await last.call("intercom.quit", 0, returning: Bool.self)
                 await last.close()
                 #expect(await service.waitForExit() == 0)
@@ -209,7 +209,7 @@ import Testing
         try await withResourceCheck {
             try await withTemporaryBus { temporary in
                 let service = try ServiceProcess(name: "ticker", bus: temporary)
-                let peer = try await temporary.bus.connect(to: "ticker", waitingUpTo: .seconds(20))
+                let peer = try await temporary.bus.connect(to: "ticker", timeout: .seconds(20))
                 let ticks = peer.events("ticks", as: Int.self, bufferSize: 1000, overflow: .dropOldest)
                 let total = 100_000
                 let tally = try await peer.call(

@@ -79,9 +79,9 @@ func blockingAdd(_ peer: Peer) throws -> Int {
 
             // Blocking wait from a plain thread, with a timeout that is too short, then long enough.
             let slow = peer.startCall("probe.concurrency", 300, returning: Int.self)
-            let tooSoon = await onPlainThread { try slow.wait(timeout: .milliseconds(20)) }
+            let tooSoon = await onPlainThread { try slow.waitBlocking(timeout: .milliseconds(20)) }
             if case .failure(let error as IntercomError) = tooSoon { #expect(error.code == .timeout) } else { Issue.record("\(tooSoon)") }
-            let inTime = await onPlainThread { try slow.wait(timeout: .seconds(10)) }
+            let inTime = await onPlainThread { try slow.waitBlocking(timeout: .seconds(10)) }
             #expect((try? inTime.get()) != nil)
 
             // Cancelling tells the handler to stop; the handle reports it.
@@ -118,10 +118,10 @@ func blockingAdd(_ peer: Peer) throws -> Int {
             let child = try await ChildProcess.spawn(.socketpair)
             let peer = child.peer
             #expect(try peer.pollMessage() == nil)
-            let nothing = await onPlainThread { try peer.pollMessage(timeout: .milliseconds(50)) }
+            let nothing = await onPlainThread { try peer.receiveMessageBlocking(timeout: .milliseconds(50)) }
             #expect(try nothing.get() == nil)
             try await peer.send(Note(index: 1, text: "abc"))
-            let echoed = await onPlainThread { try peer.pollMessage(timeout: .seconds(10)) }
+            let echoed = await onPlainThread { try peer.receiveMessageBlocking(timeout: .seconds(10)) }
             let message = try echoed.get()
             #expect(message?.method == "echo")
             #expect(try message?.decode(as: Note.self) == Note(index: 1, text: "cba"))

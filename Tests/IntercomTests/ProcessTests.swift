@@ -41,7 +41,7 @@ func isAlive(_ pid: Int32) -> Bool {
             try await withTemporaryBus { temporary in
                 let worker = try await Worker.spawn(helperSpec(["--serve", "w1", "--bus", temporary.directory]))
                 #expect(try await worker.peer.call("peer.pid", 0, returning: Int.self) == Int(worker.pid))
-                let viaBus = try await temporary.bus.connect(to: "w1", waitingUpTo: .seconds(20))
+                let viaBus = try await temporary.bus.connect(to: "w1", timeout: .seconds(20))
                 #expect(try await viaBus.call("peer.pid", 0, returning: Int.self) == Int(worker.pid))
                 #expect(try await viaBus.call("intercom.quit", 0, returning: Bool.self))
                 await viaBus.waitUntilClosed()
@@ -295,7 +295,7 @@ func isAlive(_ pid: Int32) -> Bool {
         try await withResourceCheck {
             try await withTemporaryBus { temporary in
                 let process = try ServiceProcess(name: "managed", bus: temporary, arguments: ["--lifecycle"])
-                let peer = try await temporary.bus.connect(to: "managed", waitingUpTo: .seconds(30))
+                let peer = try await temporary.bus.connect(to: "managed", timeout: .seconds(30))
                 let workerPID = Int32(try await peer.call("lifecycle.worker.pid", 0, returning: Int.self))
                 #expect(isAlive(workerPID))
                 process.kill(SIGTERM)

@@ -11,7 +11,7 @@ internal import Synchronization
 /// pending.onCompletion { result in … }
 /// … other work …
 /// if let result = pending.poll() { … }              // nil while it runs
-/// let image = try pending.wait(timeout: .seconds(2)) // blocking
+/// let image = try pending.waitBlocking(timeout: .seconds(2))
 /// ```
 public final class PendingReply<Response: Sendable>: Sendable {
     private struct State {
@@ -83,7 +83,7 @@ public final class PendingReply<Response: Sendable>: Sendable {
     /// - Throws: ``IntercomError/Code/timeout`` if no reply came in time (the call
     ///   itself goes on until its own deadline), or what the call throws.
     @available(*, noasync, message: "use `try await value` in async code")
-    public func wait(timeout: Duration) throws -> Response {
+    public func waitBlocking(timeout: Duration) throws -> Response {
         if let result = self.poll() { return try result.get() }
         let nanoseconds = max(0, timeout.components.seconds) * 1_000_000_000
             + max(0, timeout.components.attoseconds) / 1_000_000_000
@@ -94,6 +94,13 @@ public final class PendingReply<Response: Sendable>: Sendable {
             throw IntercomError(.timeout, "no reply within \(timeout)")
         }
         return try result.get()
+    }
+
+    /// Renamed ``waitBlocking(timeout:)``: every call that blocks a thread ends in `Blocking`.
+    @available(*, deprecated, renamed: "waitBlocking(timeout:)")
+    @available(*, noasync)
+    public func wait(timeout: Duration) throws -> Response {
+        try self.waitBlocking(timeout: timeout)
     }
 
     /// Runs `callback` when the call completes (at once if it already has), on
@@ -138,7 +145,7 @@ extension Peer {
         let timeout = timeout ?? self.configuration.defaultCallTimeout
         // The call's own deadline fails it first; the margin only covers scheduling.
         return try self.startCall(method, request, returning: Response.self, timeout: timeout)
-            .wait(timeout: timeout + .seconds(1))
+            .waitBlocking(timeout: timeout + .seconds(1))
     }
 
     /// Blocks until no call of this side is pending, for code that is not `async`.
@@ -146,7 +153,7 @@ extension Peer {
     /// - Throws: ``IntercomError/Code/timeout`` if calls are still pending after `timeout`.
     @available(*, noasync, message: "use `try await waitForOutstandingCalls(timeout:)` in async code")
     public func waitForOutstandingCallsBlocking(timeout: Duration) throws {
-        _ = try PendingReply { try await self.waitForOutstandingCalls(timeout: timeout) }.wait(timeout: timeout + .seconds(1))
+        _ = try PendingReply { try await self.waitForOutstandingCalls(timeout: timeout) }.waitBlocking(timeout: timeout + .seconds(1))
     }
 
     /// The next unsolicited message if one is queued now, without waiting.
@@ -163,7 +170,7 @@ extension Peer {
     /// - Throws: ``IntercomError`` `peerLost`/`closed` once the connection ended
     ///   and every message that arrived before has been taken.
     @available(*, noasync, message: "use `try await receiveMessage(timeout:)` in async code")
-    public func pollMessage(timeout: Duration) throws -> InboundMessage? {
+    public func receiveMessageBlocking(timeout: Duration) throws -> InboundMessage? {
         let pending = PendingReply<InboundMessage?> {
             do {
                 return try await self.receiveMessage(timeout: timeout)
@@ -171,6 +178,14 @@ extension Peer {
                 return nil
             }
         }
-        return try pending.wait(timeout: timeout + .seconds(1))
+        return try pending.waitBlocking(timeout: timeout + .seconds(1))
+    }
+
+    /// Renamed ``receiveMessageBlocking(timeout:)``: every call that blocks a thread
+    /// ends in `Blocking`.
+    @available(*, deprecated, renamed: "receiveMessageBlocking(timeout:)")
+    @available(*, noasync)
+    public func pollMessage(timeout: Duration) throws -> InboundMessage? {
+        try self.receiveMessageBlocking(timeout: timeout)
     }
 }
