@@ -135,7 +135,7 @@ extension Peer {
         do {
             try (codec ?? self.codec).encode(value, into: &buffer)
         } catch {
-            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context)
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context, cause: error)
         }
         let length = FrameHeader.finish(mark, in: &buffer)
         try self.checkPayloadLength(length, of: kind, context: context)

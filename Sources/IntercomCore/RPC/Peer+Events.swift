@@ -74,7 +74,7 @@ extension Peer {
         do {
             try codec.encode(value, into: &payload)
         } catch {
-            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic))
+            throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: .init(method: topic), cause: error)
         }
         return payload
     }

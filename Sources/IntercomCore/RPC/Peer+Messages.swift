@@ -101,7 +101,7 @@ extension Peer {
         do {
             length = try batch.append(message, codec: self.codec)
         } catch {
-            throw IntercomError(.invalidPayload, "\(Message.self) does not encode: \(error)", context: context)
+            throw IntercomError(.invalidPayload, "\(Message.self) does not encode: \(error)", context: context, cause: error)
         }
         try self.checkPayloadLength(length, of: .message, context: context)
     }

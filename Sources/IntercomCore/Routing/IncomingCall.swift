@@ -38,7 +38,7 @@ extension PayloadCodec {
             throw IntercomError(
                 .invalidPayload,
                 "\(what) does not decode as \(T.self) (\(self.id) codec): \(describeDecodingError(error))",
-                context: context)
+                context: context, cause: error)
         }
     }
 }

@@ -88,13 +88,46 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
     public var context: Context
     /// For ``Code/remote`` errors: the fully qualified name of the type the handler threw.
     public var remoteType: String?
+    /// The error underneath, when this one stands for another: the system call's
+    /// (NIO's `IOError`), the codec's (`EncodingError`, `DecodingError`), the
+    /// protocol violation's. For inspecting, not for equality: two errors that
+    /// differ only in their causes are equal.
+    public var cause: (any Error)? {
+        get { self.causeBox?.error }
+        set { self.causeBox = newValue.map(CauseBox.init) }
+    }
+    private var causeBox: CauseBox?
+
+    /// Holds a cause whose type does not promise `Sendable` (the codecs' errors carry
+    /// `Any` values): it is set once, when the error is made, and only read after.
+    private struct CauseBox: @unchecked Sendable {
+        let error: any Error
+    }
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String, context: Context = Context(), remoteType: String? = nil) {
+    public init(
+        _ code: Code, _ message: String, context: Context = Context(), remoteType: String? = nil,
+        cause: (any Error)? = nil
+    ) {
         self.code = code
         self.message = message
         self.context = context
         self.remoteType = remoteType
+        self.causeBox = cause.map(CauseBox.init)
+    }
+
+    /// Equal code, message, context and remote type (the cause is not compared).
+    public static func == (lhs: IntercomError, rhs: IntercomError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message && lhs.context == rhs.context
+            && lhs.remoteType == rhs.remoteType
+    }
+
+    /// Hashes what ``==`` compares.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.code)
+        hasher.combine(self.message)
+        hasher.combine(self.context)
+        hasher.combine(self.remoteType)
     }
 
     /// The code, context and message on one line.
@@ -108,7 +141,7 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
     }
 
     package init(_ error: ProtocolError, peer: String?) {
-        self.init(Code(protocolError: error.code), error.message, context: Context(peer: peer))
+        self.init(Code(protocolError: error.code), error.message, context: Context(peer: peer), cause: error)
     }
 }
 

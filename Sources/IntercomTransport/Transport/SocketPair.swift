@@ -15,15 +15,15 @@ extension IntercomError {
         if let io = error as? IOError {
             switch io.errnoCode {
             case EACCES, EPERM:
-                self.init(.permissionDenied, "\(what): permission denied (\(io))")
+                self.init(.permissionDenied, "\(what): permission denied (\(io))", cause: io)
             case ENOENT, ECONNREFUSED:
-                self.init(.connectionFailed, "\(what): nobody is listening there (\(io))")
+                self.init(.connectionFailed, "\(what): nobody is listening there (\(io))", cause: io)
             default:
-                self.init(.connectionFailed, "\(what): \(io)")
+                self.init(.connectionFailed, "\(what): \(io)", cause: io)
             }
             return
         }
-        self.init(.connectionFailed, "\(what): \(error)")
+        self.init(.connectionFailed, "\(what): \(error)", cause: error)
     }
 }
 

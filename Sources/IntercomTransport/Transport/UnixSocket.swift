@@ -1,3 +1,4 @@
+internal import NIOCore
 #if canImport(Glibc)
 package import Glibc
 #elseif canImport(Darwin)
@@ -89,13 +90,15 @@ package enum UnixSocket {
             default:
                 POSIX.close(fd)
                 let reason = String(cString: strerror(code))
+                let cause = IOError(errnoCode: code, reason: "connect")
                 switch code {
                 case EACCES, EPERM:
-                    throw IntercomError(.permissionDenied, "connecting to \(path): permission denied (\(reason))")
+                    throw IntercomError(.permissionDenied, "connecting to \(path): permission denied (\(reason))", cause: cause)
                 case ENOENT, ECONNREFUSED:
-                    throw IntercomError(.connectionFailed, "connecting to \(path): nobody is listening there (\(reason))")
+                    throw IntercomError(
+                        .connectionFailed, "connecting to \(path): nobody is listening there (\(reason))", cause: cause)
                 default:
-                    throw IntercomError(.connectionFailed, "connecting to \(path): \(reason)")
+                    throw IntercomError(.connectionFailed, "connecting to \(path): \(reason)", cause: cause)
                 }
             }
         }
