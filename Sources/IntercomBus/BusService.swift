@@ -150,7 +150,7 @@ public final class BusService: Sendable {
                 if shared == nil { shared = (peer.codec.id, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
                 outcome = try peer.publishEncoded(topic, payload: shared!.payload)
             }
-            let label = "\(peer.remoteName) (pid \(peer.remotePID))"
+            let label = "\(peer.remote.name) (pid \(peer.remote.reportedPID))"
             switch outcome {
             case .sent: report.sentTo.append(label)
             case .dropped: report.droppedFor.append(label)

@@ -81,7 +81,7 @@ public final class ServiceHandle: Sendable {
             throw IntercomError(.closed, "the handle to '\(self.name)' is closed")
         }
         if kept === peer {
-            self.changesContinuation.yield(.connected(pid: peer.remotePID))
+            self.changesContinuation.yield(.connected(pid: peer.remote.reportedPID))
             Task { [weak self] in
                 await peer.waitUntilClosed()
                 self?.lost(peer)
@@ -101,8 +101,8 @@ public final class ServiceHandle: Sendable {
         guard wasCurrent else { return }
         self.changesContinuation.yield(
             .lost(
-                pid: peer.remotePID,
-                reason: IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remotePID)) went away")))
+                pid: peer.remote.reportedPID,
+                reason: IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remote.reportedPID)) went away")))
     }
 
     /// Calls `method` on whichever process serves the name now.

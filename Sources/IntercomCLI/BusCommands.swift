@@ -170,7 +170,7 @@ struct Ping: AsyncParsableCommand {
             for index in 1...max(1, self.count) {
                 let rtt = try await peer.ping()
                 samples.append(rtt)
-                print("reply from \(self.service) (pid \(peer.remotePID)): seq=\(index) time=\(formatMicroseconds(rtt))")
+                print("reply from \(self.service) (pid \(peer.remote.reportedPID)): seq=\(index) time=\(formatMicroseconds(rtt))")
             }
             await peer.close()
             samples.sort()

@@ -114,6 +114,10 @@ func makeRouter() throws -> Router {
     try router.register("math.add") { (request: AddRequest, _) in request.a + request.b }
     try router.register("echo.bytes") { (bytes: [UInt8], _) in bytes }
     try router.register("peer.pid") { (_: Int, _) in Int(getpid()) }
+    // Who called, as this side's kernel says ([pid, uid]; [] when it does not know).
+    try router.register("peer.caller") { (_: Int, context: CallContext) -> [Int] in
+        context.remote.credentials.map { [Int($0.pid), Int($0.uid)] } ?? []
+    }
     try router.register("fail.typed") { (reason: String, _) -> Int in
         throw HelperError.refused(reason: reason, code: 42)
     }

@@ -44,6 +44,33 @@ import Testing
         }
     }
 
+    /// Both ends know who is on the other side from the kernel, over the socket and
+    /// after the connection moved to shared memory; a socket pair has no such
+    /// knowledge (the kernel reports the pair's creator on both ends).
+    @Test(arguments: [false, true]) func bothEndsSeeTheKernelsCredentialsOfTheOther(sharedMemory: Bool) async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "who", bus: temporary)
+                var configuration = Peer.Configuration()
+                configuration.sharedMemory.isEnabled = sharedMemory
+                let peer = try await temporary.bus.connect(to: "who", timeout: .seconds(20), configuration: configuration)
+                #expect(peer.isSharedMemory == sharedMemory)
+                #expect(peer.remote.credentials?.pid == service.pid)
+                #expect(peer.remote.credentials?.uid == getuid())
+                #expect(peer.remote.reportedPID == service.pid)
+                #expect(try await peer.call("peer.caller", 0, returning: [Int].self) == [Int(getpid()), Int(getuid())])
+
+                let worker = try await Worker.spawn(helperSpec())
+                #expect(worker.peer.remote.credentials == nil, "a socket pair's credentials are its creator's")
+                #expect(try await worker.peer.call("peer.caller", 0, returning: [Int].self) == [])
+                await worker.stop()
+                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
+                await peer.waitUntilClosed()
+                #expect(await service.waitForExit() == 0)
+            }
+        }
+    }
+
     /// A service keeps its bus directory open while it serves; once `close()`
     /// returns the descriptor is closed, however long something else still holds
     /// the service (a task finishing a quit did, and a resource audit right after
@@ -166,7 +193,7 @@ import Testing
 
                 let second = try ServiceProcess(name: "camera", bus: temporary)
                 let again = try await bus.connect(to: "camera", timeout: .seconds(20))
-                #expect(again.remotePID == second.pid)
+                #expect(again.remote.reportedPID == second.pid)
                 #expect(try await again.call("math.add", AddRequest(a: 2, b: 2), returning: Int.self) == 4)
                 _ = try? await again.call("intercom.quit", 0, returning: Bool.self)
                 await again.close()

@@ -39,8 +39,8 @@ func expectIntercomError(
             let bytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
             #expect(try await child.peer.call("echo.bytes", bytes, returning: [UInt8].self) == bytes)
             #expect(try await child.peer.call("peer.pid", 0, returning: Int.self) == Int(child.pid))
-            #expect(child.peer.remotePID == child.pid)
-            #expect(child.peer.remoteName == "test-helper")
+            #expect(child.peer.remote.reportedPID == child.pid)
+            #expect(child.peer.remote.name == "test-helper")
             _ = try await child.peer.ping()
             await child.shutdown()
         }

@@ -29,7 +29,7 @@ func isAlive(_ pid: Int32) -> Bool {
         try await withResourceCheck {
             let worker = try await Worker.spawn(helperSpec(), configuration: ChildProcess.configuration())
             #expect(try await worker.peer.call("peer.pid", 0, returning: Int.self) == Int(worker.pid))
-            #expect(worker.peer.remotePID == worker.pid)
+            #expect(worker.peer.remote.reportedPID == worker.pid)
             // 0 is the connection (named by INTERCOM_PARENT_FD); 1 and 2 are the parent's output.
             #expect(try await worker.peer.call("fds.inherited", 0, returning: [Int].self) == [0, 1, 2])
             #expect(await worker.stop() == .exited(0))

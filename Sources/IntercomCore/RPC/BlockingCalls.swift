@@ -140,7 +140,7 @@ extension Peer {
         guard !self.transport.isOnTransportThread else {
             throw IntercomError(
                 .busy, "callBlocking on the thread serving this connection would deadlock; use `await call`",
-                context: .init(method: method, peer: self.remoteName))
+                context: .init(method: method, peer: self.remote.name))
         }
         let timeout = timeout ?? self.configuration.defaultCallTimeout
         // The call's own deadline fails it first; the margin only covers scheduling.

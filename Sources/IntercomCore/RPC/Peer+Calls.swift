@@ -25,7 +25,7 @@ extension Peer {
         let reply = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
         return try self.codec.decodePayload(
             Response.self, from: reply.payload, what: "reply to '\(method)'",
-            context: .init(method: method, callID: reply.id, peer: self.remoteName))
+            context: .init(method: method, callID: reply.id, peer: self.remote.name))
     }
 
     /// Calls `method` and waits for it to complete, ignoring any reply value.
@@ -60,7 +60,7 @@ extension Peer {
     func exchange<Request: Encodable>(
         _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil
     ) async throws -> Frame {
-        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        let context = IntercomError.Context(method: method, peer: self.remote.name)
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
@@ -146,7 +146,7 @@ extension Peer {
         guard length <= self.remoteMaxFrameSize else {
             throw IntercomError(
                 .frameTooLarge,
-                "\(kind) payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'; send it in parts",
+                "\(kind) payload of \(length) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remote.name)'; send it in parts",
                 context: context)
         }
     }
@@ -168,8 +168,8 @@ extension Peer {
             self.sendCancel(id)
             call.continuation?.resume(
                 throwing: IntercomError(
-                    .timeout, "no reply from '\(self.remoteName)' within \(call.timeout)",
-                    context: .init(method: call.method, callID: id, peer: self.remoteName)))
+                    .timeout, "no reply from '\(self.remote.name)' within \(call.timeout)",
+                    context: .init(method: call.method, callID: id, peer: self.remote.name)))
         }
     }
 
@@ -183,7 +183,7 @@ extension Peer {
         call.continuation?.resume(
             throwing: IntercomError(
                 .cancelled, "the calling task was cancelled; the handler was told to stop",
-                context: .init(method: call.method, callID: id, peer: self.remoteName)))
+                context: .init(method: call.method, callID: id, peer: self.remote.name)))
     }
 
     func sendCancel(_ id: UInt64) {

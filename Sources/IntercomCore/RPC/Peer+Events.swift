@@ -94,8 +94,8 @@ extension Peer {
         guard payload.readableBytes <= self.remoteMaxFrameSize else {
             throw IntercomError(
                 .frameTooLarge,
-                "event of \(payload.readableBytes) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remoteName)'",
-                context: .init(method: topic, peer: self.remoteName))
+                "event of \(payload.readableBytes) bytes exceeds the \(self.remoteMaxFrameSize)-byte maximum frame size of peer '\(self.remote.name)'",
+                context: .init(method: topic, peer: self.remote.name))
         }
         // The count of events dropped before this one travels in its id. It is taken
         // out under the lock and the frame written after it (no write under a lock);

@@ -24,7 +24,7 @@ extension Peer {
     }
 
     func sendMessage<Message: Encodable>(method: String?, _ message: Message) async throws(IntercomError) {
-        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        let context = IntercomError.Context(method: method, peer: self.remote.name)
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
@@ -65,7 +65,7 @@ extension Peer {
     func sendMessages<Message: Encodable>(method: String?, _ messages: some Sequence<Message>)
         async throws(IntercomError)
     {
-        let context = IntercomError.Context(method: method, peer: self.remoteName)
+        let context = IntercomError.Context(method: method, peer: self.remote.name)
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }

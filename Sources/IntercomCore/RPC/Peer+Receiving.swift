@@ -98,7 +98,7 @@ extension Peer: FrameReceiver {
             // An error about the whole connection: the other side is about to close it.
             let body = try? ErrorBody(from: frame.payload)
             self.configuration.logger.warning(
-                "peer reported a connection error", metadata: ["peer": "\(self.remoteName)", "error": "\(body?.message ?? "?")"])
+                "peer reported a connection error", metadata: ["peer": "\(self.remote.name)", "error": "\(body?.message ?? "?")"])
             return
         }
         let removal = self.withState { $0.callEnded(frame.id) }
@@ -117,9 +117,9 @@ extension Peer: FrameReceiver {
     }
 
     func remoteError(from frame: Frame, method: String?) -> any Error {
-        let context = IntercomError.Context(method: method, callID: frame.id, peer: self.remoteName)
+        let context = IntercomError.Context(method: method, callID: frame.id, peer: self.remote.name)
         guard let body = try? ErrorBody(from: frame.payload) else {
-            return IntercomError(.protocolViolation, "error frame from '\(self.remoteName)' does not parse", context: context)
+            return IntercomError(.protocolViolation, "error frame from '\(self.remote.name)' does not parse", context: context)
         }
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         if frame.flags.contains(.typedError), let decode = self.configuration.remoteErrors.decoders[body.typeName],
@@ -143,8 +143,8 @@ extension Peer: FrameReceiver {
 
     func transportFailed(_ error: ProtocolError) {
         self.configuration.logger.warning(
-            "protocol violation; closing the connection", metadata: ["peer": "\(self.remoteName)", "error": "\(error)"])
-        let reason = IntercomError(error, peer: self.remoteName)
+            "protocol violation; closing the connection", metadata: ["peer": "\(self.remote.name)", "error": "\(error)"])
+        let reason = IntercomError(error, peer: self.remote.name)
         if let ending = self.withState({ $0.beginClosing(reason) }) { self.failCalls(ending, reason: reason) }
     }
 
@@ -155,7 +155,7 @@ extension Peer: FrameReceiver {
                 let how =
                     saidGoodbye ? "closed the connection" : "went away without saying goodbye (exited, crashed or was killed)"
                 return IntercomError(
-                    .peerLost, "peer '\(self.remoteName)' (pid \(self.remotePID)) \(how)", context: .init(peer: self.remoteName))
+                    .peerLost, "peer '\(self.remote.name)' (pid \(self.remote.reportedPID)) \(how)", context: .init(peer: self.remote.name))
             }
         }
         guard let closure else { return }

@@ -43,7 +43,7 @@ extension Peer {
         let method = frame.method ?? ""
         let context = CallContext(
             method: method, callID: frame.id, deadline: request.deadline?.instant, timeout: frame.timeout,
-            peerName: self.remoteName, peerPID: self.remotePID, peer: self)
+            peer: self)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
         let isCall = request.isCall
@@ -125,7 +125,7 @@ extension Peer {
     func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
         throws -> ByteBuffer
     {
-        let context = IntercomError.Context(method: method, callID: id, peer: self.remoteName)
+        let context = IntercomError.Context(method: method, callID: id, peer: self.remote.name)
         guard let value else { return FrameHeader.empty(kind: .reply, id: id) }
         return try self.encodeFrame(
             kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec,

@@ -25,10 +25,16 @@ internal import Synchronization
 /// at once with ``IntercomError/Code/peerLost``; messages that already arrived are
 /// still delivered before receiving ends with that error.
 public final class Peer: Sendable {
-    /// The name the other side gave in its handshake.
-    public let remoteName: String
-    /// The process id the other side reported in its handshake.
-    public let remotePID: Int32
+    /// Who is on the other end: its handshake's name and pid, and the kernel's
+    /// credentials for a local socket.
+    public let remote: PeerIdentity
+    /// The name the other side gave in its handshake (``remote``'s ``PeerIdentity/name``).
+    @available(*, deprecated, message: "use remote.name")
+    public var remoteName: String { self.remote.name }
+    /// The process id the other side gave in its handshake (``remote``'s
+    /// ``PeerIdentity/reportedPID``; the kernel's is ``PeerIdentity/credentials``).
+    @available(*, deprecated, message: "use remote.reportedPID, or remote.credentials?.pid for the kernel's")
+    public var remotePID: Int32 { self.remote.reportedPID }
     /// The largest frame the other side accepts.
     public let remoteMaxFrameSize: Int
     /// The payload codec both sides agreed on.
@@ -67,8 +73,8 @@ public final class Peer: Sendable {
         self.transport = transport
         self.router = router
         self.configuration = configuration
-        self.remoteName = remote.name
-        self.remotePID = Int32(bitPattern: remote.pid)
+        self.remote = PeerIdentity(
+            name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials)
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.codec = codec
         self.state = Locked(
@@ -137,7 +143,7 @@ public final class Peer: Sendable {
         }
         guard drained else {
             let left = self.state.withLock { $0.outbound.pending.count }
-            throw IntercomError(.timeout, "\(left) call(s) to '\(self.remoteName)' still pending after \(timeout)")
+            throw IntercomError(.timeout, "\(left) call(s) to '\(self.remote.name)' still pending after \(timeout)")
         }
     }
 
@@ -195,7 +201,7 @@ public final class Peer: Sendable {
     /// Says goodbye, flushes what is queued and closes the connection. Pending calls
     /// fail with ``IntercomError/Code/closed``. Returns when the connection is closed.
     public func close() async {
-        let reason = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remoteName))
+        let reason = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remote.name))
         if let ending = self.withState({ $0.beginClosing(reason) }) {
             self.failCalls(ending, reason: reason)
             self.transport.send(FrameHeader.empty(kind: .goodbye, id: 0))
@@ -219,7 +225,7 @@ public final class Peer: Sendable {
         for timer in ending.timers { timer.cancel() }
         for waiter in ending.drained { waiter(true) }
         for (id, call) in ending.orphans {
-            call.continuation?.resume(throwing: reason.with(.init(method: call.method, callID: id, peer: self.remoteName)))
+            call.continuation?.resume(throwing: reason.with(.init(method: call.method, callID: id, peer: self.remote.name)))
         }
     }
 }

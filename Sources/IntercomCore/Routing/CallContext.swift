@@ -11,12 +11,17 @@ public struct CallContext: Sendable {
     public let deadline: ContinuousClock.Instant?
     /// The time the caller allowed for the call, as it said in the frame.
     public var timeout: Duration? = nil
-    /// The other side's handshake name.
-    public let peerName: String
-    /// The other side's process id as it reported it.
-    public let peerPID: Int32
     /// The connection the call arrived on, so a handler can call back.
     public let peer: Peer
+    /// Who called: the handshake's name and pid, and the kernel's credentials
+    /// for a local socket (the same as `peer.remote`).
+    public var remote: PeerIdentity { self.peer.remote }
+    /// The caller's handshake name (``remote``'s ``PeerIdentity/name``).
+    @available(*, deprecated, message: "use remote.name")
+    public var peerName: String { self.peer.remote.name }
+    /// The caller's process id as it reported it (``remote``'s ``PeerIdentity/reportedPID``).
+    @available(*, deprecated, message: "use remote.reportedPID, or remote.credentials?.pid for the kernel's")
+    public var peerPID: Int32 { self.peer.remote.reportedPID }
     /// Runs `action` once this call's reply (or error) has been queued on the
     /// connection — for a handler whose effect must not overtake its own answer,
     /// such as closing the connection or stopping the service.

@@ -22,7 +22,7 @@ public struct IncomingCall: Sendable {
     public func decode<T: Decodable>(as type: T.Type = T.self) throws(IntercomError) -> T {
         try self.codec.decodePayload(
             T.self, from: self.payload, what: "payload of '\(self.method)'",
-            context: .init(method: self.method, callID: self.context.callID, peer: self.context.peerName))
+            context: .init(method: self.method, callID: self.context.callID, peer: self.context.remote.name))
     }
 }
 

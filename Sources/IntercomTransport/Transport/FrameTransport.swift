@@ -17,6 +17,11 @@ package protocol FrameTransport: AnyObject, Sendable {
     var isOnTransportThread: Bool { get }
     /// Whether the frames travel through shared memory rather than a socket.
     var isSharedMemory: Bool { get }
+    /// The kernel's credentials of the process at the other end, for a local
+    /// socket made by connecting or accepting (nil for socket pairs — whose
+    /// credentials are their creator's, not the other end's — and for transports
+    /// without a kernel).
+    var peerCredentials: KernelCredentials? { get }
 
     /// Sets who receives frames and the end of the stream; the first call also
     /// starts reading. Call from the transport's thread, or before the first read.

@@ -39,9 +39,12 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// The descriptor under the channel, if known (NIO does not tell it).
     let descriptor: Int32?
 
+    package let peerCredentials: KernelCredentials?
+
     package init(channel: any Channel, descriptor: Int32?, limits: WireLimits, logger: Logger) {
         self.channel = channel
         self.descriptor = descriptor
+        self.peerCredentials = descriptor.flatMap(UnixSocket.connectedPeerCredentials)
         self.loop = channel.eventLoop
         self.executor = EventLoopExecutor.forLoop(channel.eventLoop)
         self.handler = FrameChannelHandler(limits: limits, logger: logger)

@@ -8,9 +8,9 @@ package import Darwin
 /// The kernel's record of the process at the other end of a local socket
 /// (`SO_PEERCRED`): taken when the connection was made, never what the peer claims.
 package struct KernelCredentials: Sendable, Equatable {
-    var pid: Int32
-    var uid: UInt32
-    var gid: UInt32
+    package var pid: Int32
+    package var uid: UInt32
+    package var gid: UInt32
 }
 
 /// Unix-domain stream sockets made and accepted by Intercom itself, so that it
@@ -117,6 +117,26 @@ package enum UnixSocket {
         guard getpeereid(fd, &uid, &gid) == 0 else { return nil }
         return KernelCredentials(pid: 0, uid: uid, gid: gid)
         #endif
+    }
+
+    /// The kernel's credentials of the other end of `fd` if it is a Unix socket
+    /// made by connecting or accepting — one end has a path (or an abstract
+    /// name). Nil for a socket pair, where both ends are unnamed and the kernel
+    /// reports the pair's creator on both, and for anything that is not a socket.
+    package static func connectedPeerCredentials(_ fd: Int32) -> KernelCredentials? {
+        func isNamed(_ query: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> Bool? {
+            var address = sockaddr_un()
+            var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+            let result = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { query(fd, $0, &length) }
+            }
+            guard result == 0, address.sun_family == sa_family_t(AF_UNIX) else { return nil }
+            return length > socklen_t(MemoryLayout<sa_family_t>.size)
+        }
+        guard let local = isNamed({ getsockname($0, $1, $2) }), let remote = isNamed({ getpeername($0, $1, $2) }),
+            local || remote
+        else { return nil }
+        return Self.peerCredentials(fd)
     }
 
     /// Why the process at the other end of `fd` is not trusted (nil if it is):

@@ -147,6 +147,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     var executor: any TaskExecutor { self }
     var isOnTransportThread: Bool { pthread_equal(pthread_self(), self.thread) != 0 }
     var isSharedMemory: Bool { true }
+    var peerCredentials: KernelCredentials? { self.socket.peerCredentials }
 
     func setReceiver(_ receiver: any FrameReceiver) {
         let ended = self.post { mail -> Bool in
