@@ -274,17 +274,25 @@ public struct Bus: Sendable {
     }
 }
 
-/// Who may connect to a service on a bus.
-public enum BusAccess: Sendable, Hashable {
+/// Who may connect to a service on a bus. (A struct, not an enum: group- and
+/// certificate-based rules will come without breaking a user's `switch`.)
+public struct BusAccess: Sendable, Hashable {
+    private enum Rule: Hashable {
+        case sameUser
+        case users(Set<UInt32>)
+        case anyone
+    }
+    private let rule: Rule
+
     /// Processes running as the same user as the service (the default).
-    case sameUser
+    public static let sameUser = BusAccess(rule: .sameUser)
     /// Processes running as one of these user ids.
-    case users(Set<UInt32>)
+    public static func users(_ uids: Set<UInt32>) -> BusAccess { BusAccess(rule: .users(uids)) }
     /// Anyone who can reach the socket (the bus directory is still 0700).
-    case anyone
+    public static let anyone = BusAccess(rule: .anyone)
 
     var allowedUIDs: Set<UInt32>? {
-        switch self {
+        switch self.rule {
         case .sameUser: [UInt32(getuid())]
         case .users(let uids): uids
         case .anyone: nil

@@ -22,14 +22,22 @@ public protocol Command: Codable, Sendable {
     static var delivery: CommandDelivery { get }
 }
 
-/// Where a ``Command`` is delivered.
-public enum CommandDelivery: Sendable, Hashable {
+/// Where a ``Command`` is delivered. (A struct, not an enum: more modes may come
+/// without breaking a user's `switch`.)
+public struct CommandDelivery: Sendable, Hashable {
+    enum Target: Hashable {
+        case service(String)
+        case broadcast
+        case coordinator
+    }
+    let target: Target
+
     /// To the service with this name.
-    case service(String)
+    public static func service(_ name: String) -> CommandDelivery { CommandDelivery(target: .service(name)) }
     /// To every live service that handles it.
-    case broadcast
+    public static let broadcast = CommandDelivery(target: .broadcast)
     /// To the coordinating process (the service named by the caller's `coordinator`, default `coordinator`).
-    case coordinator
+    public static let coordinator = CommandDelivery(target: .coordinator)
 }
 
 extension Router {
@@ -53,7 +61,7 @@ extension Bus {
         async throws -> C.Reply
     {
         let target: String
-        switch C.delivery {
+        switch C.delivery.target {
         case .service(let name): target = name
         case .coordinator: target = coordinator
         case .broadcast:
@@ -90,7 +98,7 @@ extension Bus {
         var missing: [String] = []
         for command in commands {
             let name = command.name
-            switch command.delivery {
+            switch command.delivery.target {
             case .service(let target):
                 if let problem = Self.problem(with: name, at: target, in: live) { missing.append(problem) }
             case .coordinator:

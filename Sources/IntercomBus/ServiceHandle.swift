@@ -16,12 +16,16 @@ internal import Synchronization
 /// service is away waits for it until the call's deadline, or fails at once with
 /// `serviceNotFound` if the handle was made with ``WhenAway/failFast``.
 public final class ServiceHandle: Sendable {
-    /// What a call does while the service is not running.
-    public enum WhenAway: Sendable, Hashable {
+    /// What a call does while the service is not running. (A struct, not an
+    /// enum: more behaviours may come without breaking a user's `switch`.)
+    public struct WhenAway: Sendable, Hashable {
+        enum Behaviour: Hashable { case waitUntilDeadline, failFast }
+        let behaviour: Behaviour
+
         /// Wait for the service to come (back) up, until the call's deadline.
-        case waitUntilDeadline
+        public static let waitUntilDeadline = WhenAway(behaviour: .waitUntilDeadline)
         /// Fail at once with `serviceNotFound`.
-        case failFast
+        public static let failFast = WhenAway(behaviour: .failFast)
     }
 
     /// What happens to the service behind a handle.
@@ -64,7 +68,7 @@ public final class ServiceHandle: Sendable {
         if let peer = self.state.withLock({ $0.peer }), !peer.isClosed { return peer }
         let timeout = timeout ?? self.configuration.defaultCallTimeout
         let peer: Peer
-        switch self.whenAway {
+        switch self.whenAway.behaviour {
         case .failFast:
             peer = try await self.bus.connect(to: self.name, configuration: self.configuration)
         case .waitUntilDeadline:

@@ -4,15 +4,36 @@ internal import IntercomBus
 internal import Synchronization
 internal import ServiceLifecycle
 
-/// When a supervised worker is started again after it exits.
-public enum RestartPolicy: Sendable, Hashable {
+/// When a supervised worker is started again after it exits. (A struct, not an
+/// enum: more policies may come without breaking a user's `switch`.)
+public struct RestartPolicy: Sendable, Hashable {
+    enum When: Hashable { case never, onFailure, always }
+    let when: When
+    /// At most this many restarts within ``window``; then the worker has failed for good.
+    public let maxRestarts: Int
+    /// The window ``maxRestarts`` counts in.
+    public let window: Duration
+    /// The wait before the first of consecutive restarts after failures; it doubles
+    /// with each (capped at 30 s).
+    public let backoff: Duration
+
     /// Never: one run.
-    case never
+    public static let never = RestartPolicy(when: .never, maxRestarts: 0, window: .zero, backoff: .zero)
+
     /// After a failure (non-zero exit or a signal), at most `maxRestarts` times within
     /// `window`; the n-th consecutive restart waits `backoff × 2^(n-1)` (capped at 30 s).
-    case onFailure(maxRestarts: Int = 5, window: Duration = .seconds(60), backoff: Duration = .milliseconds(100))
+    public static func onFailure(
+        maxRestarts: Int = 5, window: Duration = .seconds(60), backoff: Duration = .milliseconds(100)
+    ) -> RestartPolicy {
+        RestartPolicy(when: .onFailure, maxRestarts: maxRestarts, window: window, backoff: backoff)
+    }
+
     /// After every exit, with the same limit and backoff.
-    case always(maxRestarts: Int = 5, window: Duration = .seconds(60), backoff: Duration = .milliseconds(100))
+    public static func always(
+        maxRestarts: Int = 5, window: Duration = .seconds(60), backoff: Duration = .milliseconds(100)
+    ) -> RestartPolicy {
+        RestartPolicy(when: .always, maxRestarts: maxRestarts, window: window, backoff: backoff)
+    }
 }
 
 /// What happens to supervised workers, in order.
@@ -202,16 +223,13 @@ public final class Supervisor: Sendable {
                 self.continuation.yield(.stopped(name: name))
                 return
             }
-            let (maxRestarts, window, backoff): (Int, Duration, Duration)
-            switch request.policy {
-            case .never:
-                return
-            case .onFailure(let max, let w, let b):
-                if status.isSuccess { return }
-                (maxRestarts, window, backoff) = (max, w, b)
-            case .always(let max, let w, let b):
-                (maxRestarts, window, backoff) = (max, w, b)
+            let policy = request.policy
+            switch policy.when {
+            case .never: return
+            case .onFailure: if status.isSuccess { return }
+            case .always: break
             }
+            let (maxRestarts, window, backoff) = (policy.maxRestarts, policy.window, policy.backoff)
             let now = ContinuousClock.now
             recentRestarts.removeAll { now - $0 > window }
             guard recentRestarts.count < maxRestarts else {

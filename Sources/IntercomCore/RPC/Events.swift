@@ -15,12 +15,16 @@ public enum EventDelivery<Value: Sendable>: Sendable {
 
 extension EventDelivery: Equatable where Value: Equatable {}
 
-/// What a subscription does when its queue is full.
-public enum EventOverflowPolicy: Sendable, Hashable {
+/// What a subscription does when its queue is full. (A struct, not an enum:
+/// more policies may come without breaking a user's `switch`.)
+public struct EventOverflowPolicy: Sendable, Hashable {
+    enum Action: Hashable { case dropOldest, disconnect }
+    let action: Action
+
     /// Drop the oldest queued event and report the loss with ``EventDelivery/lagged(missed:)``.
-    case dropOldest
+    public static let dropOldest = EventOverflowPolicy(action: .dropOldest)
     /// End the subscription with ``IntercomError/Code/busy`` (and unsubscribe).
-    case disconnect
+    public static let disconnect = EventOverflowPolicy(action: .disconnect)
 }
 
 /// One subscription's bounded queue of still-encoded events.
@@ -54,7 +58,7 @@ final class EventQueue: Sendable {
             state.missed += missedBefore
             state.missedTotal += missedBefore
             if state.events.count >= self.capacity {
-                switch self.policy {
+                switch self.policy.action {
                 case .dropOldest:
                     state.events.removeFirst()
                     state.missed += 1

@@ -76,14 +76,18 @@ extension Peer {
         }
     }
 
-    /// Where a connection's handlers run.
-    public enum HandlerExecution: Sendable {
+    /// Where a connection's handlers run. (A struct, not an enum: more places
+    /// may come, and adding one must not break a user's `switch`.)
+    public struct HandlerExecution: Sendable, Hashable {
+        private enum Place: Hashable { case concurrencyPool, connectionThread }
+        private let place: Place
+
         /// On Swift's global concurrent executor: safe for handlers that compute for a while.
-        case concurrencyPool
+        public static let concurrencyPool = HandlerExecution(place: .concurrencyPool)
         /// On the thread that reads the connection: no thread hop per call, the
         /// fastest choice, but a handler that computes for long delays every
         /// connection on that event loop. For short handlers.
-        case connectionThread
+        public static let connectionThread = HandlerExecution(place: .connectionThread)
     }
 }
 
