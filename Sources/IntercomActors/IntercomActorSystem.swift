@@ -209,7 +209,7 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
             if let peer = state.peers[endpoint], !peer.isClosed { return (peer, nil) }
             guard let bus = self.bus else { return (nil, nil) }
             if let handle = state.handles[endpoint] { return (nil, handle) }
-            let handle = bus.handle(to: endpoint, whenAway: .failFast)
+            let handle = bus.makeHandle(to: endpoint, whenAway: .failFast)
             state.handles[endpoint] = handle
             return (nil, handle)
         }

@@ -11,7 +11,7 @@ public import IntercomCore
 ///     var ms: Int
 /// }
 /// try router.handle(SetExposure.self) { command, _ in Ack(ok: true) }   // in the camera
-/// let ack = try await bus.send(SetExposure(ms: 10))                     // anywhere
+/// let ack = try await bus.call(SetExposure(ms: 10))                     // anywhere
 /// ```
 public protocol Command: Codable, Sendable {
     /// What handling the command returns.
@@ -57,7 +57,7 @@ extension Bus {
     ///
     /// - Throws: as ``Peer/call(_:_:returning:timeout:)``; `serviceNotFound` if the
     ///   target is not running; `invalidName` for a broadcast command (use ``broadcast(_:timeout:)``).
-    public func send<C: Command>(_ command: C, coordinator: String = "coordinator", timeout: Duration = .seconds(30))
+    public func call<C: Command>(_ command: C, coordinator: String = "coordinator", timeout: Duration = .seconds(30))
         async throws -> C.Reply
     {
         let target: String
@@ -76,6 +76,15 @@ extension Bus {
             await peer.close()
             throw error
         }
+    }
+
+    /// Renamed ``call(_:coordinator:timeout:)``: on a ``Peer``, `send` is one-way;
+    /// a command is answered.
+    @available(*, deprecated, renamed: "call(_:coordinator:timeout:)")
+    public func send<C: Command>(_ command: C, coordinator: String = "coordinator", timeout: Duration = .seconds(30))
+        async throws -> C.Reply
+    {
+        try await self.call(command, coordinator: coordinator, timeout: timeout)
     }
 
     /// Sends a command to every live service that handles it, whatever its

@@ -7,7 +7,7 @@ internal import Synchronization
 /// serves the name next (a restart under a new pid).
 ///
 /// ```swift
-/// let camera = bus.handle(to: "camera")
+/// let camera = bus.makeHandle(to: "camera")
 /// let ack = try await camera.call("camera.exposure.set", SetExposure(ms: 10), returning: Ack.self)
 /// ```
 ///
@@ -141,12 +141,22 @@ public final class ServiceHandle: Sendable {
 }
 
 extension Bus {
-    /// A lasting handle to the service `name` (see ``ServiceHandle``). Nothing is
-    /// connected until it is first used.
-    public func handle(
+    /// Makes a lasting handle to the service `name` (see ``ServiceHandle``).
+    /// Nothing is connected until it is first used.
+    public func makeHandle(
         to name: String, whenAway: ServiceHandle.WhenAway = .waitUntilDeadline,
         configuration: Peer.Configuration = Peer.Configuration()
     ) -> ServiceHandle {
         ServiceHandle(name: name, bus: self, whenAway: whenAway, configuration: configuration)
+    }
+
+    /// Renamed ``makeHandle(to:whenAway:configuration:)``: `handle` is a verb on
+    /// `Router` (``Router/handle(_:_:)``).
+    @available(*, deprecated, renamed: "makeHandle(to:whenAway:configuration:)")
+    public func handle(
+        to name: String, whenAway: ServiceHandle.WhenAway = .waitUntilDeadline,
+        configuration: Peer.Configuration = Peer.Configuration()
+    ) -> ServiceHandle {
+        self.makeHandle(to: name, whenAway: whenAway, configuration: configuration)
     }
 }

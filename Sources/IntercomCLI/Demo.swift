@@ -273,7 +273,7 @@ func runCamera(bus: Bus, parent: Peer) async throws {
 /// toward a mean brightness of 100 with a call.
 func runProcessor(bus: Bus, parent: Peer) async throws {
     let service = try await bus.serve("processor")
-    let camera = bus.handle(to: "camera")
+    let camera = bus.makeHandle(to: "camera")
     let work = Task {
         do {
             let frames = try await camera.peer(timeout: .seconds(10)).events("frames.ready", as: DemoFrame.self, bufferSize: 64)

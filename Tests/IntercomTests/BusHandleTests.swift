@@ -17,7 +17,7 @@ import Glibc
             try await withTemporaryBus { temporary in
                 let bus = temporary.bus
                 let first = try ServiceProcess(name: "camera", bus: temporary)
-                let camera = bus.handle(to: "camera")
+                let camera = bus.makeHandle(to: "camera")
                 var changes = camera.changes.makeAsyncIterator()
                 #expect(try await camera.call("math.add", AddRequest(a: 1, b: 1), returning: Int.self, timeout: .seconds(20)) == 2)
                 #expect(await changes.next() == .connected(pid: first.pid))
@@ -36,7 +36,7 @@ import Glibc
                 await first.waitForExit()
 
                 // A fail-fast handle fails at once while the service is away ...
-                let impatient = bus.handle(to: "camera", whenAway: .failFast)
+                let impatient = bus.makeHandle(to: "camera", whenAway: .failFast)
                 await expectIntercomError(.serviceNotFound) {
                     _ = try await impatient.call("math.add", AddRequest(a: 1, b: 1), returning: Int.self)
                 }
@@ -111,12 +111,12 @@ import Glibc
                 }
                 #expect(missing?.message.contains("'nobody.handles' goes to service 'camera'") == true, "\(String(describing: missing))")
 
-                #expect(try await bus.send(CameraExposureCommand(ms: 7)) == Ack(ok: true, appliedMs: 7))
-                #expect(try await bus.send(StatusCommand(from: "test")) == "ok from test")
+                #expect(try await bus.call(CameraExposureCommand(ms: 7)) == Ack(ok: true, appliedMs: 7))
+                #expect(try await bus.call(StatusCommand(from: "test")) == "ok from test")
                 let snapshots = try await bus.broadcast(SnapshotCommand())
                 #expect(snapshots.received == ["camera", "other"], "only services that handle it: \(snapshots.received) \(snapshots.failures)")
                 #expect(snapshots.replies["camera"] == Int(camera.pid))
-                await expectIntercomError(.invalidName) { _ = try await bus.send(SnapshotCommand()) }
+                await expectIntercomError(.invalidName) { _ = try await bus.call(SnapshotCommand()) }
 
                 _ = try await bus.broadcast("intercom.quit", 0, returning: Bool.self)
                 #expect(await camera.waitForExit() == 0)
