@@ -54,7 +54,7 @@ import Testing
                 var configuration = Peer.Configuration()
                 configuration.sharedMemory.isEnabled = sharedMemory
                 let peer = try await temporary.bus.connect(to: "who", timeout: .seconds(20), configuration: configuration)
-                #expect(peer.isSharedMemory == sharedMemory)
+                #expect(peer.medium == (sharedMemory ? .sharedMemory : .socket))
                 #expect(peer.remote.credentials?.pid == service.pid)
                 #expect(peer.remote.credentials?.uid == getuid())
                 #expect(peer.remote.reportedPID == service.pid)

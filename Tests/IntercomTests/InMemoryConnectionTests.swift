@@ -38,6 +38,7 @@ import Testing
             let second = Router()
             try second.register("math.double") { (value: Int, _: CallContext) in value * 2 }
             let connection = try await InMemoryConnection.open(first: first, second: second)
+            #expect(connection.first.medium == .inMemory)
             #expect(try await connection.first.call("math.double", 21, returning: Int.self) == 42)
             #expect(try await connection.second.call("name", 0, returning: String.self) == "first")
             let events = connection.second.events("ticks", as: Int.self)

@@ -120,9 +120,12 @@ public final class Peer: Sendable {
     /// sends and receives without a thread hop: the fastest way to make many calls.
     public var executor: any TaskExecutor { self.transport.executor }
 
-    /// Whether this connection runs over shared-memory rings (both sides on one
-    /// host allowed it; see ``SharedMemoryOptions``) rather than its socket.
-    public var isSharedMemory: Bool { self.transport.isSharedMemory }
+    /// What carries this connection's frames now: its socket, or shared-memory
+    /// rings once both sides on one host allowed the move (``SharedMemoryOptions``).
+    public var medium: TransportMedium { self.transport.medium }
+
+    /// Whether ``medium`` is ``TransportMedium/sharedMemory``.
+    public var isSharedMemory: Bool { self.transport.medium == .sharedMemory }
 
     /// For tests that play a hostile peer: the shared memory of the ring this side
     /// writes (which the other side reads), or nil on a socket.

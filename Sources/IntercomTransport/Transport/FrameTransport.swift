@@ -16,7 +16,9 @@ package protocol FrameTransport: AnyObject, Sendable {
     /// it there would stop the transport itself).
     var isOnTransportThread: Bool { get }
     /// Whether the frames travel through shared memory rather than a socket.
-    var isSharedMemory: Bool { get }
+    /// What carries the frames (for diagnostics: nothing above the transports
+    /// behaves differently by medium).
+    var medium: TransportMedium { get }
     /// The kernel's credentials of the process at the other end, for a local
     /// socket made by connecting or accepting (nil for socket pairs — whose
     /// credentials are their creator's, not the other end's — and for transports

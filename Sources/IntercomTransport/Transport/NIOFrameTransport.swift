@@ -52,7 +52,7 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     }
 
     package var isOnTransportThread: Bool { self.loop.inEventLoop }
-    package var isSharedMemory: Bool { false }
+    package var medium: TransportMedium { .socket }
 
     /// Runs `body` on the channel's event loop.
     func executeOnLoop(_ body: @escaping @Sendable () -> Void) {

@@ -231,7 +231,7 @@ package final class InMemoryTransport: FrameTransport, WritabilityWaiting {
     }
 
     package var isOnTransportThread: Bool { self.link.loop.inEventLoop }
-    package var isSharedMemory: Bool { false }
+    package var medium: TransportMedium { .inMemory }
     package var peerCredentials: KernelCredentials? { nil }
 
     /// The loop's clock: virtual on a testing loop. An instant on the system's

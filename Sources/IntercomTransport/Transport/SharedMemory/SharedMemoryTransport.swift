@@ -146,7 +146,7 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
 
     var executor: any TaskExecutor { self }
     var isOnTransportThread: Bool { pthread_equal(pthread_self(), self.thread) != 0 }
-    var isSharedMemory: Bool { true }
+    var medium: TransportMedium { .sharedMemory }
     var peerCredentials: KernelCredentials? { self.socket.peerCredentials }
 
     func setReceiver(_ receiver: any FrameReceiver) {
