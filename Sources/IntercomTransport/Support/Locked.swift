@@ -16,9 +16,12 @@ package import Darwin
 /// The value and the mutex live in one `ManagedBuffer` allocation and are
 /// reached through pointers, so taking the lock touches no class stored
 /// property (no runtime exclusivity check on the hot path). `withLock` is
-/// inlinable: the layers above use it from other modules, where an opaque
-/// generic call would cost a metadata lookup and an unspecialized closure call
-/// per lock (seen in profiles once the modules were split).
+/// marked inlinable, but for a `package` declaration this toolchain does not
+/// serialize the body without package cross-module optimization (an unsafe flag
+/// SwiftPM refuses in dependencies): the layers above still call it
+/// unspecialized (`nm` shows the generic symbol undefined in IntercomCore's
+/// objects; made `public` as an experiment, the references disappear). About
+/// 1 % of a shared-memory call; a `@_spi` public type would remove it.
 package final class Locked<Value>: @unchecked Sendable {
     // @unchecked: the value is only ever touched with the mutex held.
     @usableFromInline
