@@ -25,7 +25,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
-        case S1, S2, S3, S4, all
+        case S1, S2, S3, S4, S5, all
     }
 
     @Option(
@@ -34,7 +34,11 @@ struct Bench: AsyncParsableCommand {
             their socket — or shm (a socket pair that moves to shared-memory rings).
             """)
     var transport: Transport = .socketpair
-    @Option(help: "S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight) or all.")
+    @Option(
+        help: """
+            S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight),             S5 (sporadic: 500 calls of 64 B, one every 2 ms, from a task on the global executor, then from one on the \
+            connection's thread) or all.
+            """)
     var scenario: Scenario = .all
     @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
     @Option(help: "Messages per send(contentsOf:) in the second S2 line.") var batch: Int = 64
@@ -53,7 +57,7 @@ struct Bench: AsyncParsableCommand {
         let child = try await BenchChild.spawn(self.transport, bufferPoolMib: self.bufferPoolMib)
         let peer = child.peer
         let name = "intercom-\(self.transport.rawValue)"
-        let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4] : [self.scenario]
+        let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4, .S5] : [self.scenario]
         var lines: [String] = []
         /// Prints a result line as soon as it is measured and keeps it for the summary.
         func emit(_ line: String) {
@@ -82,6 +86,14 @@ struct Bench: AsyncParsableCommand {
                             peer, name: "\(name)-bytebuffer", n: self.count(500), payload: ByteBuffer(repeating: 0x62, count: 1 << 20)))
                 case .S4:
                     emit(try await s4(peer, name: name, n: self.count(100_000)))
+                case .S5:
+                    // Like a program that calls now and then: not on the connection's
+                    // thread, and both sides idle between calls. Then the same from a
+                    // task on the connection's thread: the difference is the hop back
+                    // to the global executor per reply.
+                    emit(try await withTaskExecutorPreference(globalConcurrentExecutor) { try await s5(peer, name: name, calls: self.count(500)) })
+                    progress("running S5 from a task on the connection's thread \(over)…")
+                    emit(try await s5(peer, name: "\(name)-on-connection-thread", calls: self.count(500)))
                 case .all:
                     continue
                 }
@@ -204,6 +216,23 @@ func s4(_ peer: Peer, name: String, n: Int) async throws -> String {
     }
     let elapsed = clock.now - start
     return "peer=\(name) scenario=S4 calls_per_s=\(fixed(Double(n) / seconds(elapsed), 0)) depth=\(depth) n=\(n)"
+}
+
+/// S5: 500 sporadic 64 B calls, one every 2 ms (the C reference's S5 line has the same shape).
+func s5(_ peer: Peer, name: String, calls: Int = 500, gap: Duration = .milliseconds(2)) async throws -> String {
+    var samples: [Duration] = []
+    samples.reserveCapacity(calls)
+    let clock = ContinuousClock()
+    for _ in 0..<calls {
+        try await Task.sleep(for: gap)
+        let t0 = clock.now
+        _ = try await peer.call("bench.echo", payload64, returning: [UInt8].self)
+        samples.append(clock.now - t0)
+    }
+    samples.sort()
+    let median = fixed(microseconds(percentile(samples, 0.5)), 2)
+    let p99 = fixed(microseconds(percentile(samples, 0.99)), 2)
+    return "peer=\(name) scenario=S5 median_us=\(median) p99_us=\(p99) gap_ms=\(gap.components.seconds * 1000 + gap.components.attoseconds / 1_000_000_000_000_000) n=\(calls)"
 }
 
 func printSummary(_ lines: [String]) {
