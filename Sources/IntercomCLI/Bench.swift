@@ -41,6 +41,7 @@ struct Bench: AsyncParsableCommand {
             """)
     var scenario: Scenario = .all
     @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
+    @Option(help: "Microseconds between S5's calls (how long both sides stay idle).") var s5GapUs: Int = 2000
     @Option(help: "Messages per send(contentsOf:) in the second S2 line.") var batch: Int = 64
     @Option(help: "MiB of each side's shared-memory buffer pool for frames of 64 KiB or more (0: none, they go through the ring).")
     var bufferPoolMib: Int = 32
@@ -51,6 +52,7 @@ struct Bench: AsyncParsableCommand {
         }
         try requireCount(self.batch, option: "--batch", in: 1...65_536)
         try requireCount(self.bufferPoolMib, option: "--buffer-pool-mib", in: 0...1024)
+        try requireCount(self.s5GapUs, option: "--s5-gap-us", in: 0...1_000_000)
     }
 
     func run() async throws {
@@ -91,9 +93,9 @@ struct Bench: AsyncParsableCommand {
                     // thread, and both sides idle between calls. Then the same from a
                     // task on the connection's thread: the difference is the hop back
                     // to the global executor per reply.
-                    emit(try await withTaskExecutorPreference(globalConcurrentExecutor) { try await s5(peer, name: name, calls: self.count(500)) })
+                    emit(try await withTaskExecutorPreference(globalConcurrentExecutor) { try await s5(peer, name: name, calls: self.count(500), gap: .microseconds(self.s5GapUs)) })
                     progress("running S5 from a task on the connection's thread \(over)…")
-                    emit(try await s5(peer, name: "\(name)-on-connection-thread", calls: self.count(500)))
+                    emit(try await s5(peer, name: "\(name)-on-connection-thread", calls: self.count(500), gap: .microseconds(self.s5GapUs)))
                 case .all:
                     continue
                 }
@@ -232,7 +234,7 @@ func s5(_ peer: Peer, name: String, calls: Int = 500, gap: Duration = .milliseco
     samples.sort()
     let median = fixed(microseconds(percentile(samples, 0.5)), 2)
     let p99 = fixed(microseconds(percentile(samples, 0.99)), 2)
-    return "peer=\(name) scenario=S5 median_us=\(median) p99_us=\(p99) gap_ms=\(gap.components.seconds * 1000 + gap.components.attoseconds / 1_000_000_000_000_000) n=\(calls)"
+    return "peer=\(name) scenario=S5 median_us=\(median) p99_us=\(p99) gap_us=\(gap.components.seconds * 1_000_000 + gap.components.attoseconds / 1_000_000_000_000) n=\(calls)"
 }
 
 func printSummary(_ lines: [String]) {
