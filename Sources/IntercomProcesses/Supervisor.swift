@@ -143,12 +143,14 @@ public final class Supervisor: Sendable {
     /// ``stopAll(_:)``, cancellation or a graceful shutdown; then stops every
     /// worker still running by the teardown (``Teardown/graceful(_:)`` unless
     /// `stopAll` said otherwise), waits until all are reaped, and ends ``events``.
+    ///
+    /// A supervisor runs once: a second call returns at once.
     public func run() async {
         let first = self.state.withLock { state -> Bool in
             defer { state.running = true }
             return !state.running
         }
-        precondition(first, "Supervisor.run() called twice")
+        guard first else { return }
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 await withDiscardingTaskGroup { group in

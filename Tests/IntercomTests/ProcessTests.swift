@@ -269,6 +269,7 @@ func isAlive(_ pid: Int32) -> Bool {
             #expect(!isAlive(pid), "reaped before run() returned")
             supervisor.start("late", helperSpec())
             #expect(supervisor.worker(named: "late") == nil, "nothing starts after run() ended")
+            await supervisor.run()  // a supervisor runs once: this returns at once (it used to stop the process)
         }
     }
 
