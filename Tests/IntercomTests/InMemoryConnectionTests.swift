@@ -52,6 +52,32 @@ import Testing
         }
     }
 
+    /// `timeout: nil` means the connection's default for receives too: by default
+    /// as long as it takes, or ``Peer/Configuration/defaultReceiveTimeout``.
+    @Test func aReceiveWithoutATimeoutWaitsForTheConnectionsDefault() async throws {
+        try await withResourceCheck {
+            var configuration = Peer.Configuration()
+            configuration.defaultReceiveTimeout = .seconds(5)
+            let connection = try await InMemoryConnection.open(configuration: configuration)
+            let ended = Locked(false)
+            let receive = Task(executorPreference: connection.first.executor) {
+                defer { ended.withLock { $0 = true } }
+                return try await connection.first.receiveMessage()
+            }
+            await connection.settle()
+            await connection.advanceTime(by: .seconds(4))
+            #expect(!ended.withLock { $0 }, "still waiting after 4 of its 5 seconds")
+            await connection.advanceTime(by: .seconds(1))
+            do {
+                _ = try await receive.value
+                Issue.record("a message arrived from nowhere")
+            } catch let error as IntercomError {
+                #expect(error.code == .timeout)
+            }
+            await connection.close()
+        }
+    }
+
     /// A 30-second timeout passes when the test says so: the call fails with
     /// `timeout` and the handler is cancelled at the same virtual instant.
     @Test func aCallTimesOutAtItsVirtualDeadlineAndTheHandlerIsCancelled() async throws {

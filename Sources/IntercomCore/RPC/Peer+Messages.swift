@@ -111,7 +111,9 @@ extension Peer {
     /// Messages that arrived before the connection ended are delivered first; then
     /// this throws ``IntercomError/Code/peerLost`` (or `closed` if this side closed).
     ///
-    /// - Throws: ``IntercomError`` `timeout` if nothing arrives within `timeout`,
+    /// - Parameter timeout: how long to wait; nil for the connection's
+    ///   ``Configuration/defaultReceiveTimeout`` (by default: as long as it takes).
+    /// - Throws: ``IntercomError`` `timeout` if nothing arrives in time,
     ///   `invalidPayload` if the message is not a `type` (the message is consumed).
     public func receive<T: Decodable>(as type: T.Type = T.self, timeout: Duration? = nil) async throws(IntercomError) -> T {
         let message = try await self.receiveMessage(timeout: timeout)
@@ -122,7 +124,7 @@ extension Peer {
     ///
     /// - Throws: as ``receive(as:timeout:)``.
     public func receiveMessage(timeout: Duration? = nil) async throws(IntercomError) -> InboundMessage {
-        try await self.inbox.next(timeout: timeout)
+        try await self.inbox.next(timeout: timeout ?? self.configuration.defaultReceiveTimeout)
     }
 
     /// How many messages ``receiveMessages(limit:timeout:)`` returns at most unless told otherwise.
@@ -134,7 +136,7 @@ extension Peer {
     ///
     /// - Throws: as ``receive(as:timeout:)``.
     public func receiveMessages(limit: Int = Peer.defaultReceiveLimit, timeout: Duration? = nil) async throws(IntercomError) -> [InboundMessage] {
-        try await self.inbox.nextBatch(limit: limit, timeout: timeout)
+        try await self.inbox.nextBatch(limit: limit, timeout: timeout ?? self.configuration.defaultReceiveTimeout)
     }
 
     /// The unsolicited messages as an `AsyncSequence`, each decoded as `type`. The

@@ -19,6 +19,10 @@ extension Peer {
         public var name: String
         /// The timeout of a call that passes none: 30 seconds.
         public var defaultCallTimeout: Duration = .seconds(30)
+        /// How long a receive that passes no timeout waits for a message: nil, as
+        /// long as it takes. (A `timeout: nil` argument always means "the
+        /// connection's default"; for calls that is ``defaultCallTimeout``.)
+        public var defaultReceiveTimeout: Duration? = nil
         /// How many handlers may run at once for calls arriving on one connection:
         /// 64 by default; 1 makes the connection strictly serial (calls are handled
         /// one after another, in arrival order).
