@@ -37,7 +37,8 @@ final class DirectoryWatcher: Sendable {
     }
 
     /// Returns after a change in the directory, after `limit` (at most 100 ms: a
-    /// backstop, since a crashed lock holder's release shows only as a close), or
+    /// backstop, since a crashed lock holder's release shows only as the close of
+    /// a read-only descriptor, which is not watched — see `NameLock`), or
     /// when the task is cancelled, whichever is first. Without inotify, returns
     /// after at most 20 ms.
     ///

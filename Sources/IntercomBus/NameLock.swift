@@ -31,7 +31,11 @@ final class NameLock: Sendable {
     ///   not a regular file of this user (never followed, never deleted).
     static func tryAcquire(_ path: String, create: Bool) throws(IntercomError) -> Outcome? {
         while true {
-            let flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0)
+            // Read-only: `flock` needs no write access, and closing a read-only
+            // descriptor is no IN_CLOSE_WRITE — a probe of a held lock used to wake
+            // this process's own directory watcher, so a claimant waiting for a
+            // holder that would not quit spun a CPU until its timeout.
+            let flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0)
             let fd = open(path, flags, 0o600)
             guard fd >= 0 else {
                 let code = errno

@@ -26,6 +26,7 @@ struct Options {
     var serveName: String?
     var busDirectory: String?
     var replace = false
+    var replaceTimeoutMilliseconds = 10_000
     /// Process tests: exit at once with this code (a crash at start-up).
     var exitNow: Int32?
     /// Process tests: after the handshake, exit with this code / raise this signal.
@@ -74,6 +75,7 @@ struct Options {
             case "--serve": self.serveName = iterator.next()
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
+            case "--replace-timeout-ms": self.replaceTimeoutMilliseconds = Int(iterator.next() ?? "") ?? 10_000
             case "--exit-now": self.exitNow = Int32(iterator.next() ?? "")
             case "--exit-after-handshake": self.exitAfterHandshake = Int32(iterator.next() ?? "")
             case "--signal-after-handshake": self.signalAfterHandshake = Int32(iterator.next() ?? "")
@@ -419,7 +421,8 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
     // A worker spawned by a parent also keeps its parent connection (same handlers).
     let parent = Peer.hasParent ? try await Peer.parent(router: router, configuration: configuration) : nil
     let service = try await Bus(directory: directory).serve(
-        name, router: router, replace: options.replace, configuration: configuration)
+        name, router: router, replace: options.replace,
+        replaceTimeout: .milliseconds(options.replaceTimeoutMilliseconds), configuration: configuration)
     holder.service = service
     await service.waitForQuit()
     await service.close()

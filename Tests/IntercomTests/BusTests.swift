@@ -44,6 +44,36 @@ import Testing
         }
     }
 
+    /// A claimant waiting to replace a holder that does not let go waits quietly:
+    /// probing the held lock used to wake its own directory watcher (the probe's
+    /// close was an IN_CLOSE_WRITE), so it spun a CPU until its replace timeout.
+    /// (The holder is stopped and its socket removed, so the claimant's request
+    /// to quit fails at once and the wait on the lock begins.)
+    @Test func waitingToReplaceAStuckHolderCostsNoCPU() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let holder = try ServiceProcess(name: "stuck", bus: temporary)
+                _ = try await temporary.bus.waitForService("stuck", timeout: .seconds(20))
+                holder.kill(SIGSTOP)
+                unlink(temporary.directory + "/stuck.sock")
+                let claimant = try ServiceProcess(
+                    name: "stuck", bus: temporary, arguments: ["--replace", "--replace-timeout-ms", "3000"])
+                let probe = ProcessProbe(pid: claimant.pid)
+                // A measuring window, not a synchronisation: the claimant waits 3 s in all.
+                try await Task.sleep(for: .milliseconds(700))
+                let before = probe.cpuSeconds
+                try await Task.sleep(for: .seconds(1))
+                let used = probe.cpuSeconds - before
+                #expect(used < 0.2, "the waiting claimant used \(used) CPU-s in 1 s")
+                #expect(await claimant.waitForExit() != 0, "it gave up: the holder never let go")
+                holder.kill(SIGKILL)
+                _ = await holder.waitForExit()
+                // What the killed holder left (this test removed its socket itself).
+                for file in ["stuck.json", "stuck.lock"] { unlink(temporary.directory + "/" + file) }
+            }
+        }
+    }
+
     /// Both ends know who is on the other side from the kernel, over the socket and
     /// after the connection moved to shared memory; a socket pair has no such
     /// knowledge (the kernel reports the pair's creator on both ends).
