@@ -58,10 +58,15 @@ public struct IntercomActorID: Hashable, Sendable, Codable, CustomStringConverti
 /// `peerLost`; an actor that does not exist (or was deinitialised) fails calls
 /// with `actorNotFound`. An actor resolved in its own process is called directly.
 public final class IntercomActorSystem: DistributedActorSystem, Sendable {
+    /// An actor's address: its process's endpoint and its name there.
     public typealias ActorID = IntercomActorID
+    /// Records a call's arguments for the wire.
     public typealias InvocationEncoder = IntercomInvocationEncoder
+    /// Reads them back on the hosting side.
     public typealias InvocationDecoder = IntercomInvocationDecoder
+    /// Collects what the hosted target returned or threw.
     public typealias ResultHandler = IntercomResultHandler
+    /// Arguments and results travel as `Codable` values (binary codec).
     public typealias SerializationRequirement = any Codable
 
     /// This process's endpoint name: the `endpoint` of every actor it hosts.
@@ -149,6 +154,8 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
 
     // MARK: DistributedActorSystem
 
+    /// The local instance for `id` if this process hosts it, nil for a remote
+    /// one (the runtime then makes a proxy whose calls come through ``remoteCall(on:target:invocation:throwing:returning:)``).
     public func resolve<Act>(id: ActorID, as actorType: Act.Type) throws -> Act?
     where Act: DistributedActor, Act.ID == ActorID {
         guard id.endpoint == self.endpoint else { return nil }
@@ -156,14 +163,17 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
         return self.localActor(named: id.name) as? Act
     }
 
+    /// A fresh ID in this process's endpoint for an actor being initialised.
     public func assignID<Act>(_ actorType: Act.Type) -> ActorID where Act: DistributedActor, Act.ID == ActorID {
         ActorID(endpoint: self.endpoint, name: UUID().uuidString)
     }
 
+    /// Registers an initialised actor so calls to its ID reach it.
     public func actorReady<Act>(_ actor: Act) where Act: DistributedActor, Act.ID == ActorID {
         self.state.withLock { $0.actors[actor.id.name] = WeakActor(actor) }
     }
 
+    /// Forgets an actor that was deinitialised; later calls to it fail with `actorNotFound`.
     public func resignID(_ id: ActorID) {
         self.state.withLock { state in
             state.actors[id.name] = nil
@@ -171,10 +181,12 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
+    /// A new recorder for one call's arguments.
     public func makeInvocationEncoder() -> InvocationEncoder {
         IntercomInvocationEncoder()
     }
 
+    /// Calls a remote actor's distributed method and returns its result (the runtime calls this).
     public func remoteCall<Act, Err, Res>(
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type,
         returning: Res.Type
@@ -188,6 +200,7 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
         }
     }
 
+    /// Calls a remote actor's distributed method that returns nothing (the runtime calls this).
     public func remoteCallVoid<Act, Err>(
         on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder, throwing: Err.Type
     ) async throws where Act: DistributedActor, Act.ID == ActorID, Err: Error {

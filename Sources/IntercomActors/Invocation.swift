@@ -8,6 +8,7 @@ internal import Synchronization
 
 /// Records a distributed call's generic arguments and arguments (binary codec).
 public struct IntercomInvocationEncoder: DistributedTargetInvocationEncoder {
+    /// Arguments and results are `Codable` values.
     public typealias SerializationRequirement = any Codable
 
     var generics: [String] = []
@@ -44,6 +45,7 @@ public struct IntercomInvocationEncoder: DistributedTargetInvocationEncoder {
 
 /// Reads back what ``IntercomInvocationEncoder`` recorded, on the hosting side.
 public struct IntercomInvocationDecoder: DistributedTargetInvocationDecoder {
+    /// Arguments and results are `Codable` values.
     public typealias SerializationRequirement = any Codable
 
     let call: ActorCall
@@ -93,8 +95,9 @@ public struct IntercomInvocationDecoder: DistributedTargetInvocationDecoder {
 
 /// Collects what the hosted target returned or threw.
 public final class IntercomResultHandler: DistributedTargetInvocationResultHandler, @unchecked Sendable {
-    // Written once by the target's invocation before `execute` reads it, in the same task.
+    /// Arguments and results are `Codable` values.
     public typealias SerializationRequirement = any Codable
+    // `reply` is written once by the target's invocation before `execute` reads it, in the same task.
 
     var reply: ActorReply?
 

@@ -180,6 +180,7 @@ final class EventQueue: Sendable {
 /// (the subscription stays; a later iteration carries on). Cancel the
 /// subscription itself (or let the last iterator go) with ``cancel()``.
 public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sendable {
+    /// An event, or a notice of how many were lost.
     public typealias Element = EventDelivery<Value>
 
     let queue: EventQueue
@@ -242,6 +243,7 @@ public enum JSONEvent: Sendable, Hashable {
 /// Events as JSON text (see ``Peer/jsonEvents(_:bufferSize:)``). Ends with an
 /// error when the connection ends.
 public struct JSONEventSubscription: AsyncSequence, Sendable {
+    /// An event as JSON text, or a notice of how many were lost.
     public typealias Element = JSONEvent
 
     let queue: EventQueue
