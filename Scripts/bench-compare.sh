@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# S1–S4 of two release builds of `intercom` over every transport, beside the C
+# S1–S5 of two release builds of `intercom` over every transport, beside the C
 # reference (../shared/bench/c_ipc.c), alternating in one run: the regression
 # check of a change. Give it the machine to itself (no build, no test).
 #
@@ -16,10 +16,10 @@ for round in $(seq 1 "$rounds"); do
   for transport in socketpair unix shm; do
     case $transport in socketpair) c=socketpair ;; unix) c=unixpath ;; shm) c=shm-futex ;; esac
     echo "## round $round transport $transport"
-    echo "# C $c"; timeout 60 $pin "$cref" "$c" 2>&1 | grep -E '^S[1-4]|scenario=S[1-4]' || true
+    echo "# C $c"; timeout 60 $pin "$cref" "$c" 2>&1 | grep -E '^S[1-5]|scenario=S[1-5]' || true
     for build in before after; do
       binary=$before; [ $build = after ] && binary=$after
-      echo "# $build"; $pin "$binary" bench --transport "$transport" --scenario all 2>&1 | grep -E '^S[1-4]|scenario=S[1-4]' || true
+      echo "# $build"; $pin "$binary" bench --transport "$transport" --scenario all 2>&1 | grep -E '^S[1-5]|scenario=S[1-5]' || true
     done
   done
 done
