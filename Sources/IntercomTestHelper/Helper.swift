@@ -27,6 +27,8 @@ struct Options {
     var busDirectory: String?
     var replace = false
     var replaceTimeoutMilliseconds = 10_000
+    /// Where to write this process's CPU seconds if it fails to claim its name.
+    var cpuReportPath: String?
     /// Process tests: exit at once with this code (a crash at start-up).
     var exitNow: Int32?
     /// Process tests: after the handshake, exit with this code / raise this signal.
@@ -76,6 +78,7 @@ struct Options {
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
             case "--replace-timeout-ms": self.replaceTimeoutMilliseconds = Int(iterator.next() ?? "") ?? 10_000
+            case "--cpu-report": self.cpuReportPath = iterator.next()
             case "--exit-now": self.exitNow = Int32(iterator.next() ?? "")
             case "--exit-after-handshake": self.exitAfterHandshake = Int32(iterator.next() ?? "")
             case "--signal-after-handshake": self.signalAfterHandshake = Int32(iterator.next() ?? "")
@@ -420,9 +423,21 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
     }
     // A worker spawned by a parent also keeps its parent connection (same handlers).
     let parent = Peer.hasParent ? try await Peer.parent(router: router, configuration: configuration) : nil
-    let service = try await Bus(directory: directory).serve(
-        name, router: router, replace: options.replace,
-        replaceTimeout: .milliseconds(options.replaceTimeoutMilliseconds), configuration: configuration)
+    let service: BusService
+    do {
+        service = try await Bus(directory: directory).serve(
+            name, router: router, replace: options.replace,
+            replaceTimeout: .milliseconds(options.replaceTimeoutMilliseconds), configuration: configuration)
+    } catch {
+        // The test reads how much CPU the claim cost (user + system seconds).
+        guard let path = options.cpuReportPath else { throw error }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let seconds = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        try "\(seconds)".write(toFile: path, atomically: true, encoding: .utf8)
+        exit(3)
+    }
     holder.service = service
     await service.waitForQuit()
     await service.close()
