@@ -12,6 +12,9 @@ internal import Darwin
 /// every wake-up, so a spurious wake-up costs a check, never a wrong answer.
 final class DirectoryWatcher: Sendable {
     private let fd: Int32
+    /// Where every watcher's read source and timer run: their handlers only
+    /// cancel the source and drain the descriptor.
+    private static let queue = DispatchQueue(label: "intercom.directory-watcher")
 
     /// Starts watching `path`. Create the watcher *before* the first check, so a
     /// change between the check and the wait is not missed.
@@ -50,10 +53,8 @@ final class DirectoryWatcher: Sendable {
             return
         }
         let fd = self.fd
-        let queue = DispatchQueue(label: "intercom.directory-watcher")
+        let queue = Self.queue
         let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        let (seconds, attoseconds) = min(max(limit, .zero), .milliseconds(100)).components
-        let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let timer = DispatchWorkItem { source.cancel() }
@@ -66,7 +67,7 @@ final class DirectoryWatcher: Sendable {
                     while scratch.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
                     continuation.resume()
                 }
-                queue.asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds)), execute: timer)
+                queue.asyncAfter(deadline: .after(min(limit, .milliseconds(100))), execute: timer)
                 source.resume()
             }
         } onCancel: { [cancel = CancelSource(source)] in

@@ -121,12 +121,7 @@ public final class Worker: Sendable {
     public static func spawn(
         _ spec: WorkerSpec, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration()
     ) async throws(IntercomError) -> Worker {
-        let launching: Launching
-        do {
-            launching = try Launching(spec)
-        } catch {
-            throw error
-        }
+        let launching = try Launching(spec)
         let runner = Task { await launching.runProcess() }
         switch await launching.connect(router: router, configuration: configuration, runner: runner) {
         case .running(let worker): return worker
@@ -349,9 +344,7 @@ final class ExitRecord: Sendable {
         // cancelled task (a teardown after cancellation) still lasts its time.
         let timer = limit.map { limit in
             let item = DispatchWorkItem { self.resume(id, with: nil) }
-            let (seconds, attoseconds) = limit.components
-            let nanoseconds = max(0, min(seconds, Int64(Int.max / 1_000_000_000) - 1) * 1_000_000_000 + attoseconds / 1_000_000_000)
-            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanoseconds)), execute: item)
+            DispatchQueue.global().asyncAfter(deadline: .after(limit), execute: item)
             return item
         }
         defer { timer?.cancel() }

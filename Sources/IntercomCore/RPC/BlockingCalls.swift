@@ -85,9 +85,7 @@ public final class PendingReply<Response: Sendable>: Sendable {
     @available(*, noasync, message: "use `try await value` in async code")
     public func waitBlocking(timeout: Duration) throws -> Response {
         if let result = self.poll() { return try result.get() }
-        let nanoseconds = max(0, timeout.components.seconds) * 1_000_000_000
-            + max(0, timeout.components.attoseconds) / 1_000_000_000
-        if self.done.wait(timeout: .now() + .nanoseconds(Int(clamping: nanoseconds))) == .success {
+        if self.done.wait(timeout: .after(timeout)) == .success {
             self.done.signal()  // pass it on to any other blocked waiter
         }
         guard let result = self.poll() else {

@@ -154,6 +154,24 @@ final class EventQueue: Sendable {
         }
     }
 
+    /// What a subscription's iterator hands on (as events or JSON text).
+    enum Delivery {
+        case event(topic: String, payload: ByteBuffer)
+        case lagged(Int)
+    }
+
+    /// ``next()`` as both iterators end: nil once unsubscribed, the connection's
+    /// end thrown, `CancellationError` if the waiting task was cancelled.
+    func nextDelivery() async throws -> Delivery? {
+        switch await self.next() {
+        case .event(let topic, let payload): return .event(topic: topic, payload: payload)
+        case .lagged(let missed): return .lagged(missed)
+        case .end(.unsubscribed): return nil
+        case .end(.failed(let error)): throw error
+        case .cancelled: throw CancellationError()
+        }
+    }
+
     /// Delivered so far, and lost so far (counted when the loss was noticed).
     var counts: (received: Int, missed: Int) {
         self.state.withLock { ($0.receivedTotal, $0.missedTotal) }
@@ -208,20 +226,16 @@ public struct EventSubscription<Value: Decodable & Sendable>: AsyncSequence, Sen
 
         /// The next delivery; throws when the subscription ends.
         public mutating func next() async throws -> EventDelivery<Value>? {
-            switch await self.queue.next() {
-            case .event(_, let payload):
+            switch try await self.queue.nextDelivery() {
+            case .event(_, let payload)?:
                 return .event(
                     try self.codec.decodePayload(
                         Value.self, from: payload, what: "event on '\(self.queue.topic)'",
                         context: .init(method: self.queue.topic)))
-            case .lagged(let missed):
+            case .lagged(let missed)?:
                 return .lagged(missed: missed)
-            case .end(.unsubscribed):
+            case nil:
                 return nil
-            case .end(.failed(let error)):
-                throw error
-            case .cancelled:
-                throw CancellationError()
             }
         }
     }
@@ -260,17 +274,13 @@ public struct JSONEventSubscription: AsyncSequence, Sendable {
 
         /// The next delivery; throws when the connection ends.
         public mutating func next() async throws -> JSONEvent? {
-            switch await self.queue.next() {
-            case .event(let topic, let payload):
+            switch try await self.queue.nextDelivery() {
+            case .event(let topic, let payload)?:
                 return .event(topic: topic, json: String(buffer: payload))
-            case .lagged(let missed):
+            case .lagged(let missed)?:
                 return .lagged(missed: missed)
-            case .end(.unsubscribed):
+            case nil:
                 return nil
-            case .end(.failed(let error)):
-                throw error
-            case .cancelled:
-                throw CancellationError()
             }
         }
     }
