@@ -111,7 +111,9 @@ public final class Supervisor: Sendable {
     }
 
     /// Supervises `spec` under `name`: started by ``run()`` (at once if it runs
-    /// already; watch ``events``). Nothing starts after `run()` has ended.
+    /// already; watch ``events``). A name already supervised, or a start once the
+    /// supervisor is stopping, is refused with a ``LifecycleEvent/failed(name:reason:)``
+    /// event saying so.
     ///
     /// `router` serves the worker's calls to this process; the same router serves
     /// every incarnation.
@@ -119,12 +121,17 @@ public final class Supervisor: Sendable {
         _ name: String, _ spec: WorkerSpec, policy: RestartPolicy = .onFailure(), router: Router? = nil,
         configuration: Peer.Configuration = Peer.Configuration()
     ) {
-        let accepted = self.state.withLock { state -> Bool in
-            guard !state.shuttingDown, state.workers[name] == nil else { return false }
+        let refusal = self.state.withLock { state -> String? in
+            if state.shuttingDown { return "the supervisor is stopping or has stopped; nothing starts any more" }
+            if state.workers[name] != nil { return "a worker named '\(name)' is already supervised; stop it first" }
             state.workers[name] = Supervised()
-            return true
+            return nil
         }
-        guard accepted else { return }
+        if let refusal {
+            // Said where the caller already listens (after run() ended, nobody does).
+            self.continuation.yield(.failed(name: name, reason: "not started: \(refusal)"))
+            return
+        }
         self.requestContinuation.yield(
             Request(name: name, spec: spec, policy: policy, router: router, configuration: configuration))
     }

@@ -259,6 +259,9 @@ func isAlive(_ pid: Int32) -> Bool {
             let running = Task { await supervisor.run() }
             var events = supervisor.events.makeAsyncIterator()
             guard case .started(_, let pid)? = await events.next() else { throw IntercomError(.closed, "no start") }
+            supervisor.start("steady", helperSpec())  // the name is taken: refused, and said so
+            guard case .failed("steady", let reason)? = await events.next() else { throw IntercomError(.closed, "no refusal") }
+            #expect(reason.contains("already supervised"))
             // Cancelling the run stops the worker (gracefully: it exits by itself) and
             // does not restart it, although its policy is `always`.
             running.cancel()
