@@ -1,4 +1,4 @@
-internal import IntercomTransport
+@_spi(IntercomInternals) internal import IntercomTransport
 internal import IntercomCore
 internal import IntercomBus
 public import Distributed

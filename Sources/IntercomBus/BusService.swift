@@ -1,4 +1,4 @@
-public import IntercomTransport
+@_spi(IntercomInternals) public import IntercomTransport
 public import IntercomCore
 #if canImport(FoundationEssentials)
 internal import FoundationEssentials

@@ -10,6 +10,7 @@ import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) internal import IntercomTransport
 #endif
 
 // MARK: What flows between the demo's processes

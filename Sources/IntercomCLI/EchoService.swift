@@ -4,6 +4,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Intercom
+@_spi(IntercomInternals) internal import IntercomTransport
 
 /// The diagnostic service behind `intercom echo`: a service to try things out
 /// and to test tools against.

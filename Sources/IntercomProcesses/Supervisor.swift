@@ -1,4 +1,4 @@
-internal import IntercomTransport
+@_spi(IntercomInternals) internal import IntercomTransport
 public import IntercomCore
 internal import IntercomBus
 internal import Synchronization

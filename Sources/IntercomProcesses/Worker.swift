@@ -1,4 +1,4 @@
-public import IntercomTransport
+@_spi(IntercomInternals) public import IntercomTransport
 public import IntercomCore
 internal import IntercomBus
 #if canImport(FoundationEssentials)

@@ -4,6 +4,7 @@ import IntercomActorExample
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) internal import IntercomTransport
 #endif
 
 /// The calculator implementation the actor tests call (their module never imports it).

@@ -14,6 +14,7 @@ import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) internal import IntercomTransport
 #endif
 
 struct Options {

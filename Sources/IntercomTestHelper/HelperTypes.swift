@@ -4,6 +4,7 @@ public import Synchronization
 public import NIOCore
 #if canImport(Glibc)
 internal import Glibc
+@_spi(IntercomInternals) internal import IntercomTransport
 #endif
 
 /// The request of the example call.

@@ -8,6 +8,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) internal import IntercomTransport
 #endif
 
 /// Socket paths for this test run: `/tmp/icom-<pid>-<n>.sock` (short enough for

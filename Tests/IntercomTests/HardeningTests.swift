@@ -8,6 +8,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 /// What /proc tells about another process: its CPU time, resident memory,

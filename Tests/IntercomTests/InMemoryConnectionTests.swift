@@ -2,6 +2,7 @@ import Intercom
 import IntercomTestSupport
 import IntercomTesting
 import Testing
+@_spi(IntercomInternals) import IntercomTransport
 
 /// The in-memory connection: real peers, real frames, no kernel; time moves
 /// only when a test moves it, so these tests never wait on the wall clock.

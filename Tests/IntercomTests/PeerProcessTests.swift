@@ -7,6 +7,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 @discardableResult
@@ -303,8 +304,11 @@ func expectIntercomError(
         }
     }
 
-    @Test(arguments: TransportKind.allCases)
-    func senderSuspendsWhenThePeerDoesNotRead(kind: TransportKind) async throws {
+    /// Also from a task on the connection's own thread: there the outbox is never
+    /// drained while the sender runs, and it used to take all 32 MiB (and, in
+    /// `intercom bench` S2, half a gigabyte) before writing a byte.
+    @Test(arguments: TransportKind.allCases, [false, true])
+    func senderSuspendsWhenThePeerDoesNotRead(kind: TransportKind, onConnectionThread: Bool) async throws {
         try await withResourceCheck {
             let configuration = ChildProcess.configuration {
                 $0.outboundHighWatermark = 64 << 10
@@ -315,7 +319,7 @@ func expectIntercomError(
             let sent = Locked(0)
             let total = 2000
             let text = String(repeating: "x", count: 16 << 10)  // 2000 × 16 KiB = 32 MiB
-            let sender = Task {
+            let sender = Task(executorPreference: onConnectionThread ? peer.executor : nil) {
                 for i in 0..<total {
                     try await peer.send(Note(index: i, text: text))
                     sent.withLock { $0 += 1 }

@@ -8,6 +8,7 @@ import CIntercomShims
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 /// The helper as a worker (it finds its parent connection through the environment).

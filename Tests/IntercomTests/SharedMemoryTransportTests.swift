@@ -8,6 +8,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 /// The shared-memory transport's own acceptance (issue #6). The RPC suite itself

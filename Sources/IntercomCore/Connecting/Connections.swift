@@ -1,4 +1,4 @@
-public import IntercomTransport
+@_spi(IntercomInternals) public import IntercomTransport
 internal import IntercomWire
 internal import Logging
 internal import NIOCore
@@ -16,7 +16,8 @@ internal import Darwin
 ///   (sockets it connected, accepted or adopted); needed to move to shared memory.
 func installPeer(on channel: any Channel, descriptor: Int32?, router: Router?, configuration: Peer.Configuration) throws -> EventLoopFuture<Peer> {
     let transport = NIOFrameTransport(
-        channel: channel, descriptor: descriptor, limits: configuration.limits, logger: configuration.logger)
+        channel: channel, descriptor: descriptor, limits: configuration.limits,
+        outboxLimit: configuration.outboundHighWatermark, logger: configuration.logger)
     try channel.pipeline.syncOperations.addHandler(transport.handler)
     let promise = channel.eventLoop.makePromise(of: Peer.self)
     transport.setReceiver(

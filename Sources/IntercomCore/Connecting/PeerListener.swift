@@ -1,4 +1,4 @@
-public import IntercomTransport
+@_spi(IntercomInternals) public import IntercomTransport
 internal import IntercomWire
 internal import Logging
 internal import NIOCore

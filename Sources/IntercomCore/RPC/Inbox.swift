@@ -1,4 +1,4 @@
-public import IntercomTransport
+@_spi(IntercomInternals) public import IntercomTransport
 public import IntercomWire
 public import NIOCore
 internal import Synchronization

@@ -1,4 +1,4 @@
-public import IntercomTransport
+@_spi(IntercomInternals) public import IntercomTransport
 internal import Synchronization
 
 /// Maps dot-namespaced method names (`camera.exposure.set`) to typed handlers.

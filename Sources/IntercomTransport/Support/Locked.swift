@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-package import Glibc
+public import Glibc
 #elseif canImport(Darwin)
-package import Darwin
+public import Darwin
 #endif
 
 /// A value behind a lock: the one lock type of the package.
@@ -15,14 +15,16 @@ package import Darwin
 ///
 /// The value and the mutex live in one `ManagedBuffer` allocation and are
 /// reached through pointers, so taking the lock touches no class stored
-/// property (no runtime exclusivity check on the hot path). `withLock` is
-/// marked inlinable, but for a `package` declaration this toolchain does not
-/// serialize the body without package cross-module optimization (an unsafe flag
-/// SwiftPM refuses in dependencies): the layers above still call it
-/// unspecialized (`nm` shows the generic symbol undefined in IntercomCore's
-/// objects; made `public` as an experiment, the references disappear). About
-/// 1 % of a shared-memory call; a `@_spi` public type would remove it.
-package final class Locked<Value>: @unchecked Sendable {
+/// property (no runtime exclusivity check on the hot path).
+///
+/// Why `@_spi` public and not `package`: the layers above must inline and
+/// specialize `withLock`, and this toolchain serializes the body of an
+/// inlinable `package` declaration only with package cross-module optimization
+/// (an unsafe flag SwiftPM refuses in dependencies). Unspecialized, every call
+/// went through value witnesses of the guarded type and of the closure's
+/// result. Users never see it unless they import the SPI, which is no promise.
+@_spi(IntercomInternals)
+public final class Locked<Value>: @unchecked Sendable {
     // @unchecked: the value is only ever touched with the mutex held.
     @usableFromInline
     final class Storage: ManagedBuffer<Value, pthread_mutex_t> {
@@ -36,7 +38,7 @@ package final class Locked<Value>: @unchecked Sendable {
     let storage: Storage
 
     /// A lock around `value`.
-    package init(_ value: Value) {
+    public init(_ value: Value) {
         let buffer = Storage.create(minimumCapacity: 1) { _ in value }
         let storage = unsafeDowncast(buffer, to: Storage.self)
         storage.withUnsafeMutablePointerToElements { mutex in
@@ -50,7 +52,7 @@ package final class Locked<Value>: @unchecked Sendable {
     /// Runs `body` with the value, the lock held. Never call back into code
     /// that may take the same lock, and never suspend inside.
     @inlinable @inline(__always)
-    package func withLock<Result, Failure: Error>(
+    public func withLock<Result, Failure: Error>(
         _ body: (inout Value) throws(Failure) -> Result
     ) throws(Failure) -> Result {
         try self.storage.withUnsafeMutablePointers { (value, mutex) throws(Failure) -> Result in

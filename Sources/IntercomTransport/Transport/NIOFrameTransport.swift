@@ -9,7 +9,10 @@ internal import Synchronization
 /// Outbound frames from any thread are collected in an outbox and written in
 /// batches by one event-loop task per batch, so many small frames cost one
 /// `writev` rather than one syscall each. Senders wait in
-/// ``waitUntilWritable()`` while the channel is over its high watermark.
+/// ``waitUntilWritable()`` while the channel is over its high watermark or the
+/// outbox holds that many bytes: a sender on the event loop itself never lets
+/// the drain run until it suspends, so without the outbox's own bound it would
+/// queue everything it sends in memory before the first byte is written.
 package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     let channel: any Channel
     package let executor: any TaskExecutor
@@ -20,6 +23,8 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
 
     private struct Outbox {
         var pending: [ByteBuffer] = []
+        /// Bytes in `pending`.
+        var pendingBytes = 0
         var flushScheduled = false
         var channelWritable = true
         var closed = false
@@ -41,8 +46,14 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
 
     package let peerCredentials: KernelCredentials?
 
-    package init(channel: any Channel, descriptor: Int32?, limits: WireLimits, logger: Logger) {
+    /// Bytes the outbox holds before ``sendIfWritable(_:)`` refuses more.
+    private let outboxLimit: Int
+
+    /// - Parameter outboxLimit: bytes the outbox may hold before senders wait
+    ///   (the connection's outbound high watermark).
+    package init(channel: any Channel, descriptor: Int32?, limits: WireLimits, outboxLimit: Int, logger: Logger) {
         self.channel = channel
+        self.outboxLimit = max(1, outboxLimit)
         self.descriptor = descriptor
         self.peerCredentials = descriptor.flatMap(UnixSocket.connectedPeerCredentials)
         self.loop = channel.eventLoop
@@ -124,8 +135,11 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
         var accepted = false
         let mustSchedule = self.outbox.withLock { outbox -> Bool in
-            guard !outbox.closed, !onlyIfWritable || outbox.channelWritable else { return false }
+            guard !outbox.closed, !onlyIfWritable || (outbox.channelWritable && outbox.pendingBytes < self.outboxLimit) else {
+                return false
+            }
             accepted = true
+            outbox.pendingBytes += bytes.readableBytes
             if bytes.readableBytes < Self.coalesceLimit {
                 var copy = bytes
                 if outbox.pending.isEmpty || outbox.pending[outbox.pending.count - 1].writableBytes < copy.readableBytes {
@@ -147,10 +161,13 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         return accepted
     }
 
-    /// On the event loop: writes everything queued and flushes once.
+    /// On the event loop: writes everything queued and flushes once; then
+    /// resumes the senders that waited for the outbox to empty, if the channel
+    /// still takes more.
     private func drainOutbox() {
         let batch = self.outbox.withLock { outbox -> [ByteBuffer] in
             outbox.flushScheduled = false
+            outbox.pendingBytes = 0
             // Hand the array over; keeping its capacity would only force a copy-on-write.
             defer { outbox.pending = [] }
             return outbox.pending
@@ -160,9 +177,15 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             self.channel.write(buffer, promise: nil)
         }
         self.channel.flush()
-        if let last = batch.last, last.capacity == Self.batchCapacity {
-            self.outbox.withLock { $0.spare = last }
+        let spare = batch.last.flatMap { $0.capacity == Self.batchCapacity ? $0 : nil }
+        let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
+            if let spare { outbox.spare = spare }
+            // Writing may have made the channel unwritable (NIO says so at once):
+            // then its writability change resumes them, later.
+            guard outbox.channelWritable, outbox.pendingBytes < self.outboxLimit, outbox.waiters.count > 0 else { return [] }
+            return outbox.waiters.takeAll()
         }
+        for waiter in waiters { waiter.resume() }
     }
 
     package func waitUntilWritable() async throws(IntercomError) {
@@ -173,7 +196,8 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         try self.outbox.withLock { outbox throws(E) -> R in
             let writability: Writability =
                 outbox.closed
-                ? .closed(IntercomError(.closed, "the connection is closed")) : outbox.channelWritable ? .writable : .full
+                ? .closed(IntercomError(.closed, "the connection is closed"))
+                : outbox.channelWritable && outbox.pendingBytes < self.outboxLimit ? .writable : .full
             return try body(writability, &outbox.waiters)
         }
     }
@@ -193,6 +217,7 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
             outbox.closed = true
             outbox.pending.removeAll()
+            outbox.pendingBytes = 0
             return outbox.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }

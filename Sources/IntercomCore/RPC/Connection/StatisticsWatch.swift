@@ -1,4 +1,4 @@
-internal import IntercomTransport
+@_spi(IntercomInternals) internal import IntercomTransport
 internal import Synchronization
 
 /// Tasks waiting for a connection's ``Peer/statistics`` to meet a condition,
