@@ -83,6 +83,22 @@ public struct FrameDecoder: Sendable {
         return frame
     }
 
+    /// How many more bytes the frame at the front of `buffer` needs to be whole:
+    /// the rest of the fixed header while that is incomplete, then the rest of
+    /// the extension and payload the header announces; 0 once it is whole.
+    ///
+    /// Lets a reader complete a frame cut by the end of one read with just the
+    /// bytes it lacks, and decode the rest of the next read where it lies. The
+    /// announced lengths are not checked here: ``next(from:)`` checks them.
+    public static func bytesMissing(in buffer: ByteBuffer) -> Int {
+        let readable = buffer.readableBytes
+        guard readable >= FrameHeader.size else { return FrameHeader.size - readable }
+        let base = buffer.readerIndex
+        let extensionLength = Int(buffer.getInteger(at: base + 6, endianness: .little, as: UInt16.self)!)
+        let payloadLength = Int(buffer.getInteger(at: base + 16, endianness: .little, as: UInt32.self)!)
+        return max(0, FrameHeader.size + extensionLength + payloadLength - readable)
+    }
+
     private static func checkMagic(_ buffer: ByteBuffer, count: Int) throws(ProtocolError) {
         let base = buffer.readerIndex
         let first = buffer.getInteger(at: base, as: UInt8.self)!

@@ -203,6 +203,51 @@ struct RawClient {
         }
     }
 
+    /// A stream cut anywhere — inside a header, an extension or a payload, one
+    /// byte at a time or many frames at once — yields the same frames: the
+    /// reader completes a cut frame with just the bytes it lacks and decodes
+    /// the rest of each read where it lies.
+    @Test func framesCutAtAnyPointArriveWhole() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "cuts", bus: temporary)
+                _ = try await temporary.bus.waitForService("cuts", timeout: .seconds(20))
+                var stream = RawClient.hello()
+                var expected: [UInt64: [UInt8]] = [:]
+                for id in UInt64(1)...120 {
+                    // Small frames mostly, some of 70 KiB (longer than one read of the socket).
+                    let size = id % 17 == 0 ? 70_000 + Int(id) : Int(id * 7 % 300)
+                    let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(id)) }
+                    expected[id] = bytes
+                    var frame = ByteBuffer(bytes: try RawClient.call(id: id, "echo.bytes", bytes))
+                    stream.writeBuffer(&frame)
+                }
+                let raw = try RawClient(unixPath: temporary.directory + "/cuts.sock")
+                // Pieces of 1 to 1,024 bytes (a fixed pseudo-random sequence), each its own write.
+                var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+                while stream.readableBytes > 0 {
+                    seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                    let length = min(stream.readableBytes, seed >> 61 == 0 ? 1 : Int(seed >> 54) + 1)
+                    raw.write(stream.readSlice(length: length)!)
+                }
+                let replies = raw.readFrames(expected.count + 1).filter { $0.kind != .hello }  // the service's hello first
+                raw.close()
+                #expect(replies.count == expected.count, "got \(replies.count) replies")
+                for reply in replies {
+                    let error = (try? ErrorBody(from: reply.payload)).map { "\($0.code): \($0.message)" } ?? ""
+                    #expect(reply.kind == .reply, "call \(reply.id): \(reply.kind) \(error)")
+                    guard reply.kind == .reply else { continue }
+                    let echoed = try BinaryDecoder().decode([UInt8].self, from: reply.payload)
+                    #expect(echoed == expected[reply.id], "call \(reply.id) came back changed")
+                }
+                let peer = try await temporary.bus.connect(to: "cuts")
+                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
+                await peer.waitUntilClosed()
+                #expect(await service.waitForExit() == 0)
+            }
+        }
+    }
+
     /// A call sent as JSON on a binary connection is answered in JSON, its
     /// typed error too: the details are JSON and the frame says so.
     @Test func aJSONCallGetsItsTypedErrorInJSON() async throws {

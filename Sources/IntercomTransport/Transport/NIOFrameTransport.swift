@@ -262,6 +262,10 @@ package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendab
 
     weak var transport: NIOFrameTransport?
     private var receiver: (any FrameReceiver)?
+    /// Changes whenever `receiver` does: a read's decoding loop holds the
+    /// receiver in a local (one retain per read, not per frame) and looks here
+    /// after each frame, since the handshake hands over to the peer mid-read.
+    private var receiverGeneration = 0
     private let decoder: FrameDecoder
     private let logger: Logger
     private var cumulation: ByteBuffer?
@@ -283,6 +287,7 @@ package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendab
         // sets one that late learns of the end from the channel itself.
         guard !self.closedNotified else { return }
         self.receiver = receiver
+        self.receiverGeneration &+= 1
         if let context, context.channel.isActive { self.activate() }
     }
 
@@ -310,32 +315,92 @@ package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendab
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
         guard !self.failed else { return }
-        if self.cumulation == nil {
-            self.cumulation = bytes
-        } else {
-            self.cumulation!.writeBuffer(&bytes)
+        guard self.activated else {
+            // No receiver yet: keep everything for when there is one.
+            if self.cumulation == nil {
+                self.cumulation = bytes
+            } else {
+                self.cumulation!.writeBuffer(&bytes)
+            }
+            return
         }
-        if self.activated { self.decodeFrames(context: context) }
+        self.decodeFrames(context: context, arriving: bytes)
     }
 
-    private func decodeFrames(context: ChannelHandlerContext) {
-        while !self.failed, var buffer = self.cumulation {
-            self.cumulation = nil  // keep the storage uniquely referenced while slicing
-            let frame: Frame?
-            do {
-                frame = try self.decoder.next(from: &buffer)
-            } catch {
-                self.fail(error, context: context)
-                return
+    /// Decodes and delivers every whole frame of what was kept and `arriving`,
+    /// and keeps the incomplete rest.
+    ///
+    /// A frame cut by the end of the last read is completed with only the bytes
+    /// it lacks; the rest of the read is decoded where NIO put it. (Appending
+    /// each read to the kept bytes copied nearly every read once more: small
+    /// frames rarely end where a read does.) The handler's state is read once
+    /// per read, not per frame.
+    private func decodeFrames(context: ChannelHandlerContext, arriving: ByteBuffer? = nil) {
+        var delivery = Delivery(receiver: self.receiver, generation: self.receiverGeneration)
+        var input = arriving ?? ByteBuffer()
+        do throws(ProtocolError) {
+            if var kept = self.cumulation.take() {
+                try self.complete(&kept, from: &input)
+                try self.deliverFrames(from: &kept, to: &delivery)
+                if kept.readableBytes > 0 {
+                    // An incomplete frame: `input` is empty, or (bytes kept from before
+                    // the receiver came, which may hold several frames) carries on from it.
+                    kept.writeBuffer(&input)
+                    try self.deliverFrames(from: &kept, to: &delivery)
+                    if kept.readerIndex > 256 * 1024 { kept.discardReadBytes() }
+                    if kept.readableBytes > 0 { self.cumulation = kept }
+                    delivery.receiver?.endOfReadBatch()
+                    return
+                }
             }
-            if buffer.readableBytes > 0 {
-                if buffer.readerIndex > 256 * 1024 { buffer.discardReadBytes() }
-                self.cumulation = buffer
-            }
-            guard let frame else { break }
-            self.receiver?.receive(frame)
+            try self.deliverFrames(from: &input, to: &delivery)
+        } catch {
+            self.fail(error, context: context)
+            return
         }
-        self.receiver?.endOfReadBatch()
+        if input.readableBytes > 0 {
+            // The start of a frame: copied out of NIO's (large) read buffer, so
+            // that buffer is not held for the few bytes still wanted from it.
+            var start = ByteBuffer()
+            // Room for the whole frame, up to 64 KiB (a header alone must not make
+            // this side reserve a maximum-size frame); larger frames grow as they come.
+            start.reserveCapacity(min(FrameDecoder.bytesMissing(in: input) + input.readableBytes, 64 << 10))
+            start.writeBuffer(&input)
+            self.cumulation = start
+        }
+        delivery.receiver?.endOfReadBatch()
+    }
+
+    /// Who gets the frames of one read, re-read only when it changed.
+    private struct Delivery {
+        var receiver: (any FrameReceiver)?
+        var generation: Int
+    }
+
+    /// Moves into `kept` (an incomplete frame, or bytes kept from before the
+    /// receiver came) the bytes of `input` that its first frame lacks, checking
+    /// the header as soon as it is whole.
+    private func complete(_ kept: inout ByteBuffer, from input: inout ByteBuffer) throws(ProtocolError) {
+        while input.readableBytes > 0 {
+            let missing = FrameDecoder.bytesMissing(in: kept)
+            guard missing > 0 else { return }
+            var head = input.readSlice(length: min(missing, input.readableBytes))!
+            kept.writeBuffer(&head)
+            if FrameDecoder.bytesMissing(in: kept) > 0 {
+                _ = try self.decoder.next(from: &kept)  // throws if the header is bad; nil otherwise
+            }
+        }
+    }
+
+    /// Decodes and delivers the whole frames at the front of `buffer`.
+    private func deliverFrames(from buffer: inout ByteBuffer, to delivery: inout Delivery) throws(ProtocolError) {
+        while let frame = try self.decoder.next(from: &buffer) {
+            delivery.receiver?.receive(frame)
+            if self.receiverGeneration != delivery.generation {
+                // The handshake handed the connection to its peer.
+                delivery = Delivery(receiver: self.receiver, generation: self.receiverGeneration)
+            }
+        }
     }
 
     private func fail(_ error: ProtocolError, context: ChannelHandlerContext) {
@@ -385,6 +450,7 @@ package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendab
         // Break the cycle receiver (a peer) -> transport -> this handler, and drop
         // any partial frame: nothing more will be read.
         self.receiver = nil
+        self.receiverGeneration &+= 1
         self.cumulation = nil
     }
 
