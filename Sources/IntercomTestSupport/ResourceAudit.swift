@@ -6,9 +6,10 @@ import Intercom
 import Synchronization
 import Testing
 
+@_spi(IntercomInternals) internal import IntercomTransport
+
 #if canImport(Glibc)
 import Glibc
-@_spi(IntercomInternals) internal import IntercomTransport
 #endif
 
 /// Socket paths for this test run: `/tmp/icom-<pid>-<n>.sock` (short enough for

@@ -6,9 +6,10 @@ import IntercomWire
 import NIOCore
 import Testing
 
+@_spi(IntercomInternals) import IntercomTransport
+
 #if canImport(Glibc)
 import Glibc
-@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 /// What /proc tells about another process: its CPU time, resident memory,

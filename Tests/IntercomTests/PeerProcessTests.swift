@@ -5,9 +5,10 @@ import IntercomTestHelper
 import Synchronization
 import Testing
 
+@_spi(IntercomInternals) import IntercomTransport
+
 #if canImport(Glibc)
 import Glibc
-@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 @discardableResult
@@ -250,6 +251,50 @@ func expectIntercomError(
             #expect(burst == Array(0..<100))
             await expectIntercomError(.peerLost) { _ = try await peer.receive(as: Note.self, timeout: .seconds(1)) }
             #expect(await child.waitForExit() == 0)
+            await child.shutdown()
+        }
+    }
+
+    /// Senders on several threads at once — on the pool, where an idle socket is
+    /// written straight from the sender's thread, and on the connection's own
+    /// thread, which batches — never reorder one sender's messages, and calls
+    /// made meanwhile get their own replies.
+    @Test(arguments: TransportKind.allCases)
+    func concurrentSendersKeepEachSendersOrder(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let peer = child.peer
+            let senders = 5
+            let perSender = 1500
+            let echoes = Task {
+                var next = [Int](repeating: 0, count: senders)
+                var received = 0
+                while received < senders * perSender {
+                    for message in try await peer.receiveMessages(timeout: .seconds(60)) {
+                        let note = try message.decode(as: Note.self)
+                        let (sender, index) = note.index.quotientAndRemainder(dividingBy: 1_000_000)
+                        #expect(index == next[sender], "sender \(sender): \(index) after \(next[sender] - 1)")
+                        next[sender] = index + 1
+                        received += 1
+                    }
+                }
+                return next
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for sender in 0..<senders {
+                    // Sender 0 on the connection's own thread, the others on the pool.
+                    group.addTask(executorPreference: sender == 0 ? peer.executor : nil) {
+                        for index in 0..<perSender {
+                            try await peer.send(Note(index: sender * 1_000_000 + index, text: "n"))
+                            if index % 100 == 0 {
+                                #expect(try await peer.call("math.add", AddRequest(a: sender, b: index), returning: Int.self) == sender + index)
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await echoes.value == [Int](repeating: perSender, count: senders))
             await child.shutdown()
         }
     }

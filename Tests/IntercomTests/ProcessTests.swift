@@ -6,9 +6,10 @@ import Synchronization
 import Testing
 import CIntercomShims
 
+@_spi(IntercomInternals) import IntercomTransport
+
 #if canImport(Glibc)
 import Glibc
-@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 /// The helper as a worker (it finds its parent connection through the environment).

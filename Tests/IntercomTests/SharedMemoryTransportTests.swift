@@ -6,9 +6,10 @@ import NIOCore
 import Synchronization
 import Testing
 
+@_spi(IntercomInternals) import IntercomTransport
+
 #if canImport(Glibc)
 import Glibc
-@_spi(IntercomInternals) import IntercomTransport
 #endif
 
 /// The shared-memory transport's own acceptance (issue #6). The RPC suite itself

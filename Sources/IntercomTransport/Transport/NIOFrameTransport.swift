@@ -18,10 +18,10 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     package let executor: any TaskExecutor
     private let loop: any EventLoop
     package let handler: FrameChannelHandler
-    private let outbox = Locked(Outbox())
+    let outbox = Locked(Outbox())
     package let blockedSendersObserver = SetOnce<@Sendable () -> Void>()
 
-    private struct Outbox {
+    struct Outbox {
         var pending: [ByteBuffer] = []
         /// Bytes in `pending`.
         var pendingBytes = 0
@@ -33,6 +33,8 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         /// has written it, its storage is ours again and `clear()` recycles it
         /// without a fresh allocation (fresh pages cost a page fault each).
         var spare: ByteBuffer?
+        /// Writing from the sender's thread when nothing else is on its way out.
+        var direct = DirectWrite()
     }
 
     /// Frames smaller than this are copied into a batch buffer (one `writev`
@@ -60,6 +62,15 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         self.executor = EventLoopExecutor.forLoop(channel.eventLoop)
         self.handler = FrameChannelHandler(limits: limits, logger: logger)
         self.handler.transport = self
+        // Connections are set up on their event loop, where the socket's cookie
+        // can be read from the channel (so the duplicate is surely of its socket).
+        if self.loop.inEventLoop, let copy = self.duplicateUnixSocket() {
+            self.outbox.withLock { $0.direct = DirectWrite(descriptor: copy) }
+        }
+    }
+
+    deinit {
+        self.outbox.withLock { $0.direct.turnOff() }
     }
 
     package var isOnTransportThread: Bool { self.loop.inEventLoop }
@@ -109,6 +120,7 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// On the event loop: writes what is queued, then `bytes`, and flushes;
     /// the future completes once the bytes were handed to the kernel.
     func writeNow(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
+        self.turnOffDirectWrites()
         self.drainOutbox()
         return self.channel.writeAndFlush(bytes)
     }
@@ -134,11 +146,18 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     @discardableResult
     private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
         var accepted = false
+        let offLoop = !self.loop.inEventLoop
         let mustSchedule = self.outbox.withLock { outbox -> Bool in
             guard !outbox.closed, !onlyIfWritable || (outbox.channelWritable && outbox.pendingBytes < self.outboxLimit) else {
                 return false
             }
             accepted = true
+            var bytes = bytes
+            if offLoop, outbox.pending.isEmpty, !outbox.flushScheduled, outbox.channelWritable, outbox.direct.mayWrite {
+                outbox.direct.write(&bytes)
+                if bytes.readableBytes == 0 { return false }
+                // The socket took part or none of it: the rest goes the usual way.
+            }
             outbox.pendingBytes += bytes.readableBytes
             if bytes.readableBytes < Self.coalesceLimit {
                 var copy = bytes
@@ -165,18 +184,23 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// resumes the senders that waited for the outbox to empty, if the channel
     /// still takes more.
     private func drainOutbox() {
-        let batch = self.outbox.withLock { outbox -> [ByteBuffer] in
+        let (batch, tracked) = self.outbox.withLock { outbox -> ([ByteBuffer], Bool) in
             outbox.flushScheduled = false
             outbox.pendingBytes = 0
             // Hand the array over; keeping its capacity would only force a copy-on-write.
             defer { outbox.pending = [] }
-            return outbox.pending
+            // While direct writes are on, count the batch until NIO has written it.
+            let tracked = !outbox.pending.isEmpty && outbox.direct.isOn
+            if tracked { outbox.direct.batchesInNIO += 1 }
+            return (outbox.pending, tracked)
         }
         guard !batch.isEmpty else { return }
-        for buffer in batch {
-            self.channel.write(buffer, promise: nil)
+        let written: EventLoopPromise<Void>? = tracked ? self.loop.makePromise() : nil
+        for (index, buffer) in batch.enumerated() {
+            self.channel.write(buffer, promise: index == batch.count - 1 ? written : nil)
         }
         self.channel.flush()
+        written?.futureResult.whenComplete { _ in self.outbox.withLock { $0.direct.batchesInNIO -= 1 } }
         let spare = batch.last.flatMap { $0.capacity == Self.batchCapacity ? $0 : nil }
         let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
             if let spare { outbox.spare = spare }
@@ -218,6 +242,7 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             outbox.closed = true
             outbox.pending.removeAll()
             outbox.pendingBytes = 0
+            outbox.direct.turnOff()  // the peer sees the end only once no descriptor of the socket is open
             return outbox.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }
@@ -405,6 +430,7 @@ package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendab
 
     private func fail(_ error: ProtocolError, context: ChannelHandlerContext) {
         self.failed = true
+        self.transport?.turnOffDirectWrites()  // the error frame below bypasses the outbox
         self.cumulation = nil
         self.logger.warning(
             "closing connection after a protocol violation",

@@ -15,6 +15,9 @@ extension NIOFrameTransport {
         established: @escaping @Sendable (_ newTransport: any FrameTransport) -> @Sendable (TransportHandover) -> Void,
         failed: @escaping @Sendable (IntercomError) -> Void
     ) -> (any TransportUpgrade)? {
+        // The upgrade writes the socket outside the outbox (the ready frame, the
+        // rings' descriptors), and afterwards the socket only tells of liveness.
+        self.turnOffDirectWrites()
         guard let upgrade = SharedMemoryUpgrade.offer(on: self, options: options) else { return nil }
         upgrade.start(
             socket: self, deadline: deadline, limits: limits, logger: logger,
