@@ -195,12 +195,11 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             return (outbox.pending, tracked)
         }
         guard !batch.isEmpty else { return }
-        let written: EventLoopPromise<Void>? = tracked ? self.loop.makePromise() : nil
-        for (index, buffer) in batch.enumerated() {
-            self.channel.write(buffer, promise: index == batch.count - 1 ? written : nil)
+        for buffer in batch {
+            self.channel.write(buffer, promise: nil)
         }
         self.channel.flush()
-        written?.futureResult.whenComplete { _ in self.outbox.withLock { $0.direct.batchesInNIO -= 1 } }
+        if tracked { self.untrackWhenWritten() }
         let spare = batch.last.flatMap { $0.capacity == Self.batchCapacity ? $0 : nil }
         let waiters = self.outbox.withLock { outbox -> [UnsafeContinuation<Void, any Error>] in
             if let spare { outbox.spare = spare }
@@ -210,6 +209,21 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             return outbox.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// On the event loop, after a flush of a tracked batch: stops counting it at
+    /// once if NIO wrote it all (the usual case, checked without allocating),
+    /// else when NIO has written it (an empty write's promise completes after
+    /// every write before it).
+    private func untrackWhenWritten() {
+        let buffered = (try? self.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 1
+        guard buffered > 0 else {
+            self.outbox.withLock { $0.direct.batchesInNIO -= 1 }
+            return
+        }
+        let written = self.loop.makePromise(of: Void.self)
+        self.channel.writeAndFlush(ByteBuffer(), promise: written)
+        written.futureResult.whenComplete { _ in self.outbox.withLock { $0.direct.batchesInNIO -= 1 } }
     }
 
     package func waitUntilWritable() async throws(IntercomError) {
