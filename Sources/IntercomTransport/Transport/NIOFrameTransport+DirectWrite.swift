@@ -18,12 +18,19 @@ internal import NIOCore
 /// The write uses a duplicate of the socket owned here, never the number NIO
 /// holds: NIO may close its descriptor on the loop at any moment, and a number
 /// written to after that could already name another file or connection. The
-/// duplicate is closed when the channel closes, when the connection moves to
-/// shared memory and after a protocol violation (where NIO writes on its own);
-/// until then the kernel keeps the socket open for it.
+/// duplicate is made on the loop (where the socket's cookie proves it is the
+/// channel's) at the first drain after a sender on another thread came, so a
+/// connection only ever used from its loop costs no extra descriptor. It is
+/// closed when the channel closes, when the connection moves to shared memory
+/// and after a protocol violation (where NIO writes on its own); until then the
+/// kernel keeps the socket open for it.
 struct DirectWrite {
     /// The duplicate of the socket; -1 while direct writes are off.
     private(set) var descriptor: Int32 = -1
+    /// A sender on another thread came: the loop makes the duplicate at its next drain.
+    var wanted = false
+    /// Off for good (or the duplicate could not be made): never made again.
+    private(set) var ended = false
     /// Batches handed to NIO whose bytes it has not yet written to the kernel.
     var batchesInNIO = 0
 
@@ -33,8 +40,22 @@ struct DirectWrite {
     /// Nothing of ours waits in NIO, so bytes written now come after all of it.
     var mayWrite: Bool { self.descriptor >= 0 && self.batchesInNIO == 0 }
 
-    init(descriptor: Int32 = -1) {
-        self.descriptor = descriptor
+    /// Whether the next drain should make the duplicate (and clears the wish).
+    mutating func takeWish() -> Bool {
+        defer { self.wanted = false }
+        return self.wanted && self.descriptor < 0 && !self.ended
+    }
+
+    /// Takes the duplicate the loop made (nil: it could not), unless direct
+    /// writes ended meanwhile; returns a descriptor the caller must close then.
+    mutating func install(_ copy: Int32?) -> Int32? {
+        guard let copy else {
+            self.ended = true
+            return nil
+        }
+        guard !self.ended else { return copy }
+        self.descriptor = copy
+        return nil
     }
 
     /// Writes as much of `bytes` as the socket takes now, without waiting, and
@@ -60,10 +81,28 @@ struct DirectWrite {
         if self.descriptor >= 0 { Glibc.close(self.descriptor) }
         #endif
         self.descriptor = -1
+        self.ended = true
     }
 }
 
 extension NIOFrameTransport {
+    /// On the event loop, after a drain that found a sender from another thread:
+    /// makes the duplicate and hands it to the outbox.
+    func makeDirectWriteDescriptor() {
+        let copy = self.duplicateUnixSocket()
+        let (unused, installed) = self.outbox.withLock { outbox -> (Int32?, Bool) in
+            let unused = outbox.direct.install(copy)
+            // Bytes of earlier batches may still wait in NIO: no direct write
+            // until it has written them (counted like a batch of their own).
+            if outbox.direct.isOn { outbox.direct.batchesInNIO += 1 }
+            return (unused, outbox.direct.isOn)
+        }
+        #if os(Linux)
+        if let unused { Glibc.close(unused) }
+        #endif
+        if installed { self.untrackWhenWritten() }
+    }
+
     /// Turns direct writes off for good (before NIO writes on its own, outside
     /// the outbox: the move to shared memory, the error frame after a violation).
     /// Returns once no direct write is under way.

@@ -62,11 +62,6 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         self.executor = EventLoopExecutor.forLoop(channel.eventLoop)
         self.handler = FrameChannelHandler(limits: limits, logger: logger)
         self.handler.transport = self
-        // Connections are set up on their event loop, where the socket's cookie
-        // can be read from the channel (so the duplicate is surely of its socket).
-        if self.loop.inEventLoop, let copy = self.duplicateUnixSocket() {
-            self.outbox.withLock { $0.direct = DirectWrite(descriptor: copy) }
-        }
     }
 
     deinit {
@@ -153,10 +148,14 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             }
             accepted = true
             var bytes = bytes
-            if offLoop, outbox.pending.isEmpty, !outbox.flushScheduled, outbox.channelWritable, outbox.direct.mayWrite {
-                outbox.direct.write(&bytes)
-                if bytes.readableBytes == 0 { return false }
-                // The socket took part or none of it: the rest goes the usual way.
+            if offLoop {
+                if outbox.pending.isEmpty, !outbox.flushScheduled, outbox.channelWritable, outbox.direct.mayWrite {
+                    outbox.direct.write(&bytes)
+                    if bytes.readableBytes == 0 { return false }
+                    // The socket took part or none of it: the rest goes the usual way.
+                } else {
+                    outbox.direct.wanted = true
+                }
             }
             outbox.pendingBytes += bytes.readableBytes
             if bytes.readableBytes < Self.coalesceLimit {
@@ -184,16 +183,18 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// resumes the senders that waited for the outbox to empty, if the channel
     /// still takes more.
     private func drainOutbox() {
-        let (batch, tracked) = self.outbox.withLock { outbox -> ([ByteBuffer], Bool) in
+        let (batch, tracked, makeDuplicate) = self.outbox.withLock { outbox -> ([ByteBuffer], Bool, Bool) in
             outbox.flushScheduled = false
             outbox.pendingBytes = 0
             // Hand the array over; keeping its capacity would only force a copy-on-write.
             defer { outbox.pending = [] }
-            // While direct writes are on, count the batch until NIO has written it.
-            let tracked = !outbox.pending.isEmpty && outbox.direct.isOn
+            let makeDuplicate = outbox.direct.takeWish()
+            // While direct writes are on (or about to be), count the batch until NIO has written it.
+            let tracked = !outbox.pending.isEmpty && (outbox.direct.isOn || makeDuplicate)
             if tracked { outbox.direct.batchesInNIO += 1 }
-            return (outbox.pending, tracked)
+            return (outbox.pending, tracked, makeDuplicate)
         }
+        if makeDuplicate { self.makeDirectWriteDescriptor() }
         guard !batch.isEmpty else { return }
         for buffer in batch {
             self.channel.write(buffer, promise: nil)
@@ -215,7 +216,7 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     /// once if NIO wrote it all (the usual case, checked without allocating),
     /// else when NIO has written it (an empty write's promise completes after
     /// every write before it).
-    private func untrackWhenWritten() {
+    func untrackWhenWritten() {
         let buffered = (try? self.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 1
         guard buffered > 0 else {
             self.outbox.withLock { $0.direct.batchesInNIO -= 1 }
