@@ -168,6 +168,11 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
             var received = ByteBuffer()
             var reference: BufferPoolReference?
             let fd = self.socketCopy.withLock { $0 }
+            // The other side's "mapped" frame rings this ring's doorbell, which
+            // wakes the wait at once; the timeout is only for noticing that the
+            // other side died instead, and grows (1 ms, 2, 4, … 64) so a slow
+            // other side costs a handful of wake-ups, not one per millisecond.
+            var deathCheck = Duration.milliseconds(1)
             while received.readableBytes < FrameHeader.size, reference == nil {
                 if try inbound.readAvailable(into: &received, state: &reader, limit: 1 << 20, reference: &reference) > 0 { continue }
                 guard ContinuousClock.now < deadline else {
@@ -183,7 +188,8 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                     inbound.cancelSleep()
                     continue
                 }
-                inbound.sleep(seen: seen, timeout: .milliseconds(1))
+                inbound.sleep(seen: seen, timeout: deathCheck)
+                deathCheck = min(deathCheck * 2, .milliseconds(64))
             }
             guard let frame = try FrameDecoder(limits: limits).next(from: &received),
                 frame.kind == .sharedMemory, frame.id == Self.mappedID
