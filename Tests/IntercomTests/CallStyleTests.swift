@@ -55,6 +55,49 @@ func blockingAdd(_ peer: Peer) throws -> Int {
         }
     }
 
+    /// ductworks' `poll(timeout)`: whether a message waits, without taking it.
+    @Test func waitingForAMessageDoesNotTakeIt() async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(.socketpair)
+            let peer = child.peer
+            #expect(!peer.hasWaitingMessage)
+            #expect(try await peer.waitForMessage(timeout: .milliseconds(50)) == false)
+            try await peer.send(Note(index: 7, text: "ping"))  // the child echoes notes
+            #expect(try await peer.waitForMessage(timeout: .seconds(30)))
+            #expect(peer.hasWaitingMessage)
+            #expect(try await peer.waitForMessage(timeout: .seconds(1)), "still there: waiting took nothing")
+            let blocking = await onPlainThread { try peer.waitForMessageBlocking(timeout: .seconds(1)) }
+            #expect(try blocking.get())
+            #expect(try await peer.receive(as: Note.self, timeout: .seconds(5)).index == 7)
+            #expect(!peer.hasWaitingMessage)
+            await child.shutdown()
+            // The connection ended with nothing left to receive: waiting says so.
+            let ended = await #expect(throws: IntercomError.self) { _ = try await peer.waitForMessage(timeout: .seconds(5)) }
+            #expect(ended.map { [.peerLost, .closed].contains($0.code) } ?? false, "\(String(describing: ended))")
+        }
+    }
+
+    /// IPC::Manager's waiting on many handles: the first peer with a message
+    /// waiting (or whose connection ended), nothing taken.
+    @Test func theFirstOfSeveralPeersWithAMessage() async throws {
+        try await withResourceCheck {
+            let first = try await ChildProcess.spawn(.socketpair)
+            let second = try await ChildProcess.spawn(.unix)
+            let peers = [first.peer, second.peer]
+            #expect(try await Peer.firstWithMessage(among: peers, timeout: .milliseconds(50)) == nil)
+            try await second.peer.send(Note(index: 2, text: "b"))  // echoed back by the second child only
+            let ready = try await Peer.firstWithMessage(among: peers, timeout: .seconds(30))
+            #expect(ready === second.peer)
+            #expect(second.peer.hasWaitingMessage, "nothing was taken")
+            #expect(try await second.peer.receive(as: Note.self, timeout: .seconds(5)).index == 2)
+            // A peer whose connection ended counts as ready: receiving from it says why.
+            await first.shutdown()
+            let ended = try await Peer.firstWithMessage(among: peers, timeout: .seconds(30))
+            #expect(ended === first.peer)
+            await second.shutdown()
+        }
+    }
+
     @Test func callsCollectedLaterPolledWaitedForOrCalledBack() async throws {
         try await withResourceCheck {
             let child = try await ChildProcess.spawn(.socketpair)

@@ -186,4 +186,15 @@ extension Peer {
     public func pollMessage(timeout: Duration) throws -> InboundMessage? {
         try self.receiveMessageBlocking(timeout: timeout)
     }
+
+    /// Blocks up to `timeout` until an unsolicited message waits in the inbox,
+    /// without taking it (ductworks' `poll(timeout)`). For code that is not `async`.
+    ///
+    /// - Returns: true once a message waits; false if none came within `timeout`.
+    /// - Throws: as ``waitForMessage(timeout:)``.
+    @available(*, noasync, message: "use `try await waitForMessage(timeout:)` in async code")
+    public func waitForMessageBlocking(timeout: Duration) throws -> Bool {
+        let pending = PendingReply<Bool> { try await self.waitForMessage(timeout: timeout) }
+        return try pending.waitBlocking(timeout: timeout + .seconds(1))
+    }
 }

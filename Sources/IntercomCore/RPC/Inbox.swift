@@ -46,6 +46,8 @@ final class Inbox: Sendable {
         var waiters: [UInt64: UnsafeContinuation<InboundMessage, any Error>] = [:]
         var waiterOrder = Deque<UInt64>()
         var nextWaiterID: UInt64 = 0
+        /// Tasks waiting until a message is queued, without taking it.
+        var watchers: [UInt64: UnsafeContinuation<Bool, any Error>] = [:]
         var ended: IntercomError?
         var paused = false
 
@@ -128,6 +130,7 @@ final class Inbox: Sendable {
     func append(contentsOf messages: [InboundMessage]) {
         guard !messages.isEmpty else { return }
         var handed: [(UnsafeContinuation<InboundMessage, any Error>, InboundMessage)] = []
+        var watchers: [UnsafeContinuation<Bool, any Error>] = []
         let pause = self.state.withLock { state -> Bool in
             var rest = messages[...]
             // Receivers already waiting get the first messages, in the order they began to wait.
@@ -139,6 +142,10 @@ final class Inbox: Sendable {
             }
             if !rest.isEmpty {
                 state.append(rest.count == messages.count ? messages : Array(rest), bytes: State.size(of: rest))
+                if !state.watchers.isEmpty {
+                    watchers = Array(state.watchers.values)
+                    state.watchers.removeAll()
+                }
             }
             if state.isFull(capacity: self.capacity, byteCapacity: self.byteCapacity), !state.paused {
                 state.paused = true
@@ -147,17 +154,24 @@ final class Inbox: Sendable {
             return false
         }
         for (waiter, message) in handed { waiter.resume(returning: message) }
+        for watcher in watchers { watcher.resume(returning: true) }
         if pause { self.transport?.setReadingPaused(true, reason: .inboxFull) }
     }
 
     /// The stream ended: waiters fail now, later receivers after the queued messages.
     func end(_ error: IntercomError) {
-        let waiters = self.state.withLock { state -> [UnsafeContinuation<InboundMessage, any Error>] in
+        let (waiters, watchers) = self.state.withLock {
+            state -> ([UnsafeContinuation<InboundMessage, any Error>], [UnsafeContinuation<Bool, any Error>]) in
             if state.ended == nil { state.ended = error }
-            defer { state.waiters.removeAll(); state.waiterOrder.removeAll() }
-            return Array(state.waiters.values)
+            defer {
+                state.waiters.removeAll()
+                state.waiterOrder.removeAll()
+                state.watchers.removeAll()
+            }
+            return (Array(state.waiters.values), Array(state.watchers.values))
         }
         for waiter in waiters { waiter.resume(throwing: error) }
+        for watcher in watchers { watcher.resume(throwing: error) }
     }
 
     /// The next queued message, if one is there now; throws once the stream
@@ -242,6 +256,61 @@ final class Inbox: Sendable {
         }
         if resumeAfter { self.transport?.setReadingPaused(false, reason: .inboxFull) }
         return [first] + more
+    }
+
+    /// Whether a message is queued now, or the stream has ended (so receiving
+    /// would not wait either way).
+    var isReady: Bool {
+        self.state.withLock { $0.count > 0 || $0.ended != nil }
+    }
+
+    /// Whether a message is queued now.
+    var hasQueuedMessage: Bool {
+        self.state.withLock { $0.count > 0 }
+    }
+
+    /// Waits until a message is queued, without taking it: true then, false if
+    /// none came within `timeout`; throws once the stream ended with nothing left.
+    func waitUntilQueued(timeout: Duration?) async throws(IntercomError) -> Bool {
+        let now = self.state.withLock { state -> Result<Bool, IntercomError>? in
+            if state.count > 0 { return .success(true) }
+            if let ended = state.ended { return .failure(ended) }
+            return nil
+        }
+        if let now { return try now.get() }
+        let id = self.state.withLock { state in
+            state.nextWaiterID += 1
+            return state.nextWaiterID
+        }
+        let timer = timeout.flatMap { timeout in
+            self.transport?.schedule(after: timeout) { [weak self] in self?.stopWatching(id, with: .success(false)) }
+        }
+        defer { timer?.cancel() }
+        do {
+            return try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Bool, any Error>) in
+                    let now = self.state.withLock { state -> Result<Bool, IntercomError>? in
+                        if state.count > 0 { return .success(true) }
+                        if let ended = state.ended { return .failure(ended) }
+                        if Task.isCancelled { return .failure(IntercomError(.cancelled, "waiting for a message was cancelled")) }
+                        state.watchers[id] = continuation
+                        return nil
+                    }
+                    if let now { continuation.resume(with: now) }
+                }
+            } onCancel: {
+                self.stopWatching(id, with: .failure(IntercomError(.cancelled, "waiting for a message was cancelled")))
+            }
+        } catch let error as IntercomError {
+            throw error
+        } catch {
+            throw IntercomError(.cancelled, "\(error)")
+        }
+    }
+
+    private func stopWatching(_ id: UInt64, with result: Result<Bool, IntercomError>) {
+        let watcher = self.state.withLock { $0.watchers.removeValue(forKey: id) }
+        watcher?.resume(with: result.mapError { $0 as any Error })
     }
 
     private func fail(_ id: UInt64, _ error: IntercomError) {

@@ -1,0 +1,69 @@
+public import IntercomTransport
+
+// Waiting for a message without taking it: on one peer (ductworks' `poll`) and
+// on many at once (IPC::Manager's waiting on many handles, select(2) over peers).
+extension Peer {
+    /// Whether an unsolicited message waits in the inbox now. Never takes it
+    /// and never waits.
+    public var hasWaitingMessage: Bool {
+        self.inbox.hasQueuedMessage
+    }
+
+    /// Waits until an unsolicited message waits in the inbox, without taking
+    /// it: the next `receive…` gets it (unless another task takes it first).
+    ///
+    /// ```swift
+    /// if try await peer.waitForMessage(timeout: .seconds(1)) {
+    ///     let reading = try await peer.receive(as: Reading.self)
+    /// }
+    /// ```
+    ///
+    /// - Returns: true once a message waits; false if none came within `timeout`.
+    /// - Throws: ``IntercomError`` `peerLost` (or `closed`) once the connection
+    ///   has ended and every message that arrived before has been taken;
+    ///   `cancelled` if the waiting task is cancelled.
+    public func waitForMessage(timeout: Duration) async throws(IntercomError) -> Bool {
+        try await self.inbox.waitUntilQueued(timeout: timeout)
+    }
+
+    /// Waits until one of `peers` has an unsolicited message waiting — or its
+    /// connection has ended, so that receiving from it says why — without taking
+    /// anything.
+    ///
+    /// ```swift
+    /// while let ready = try await Peer.firstWithMessage(among: workers, timeout: .seconds(5)) {
+    ///     let result = try await ready.receive(as: Result.self)
+    /// }
+    /// ```
+    ///
+    /// To wait for the first *reply* of several calls, start them in a task group.
+    ///
+    /// - Returns: the first peer found ready (in the order of `peers` among those
+    ///   ready at once); nil if none was within `timeout`.
+    /// - Throws: ``IntercomError`` `cancelled` if the waiting task is cancelled.
+    public static func firstWithMessage(among peers: [Peer], timeout: Duration) async throws(IntercomError) -> Peer? {
+        if let ready = peers.first(where: { $0.inbox.isReady }) { return ready }
+        guard !peers.isEmpty else { return nil }
+        let first = await withTaskGroup(of: Peer?.self) { group -> Peer? in
+            for peer in peers {
+                group.addTask {
+                    do throws(IntercomError) {
+                        return try await peer.waitForMessage(timeout: timeout) ? peer : nil
+                    } catch {
+                        // Cancelled: another peer was first. Else it ended: receiving from it throws why.
+                        return error.code == .cancelled ? nil : peer
+                    }
+                }
+            }
+            for await ready in group {
+                if let ready {
+                    group.cancelAll()
+                    return ready
+                }
+            }
+            return nil
+        }
+        if first == nil, Task.isCancelled { throw IntercomError(.cancelled, "waiting for a message was cancelled") }
+        return first
+    }
+}
