@@ -55,18 +55,17 @@ extension Bus {
     /// Sends a command delivered to one process (``CommandDelivery/service(_:)`` or
     /// ``CommandDelivery/coordinator``) and returns its reply.
     ///
+    /// - Parameters:
+    ///   - target: the service to deliver this one command to instead of where
+    ///     its type says (magscope's per-send target): another instance, a
+    ///     test double; also one service for a broadcast command.
     /// - Throws: as ``Peer/call(_:_:returning:timeout:)``; `serviceNotFound` if the
-    ///   target is not running; `invalidName` for a broadcast command (use ``broadcast(_:timeout:)``).
-    public func call<C: Command>(_ command: C, coordinator: String = "coordinator", timeout: Duration = .seconds(30))
-        async throws -> C.Reply
-    {
-        let target: String
-        switch C.delivery.target {
-        case .service(let name): target = name
-        case .coordinator: target = coordinator
-        case .broadcast:
-            throw IntercomError(.invalidName, "command '\(C.name)' is delivered by broadcast; use bus.broadcast(_:)")
-        }
+    ///   target is not running; `invalidName` for a broadcast command without
+    ///   `target` (use ``broadcast(_:timeout:)``).
+    public func call<C: Command>(
+        _ command: C, to target: String? = nil, coordinator: String = "coordinator", timeout: Duration = .seconds(30)
+    ) async throws -> C.Reply {
+        let target = try target ?? Self.target(of: C.self, coordinator: coordinator)
         let peer = try await self.connect(to: target)
         do {
             let reply = try await peer.call(C.name, command, returning: C.Reply.self, timeout: timeout)
@@ -78,9 +77,19 @@ extension Bus {
         }
     }
 
-    /// Renamed ``call(_:coordinator:timeout:)``: on a ``Peer``, `send` is one-way;
+    /// Where a command of type `C` goes by its declared delivery.
+    private static func target<C: Command>(of command: C.Type, coordinator: String) throws(IntercomError) -> String {
+        switch C.delivery.target {
+        case .service(let name): return name
+        case .coordinator: return coordinator
+        case .broadcast:
+            throw IntercomError(.invalidName, "command '\(C.name)' is delivered by broadcast; use bus.broadcast(_:) or name a target")
+        }
+    }
+
+    /// Renamed ``call(_:to:coordinator:timeout:)``: on a ``Peer``, `send` is one-way;
     /// a command is answered.
-    @available(*, deprecated, renamed: "call(_:coordinator:timeout:)")
+    @available(*, deprecated, renamed: "call(_:to:coordinator:timeout:)")
     public func send<C: Command>(_ command: C, coordinator: String = "coordinator", timeout: Duration = .seconds(30))
         async throws -> C.Reply
     {

@@ -117,6 +117,11 @@ import Glibc
                 #expect(snapshots.received == ["camera", "other"], "only services that handle it: \(snapshots.received) \(snapshots.failures)")
                 #expect(snapshots.replies["camera"] == Int(camera.pid))
                 await expectIntercomError(.invalidName) { _ = try await bus.call(SnapshotCommand()) }
+                // A per-send target: this one command to another service than its type names.
+                let redirected = try await bus.call(SnapshotCommand(), to: "other")
+                #expect(redirected == Int(other.pid))
+                #expect(try await bus.call(CameraExposureCommand(ms: 9), to: "other") == Ack(ok: true, appliedMs: 9))
+                await expectIntercomError(.serviceNotFound) { _ = try await bus.call(CameraExposureCommand(ms: 9), to: "nobody") }
 
                 _ = try await bus.broadcast("intercom.quit", 0, returning: Bool.self)
                 #expect(await camera.waitForExit() == 0)
