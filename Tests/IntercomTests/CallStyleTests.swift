@@ -77,6 +77,33 @@ func blockingAdd(_ peer: Peer) throws -> Int {
         }
     }
 
+    /// magscope's drain-until-quit: everything before the quit message is
+    /// handled, in order; what comes after it stays queued.
+    @Test func processingMessagesUntilAQuitMessage() async throws {
+        try await withResourceCheck {
+            let (sender, receiver) = try await Peer.pair()
+            for value in 0..<5 { try await sender.send("work", value) }
+            try await sender.send("quit", 0)
+            try await sender.send("work", 99)
+            var seen: [Int] = []
+            let handled = try await receiver.processMessages(until: "quit", timeout: .seconds(30)) { message in
+                seen.append(try message.decode(as: Int.self))
+            }
+            #expect(handled == 5)
+            #expect(seen == [0, 1, 2, 3, 4])
+            #expect(try await receiver.receive(as: Int.self, timeout: .seconds(5)) == 99)
+            // A handler's error ends the loop and reaches the caller.
+            try await sender.send("work", -1)
+            await #expect(throws: IntercomError.self) {
+                _ = try await receiver.processMessages(until: "quit", timeout: .seconds(30)) { message in
+                    _ = try message.decode(as: String.self)  // an Int does not decode as a String
+                }
+            }
+            await sender.close()
+            await receiver.close()
+        }
+    }
+
     /// IPC::Manager's waiting on many handles: the first peer with a message
     /// waiting (or whose connection ended), nothing taken.
     @Test func theFirstOfSeveralPeersWithAMessage() async throws {

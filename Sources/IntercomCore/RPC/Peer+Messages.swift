@@ -139,6 +139,35 @@ extension Peer {
         try await self.inbox.nextBatch(limit: limit, timeout: timeout ?? self.configuration.defaultReceiveTimeout)
     }
 
+    /// Hands each unsolicited message to `handle`, in order, until one with the
+    /// method `quit` arrives (magscope's drain-until-quit); that one is taken
+    /// and not handled, and what came after it stays in the inbox.
+    ///
+    /// ```swift
+    /// let handled = try await peer.processMessages(until: "quit") { message in
+    ///     try await apply(message.decode(as: Reading.self))
+    /// }
+    /// ```
+    ///
+    /// - Parameter timeout: how long to wait for each message (nil: the
+    ///   connection's ``Configuration/defaultReceiveTimeout``).
+    /// - Returns: how many messages `handle` processed.
+    /// - Throws: what `handle` throws (the message it failed on is consumed), or
+    ///   as ``receive(as:timeout:)`` when no message comes in time or the
+    ///   connection ends before `quit`.
+    public func processMessages(
+        until quit: String, timeout: Duration? = nil, _ handle: (InboundMessage) async throws -> Void
+    ) async throws -> Int {
+        var handled = 0
+        while true {
+            // One at a time: whatever follows `quit` must stay queued.
+            let message = try await self.receiveMessage(timeout: timeout)
+            if message.method == quit { return handled }
+            try await handle(message)
+            handled += 1
+        }
+    }
+
     /// The unsolicited messages as an `AsyncSequence`, each decoded as `type`. The
     /// sequence throws when the connection ends (after the last message that arrived).
     public func messages<T: Decodable>(as type: T.Type = T.self) -> MessageSequence<T> {
