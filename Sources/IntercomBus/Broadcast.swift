@@ -28,28 +28,52 @@ extension Bus {
         timeout: Duration = .seconds(2), onlyServicesHandlingIt only: Bool = false
     ) async throws(IntercomError) -> BroadcastReport<Reply> {
         let targets = try self.services().filter { !only || $0.methods.contains(method) }
-        return await withTaskGroup(of: (String, Result<Reply, IntercomError>).self) { group in
+        return await self.onEachService(targets.map(\.name), timeout: timeout) { peer in
+            try await peer.call(method, message, returning: Reply.self, timeout: timeout)
+        }
+    }
+
+    /// Pings every live service on the bus at once (IPC::Manager's sanity
+    /// check): who answered, and each round trip on a fresh connection; who did
+    /// not, and why. Each gets at most `timeout` (connection included).
+    ///
+    /// ```swift
+    /// let report = try await bus.pingServices()
+    /// for (name, rtt) in report.replies { print(name, rtt) }
+    /// ```
+    ///
+    /// - Throws: ``IntercomError/Code/permissionDenied`` if the bus directory is unsafe.
+    public func pingServices(timeout: Duration = .seconds(2)) async throws(IntercomError) -> BroadcastReport<Duration> {
+        let targets = try self.services().map(\.name)
+        return await self.onEachService(targets, timeout: timeout) { peer in try await peer.ping(timeout: timeout) }
+    }
+
+    /// Connects to each of `targets` at once, runs `body` on the connection and
+    /// closes it; reports each result or failure by service name.
+    private func onEachService<Reply: Sendable>(
+        _ targets: [String], timeout: Duration, _ body: @escaping @Sendable (Peer) async throws -> Reply
+    ) async -> BroadcastReport<Reply> {
+        await withTaskGroup(of: (String, Result<Reply, IntercomError>).self) { group in
             for target in targets {
                 group.addTask {
                     var configuration = Peer.Configuration()
                     configuration.handshakeTimeout = timeout
                     let peer: Peer
                     do throws(IntercomError) {
-                        peer = try await self.connect(to: target.name, configuration: configuration)
+                        peer = try await self.connect(to: target, configuration: configuration)
                     } catch {
-                        return (target.name, .failure(error))
+                        return (target, .failure(error))
                     }
+                    let result: Result<Reply, IntercomError>
                     do {
-                        let reply = try await peer.call(method, message, returning: Reply.self, timeout: timeout)
-                        await peer.close()
-                        return (target.name, .success(reply))
+                        result = .success(try await body(peer))
                     } catch let error as IntercomError {
-                        await peer.close()
-                        return (target.name, .failure(error))
+                        result = .failure(error)
                     } catch {
-                        await peer.close()
-                        return (target.name, .failure(IntercomError(.remote, "\(error)")))
+                        result = .failure(IntercomError(.remote, "\(error)"))
                     }
+                    await peer.close()
+                    return (target, result)
                 }
             }
             var report = BroadcastReport<Reply>()

@@ -153,24 +153,35 @@ func requireCount(_ value: Int, option: String, in range: ClosedRange<Int>) thro
 
 /// `intercom ping SERVICE [--count N]`.
 struct Ping: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure round trips to a service.")
+    static let configuration = CommandConfiguration(
+        abstract: "Measure round trips to a service, or check that every service answers (--all).")
 
     @OptionGroup var busOptions: BusOptions
-    @Argument(help: "The service's name.") var service: String
+    @Argument(help: "The service's name.") var service: String?
     @Option(help: "How many pings: 1 to 1000000.") var count: Int = 10
+    @Flag(help: "Ping every live service once and report who answered and how fast; exits 1 if one did not.")
+    var all = false
 
     func validate() throws {
         try requireCount(self.count, option: "--count", in: 1...1_000_000)
+        guard (self.service == nil) == self.all else {
+            throw ValidationError(self.all ? "--all pings every service: name none" : "name a service, or ping --all")
+        }
     }
 
     func run() async throws {
+        if self.all {
+            try await self.pingEveryService()
+            return
+        }
         try await reportingErrors {
-            let peer = try await self.busOptions.resolve().connect(to: self.service)
+            let service = self.service ?? ""
+            let peer = try await self.busOptions.resolve().connect(to: service)
             var samples: [Duration] = []
             for index in 1...max(1, self.count) {
                 let rtt = try await peer.ping()
                 samples.append(rtt)
-                print("reply from \(self.service) (pid \(peer.remote.reportedPID)): seq=\(index) time=\(formatMicroseconds(rtt))")
+                print("reply from \(service) (pid \(peer.remote.reportedPID)): seq=\(index) time=\(formatMicroseconds(rtt))")
             }
             await peer.close()
             samples.sort()
@@ -179,6 +190,23 @@ struct Ping: AsyncParsableCommand {
             print(
                 "\(samples.count) pings: min \(formatMicroseconds(samples[0])), median \(formatMicroseconds(median)), p99 \(formatMicroseconds(p99))"
             )
+        }
+    }
+}
+
+extension Ping {
+    /// `--all`: one ping per live service, a line each, sorted by name.
+    private func pingEveryService() async throws {
+        try await reportingErrors {
+            let report = try await self.busOptions.resolve().pingServices()
+            for (name, rtt) in report.replies.sorted(by: { $0.key < $1.key }) {
+                print("\(name): \(formatMicroseconds(rtt))")
+            }
+            for (name, error) in report.failures.sorted(by: { $0.key < $1.key }) {
+                print("\(name): no answer (\(error.code.name): \(error.message))")
+            }
+            print("\(report.replies.count) of \(report.replies.count + report.failures.count) services answered")
+            if !report.failures.isEmpty { throw ExitCode(1) }
         }
     }
 }

@@ -75,6 +75,14 @@ import Glibc
                 #expect(report.failures["bystander"]?.code == .unknownMethod)
                 #expect(report.failures["c"] == nil && report.replies["c"] == nil, "the dead service is skipped")
 
+                // The sanity check: every live service answers a ping; a stopped one does not.
+                services[1].kill(SIGSTOP)
+                let pings = try await bus.pingServices(timeout: .milliseconds(500))
+                services[1].kill(SIGCONT)
+                #expect(Set(pings.replies.keys) == ["a", "bystander"], "\(pings.failures)")
+                #expect(pings.replies.values.allSatisfy { $0 > .zero })
+                #expect(pings.failures["b"] != nil && pings.failures["c"] == nil)
+
                 let quit = try await bus.broadcast("intercom.quit", 0, returning: Bool.self)
                 #expect(quit.received == ["a", "b", "bystander"])
                 #expect(await services[0].waitForExit() == 0)

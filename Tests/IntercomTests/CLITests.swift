@@ -140,6 +140,10 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
                 #expect(ping.status == 0)
                 #expect(ping.output.components(separatedBy: "seq=").count == 6)
                 #expect(ping.output.contains("5 pings: min") && ping.output.contains("median") && ping.output.contains("p99"))
+                // ping --all: the sanity check of every live service.
+                let everyone = try await runCLI(["ping", "--all"], busDirectory: directory)
+                #expect(everyone.status == 0, "\(everyone.errors)")
+                #expect(everyone.output.contains("e1: ") && everyone.output.contains("1 of 1 services answered"), "\(everyone.output)")
 
                 // watch: prints the echo service's ticks as they come, with time and source.
                 let (watch, watchOut, watchErr, watchExit) = try startCLI(["watch", "tick"], busDirectory: directory)
