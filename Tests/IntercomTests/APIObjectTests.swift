@@ -53,4 +53,48 @@ import Testing
             await server.close()
         }
     }
+
+    /// magscope's bulk registration: one object registers all of its handlers,
+    /// all or none.
+    @Test func anObjectRegistersAllItsHandlersAtOnce() async throws {
+        try await withResourceCheck {
+            let router = Router()
+            try router.register(Calculator(offset: 10))
+            #expect(router.methods == ["calc.add", "calc.negate", "calc.offset"])
+            // A set that clashes with what is there, or with itself, registers nothing.
+            await expectIntercomError(.conflict) {
+                try router.register {
+                    Route("calc.extra") { (value: Int, _) in value }
+                    Route("calc.add") { (value: Int, _) in value }
+                }
+            }
+            await expectIntercomError(.conflict) {
+                try router.register {
+                    Route("twice.a") { (value: Int, _) in value }
+                    Route("twice.a") { (value: Int, _) in value }
+                }
+            }
+            await expectIntercomError(.invalidName) { try router.register { Route("no good") { (value: Int, _) in value } } }
+            #expect(router.methods == ["calc.add", "calc.negate", "calc.offset"])
+
+            let (client, server) = try await Peer.pair(routers: (nil, router))
+            #expect(try await client.call("calc.add", AddRequest(a: 1, b: 2), returning: Int.self) == 13)
+            #expect(try await client.call("calc.negate", 7, returning: Int.self) == -7)
+            await client.close()
+            await server.close()
+        }
+    }
+}
+
+/// A service object that lists its own handlers.
+struct Calculator: RouteSet {
+    let offset: Int
+
+    var routes: [Route] {
+        Route("calc.add") { (request: AddRequest, _) in request.a + request.b + offset }
+        Route("calc.negate") { (value: Int, _) in -value }
+        if offset != 0 {
+            Route("calc.offset") { (_: Int, _) in offset }
+        }
+    }
 }

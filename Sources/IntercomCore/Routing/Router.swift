@@ -110,6 +110,20 @@ public final class Router: Sendable {
         }
     }
 
+    /// Adds `routes` under one lock, all or none.
+    func add(_ routes: [Route]) throws(IntercomError) {
+        for route in routes { try Self.validate(route.method) }
+        try self.state.withLock { (state: inout State) throws(IntercomError) in
+            var seen = Set<String>()
+            for route in routes where state.handlers[route.method] != nil || !seen.insert(route.method).inserted {
+                throw IntercomError(
+                    .conflict, "method '\(route.method)' is registered twice; nothing of this set was registered",
+                    context: .init(method: route.method))
+            }
+            for route in routes { state.handlers[route.method] = route.handler }
+        }
+    }
+
     /// Checks that `name` is dot-separated segments of letters, digits, `_` and `-`.
     static func validate(_ name: String) throws(IntercomError) {
         let segments = name.split(separator: ".", omittingEmptySubsequences: false)
