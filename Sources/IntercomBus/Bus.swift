@@ -41,7 +41,7 @@ public struct Bus: Sendable {
     }
 
     /// Opens the directory, creating it 0700 if needed, and checks it is private.
-    private func open() throws(IntercomError) -> BusDirectory {
+    func open() throws(IntercomError) -> BusDirectory {
         try BusDirectory(path: self.directory)
     }
 

@@ -224,8 +224,28 @@ struct Watch: AsyncParsableCommand {
     @OptionGroup var busOptions: BusOptions
     @Argument(help: "Topics to watch (default: all).") var topics: [String] = []
     @Option(help: "Watch only this service.") var service: String?
+    @Flag(help: "Print services appearing and leaving instead of events (the live ones first).") var services = false
+
+    func validate() throws {
+        if self.services, self.service != nil || !self.topics.isEmpty {
+            throw ValidationError("--services watches the bus itself: name no service or topic")
+        }
+    }
 
     func run() async throws {
+        if self.services {
+            try await reportingErrors {
+                let format = Date.ISO8601FormatStyle.iso8601.time(includingFractionalSeconds: true)
+                for await change in try self.busOptions.resolve().serviceChanges() {
+                    let time = Date().formatted(format)
+                    switch change {
+                    case .appeared(let service): printLine("\(time) + \(service.name) (pid \(service.pid))")
+                    case .disappeared(let service): printLine("\(time) - \(service.name) (pid \(service.pid))")
+                    }
+                }
+            }
+            return
+        }
         try await reportingErrors {
             let bus = try self.busOptions.resolve()
             let names = try self.service.map { [$0] } ?? bus.services().map(\.name)
@@ -257,7 +277,6 @@ struct Watch: AsyncParsableCommand {
         }
     }
 }
-
 
 /// `intercom echo [--name NAME]`.
 struct Echo: AsyncParsableCommand {

@@ -92,6 +92,37 @@ import Glibc
         }
     }
 
+    /// IPC::Manager's bus-wide presence (D-Bus's NameOwnerChanged): who is
+    /// there first, then who comes and who goes — a crash included.
+    @Test func serviceChangesTellWhoAppearsAndWhoLeaves() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let bus = temporary.bus
+                let first = try ServiceProcess(name: "first", bus: temporary)
+                _ = try await bus.waitForService("first", timeout: .seconds(20))
+                var changes = bus.serviceChanges().makeAsyncIterator()
+                func next() async -> String {
+                    switch await changes.next() {
+                    case .appeared(let service)?: return "+\(service.name) \(service.pid)"
+                    case .disappeared(let service)?: return "-\(service.name) \(service.pid)"
+                    case nil: return "ended"
+                    }
+                }
+                #expect(await next() == "+first \(first.pid)")
+                let second = try ServiceProcess(name: "second", bus: temporary)
+                #expect(await next() == "+second \(second.pid)")
+                first.kill(SIGKILL)
+                await first.waitForExit()
+                #expect(await next() == "-first \(first.pid)", "a crash shows too")
+                let peer = try await bus.connect(to: "second")
+                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
+                await peer.waitUntilClosed()
+                #expect(await second.waitForExit() == 0)
+                #expect(await next() == "-second \(second.pid)")
+            }
+        }
+    }
+
     @Test func typedCommandsAreRoutedByDeliveryModeAndCheckedAtStartUp() async throws {
         try await withResourceCheck {
             try await withTemporaryBus { temporary in

@@ -162,12 +162,23 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
                 try? watchOut.fileHandleForReading.close()
                 try? watchErr.fileHandleForReading.close()
 
+                // watch --services: the live ones first, then who leaves.
+                let (presence, presenceOut, presenceErr, presenceExit) = try startCLI(["watch", "--services"], busDirectory: directory)
+                let appeared = await readOutput(of: presenceOut, until: "e1 (pid")
+                #expect(appeared.contains(" + e1 (pid "), "\(appeared)")
+
                 // echo's exit method: the service stops and the process exits with the code.
                 let exited = try await runCLI(["call", "e1", "exit", "3"], busDirectory: directory)
                 #expect(exited.output == "true\n")
                 var status: Int32 = -1
                 for await code in echoExit { status = code }
                 #expect(status == 3)
+                let left = await readOutput(of: presenceOut, until: " - e1")
+                #expect(left.contains(" - e1 (pid "), "\(left)")
+                kill(presence.processIdentifier, SIGTERM)
+                for await _ in presenceExit {}
+                try? presenceOut.fileHandleForReading.close()
+                try? presenceErr.fileHandleForReading.close()
                 try? echoOut.fileHandleForReading.close()
                 try? echoErr.fileHandleForReading.close()
                 let after = try await runCLI(["list"], busDirectory: directory)
@@ -232,4 +243,17 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
             }
         }
     }
+}
+
+/// Reads `pipe` until what came contains `marker`, or it ends; returns what came.
+func readOutput(of pipe: Pipe, until marker: String) async -> String {
+    await Task.detached { () -> String in
+        var collected = Data()
+        while !String(decoding: collected, as: UTF8.self).contains(marker) {
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            collected.append(chunk)
+        }
+        return String(decoding: collected, as: UTF8.self)
+    }.value
 }
