@@ -60,6 +60,7 @@ let package = Package(
             dependencies: [
                 "IntercomWire",
                 "IntercomTransport",
+                "CIntercomShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

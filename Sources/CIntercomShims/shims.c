@@ -12,6 +12,7 @@
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #endif
 #if defined(__linux__) && defined(__GLIBC__)
@@ -109,5 +110,31 @@ void c_intercom_name_this_thread(const char *name) {
     pthread_setname_np(name);
 #else
     (void)name;
+#endif
+}
+
+int c_intercom_readiness_create(void) {
+#if defined(__linux__)
+    return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+void c_intercom_readiness_set(int fd) {
+#if defined(__linux__)
+    eventfd_write(fd, 1);
+#else
+    (void)fd;
+#endif
+}
+
+void c_intercom_readiness_clear(int fd) {
+#if defined(__linux__)
+    eventfd_t value;
+    eventfd_read(fd, &value);
+#else
+    (void)fd;
 #endif
 }

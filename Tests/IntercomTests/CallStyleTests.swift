@@ -77,6 +77,33 @@ func blockingAdd(_ peer: Peer) throws -> Int {
         }
     }
 
+    /// ductworks' readiness: a descriptor for select/poll, readable exactly
+    /// while a message waits (or once the connection has ended).
+    @Test(arguments: [TransportKind.socketpair, .sharedMemory])
+    func aReadinessDescriptorForPollIsReadableWhileAMessageWaits(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            let peer = child.peer
+            let fd = try peer.messageReadinessDescriptor()
+            #expect(try peer.messageReadinessDescriptor() == fd, "one descriptor per peer")
+            func readable(within milliseconds: Int32) async -> Bool {
+                await onThread {
+                    var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    return poll(&entry, 1, milliseconds) == 1 && entry.revents & Int16(POLLIN) != 0
+                }
+            }
+            #expect(await readable(within: 0) == false)
+            try await peer.send(Note(index: 1, text: "one"))  // echoed back
+            try await peer.send(Note(index: 2, text: "two"))
+            #expect(await readable(within: 30_000))
+            _ = try await peer.receive(as: Note.self, timeout: .seconds(30))
+            _ = try await peer.receive(as: Note.self, timeout: .seconds(30))
+            #expect(await readable(within: 0) == false, "drained: not readable")
+            await child.shutdown()
+            #expect(await readable(within: 30_000), "ended: readable, and receiving says why")
+        }
+    }
+
     /// magscope's drain-until-quit: everything before the quit message is
     /// handled, in order; what comes after it stays queued.
     @Test func processingMessagesUntilAQuitMessage() async throws {

@@ -35,6 +35,17 @@ int c_intercom_futex_wait(unsigned int *word, unsigned int expected, long second
 /// futex(word, FUTEX_WAKE, INT_MAX): wakes every process sleeping on `word`.
 int c_intercom_futex_wake_all(unsigned int *word);
 
+/// An eventfd(2) counter, close-on-exec and non-blocking: a descriptor that
+/// select/poll/epoll see readable while it is set. -1 with errno ENOSYS where
+/// there is none.
+int c_intercom_readiness_create(void);
+
+/// Makes the eventfd `fd` readable (adds 1 to its counter).
+void c_intercom_readiness_set(int fd);
+
+/// Makes the eventfd `fd` not readable (reads its counter to 0).
+void c_intercom_readiness_clear(int fd);
+
 /// Names the calling thread for the kernel (ps, top, /proc/PID/task/TID/comm).
 void c_intercom_name_this_thread(const char *name);
 

@@ -3,6 +3,10 @@ public import IntercomWire
 public import NIOCore
 internal import Synchronization
 internal import DequeModule
+internal import CIntercomShims
+#if canImport(Glibc)
+internal import Glibc
+#endif
 
 /// A one-way message that arrived without a handler, still encoded.
 public struct InboundMessage: Sendable {
@@ -50,11 +54,26 @@ final class Inbox: Sendable {
         var watchers: [UInt64: UnsafeContinuation<Bool, any Error>] = [:]
         var ended: IntercomError?
         var paused = false
+        /// The eventfd that is readable while a message is queued or the stream
+        /// has ended (made on first request; -1 until then), and whether it is set.
+        var readiness: Int32 = -1
+        var readinessSet = false
+
+        /// Sets or clears the readiness descriptor to match the queue (a system
+        /// call only when that changes, and only once someone asked for it).
+        mutating func syncReadiness() {
+            guard self.readiness >= 0 else { return }
+            let ready = self.count > 0 || self.ended != nil
+            guard ready != self.readinessSet else { return }
+            if ready { c_intercom_readiness_set(self.readiness) } else { c_intercom_readiness_clear(self.readiness) }
+            self.readinessSet = ready
+        }
 
         mutating func popFirst() -> InboundMessage? {
             guard self.count > 0 else { return nil }
             let message = self.batches[0][self.taken]
             self.advance(by: 1, bytes: Self.size(of: message))
+            self.syncReadiness()
             return message
         }
 
@@ -65,11 +84,13 @@ final class Inbox: Sendable {
             if self.taken == 0, self.batches[0].count <= limit {
                 self.count -= self.batches[0].count
                 self.bytes -= self.batchBytes.removeFirst()
+                defer { self.syncReadiness() }
                 return self.batches.removeFirst()
             }
             let end = min(self.batches[0].count, self.taken + limit)
             let messages = Array(self.batches[0][self.taken..<end])
             self.advance(by: messages.count, bytes: Self.size(of: messages[...]))
+            self.syncReadiness()
             return messages
         }
 
@@ -79,6 +100,7 @@ final class Inbox: Sendable {
             self.batchBytes.append(bytes)
             self.count += batch.count
             self.bytes += bytes
+            self.syncReadiness()
         }
 
         private mutating func advance(by taken: Int, bytes: Int) {
@@ -126,6 +148,29 @@ final class Inbox: Sendable {
         self.byteCapacity = max(1, byteCapacity)
     }
 
+    deinit {
+        #if canImport(Glibc)
+        let fd = self.state.withLock { $0.readiness }
+        if fd >= 0 { Glibc.close(fd) }
+        #endif
+    }
+
+    /// The descriptor that is readable while a message is queued or the stream
+    /// has ended; made on the first call, the same one after.
+    func readinessDescriptor() throws(IntercomError) -> Int32 {
+        try self.state.withLock { (state: inout State) throws(IntercomError) -> Int32 in
+            if state.readiness < 0 {
+                let fd = c_intercom_readiness_create()
+                guard fd >= 0 else {
+                    throw IntercomError(.busy, "no readiness descriptor: eventfd failed (errno \(errno); out of descriptors, or not Linux)")
+                }
+                state.readiness = fd
+                state.syncReadiness()
+            }
+            return state.readiness
+        }
+    }
+
     /// On the transport thread: messages arrived (in order), queued under one lock.
     func append(contentsOf messages: [InboundMessage]) {
         guard !messages.isEmpty else { return }
@@ -163,6 +208,7 @@ final class Inbox: Sendable {
         let (waiters, watchers) = self.state.withLock {
             state -> ([UnsafeContinuation<InboundMessage, any Error>], [UnsafeContinuation<Bool, any Error>]) in
             if state.ended == nil { state.ended = error }
+            state.syncReadiness()
             defer {
                 state.waiters.removeAll()
                 state.waiterOrder.removeAll()

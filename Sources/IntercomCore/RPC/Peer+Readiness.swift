@@ -26,6 +26,26 @@ extension Peer {
         try await self.inbox.waitUntilQueued(timeout: timeout)
     }
 
+    /// A descriptor that is readable while an unsolicited message waits in the
+    /// inbox, and once the connection has ended: for code that multiplexes with
+    /// `select`, `poll` or `epoll` (ductworks' readiness). The same for every
+    /// transport (an eventfd): a readable socket would not say that a whole
+    /// message is there, and shared memory has no socket to watch.
+    ///
+    /// ```swift
+    /// var entry = pollfd(fd: try peer.messageReadinessDescriptor(), events: Int16(POLLIN), revents: 0)
+    /// if poll(&entry, 1, 1000) > 0, let message = try peer.pollMessage() { … }
+    /// ```
+    ///
+    /// Made on the first call (the same one after); it stays open as long as
+    /// the peer exists. Only watch it: never read, write or close it.
+    ///
+    /// - Throws: ``IntercomError/Code/busy`` if no descriptor can be made (the
+    ///   process is out of descriptors, or the platform has no eventfd).
+    public func messageReadinessDescriptor() throws(IntercomError) -> Int32 {
+        try self.inbox.readinessDescriptor()
+    }
+
     /// Waits until one of `peers` has an unsolicited message waiting — or its
     /// connection has ended, so that receiving from it says why — without taking
     /// anything.
