@@ -44,14 +44,24 @@ public final class ServiceHandle: Sendable {
     public let whenAway: WhenAway
     /// Connects, losses and reconnects, as they happen.
     public let changes: AsyncStream<Change>
+    /// The handle's connection states as they happen (epyrpc's connection-state
+    /// listener): `connecting` when it looks for the service, `connected` the
+    /// first time, `lost` when the process goes away, `reconnected` after, and
+    /// `closed` when the handle is closed, which ends the sequence.
+    public let states: AsyncStream<ConnectionState>
 
     private let configuration: Peer.Configuration
     private let changesContinuation: AsyncStream<Change>.Continuation
+    private let statesContinuation: AsyncStream<ConnectionState>.Continuation
     private let state = Locked(State())
 
     private struct State {
         var peer: Peer?
         var closed = false
+        /// A connection was made before (the next one is a reconnection).
+        var everConnected = false
+        /// `connecting` was reported and no connection or loss since.
+        var connecting = false
     }
 
     init(name: String, bus: Bus, whenAway: WhenAway, configuration: Peer.Configuration) {
@@ -60,6 +70,7 @@ public final class ServiceHandle: Sendable {
         self.whenAway = whenAway
         self.configuration = configuration
         (self.changes, self.changesContinuation) = AsyncStream.makeStream(of: Change.self)
+        (self.states, self.statesContinuation) = AsyncStream.makeStream(of: ConnectionState.self)
     }
 
     /// The connection to the current process serving the name, connecting (and
@@ -67,6 +78,12 @@ public final class ServiceHandle: Sendable {
     public func peer(timeout: Duration? = nil) async throws(IntercomError) -> Peer {
         if let peer = self.state.withLock({ $0.peer }), !peer.isClosed { return peer }
         let timeout = timeout ?? self.configuration.defaultCallTimeout
+        let announce = self.state.withLock { state -> Bool in
+            guard !state.connecting, !state.closed else { return false }
+            state.connecting = true
+            return true
+        }
+        if announce { self.statesContinuation.yield(.connecting) }
         let peer: Peer
         switch self.whenAway.behaviour {
         case .failFast:
@@ -74,11 +91,13 @@ public final class ServiceHandle: Sendable {
         case .waitUntilDeadline:
             peer = try await self.bus.connect(to: self.name, timeout: timeout, configuration: self.configuration)
         }
-        let (kept, closed) = self.state.withLock { state -> (Peer, Bool) in
-            if state.closed { return (peer, true) }
-            if let current = state.peer, !current.isClosed { return (current, false) }  // another task won the race
+        let (kept, closed, reconnected) = self.state.withLock { state -> (Peer, Bool, Bool) in
+            if state.closed { return (peer, true, false) }
+            if let current = state.peer, !current.isClosed { return (current, false, false) }  // another task won the race
             state.peer = peer
-            return (peer, false)
+            state.connecting = false
+            defer { state.everConnected = true }
+            return (peer, false, state.everConnected)
         }
         if closed {
             await peer.close()
@@ -86,6 +105,8 @@ public final class ServiceHandle: Sendable {
         }
         if kept === peer {
             self.changesContinuation.yield(.connected(pid: peer.remote.reportedPID))
+            let pid = peer.remote.reportedPID
+            self.statesContinuation.yield(reconnected ? .reconnected(pid: pid) : .connected(pid: pid))
             Task { [weak self] in
                 await peer.waitUntilClosed()
                 self?.lost(peer)
@@ -103,10 +124,9 @@ public final class ServiceHandle: Sendable {
             return !state.closed
         }
         guard wasCurrent else { return }
-        self.changesContinuation.yield(
-            .lost(
-                pid: peer.remote.reportedPID,
-                reason: IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remote.reportedPID)) went away")))
+        let reason = IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remote.reportedPID)) went away")
+        self.changesContinuation.yield(.lost(pid: peer.remote.reportedPID, reason: reason))
+        self.statesContinuation.yield(.lost(reason))
     }
 
     /// Calls `method` on whichever process serves the name now.
@@ -136,6 +156,8 @@ public final class ServiceHandle: Sendable {
             return state.peer
         }
         self.changesContinuation.finish()
+        self.statesContinuation.yield(.closed)
+        self.statesContinuation.finish()
         await peer?.close()
     }
 }

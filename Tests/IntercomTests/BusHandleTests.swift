@@ -19,8 +19,11 @@ import Glibc
                 let first = try ServiceProcess(name: "camera", bus: temporary)
                 let camera = bus.makeHandle(to: "camera")
                 var changes = camera.changes.makeAsyncIterator()
+                var states = camera.states.makeAsyncIterator()
                 #expect(try await camera.call("math.add", AddRequest(a: 1, b: 1), returning: Int.self, timeout: .seconds(20)) == 2)
                 #expect(await changes.next() == .connected(pid: first.pid))
+                #expect(await states.next() == .connecting)
+                #expect(await states.next() == .connected(pid: first.pid))
 
                 // A call pending when the service dies fails with peerLost, and the handle is told.
                 let pending = Task { try await camera.call("hang", 0, returning: Int.self, timeout: .seconds(60)) }
@@ -33,6 +36,7 @@ import Glibc
                 }
                 #expect(pid == first.pid)
                 #expect(reason.code == .peerLost)
+                #expect(await states.next() == .lost(reason))
                 await first.waitForExit()
 
                 // A fail-fast handle fails at once while the service is away ...
@@ -47,10 +51,26 @@ import Glibc
                 let second = try ServiceProcess(name: "camera", bus: temporary)
                 #expect(try await inTheGap.value == Int(second.pid))
                 #expect(await changes.next() == .connected(pid: second.pid))
+                #expect(await states.next() == .connecting)
+                #expect(await states.next() == .reconnected(pid: second.pid))
                 #expect(try await impatient.call("peer.pid", 0, returning: Int.self) == Int(second.pid))
 
+                // A plain connection: connected, then lost when the process quits.
+                let plain = try await bus.connect(to: "camera")
+                var plainStates = plain.connectionStates().makeAsyncIterator()
+                #expect(await plainStates.next() == .connected(pid: second.pid))
                 _ = try await camera.call("intercom.quit", 0, returning: Bool.self)
+                guard case .lost(let why)? = await plainStates.next() else {
+                    Issue.record("expected .lost")
+                    return
+                }
+                #expect(why.code == .peerLost)
+                #expect(await plainStates.next() == nil, "nothing follows the end")
                 await camera.close()
+                // The handle may or may not have seen the quit as a loss before it was closed.
+                var rest: [ConnectionState] = []
+                while let state = await states.next() { rest.append(state) }
+                #expect(rest.last == .closed && rest.dropLast().allSatisfy { if case .lost = $0 { true } else { false } }, "\(rest)")
                 await impatient.close()
                 #expect(await second.waitForExit() == 0)
             }

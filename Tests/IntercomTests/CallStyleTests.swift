@@ -104,6 +104,25 @@ func blockingAdd(_ peer: Peer) throws -> Int {
         }
     }
 
+    /// A plain connection closed by this side ends its states with `closed`.
+    @Test func aConnectionClosedHereReportsClosed() async throws {
+        try await withResourceCheck {
+            let (first, second) = try await Peer.pair()
+            var states = first.connectionStates().makeAsyncIterator()
+            guard case .connected? = await states.next() else {
+                Issue.record("expected .connected first")
+                return
+            }
+            await first.close()
+            #expect(await states.next() == .closed)
+            #expect(await states.next() == nil)
+            var late = first.connectionStates().makeAsyncIterator()
+            _ = await late.next()
+            #expect(await late.next() == .closed, "asked after the end: told at once")
+            await second.close()
+        }
+    }
+
     /// magscope's drain-until-quit: everything before the quit message is
     /// handled, in order; what comes after it stays queued.
     @Test func processingMessagesUntilAQuitMessage() async throws {
