@@ -34,6 +34,9 @@ public struct Frame: Sendable {
     public var timeout: Duration?
     /// The payload bytes.
     public var payload: ByteBuffer
+    /// The frame's size on the wire, header and extension included, as it was
+    /// read (0 for a frame built in memory).
+    public var wireSize: Int = 0
 
     /// Creates a frame.
     @inlinable

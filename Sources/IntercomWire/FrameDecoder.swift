@@ -74,11 +74,14 @@ public struct FrameDecoder: Sendable {
         guard extensionLength > 0 else {
             // Most frames: no extension to slice and parse.
             buffer.moveReaderIndex(forwardBy: FrameHeader.size + payloadLength)
-            return Frame(kind: kind, flags: flags, id: id, payload: payload)
+            var frame = Frame(kind: kind, flags: flags, id: id, payload: payload)
+            frame.wireSize = FrameHeader.size + payloadLength
+            return frame
         }
         var extensionBytes = buffer.getSlice(at: start, length: extensionLength)!
         buffer.moveReaderIndex(forwardBy: FrameHeader.size + extensionLength + payloadLength)
         var frame = Frame(kind: kind, flags: flags, id: id, payload: payload)
+        frame.wireSize = FrameHeader.size + extensionLength + payloadLength
         try Self.parseExtension(&extensionBytes, into: &frame)
         return frame
     }

@@ -123,6 +123,33 @@ func blockingAdd(_ peer: Peer) throws -> Int {
         }
     }
 
+    /// magscope's sent/received accounting: what one side counts as sent, the
+    /// other counts as received, frame for frame and byte for byte; graceful
+    /// close reports it.
+    @Test(arguments: [false, true])
+    func bothSidesCountTheSameTraffic(sharedMemory: Bool) async throws {
+        try await withResourceCheck {
+            var configuration = Peer.Configuration()
+            configuration.sharedMemory.isEnabled = sharedMemory
+            let router = Router()
+            try router.register("math.add") { (request: AddRequest, _) in request.a + request.b }
+            let (client, server) = try await Peer.pair(routers: (nil, router), configuration: configuration)
+            #expect(client.traffic.framesSent == 0 && client.traffic.framesReceived == 0, "the handshake is not counted")
+            for index in 0..<3 { try await client.send("note", Note(index: index, text: String(repeating: "x", count: 100 * index))) }
+            try await client.send(contentsOf: [1, 2, 3, 4])  // one batch of four frames
+            for index in 0..<2 { _ = try await client.call("math.add", AddRequest(a: index, b: 1), returning: Int.self) }
+            let sent = await client.close()
+            await server.waitUntilClosed()
+            let received = server.traffic
+            #expect(sent.framesSent == 3 + 4 + 2 + 1, "messages, a batch of four, calls, the goodbye: \(sent)")
+            #expect(sent.framesReceived == 2, "the replies: \(sent)")
+            #expect(received.framesReceived == sent.framesSent, "\(received) against \(sent)")
+            #expect(received.bytesReceived == sent.bytesSent, "\(received) against \(sent)")
+            #expect(received.framesSent >= 2 && received.bytesSent >= sent.bytesReceived)
+            #expect(sent.bytesSent > 300 + 20 * sent.framesSent, "payloads and headers: \(sent)")
+        }
+    }
+
     /// magscope's drain-until-quit: everything before the quit message is
     /// handled, in order; what comes after it stays queued.
     @Test func processingMessagesUntilAQuitMessage() async throws {

@@ -93,7 +93,7 @@ extension Peer {
                     continuation.resume(throwing: IntercomError(.cancelled, "the calling task was cancelled", context: context))
                 case .send(let armTimerAt):
                     if let armTimerAt { self.armCallTimer(at: armTimerAt) }
-                    self.transport.send(frame)
+                    self.transmit(frame)
                 }
             }
         } onCancel: {
@@ -187,6 +187,6 @@ extension Peer {
     }
 
     func sendCancel(_ id: UInt64) {
-        self.transport.send(FrameHeader.empty(kind: .cancel, id: id))
+        self.transmit(FrameHeader.empty(kind: .cancel, id: id))
     }
 }

@@ -36,7 +36,7 @@ extension Peer {
             var frame = ByteBuffer()
             let mark = FrameHeader.begin(into: &frame, kind: .subscribe, flags: json ? .jsonPayload : [], id: 0, method: topic)
             FrameHeader.finish(mark, in: &frame)
-            self.transport.send(frame)
+            self.transmit(frame)
         }
         return queue
     }
@@ -49,7 +49,7 @@ extension Peer {
             var frame = ByteBuffer()
             let mark = FrameHeader.begin(into: &frame, kind: .unsubscribe, id: 0, method: queue.topic)
             FrameHeader.finish(mark, in: &frame)
-            self.transport.send(frame)
+            self.transmit(frame)
         }
     }
 
@@ -112,7 +112,7 @@ extension Peer {
         var body = payload
         frame.writeBuffer(&body)
         FrameHeader.finish(mark, in: &frame)
-        if self.transport.sendIfWritable(frame) { return .sent }
+        if self.transmitIfWritable(frame) { return .sent }
         self.oweMissedEvents(missed + 1, of: topic)
         return .dropped
     }

@@ -29,7 +29,7 @@ extension Peer {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
         let frame = try self.encodeFrame(kind: .message, id: 0, method: method, timeout: nil, message, context: context)
-        while !self.transport.sendIfWritable(frame) {
+        while !self.transmitIfWritable(frame) {
             // Over the watermark, or closed (then this throws closed/peerLost).
             try await self.waitUntilWritable(context: context)
         }
@@ -86,8 +86,8 @@ extension Peer {
         }
         while !batch.isFullyWritten {
             var chunk = ByteBuffer()
-            batch.writeFrames(into: &chunk, maxBytes: Self.batchChunkSize)
-            while !self.transport.sendIfWritable(chunk) {
+            let frames = batch.writeFrames(into: &chunk, maxBytes: Self.batchChunkSize)
+            while !self.transmitIfWritable(chunk, frames: frames) {
                 try await self.waitUntilWritable(context: context)
             }
         }

@@ -20,11 +20,12 @@ extension Peer: FrameReceiver {
             var frame = ByteBuffer()
             let mark = FrameHeader.begin(into: &frame, kind: .event, flags: .lagNotice, id: UInt64(missed), method: topic)
             FrameHeader.finish(mark, in: &frame)
-            if !self.transport.sendIfWritable(frame) { self.oweMissedEvents(missed, of: topic) }
+            if !self.transmitIfWritable(frame) { self.oweMissedEvents(missed, of: topic) }
         }
     }
 
     func receive(_ frame: consuming Frame) {
+        self.arrivals.count(frame)
         switch frame.kind {
         case .reply, .error, .pong:
             self.complete(frame)
@@ -43,7 +44,7 @@ extension Peer: FrameReceiver {
         case .cancel:
             self.cancelHandler(frame.id)
         case .ping:
-            self.transport.send(FrameHeader.empty(kind: .pong, id: frame.id))
+            self.transmit(FrameHeader.empty(kind: .pong, id: frame.id))
         case .goodbye:
             self.withState { $0.goodbyeArrived() }
         case .event:
@@ -83,6 +84,8 @@ extension Peer: FrameReceiver {
 
     func endOfReadBatch() {
         self.flushArrivals()
+        let (frames, bytes) = self.arrivals.takeTally()
+        if frames > 0 { self.received.add(frames: frames, bytes: bytes) }
     }
 
     /// Hands the messages collected so far to the inbox. The array itself moves
@@ -137,7 +140,7 @@ extension Peer: FrameReceiver {
     func violated(_ error: ProtocolError) {
         self.transportFailed(error)
         self.transport.setReadingPaused(true, reason: .violation)
-        self.transport.send(ErrorBody(connectionError: error).frame(id: 0))
+        self.transmit(ErrorBody(connectionError: error).frame(id: 0))
         self.transport.close()
     }
 

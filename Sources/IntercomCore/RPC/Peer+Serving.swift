@@ -110,14 +110,14 @@ extension Peer {
             }
         }
         var held = held
-        if let reply, !self.transport.sendIfWritable(reply) {
+        if let reply, !self.transmitIfWritable(reply) {
             // Over the watermark: wait for the caller to read (or the connection to
             // end). The waiting reply counts against the byte budget meanwhile.
             let replyBytes = reply.readableBytes
             held += replyBytes
             self.withState { $0.replyWaiting(replyBytes) }
             try? await self.transport.waitUntilWritable()
-            self.transport.send(reply)
+            self.transmit(reply)
         }
         self.handlerFinished(id, isCall: isCall, released: held)
     }
