@@ -38,10 +38,7 @@ public final class Router: Sendable {
         _ method: String,
         _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
     ) throws(IntercomError) {
-        try self.add(method) { call in
-            let request: Request = try call.decode()
-            return try await handler(request, call.context)
-        }
+        try self.add([Route(method, handler)])
     }
 
     /// Registers a handler without a result: for one-way messages, or calls whose
@@ -52,11 +49,7 @@ public final class Router: Sendable {
         _ method: String,
         _ handler: @escaping @Sendable (Request, CallContext) async throws -> Void
     ) throws(IntercomError) {
-        try self.add(method) { call in
-            let request: Request = try call.decode()
-            try await handler(request, call.context)
-            return nil
-        }
+        try self.add([Route(method, handler)])
     }
 
     /// Sets the handler for methods nobody registered. It receives the raw call and
@@ -98,27 +91,20 @@ public final class Router: Sendable {
         self.state.withLock { $0.handlers[method] != nil }
     }
 
-    private func add(_ method: String, _ handler: @escaping Handler) throws(IntercomError) {
-        try Self.validate(method)
-        try self.state.withLock { (state: inout State) throws(IntercomError) in
-            guard state.handlers[method] == nil else {
-                throw IntercomError(
-                    .conflict, "method '\(method)' is already registered; unregister it first or pick another name",
-                    context: .init(method: method))
-            }
-            state.handlers[method] = handler
-        }
-    }
-
     /// Adds `routes` under one lock, all or none.
     func add(_ routes: [Route]) throws(IntercomError) {
         for route in routes { try Self.validate(route.method) }
+        let unchanged = routes.count > 1 ? " (nothing of this set was registered)" : ""
         try self.state.withLock { (state: inout State) throws(IntercomError) in
             var seen = Set<String>()
-            for route in routes where state.handlers[route.method] != nil || !seen.insert(route.method).inserted {
-                throw IntercomError(
-                    .conflict, "method '\(route.method)' is registered twice; nothing of this set was registered",
-                    context: .init(method: route.method))
+            for route in routes {
+                let why =
+                    state.handlers[route.method] != nil
+                    ? "is already registered; unregister it first or pick another name"
+                    : !seen.insert(route.method).inserted ? "is listed twice" : nil
+                if let why {
+                    throw IntercomError(.conflict, "method '\(route.method)' \(why)\(unchanged)", context: .init(method: route.method))
+                }
             }
             for route in routes { state.handlers[route.method] = route.handler }
         }
