@@ -36,6 +36,11 @@ public struct CommandRegistry: Sendable {
         self.entries = byName.values.sorted { $0.name < $1.name }
     }
 
+    /// `commands` as they are, repeats kept (for checks that only read them).
+    init(listing commands: [any Command.Type]) {
+        self.entries = commands.map { Entry(name: $0.name, delivery: $0.delivery) }
+    }
+
     /// The command a handler of method `name` serves, if it is one of these.
     public func command(named name: String) -> Entry? {
         self.entries.first { $0.name == name }
@@ -44,13 +49,13 @@ public struct CommandRegistry: Sendable {
     /// The service command `name` goes to (the coordinator's name for
     /// coordinator commands); nil for a broadcast command or an unknown name.
     public func target(of name: String, coordinator: String = "coordinator") -> String? {
-        self.command(named: name).flatMap { Self.target(of: $0, coordinator: coordinator) }
+        self.command(named: name)?.delivery.service(coordinator: coordinator)
     }
 
     /// The commands that go to `service` — the handlers it must have — sorted;
     /// broadcast commands are not among them (any service may handle those).
     public func commands(for service: String, coordinator: String = "coordinator") -> [String] {
-        self.entries.filter { Self.target(of: $0, coordinator: coordinator) == service }.map(\.name)
+        self.entries.filter { $0.delivery.service(coordinator: coordinator) == service }.map(\.name)
     }
 
     /// The commands as a table: name and where each goes, one per line.
@@ -75,29 +80,31 @@ public struct CommandRegistry: Sendable {
     /// - Throws: ``IntercomError/Code/missingHandler`` naming every command
     ///   without a handler and where it was looked for.
     public func validate(roles: [String: Router], coordinator: String = "coordinator") throws(IntercomError) {
-        let methods = roles.mapValues { Set($0.methods) }
-        var missing: [String] = []
-        for entry in self.entries {
-            if let target = Self.target(of: entry, coordinator: coordinator) {
-                guard let handled = methods[target] else {
-                    missing.append("command '\(entry.name)' goes to service '\(target)', which no planned role is")
-                    continue
-                }
-                if !handled.contains(entry.name) {
-                    missing.append("command '\(entry.name)' goes to service '\(target)', whose router has no handler for it")
-                }
-            } else if !methods.values.contains(where: { $0.contains(entry.name) }) {
-                missing.append("command '\(entry.name)' (broadcast) has no handler in any planned role")
-            }
-        }
+        let missing = self.missingHandlers(
+            coordinator: coordinator, methods: roles.mapValues { Set($0.methods) }, absent: "which no planned role is",
+            lacking: { _ in ", whose router has no handler for it" }, anywhere: "any planned role")
         guard missing.isEmpty else { throw IntercomError(.missingHandler, missing.joined(separator: "; ")) }
     }
 
-    private static func target(of entry: Entry, coordinator: String) -> String? {
-        switch entry.delivery.target {
-        case .service(let name): name
-        case .coordinator: coordinator
-        case .broadcast: nil
+    /// Says, for each command without a handler where it goes, why — in the
+    /// words of the caller's check (planned roles, or live services).
+    ///
+    /// - Parameters:
+    ///   - methods: each service's methods, by service name.
+    ///   - absent: how to say a command's service is not there.
+    ///   - lacking: how to say the service (by name) has no handler for it.
+    ///   - anywhere: where a broadcast command's handler was looked for.
+    func missingHandlers(
+        coordinator: String, methods: [String: Set<String>], absent: String, lacking: (String) -> String, anywhere: String
+    ) -> [String] {
+        self.entries.compactMap { entry in
+            guard let target = entry.delivery.service(coordinator: coordinator) else {
+                let handled = methods.values.contains { $0.contains(entry.name) }
+                return handled ? nil : "command '\(entry.name)' (broadcast) has no handler in \(anywhere)"
+            }
+            guard let handled = methods[target] else { return "command '\(entry.name)' goes to service '\(target)', \(absent)" }
+            return handled.contains(entry.name) ? nil : "command '\(entry.name)' goes to service '\(target)'\(lacking(target))"
         }
     }
+
 }

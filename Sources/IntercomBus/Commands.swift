@@ -38,6 +38,16 @@ public struct CommandDelivery: Sendable, Hashable {
     public static let broadcast = CommandDelivery(target: .broadcast)
     /// To the coordinating process (the service named by the caller's `coordinator`, default `coordinator`).
     public static let coordinator = CommandDelivery(target: .coordinator)
+
+    /// The one service this delivery names (the coordinator's name for
+    /// coordinator commands); nil for a broadcast.
+    func service(coordinator: String) -> String? {
+        switch self.target {
+        case .service(let name): name
+        case .coordinator: coordinator
+        case .broadcast: nil
+        }
+    }
 }
 
 extension Router {
@@ -65,7 +75,9 @@ extension Bus {
     public func call<C: Command>(
         _ command: C, to target: String? = nil, coordinator: String = "coordinator", timeout: Duration = .seconds(30)
     ) async throws -> C.Reply {
-        let target = try target ?? Self.target(of: C.self, coordinator: coordinator)
+        guard let target = target ?? C.delivery.service(coordinator: coordinator) else {
+            throw IntercomError(.invalidName, "command '\(C.name)' is delivered by broadcast; use bus.broadcast(_:) or name a target")
+        }
         let peer = try await self.connect(to: target)
         do {
             let reply = try await peer.call(C.name, command, returning: C.Reply.self, timeout: timeout)
@@ -74,16 +86,6 @@ extension Bus {
         } catch {
             await peer.close()
             throw error
-        }
-    }
-
-    /// Where a command of type `C` goes by its declared delivery.
-    private static func target<C: Command>(of command: C.Type, coordinator: String) throws(IntercomError) -> String {
-        switch C.delivery.target {
-        case .service(let name): return name
-        case .coordinator: return coordinator
-        case .broadcast:
-            throw IntercomError(.invalidName, "command '\(C.name)' is delivered by broadcast; use bus.broadcast(_:) or name a target")
         }
     }
 
@@ -112,33 +114,10 @@ extension Bus {
     /// - Throws: ``IntercomError/Code/missingHandler`` naming every command without
     ///   a handler and the target it was looked for in.
     public func checkHandlers(for commands: [any Command.Type], coordinator: String = "coordinator") throws(IntercomError) {
-        let live = Dictionary(uniqueKeysWithValues: try self.services().map { ($0.name, $0) })
-        var missing: [String] = []
-        for command in commands {
-            let name = command.name
-            switch command.delivery.target {
-            case .service(let target):
-                if let problem = Self.problem(with: name, at: target, in: live) { missing.append(problem) }
-            case .coordinator:
-                if let problem = Self.problem(with: name, at: coordinator, in: live) { missing.append(problem) }
-            case .broadcast:
-                if !live.values.contains(where: { $0.methods.contains(name) }) {
-                    missing.append("command '\(name)' (broadcast) has no handler in any live service")
-                }
-            }
-        }
-        guard missing.isEmpty else {
-            throw IntercomError(.missingHandler, missing.joined(separator: "; "))
-        }
-    }
-
-    private static func problem(with command: String, at target: String, in live: [String: ServiceInfo]) -> String? {
-        guard let service = live[target] else {
-            return "command '\(command)' goes to service '\(target)', which is not running"
-        }
-        guard service.methods.contains(command) else {
-            return "command '\(command)' goes to service '\(target)' (pid \(service.pid)), which has no handler for it"
-        }
-        return nil
+        let live = Dictionary(try self.services().map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let missing = CommandRegistry(listing: commands).missingHandlers(
+            coordinator: coordinator, methods: live.mapValues { Set($0.methods) }, absent: "which is not running",
+            lacking: { " (pid \(live[$0]?.pid ?? 0)), which has no handler for it" }, anywhere: "any live service")
+        guard missing.isEmpty else { throw IntercomError(.missingHandler, missing.joined(separator: "; ")) }
     }
 }
