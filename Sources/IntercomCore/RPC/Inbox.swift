@@ -252,31 +252,49 @@ final class Inbox: Sendable {
         case nil:
             break
         }
+        let cancelled = IntercomError(.cancelled, "receive was cancelled")
+        return try await self.suspend(
+            timeout: timeout,
+            expired: { inbox, id in inbox.fail(id, IntercomError(.timeout, "no message arrived within \(timeout ?? .zero)")) },
+            cancelled: { inbox, id in inbox.fail(id, cancelled) }
+        ) { state, id, continuation in
+            if let message = state.popFirst() { return .success(message) }
+            if let ended = state.ended { return .failure(ended) }
+            if Task.isCancelled { return .failure(cancelled) }
+            state.waiters[id] = continuation
+            state.waiterOrder.append(id)
+            return nil
+        }
+    }
+
+    /// Suspends the calling task until what `register` stored its continuation
+    /// under is resumed — or answers at once if `register` returns an outcome
+    /// (checked under the lock, so nothing arriving meanwhile is missed). After
+    /// `timeout`, `expired` ends the wait; on cancellation, `cancelled` does.
+    private func suspend<T: Sendable>(
+        timeout: Duration?,
+        expired: @escaping @Sendable (Inbox, UInt64) -> Void,
+        cancelled: @escaping @Sendable (Inbox, UInt64) -> Void,
+        register: @escaping (inout State, UInt64, UnsafeContinuation<T, any Error>) -> Result<T, IntercomError>?
+    ) async throws(IntercomError) -> T {
         let id = self.state.withLock { state in
             state.nextWaiterID += 1
             return state.nextWaiterID
         }
         let timer = timeout.flatMap { timeout in
             self.transport?.schedule(after: timeout) { [weak self] in
-                self?.fail(id, IntercomError(.timeout, "no message arrived within \(timeout)"))
+                if let self { expired(self, id) }
             }
         }
         defer { timer?.cancel() }
         do {
             return try await withTaskCancellationHandler {
-                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<InboundMessage, any Error>) in
-                    let immediate = self.state.withLock { state -> Result<InboundMessage, IntercomError>? in
-                        if let message = state.popFirst() { return .success(message) }
-                        if let ended = state.ended { return .failure(ended) }
-                        if Task.isCancelled { return .failure(IntercomError(.cancelled, "receive was cancelled")) }
-                        state.waiters[id] = continuation
-                        state.waiterOrder.append(id)
-                        return nil
-                    }
-                    if let immediate { continuation.resume(with: immediate) }
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
+                    let now = self.state.withLock { state in register(&state, id, continuation) }
+                    if let now { continuation.resume(with: now.mapError { $0 as any Error }) }
                 }
             } onCancel: {
-                self.fail(id, IntercomError(.cancelled, "receive was cancelled"))
+                cancelled(self, id)
             }
         } catch let error as IntercomError {
             throw error
@@ -324,33 +342,17 @@ final class Inbox: Sendable {
             return nil
         }
         if let now { return try now.get() }
-        let id = self.state.withLock { state in
-            state.nextWaiterID += 1
-            return state.nextWaiterID
-        }
-        let timer = timeout.flatMap { timeout in
-            self.transport?.schedule(after: timeout) { [weak self] in self?.stopWatching(id, with: .success(false)) }
-        }
-        defer { timer?.cancel() }
-        do {
-            return try await withTaskCancellationHandler {
-                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Bool, any Error>) in
-                    let now = self.state.withLock { state -> Result<Bool, IntercomError>? in
-                        if state.count > 0 { return .success(true) }
-                        if let ended = state.ended { return .failure(ended) }
-                        if Task.isCancelled { return .failure(IntercomError(.cancelled, "waiting for a message was cancelled")) }
-                        state.watchers[id] = continuation
-                        return nil
-                    }
-                    if let now { continuation.resume(with: now) }
-                }
-            } onCancel: {
-                self.stopWatching(id, with: .failure(IntercomError(.cancelled, "waiting for a message was cancelled")))
-            }
-        } catch let error as IntercomError {
-            throw error
-        } catch {
-            throw IntercomError(.cancelled, "\(error)")
+        let cancelled = IntercomError(.cancelled, "waiting for a message was cancelled")
+        return try await self.suspend(
+            timeout: timeout,
+            expired: { inbox, id in inbox.stopWatching(id, with: .success(false)) },
+            cancelled: { inbox, id in inbox.stopWatching(id, with: .failure(cancelled)) }
+        ) { state, id, continuation in
+            if state.count > 0 { return .success(true) }
+            if let ended = state.ended { return .failure(ended) }
+            if Task.isCancelled { return .failure(cancelled) }
+            state.watchers[id] = continuation
+            return nil
         }
     }
 
