@@ -481,10 +481,7 @@ func countBytes(at path: String) -> Never {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     // Bound under a temporary name and renamed once listening: the socket appears
     // at PATH only when a connect there succeeds.
-    var address = unixAddress(path + ".tmp")
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
+    let bound = UnixSocket.withAddress(path + ".tmp") { bind(fd, $0, $1) }
     guard bound == 0, listen(fd, 4) == 0, rename(path + ".tmp", path) == 0 else {
         FileHandle.standardError.write(Data("count-bytes: cannot listen on \(path): \(errno)\n".utf8))
         exit(2)

@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import CIntercomShims
 import Intercom
+@_spi(IntercomInternals) import IntercomTransport
 import IntercomWire
 import Logging
 import NIOCore
@@ -13,25 +14,10 @@ import Synchronization
 import Glibc
 #endif
 
-/// The socket address of `path`.
-func unixAddress(_ path: String) -> sockaddr_un {
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        let bytes = Array(path.utf8.prefix(raw.count - 1))
-        raw.copyBytes(from: bytes)
-        raw[bytes.count] = 0
-    }
-    return address
-}
-
 /// A raw connection to `path` that says nothing (an idle client).
 func idleConnection(to path: String) -> Int32 {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    var address = unixAddress(path)
-    _ = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
+    _ = UnixSocket.withAddress(path) { connect(fd, $0, $1) }
     return fd
 }
 
