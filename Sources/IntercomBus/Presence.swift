@@ -1,4 +1,4 @@
-internal import IntercomTransport
+public import IntercomTransport
 
 /// A service appearing on the bus or leaving it.
 public enum ServiceChange: Sendable, Hashable {
@@ -16,14 +16,16 @@ extension Bus {
     /// changes nothing in the directory, is noticed within 100 ms.
     ///
     /// ```swift
-    /// for await change in bus.serviceChanges() {
+    /// for try await change in bus.serviceChanges() {
     ///     if case .disappeared(let service) = change { print(service.name, "left") }
     /// }
     /// ```
     ///
     /// The looking is done by the iteration itself (no task runs in the
-    /// background): it ends when the iterating task is cancelled, or when the
-    /// bus directory cannot be read (it is unsafe, or was removed).
+    /// background): it ends when the iterating task is cancelled, and throws
+    /// ``IntercomError`` if the bus directory cannot be used (`permissionDenied`
+    /// for an unsafe one, naming what is wrong and what to do). A missing one is
+    /// made, as for ``waitForService(_:timeout:)``.
     public func serviceChanges() -> ServiceChanges {
         ServiceChanges(bus: self)
     }
@@ -33,6 +35,8 @@ extension Bus {
 public struct ServiceChanges: AsyncSequence, Sendable {
     /// A change.
     public typealias Element = ServiceChange
+    /// Why the sequence stopped early.
+    public typealias Failure = IntercomError
 
     let bus: Bus
 
@@ -42,29 +46,23 @@ public struct ServiceChanges: AsyncSequence, Sendable {
         var watcher: DirectoryWatcher?
         var known: [String: ServiceInfo] = [:]
         var ready: [ServiceChange] = []
-        var ended = false
 
-        /// The next change; nil once cancelled or the directory cannot be read.
-        public mutating func next() async -> ServiceChange? {
-            if self.watcher == nil, !self.ended {
+        /// The next change; nil once the iterating task is cancelled.
+        ///
+        /// - Throws: ``IntercomError`` if the bus directory cannot be read.
+        public mutating func next() async throws(IntercomError) -> ServiceChange? {
+            if self.watcher == nil {
                 // Watching starts before the first look, so no change falls between.
                 // The directory is open only while the watch is added.
-                if let directory = try? self.bus.open() {
-                    self.watcher = withExtendedLifetime(directory) { DirectoryWatcher(path: directory.base) }
-                } else {
-                    self.ended = true
-                }
+                let directory = try self.bus.open()
+                self.watcher = withExtendedLifetime(directory) { DirectoryWatcher(path: directory.base) }
             }
-            while self.ready.isEmpty, !self.ended {
+            while self.ready.isEmpty {
                 if Task.isCancelled { return nil }
-                guard let now = try? self.bus.services() else {
-                    self.ended = true
-                    break
-                }
-                self.compare(now)
+                self.compare(try self.bus.services())
                 if self.ready.isEmpty { await self.watcher?.waitForChange(upTo: .milliseconds(100)) }
             }
-            return self.ready.isEmpty ? nil : self.ready.removeFirst()
+            return self.ready.removeFirst()
         }
 
         private mutating func compare(_ now: [ServiceInfo]) {

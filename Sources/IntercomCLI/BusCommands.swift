@@ -236,7 +236,7 @@ struct Watch: AsyncParsableCommand {
         if self.services {
             try await reportingErrors {
                 let format = Date.ISO8601FormatStyle.iso8601.time(includingFractionalSeconds: true)
-                for await change in try self.busOptions.resolve().serviceChanges() {
+                for try await change in try self.busOptions.resolve().serviceChanges() {
                     let time = Date().formatted(format)
                     switch change {
                     case .appeared(let service): printLine("\(time) + \(service.name) (pid \(service.pid))")

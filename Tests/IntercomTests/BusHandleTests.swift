@@ -121,24 +121,32 @@ import Glibc
                 let first = try ServiceProcess(name: "first", bus: temporary)
                 _ = try await bus.waitForService("first", timeout: .seconds(20))
                 var changes = bus.serviceChanges().makeAsyncIterator()
-                func next() async -> String {
-                    switch await changes.next() {
+                func next() async throws -> String {
+                    switch try await changes.next() {
                     case .appeared(let service)?: return "+\(service.name) \(service.pid)"
                     case .disappeared(let service)?: return "-\(service.name) \(service.pid)"
                     case nil: return "ended"
                     }
                 }
-                #expect(await next() == "+first \(first.pid)")
+                #expect(try await next() == "+first \(first.pid)")
                 let second = try ServiceProcess(name: "second", bus: temporary)
-                #expect(await next() == "+second \(second.pid)")
+                #expect(try await next() == "+second \(second.pid)")
                 first.kill(SIGKILL)
                 await first.waitForExit()
-                #expect(await next() == "-first \(first.pid)", "a crash shows too")
+                #expect(try await next() == "-first \(first.pid)", "a crash shows too")
                 let peer = try await bus.connect(to: "second")
                 #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
                 await peer.waitUntilClosed()
                 #expect(await second.waitForExit() == 0)
-                #expect(await next() == "-second \(second.pid)")
+                #expect(try await next() == "-second \(second.pid)")
+                // A bus whose directory is unsafe says so, rather than ending quietly.
+                let unsafe = temporary.directory + "/open-to-all"
+                mkdir(unsafe, 0o700)
+                chmod(unsafe, 0o777)
+                var refused = Bus(directory: unsafe).serviceChanges().makeAsyncIterator()
+                let error = await #expect(throws: IntercomError.self) { _ = try await refused.next() }
+                #expect(error?.code == .permissionDenied, "\(String(describing: error))")
+                rmdir(unsafe)
             }
         }
     }
