@@ -188,7 +188,12 @@ private final class CalculatorHost: Sendable {
             let (exited, continuation) = AsyncStream.makeStream(of: Int32.self)
             process.terminationHandler = { continuation.yield($0.terminationStatus); continuation.finish() }
             try process.run()
-            let text = await Task.detached { String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }.value
+            // Read on a thread of its own: a blocking read on the concurrency pool stalls every other test.
+            let text = await withCheckedContinuation { continuation in
+                Thread.detachNewThread {
+                    continuation.resume(returning: String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+                }
+            }
             var status: Int32 = -1
             for await code in exited { status = code }
             try? output.fileHandleForReading.close()

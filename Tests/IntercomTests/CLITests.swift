@@ -59,9 +59,11 @@ func startCLI(
 /// Runs `intercom arguments…` to completion.
 func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: String] = [:], input: Data? = nil) async throws -> CLIRun {
     let (_, output, errors, exit) = try startCLI(arguments, busDirectory: busDirectory, environment: environment, input: input)
-    // Read both pipes to the end (the process exits when it is done writing).
-    async let out = Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
-    async let err = Task.detached { errors.fileHandleForReading.readDataToEndOfFile() }.value
+    // Read both pipes to the end (the process exits when it is done writing), each
+    // on a thread of its own: a blocking read on the concurrency pool (two threads
+    // on two CPUs) stalled every other test in the process for as long as it lasted.
+    async let out = onThread { output.fileHandleForReading.readDataToEndOfFile() }
+    async let err = onThread { errors.fileHandleForReading.readDataToEndOfFile() }
     let (outData, errData) = await (out, err)
     var status: Int32 = -1
     for await code in exit { status = code }
@@ -147,7 +149,7 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
 
                 // watch: prints the echo service's ticks as they come, with time and source.
                 let (watch, watchOut, watchErr, watchExit) = try startCLI(["watch", "tick"], busDirectory: directory)
-                let line = await Task.detached { () -> String in
+                let line = await onThread { () -> String in
                     var collected = Data()
                     while !collected.contains(UInt8(ascii: "\n")) {
                         let chunk = watchOut.fileHandleForReading.availableData
@@ -155,7 +157,7 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
                         collected.append(chunk)
                     }
                     return String(decoding: collected, as: UTF8.self)
-                }.value
+                }
                 #expect(line.contains(" e1 tick {\"count\":"), "\(line)")
                 kill(watch.processIdentifier, SIGTERM)
                 for await _ in watchExit {}
@@ -245,9 +247,10 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
     }
 }
 
-/// Reads `pipe` until what came contains `marker`, or it ends; returns what came.
+/// Reads `pipe` until what came contains `marker`, or it ends; returns what came
+/// (on a thread of its own: the read blocks).
 func readOutput(of pipe: Pipe, until marker: String) async -> String {
-    await Task.detached { () -> String in
+    await onThread { () -> String in
         var collected = Data()
         while !String(decoding: collected, as: UTF8.self).contains(marker) {
             let chunk = pipe.fileHandleForReading.availableData
@@ -255,5 +258,5 @@ func readOutput(of pipe: Pipe, until marker: String) async -> String {
             collected.append(chunk)
         }
         return String(decoding: collected, as: UTF8.self)
-    }.value
+    }
 }
