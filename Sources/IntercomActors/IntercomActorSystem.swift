@@ -81,18 +81,31 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
         var aliases: [String: String] = [:]
         var peers: [String: Peer] = [:]
         var handles: [String: ServiceHandle] = [:]
+        /// Connections being made to network endpoints (one per endpoint at a time).
+        var connecting: [String: Task<Peer, any Error>] = [:]
         var remoteCalls = 0
     }
 
     /// The method actor calls travel under.
     static let method = "intercom.actor.call"
 
+    /// How this system connects to endpoints that are network addresses (its TLS
+    /// certificate and trust roots among others).
+    public let configuration: Peer.Configuration
+
     /// A system whose actors are addressed as `endpoint` (default: a name unique
     /// to this process). With a `bus`, remote endpoints are found as bus services.
-    public init(endpoint: String? = nil, bus: Bus? = nil, callTimeout: Duration = .seconds(30)) {
+    /// Endpoints that are addresses (`tls://host:7411`, `tcp://…`, a socket path)
+    /// are connected to directly with `configuration` — so an actor on another
+    /// host is resolved from an id such as `calculator@tls://lab-2:7411`.
+    public init(
+        endpoint: String? = nil, bus: Bus? = nil, callTimeout: Duration = .seconds(30),
+        configuration: Peer.Configuration = Peer.Configuration()
+    ) {
         self.endpoint = endpoint ?? "pid-\(ProcessInfo.processInfo.processIdentifier)"
         self.bus = bus
         self.callTimeout = callTimeout
+        self.configuration = configuration
     }
 
     // MARK: Hosting
@@ -218,6 +231,7 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
     }
 
     private func peer(for endpoint: String) async throws -> Peer {
+        if let address = Endpoint(endpoint) { return try await self.peer(at: address, named: endpoint) }
         let (peer, handle) = self.state.withLock { state -> (Peer?, ServiceHandle?) in
             if let peer = state.peers[endpoint], !peer.isClosed { return (peer, nil) }
             guard let bus = self.bus else { return (nil, nil) }
@@ -233,14 +247,47 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
             "no connection to actor endpoint '\(endpoint)': register one with register(_:as:) or give the system a bus")
     }
 
-    /// Closes the connections the system opened through the bus (`close`, like
-    /// every other thing in Intercom that holds connections open).
+    /// The open connection to a network endpoint, or a new one (made once however
+    /// many calls wait for it; made again after it ended).
+    private func peer(at address: Endpoint, named endpoint: String) async throws -> Peer {
+        let connecting = self.state.withLock { state -> Task<Peer, any Error> in
+            if let task = state.connecting[endpoint] { return task }
+            let configuration = self.configuration
+            let task = Task<Peer, any Error> {
+                try await Peer.connect(to: address, configuration: configuration)
+            }
+            state.connecting[endpoint] = task
+            return task
+        }
+        do {
+            let peer = try await connecting.value
+            if !peer.isClosed { return peer }
+        } catch {
+            self.state.withLock { _ = $0.connecting.removeValue(forKey: endpoint) }
+            throw error
+        }
+        // It ended since: forget it and connect again (once, whoever asks first).
+        self.state.withLock { state in
+            if state.connecting[endpoint] == connecting { state.connecting[endpoint] = nil }
+        }
+        return try await self.peer(at: address, named: endpoint)
+    }
+
+    /// Closes the connections the system opened — through the bus and to
+    /// network endpoints (`close`, like every other thing in Intercom that holds
+    /// connections open).
     public func close() async {
-        let handles = self.state.withLock { state -> [ServiceHandle] in
-            defer { state.handles.removeAll() }
-            return Array(state.handles.values)
+        let (handles, connections) = self.state.withLock { state -> ([ServiceHandle], [Task<Peer, any Error>]) in
+            defer {
+                state.handles.removeAll()
+                state.connecting.removeAll()
+            }
+            return (Array(state.handles.values), Array(state.connecting.values))
         }
         for handle in handles { await handle.close() }
+        for connection in connections {
+            if let peer = try? await connection.value { await peer.close() }
+        }
     }
 
     /// Renamed ``close()``.

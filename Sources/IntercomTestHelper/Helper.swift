@@ -19,6 +19,10 @@ import Glibc
 
 struct Options {
     var connectPath: String?
+    /// For a `tls://` --connect: PEM files of this side's certificate, key and trusted CA.
+    var tlsFiles: (certificate: String?, key: String?, ca: String?) = (nil, nil, nil)
+    /// For a `tcp://` --connect: allow plain TCP.
+    var plainTCP = false
     var concurrency = 64
     var stall = false
     var stdio = false
@@ -71,6 +75,10 @@ struct Options {
         while let argument = iterator.next() {
             switch argument {
             case "--connect": self.connectPath = iterator.next()
+            case "--tls-cert": self.tlsFiles.certificate = iterator.next()
+            case "--tls-key": self.tlsFiles.key = iterator.next()
+            case "--tls-ca": self.tlsFiles.ca = iterator.next()
+            case "--plain-tcp": self.plainTCP = true
             case "--concurrency": self.concurrency = Int(iterator.next() ?? "") ?? 64
             case "--stall": self.stall = true
             case "--stdio": self.stdio = true
@@ -334,7 +342,12 @@ struct Helper {
         if Peer.hasParent {
             peer = try await Peer.parent(router: router, configuration: configuration)
         } else if let path = options.connectPath {
-            peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
+            var configuration = configuration
+            configuration.allowsPlainTCP = options.plainTCP
+            if let certificate = options.tlsFiles.certificate, let key = options.tlsFiles.key, let ca = options.tlsFiles.ca {
+                configuration.tls = try TLSOptions.pemFiles(certificate: certificate, privateKey: key, trustRoots: ca)
+            }
+            peer = try await Peer.connect(to: try Endpoint(parsing: path), router: router, configuration: configuration)
         } else if options.stdio {
             peer = try await Peer.standardIO(router: router, configuration: configuration)
         } else {

@@ -14,14 +14,18 @@ internal import Darwin
 /// - Returns: the future of the peer, fulfilled when the handshake completes.
 /// - Parameter descriptor: the descriptor under the channel, when Intercom knows it
 ///   (sockets it connected, accepted or adopted); needed to move to shared memory.
-func installPeer(on channel: any Channel, descriptor: Int32?, router: Router?, configuration: Peer.Configuration) throws -> EventLoopFuture<Peer> {
+/// - Parameter network: for TCP and TLS connections, what TLS proves about the other side.
+func installPeer(
+    on channel: any Channel, descriptor: Int32?, medium: TransportMedium = .socket, network: NetworkSession? = nil,
+    router: Router?, configuration: Peer.Configuration
+) throws -> EventLoopFuture<Peer> {
     let transport = NIOFrameTransport(
-        channel: channel, descriptor: descriptor, limits: configuration.limits,
+        channel: channel, descriptor: descriptor, medium: medium, limits: configuration.limits,
         outboxLimit: configuration.outboundHighWatermark, logger: configuration.logger)
     try channel.pipeline.syncOperations.addHandler(transport.handler)
     let promise = channel.eventLoop.makePromise(of: Peer.self)
     transport.setReceiver(
-        Handshake(transport: transport, router: router, configuration: configuration) { result in
+        Handshake(transport: transport, router: router, configuration: configuration, network: network) { result in
             promise.completeWith(result.mapError { $0 as any Error })
         })
     return promise.futureResult
@@ -73,7 +77,7 @@ private func establish(
 /// order is real, but it passes through a continuation resumed inside the
 /// uninstrumented Swift runtime, so ThreadSanitizer reported the plain variable
 /// this was; the lock (once per connect) makes the order visible to it.
-private final class FutureBox: Sendable {
+final class FutureBox: Sendable {
     private let stored = Locked<EventLoopFuture<Peer>?>(nil)
     var future: EventLoopFuture<Peer>? {
         get { self.stored.withLock { $0 } }

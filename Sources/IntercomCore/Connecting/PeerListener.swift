@@ -10,8 +10,9 @@ internal import Glibc
 internal import Darwin
 #endif
 
-/// Accepts connections on a Unix socket path; every accepted connection that
-/// completes the handshake becomes a ``Peer`` served by the listener's router.
+/// Accepts connections on a Unix socket path or a network address; every
+/// accepted connection that its ``AccessPolicy`` admits and that completes the
+/// handshake becomes a ``Peer`` served by the listener's router.
 ///
 /// A client that breaks the protocol (wrong magic, unsupported version, oversized
 /// frame, …) is told why, disconnected and logged; the listener and its other
@@ -22,8 +23,10 @@ internal import Darwin
 /// for await peer in listener.peers { … }
 /// ```
 public final class PeerListener: Sendable {
-    /// The socket path.
+    /// The socket path (empty for a network listener).
     public let path: String
+    /// Where it listens; for a network listener asked for port 0, the port it got.
+    public let endpoint: Endpoint
     /// Connections that completed the handshake, in order; ends when the listener
     /// closes. The first access also delivers the connections open at that moment.
     ///
@@ -41,7 +44,7 @@ public final class PeerListener: Sendable {
         }
     }
 
-    private let acceptor: UnixSocketAcceptor
+    private let acceptor: Acceptor
     private let accepted = Locked(Accepted())
     /// Every connection's channel from the moment it is handed to an event loop
     /// until it closes, handshake or not: `close()` ends those too.
@@ -55,8 +58,16 @@ public final class PeerListener: Sendable {
         var stream: (stream: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation)?
     }
 
-    private init(path: String, acceptor: UnixSocketAcceptor, channels: ListenerBox) {
-        self.path = path
+    /// What accepts: a thread of its own for a Unix socket (it checks credentials
+    /// and backs off when descriptors run out), NIO's server channel for TCP.
+    enum Acceptor {
+        case unix(UnixSocketAcceptor)
+        case network(any Channel)
+    }
+
+    init(endpoint: Endpoint, acceptor: Acceptor, channels: ListenerBox) {
+        self.endpoint = endpoint
+        self.path = endpoint.path
         self.acceptor = acceptor
         self.channels = channels
     }
@@ -64,7 +75,10 @@ public final class PeerListener: Sendable {
     deinit {
         // A listener dropped without `close()` stops accepting (its thread and
         // socket would otherwise live on, refusing every client it accepts).
-        self.acceptor.requestStop()
+        switch self.acceptor {
+        case .unix(let acceptor): acceptor.requestStop()
+        case .network(let channel): channel.close(promise: nil)
+        }
     }
 
     /// Starts listening on `path`.
@@ -81,6 +95,18 @@ public final class PeerListener: Sendable {
     public static func listen(
         unixPath path: String, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration(),
         allowedUIDs: Set<UInt32>? = nil
+    ) async throws(IntercomError) -> PeerListener {
+        try await Self.listen(
+            unixPath: path, router: router, configuration: configuration, access: AccessPolicy(uids: allowedUIDs))
+    }
+
+    /// Starts listening on a Unix socket path, admitting the clients `access`
+    /// allows by their kernel credentials (``AccessPolicy/uids``, ``AccessPolicy/gids``).
+    ///
+    /// - Throws: as ``listen(unixPath:router:configuration:allowedUIDs:)``.
+    public static func listen(
+        unixPath path: String, router: Router? = nil, configuration: Peer.Configuration = Peer.Configuration(),
+        access: AccessPolicy
     ) async throws(IntercomError) -> PeerListener {
         try UnixSocketPath.check(path)
         try Self.removeStaleSocket(at: path)
@@ -100,14 +126,14 @@ public final class PeerListener: Sendable {
         let acceptor: UnixSocketAcceptor
         do {
             acceptor = try UnixSocketAcceptor(listening: fd, path: path, logger: logger) { connection in
-                Self.serve(connection, path: path, router: router, configuration: configuration, allowedUIDs: allowedUIDs, box: box)
+                Self.serve(connection, path: path, router: router, configuration: configuration, access: access, box: box)
             }
         } catch {
             POSIX.close(fd)
             unlink(path)
             throw error
         }
-        let listener = PeerListener(path: path, acceptor: acceptor, channels: box)
+        let listener = PeerListener(endpoint: .unix(path: path), acceptor: .unix(acceptor), channels: box)
         box.set(listener)
         return listener
     }
@@ -119,12 +145,12 @@ public final class PeerListener: Sendable {
     /// On the acceptor's thread: checks who connected, then hands the descriptor
     /// to an event loop with either the handshake or a refusal installed.
     private static func serve(
-        _ connection: Int32, path: String, router: Router?, configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?,
+        _ connection: Int32, path: String, router: Router?, configuration: Peer.Configuration, access: AccessPolicy,
         box: ListenerBox
     ) {
         let logger = configuration.logger
         // Before the handshake: no handler can run for a refused client.
-        let refusal = UnixSocket.refusal(of: connection, allowed: allowedUIDs, role: "client")
+        let refusal = Self.refusal(of: connection, by: access)
         let bootstrap = ClientBootstrap(group: intercomEventLoopGroup)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: configuration.waterMark)
             .channelInitializer { child in
@@ -161,7 +187,19 @@ public final class PeerListener: Sendable {
         }
     }
 
-    fileprivate func adopt(_ peer: Peer) {
+    /// Why the client on `connection` may not connect, judged by its kernel credentials.
+    private static func refusal(of connection: Int32, by access: AccessPolicy) -> String? {
+        guard access.uids != nil || access.gids != nil else { return nil }
+        guard let kernel = UnixSocket.connectedPeerCredentials(connection) else {
+            return "cannot read the client's credentials: \(String(cString: strerror(errno)))"
+        }
+        let credentials = PeerIdentity.Credentials(pid: kernel.pid, uid: kernel.uid, gid: kernel.gid)
+        return access.refusal(of: PeerIdentity(name: "", reportedPID: kernel.pid, credentials: credentials)).map {
+            "the client (pid \(kernel.pid)): \($0)"
+        }
+    }
+
+    func adopt(_ peer: Peer) {
         let kept = self.accepted.withLock { accepted -> Bool in
             guard !accepted.closed else { return false }
             accepted.open[ObjectIdentifier(peer)] = (accepted.nextOrder, peer)
@@ -196,8 +234,13 @@ public final class PeerListener: Sendable {
             }
             return (accepted.open.values.map(\.peer), accepted.stream?.continuation)
         }
-        await self.acceptor.stop()
-        unlink(self.path)
+        switch self.acceptor {
+        case .unix(let acceptor):
+            await acceptor.stop()
+            unlink(self.path)
+        case .network(let channel):
+            try? await channel.close().get()
+        }
         stream?.finish()
         for peer in peers { await peer.close() }
         // What is left: connections still in their handshake (or refused ones
@@ -225,71 +268,6 @@ public final class PeerListener: Sendable {
             unlink(path)
         } else if errno == EACCES {
             throw IntercomError(.permissionDenied, "no permission to use \(path)")
-        }
-    }
-}
-
-/// Sends one error frame as soon as the connection is active, then closes it.
-/// (Writing from the child initializer itself would wait for a registration that
-/// waits for the initializer.)
-private final class RefuseOnActive: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-    let frame: ByteBuffer
-    init(frame: ByteBuffer) { self.frame = frame }
-
-    func channelActive(context: ChannelHandlerContext) {
-        let channel = context.channel
-        context.writeAndFlush(NIOAny(self.frame)).whenComplete { _ in channel.close(promise: nil) }
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // Nothing the refused client sends is read.
-    }
-}
-
-/// Lets the acceptor find the listener, which exists only after it started, and
-/// keeps the channels of the listener's connections until they close.
-private final class ListenerBox: Sendable {
-    private struct Weak {
-        weak var listener: PeerListener?
-    }
-    // Weak: the listener owns the acceptor, which owns this box.
-    private let listener = Locked(Weak())
-    private let open = Locked((channels: [ObjectIdentifier: any Channel](), stopped: false))
-
-    /// Keeps `channel` until it closes; false if the listener closed already.
-    func track(_ channel: any Channel) -> Bool {
-        let key = ObjectIdentifier(channel)
-        let tracked = self.open.withLock { open -> Bool in
-            guard !open.stopped else { return false }
-            open.channels[key] = channel
-            return true
-        }
-        if tracked {
-            channel.closeFuture.whenComplete { _ in _ = self.open.withLock { $0.channels.removeValue(forKey: key) } }
-        }
-        return tracked
-    }
-
-    /// Tracks no more channels; returns those still open.
-    func stopTracking() -> [any Channel] {
-        self.open.withLock { open in
-            open.stopped = true
-            return Array(open.channels.values)
-        }
-    }
-
-    func set(_ listener: PeerListener) {
-        self.listener.withLock { $0.listener = listener }
-    }
-
-    /// Hands a peer that completed its handshake to the listener; closes it if
-    /// the listener is gone.
-    func adopt(_ peer: Peer) {
-        if let listener = self.listener.withLock({ $0.listener }) {
-            listener.adopt(peer)
-        } else {
-            Task { await peer.close() }
         }
     }
 }

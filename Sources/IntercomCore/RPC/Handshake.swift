@@ -18,6 +18,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     private let router: Router?
     private let configuration: Peer.Configuration
     private let completion: @Sendable (Result<Peer, IntercomError>) -> Void
+    /// What TLS proved about the other side (network connections).
+    private let network: NetworkSession?
     private var finished = false
     private var timer: (any ScheduledWork)?
     private var startedAt = ContinuousClock.now
@@ -34,9 +36,10 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     /// `completion` is called once, on the transport's thread, with the peer or why there is none.
     init(
-        transport: any FrameTransport, router: Router?, configuration: Peer.Configuration,
+        transport: any FrameTransport, router: Router?, configuration: Peer.Configuration, network: NetworkSession? = nil,
         completion: @escaping @Sendable (Result<Peer, IntercomError>) -> Void
     ) {
+        self.network = network
         self.transport = transport
         self.router = router
         self.configuration = configuration
@@ -87,7 +90,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                 }
                 if self.startUpgrade(remote: remote, codec: codec) { return }
                 let peer = Peer(
-                    transport: self.transport, router: self.router, configuration: self.configuration, remote: remote, codec: codec)
+                    transport: self.transport, router: self.router, configuration: self.configuration, remote: remote, codec: codec,
+                    network: self.network?.identity)
                 self.transport.setReceiver(peer)
                 self.finished = true
                 self.timer?.cancel()

@@ -97,6 +97,7 @@ extension Peer: FrameReceiver {
 
     /// A reply, error or pong for a call of ours.
     func complete(_ frame: Frame) {
+        if frame.id == 0, frame.kind == .pong { return }  // a heartbeat's answer: its arrival was the point
         if frame.id == 0, frame.kind == .error {
             // An error about the whole connection: the other side is about to close it.
             let body = try? ErrorBody(from: frame.payload)

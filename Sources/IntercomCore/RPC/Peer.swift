@@ -73,12 +73,15 @@ public final class Peer: Sendable {
         frame.payload.readableBytes + (frame.method?.utf8.count ?? 0) + 256
     }
 
-    init(transport: any FrameTransport, router: Router?, configuration: Configuration, remote: Hello, codec: PayloadCodec) {
+    init(
+        transport: any FrameTransport, router: Router?, configuration: Configuration, remote: Hello, codec: PayloadCodec,
+        network: NetworkIdentity? = nil
+    ) {
         self.transport = transport
         self.router = router
         self.configuration = configuration
         self.remote = PeerIdentity(
-            name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials)
+            name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials, network: network)
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.codec = codec
         self.state = Locked(
@@ -88,6 +91,7 @@ public final class Peer: Sendable {
         self.inbox = Inbox(capacity: configuration.inboxCapacity, byteCapacity: configuration.inboxByteCapacity)
         self.inbox.transport = transport
         transport.observeBlockedSenders { [weak self] in self?.statisticsChanged() }
+        self.startHeartbeat()
     }
 
     /// Runs `body` on the connection's state machine under its lock, then wakes

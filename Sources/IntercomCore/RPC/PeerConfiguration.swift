@@ -64,6 +64,19 @@ extension Peer {
         /// uid (from the kernel, `SO_PEERCRED`) must be one of these, checked before
         /// a byte is sent. This user and root by default; nil trusts anyone.
         public var trustedServerUIDs: Set<UInt32>? = [UInt32(getuid()), 0]
+        /// This side's certificate, key and trusted authorities for `tls://`
+        /// endpoints (connecting and listening); nil: TLS is not configured, and
+        /// such endpoints are refused with an error saying so.
+        public var tls: TLSOptions?
+        /// Whether this side may connect to `tcp://` endpoints: false, because
+        /// plain TCP neither encrypts nor authenticates (either side could be
+        /// anyone on the path). Use `tls://` across hosts; set this for trusted
+        /// networks and benchmarks. (A listener's permission is its
+        /// ``AccessPolicy/allowsUnauthenticated``.)
+        public var allowsPlainTCP = false
+        /// How a vanished other side is noticed: ``Heartbeat/automatic`` (on TCP
+        /// and TLS every 5 s, lost after 20 s; off locally, where the kernel tells).
+        public var heartbeat: Heartbeat = .automatic
         /// Where the connection logs (protocol violations at `warning`).
         public var logger: Logger = Logger(label: "intercom.peer")
 

@@ -58,6 +58,13 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let missingHandler = Code("missingHandler")
         /// No distributed actor with that id lives at its endpoint (never did, or was deinitialised).
         public static let actorNotFound = Code("actorNotFound")
+        /// The other side could not be authenticated, or refused this side's
+        /// credentials (a TLS certificate that is expired, from an untrusted
+        /// authority, for another host, or missing); the message names the cause.
+        public static let authenticationFailed = Code("authenticationFailed")
+        /// Settings that cannot work (an unreadable certificate file, a key that
+        /// does not match, a plain-TCP endpoint without permission to use one).
+        public static let invalidConfiguration = Code("invalidConfiguration")
 
         /// The code's name.
         public var description: String { self.name }

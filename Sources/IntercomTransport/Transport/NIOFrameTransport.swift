@@ -53,8 +53,13 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
 
     /// - Parameter outboxLimit: bytes the outbox may hold before senders wait
     ///   (the connection's outbound high watermark).
-    package init(channel: any Channel, descriptor: Int32?, limits: WireLimits, outboxLimit: Int, logger: Logger) {
+    ///   - medium: what the channel runs over (sockets, TCP, TLS), for diagnostics.
+    package init(
+        channel: any Channel, descriptor: Int32?, medium: TransportMedium = .socket, limits: WireLimits, outboxLimit: Int,
+        logger: Logger
+    ) {
         self.channel = channel
+        self.medium = medium
         self.outboxLimit = max(1, outboxLimit)
         self.descriptor = descriptor
         self.peerCredentials = descriptor.flatMap(UnixSocket.connectedPeerCredentials)
@@ -69,7 +74,7 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
     }
 
     package var isOnTransportThread: Bool { self.loop.inEventLoop }
-    package var medium: TransportMedium { .socket }
+    package let medium: TransportMedium
 
     /// Runs `body` on the channel's event loop.
     func executeOnLoop(_ body: @escaping @Sendable () -> Void) {

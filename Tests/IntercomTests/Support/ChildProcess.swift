@@ -13,12 +13,16 @@ import Glibc
 ///
 /// `socketpair` and `unix` keep the connection on its socket (this side does not
 /// offer shared memory); the `sharedMemory…` kinds start the same way and must
-/// end up on shared-memory rings, or the spawn fails.
+/// end up on shared-memory rings, or the spawn fails. `tcp` and `tls` connect the
+/// child to a listener on the loopback address (TLS with certificates of the
+/// test run's own authority, both sides verified).
 enum TransportKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case socketpair
     case unix
     case sharedMemory
     case sharedMemoryOverUnix
+    case tcp
+    case tls
     var testDescription: String { self.rawValue }
     var isSharedMemory: Bool { self == .sharedMemory || self == .sharedMemoryOverUnix }
 }
@@ -93,7 +97,44 @@ final class ChildProcess: Sendable {
             var iterator = listener.peers.makeAsyncIterator()
             guard let peer = await iterator.next() else { throw IntercomError(.closed, "listener closed") }
             return ChildProcess(process: process, peer: peer, listener: listener, exit: exit)
+        case .tcp, .tls:
+            return try await Self.startOverNetwork(
+                tls: kind == .tls, process: process, exit: exit, arguments: arguments, router: router, configuration: configuration)
         }
+    }
+
+    /// Listens on a loopback port and has the child connect to it; for TLS, the
+    /// child's certificate files live only until it connected.
+    private static func startOverNetwork(
+        tls: Bool, process: Process, exit: WatchedProcess, arguments: [String], router: Router?, configuration: Peer.Configuration
+    ) async throws -> ChildProcess {
+        var configuration = configuration
+        var access = AccessPolicy()
+        var childArguments: [String] = []
+        let directory = TemporaryDirectory.shared.socketPath() + ".tls"
+        if tls {
+            configuration.tls = try TestPKI.shared.options(commonName: "test-parent")
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+            let files = try TestPKI.shared.writeFiles(commonName: "test-child", into: directory)
+            childArguments = ["--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca]
+        } else {
+            access.allowsUnauthenticated = true
+            childArguments = ["--plain-tcp"]
+        }
+        defer { if tls { try? FileManager.default.removeItem(atPath: directory) } }
+        let endpoint: Endpoint = tls ? .tls(host: "127.0.0.1", port: 0) : .tcp(host: "127.0.0.1", port: 0)
+        let listener = try await PeerListener.listen(on: endpoint, router: router, configuration: configuration, access: access)
+        process.arguments = ["--connect", listener.endpoint.description] + childArguments + arguments
+        process.standardInput = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            await listener.close()
+            throw error
+        }
+        var iterator = listener.peers.makeAsyncIterator()
+        guard let peer = await iterator.next() else { throw IntercomError(.closed, "listener closed") }
+        return ChildProcess(process: process, peer: peer, listener: listener, exit: exit)
     }
 
     private init(process: Process, peer: Peer, listener: PeerListener?, exit: WatchedProcess) {
