@@ -58,6 +58,11 @@ public struct Bus: Sendable {
     ///     the name once it has let go (within `replaceTimeout`).
     ///   - access: who may connect (default: processes of this user only), checked
     ///     with the kernel's peer credentials before any handler runs.
+    ///   - addresses: network endpoints (`tls://0.0.0.0:7411`) to serve on as well,
+    ///     with `configuration`'s TLS settings: the service is then reached by
+    ///     name on this host and by address from others (``BusService/addresses``).
+    ///   - networkAccess: who may connect over those addresses (by default any
+    ///     client whose certificate the trust roots verify).
     /// - Throws: ``IntercomError`` `nameInUse` (a live process serves `name`),
     ///   `permissionDenied` (unsafe directory, or a symlink or foreign file where a
     ///   bus file goes — never followed or deleted), `invalidName`, `conflict` (the
@@ -68,7 +73,9 @@ public struct Bus: Sendable {
         replace: Bool = false,
         replaceTimeout: Duration = .seconds(10),
         configuration: Peer.Configuration? = nil,
-        access: BusAccess = .sameUser
+        access: BusAccess = .sameUser,
+        addresses: [Endpoint] = [],
+        networkAccess: AccessPolicy = AccessPolicy()
     ) async throws(IntercomError) -> BusService {
         let directory = try self.open()
         try directory.checkServiceName(name)
@@ -77,7 +84,8 @@ public struct Bus: Sendable {
             try Self.removeLeftoverSocket(directory.socketPath(name))
             return try await BusService.start(
                 name: name, bus: self, directory: directory, lock: lock, router: router,
-                configuration: configuration ?? Peer.Configuration(name: name), allowedUIDs: access.allowedUIDs)
+                configuration: configuration ?? Peer.Configuration(name: name), allowedUIDs: access.allowedUIDs,
+                addresses: addresses, networkAccess: networkAccess)
         } catch {
             lock.release()
             throw error

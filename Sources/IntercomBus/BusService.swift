@@ -17,7 +17,7 @@ internal import Darwin
 /// A service serving a name on a ``Bus``: it holds the name's lock, accepts
 /// connections on the name's socket, and publishes events to subscribers.
 ///
-/// Made by ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
+/// Made by ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:addresses:networkAccess:)``.
 /// Close it to give the name up; if the process dies instead, the kernel drops
 /// the lock and the next lookup removes the leftovers.
 public final class BusService: Sendable {
@@ -29,6 +29,8 @@ public final class BusService: Sendable {
     public let bus: Bus
 
     private let listener: PeerListener
+    /// Listeners on network addresses besides the name's socket.
+    private let networkListeners: [PeerListener]
     private let lock: NameLock
     private let recordPath: String
     /// The bus directory, held open: the socket, record and lock are addressed
@@ -45,9 +47,10 @@ public final class BusService: Sendable {
     }
 
     private init(
-        name: String, info: ServiceInfo, bus: Bus, directory: BusDirectory, listener: PeerListener, lock: NameLock,
-        recordPath: String
+        name: String, info: ServiceInfo, bus: Bus, directory: BusDirectory, listener: PeerListener,
+        networkListeners: [PeerListener], lock: NameLock, recordPath: String
     ) {
+        self.networkListeners = networkListeners
         self.directory = directory
         self.name = name
         self.info = info
@@ -59,30 +62,56 @@ public final class BusService: Sendable {
 
     static func start(
         name: String, bus: Bus, directory: BusDirectory, lock: NameLock, router: Router,
-        configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?
+        configuration: Peer.Configuration, allowedUIDs: Set<UInt32>?, addresses: [Endpoint] = [],
+        networkAccess: AccessPolicy = AccessPolicy()
     ) async throws(IntercomError) -> BusService {
         // The built-in handlers may run as soon as the listener accepts, before the
         // service object exists: they wait for it (nil if starting failed) instead
         // of answering "not yet" — an early `intercom.quit` used to be lost.
         let box = SetOnce<WeakReference<BusService>>()
         let methods = (router.methods + ["intercom.info", "intercom.quit"]).sorted()
-        let info = ServiceInfo(
+        var info = ServiceInfo(
             name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
             protocolVersion: Int(FrameHeader.currentVersion),
             methods: Array(Set(methods)).sorted())
-        try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in info }
+        // The addresses are known once bound (port 0 picks one), after the handler is registered.
+        let published = Locked(info)
+        try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in published.withLock { $0 } }
         try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
             // Stop serving once the reply is queued (closing flushes what is queued),
             // so the caller learns that the quit was taken.
             context.afterReply { await box.value.object?.requestQuit() }
             return true
         }
+        var networkListeners: [PeerListener] = []
+        do {
+            for address in addresses {
+                networkListeners.append(
+                    try await PeerListener.listen(on: address, router: router, configuration: configuration, access: networkAccess))
+            }
+        } catch {
+            box.set(WeakReference(nil))
+            for listener in networkListeners { await listener.close() }
+            throw error
+        }
+        if !networkListeners.isEmpty {
+            info.addresses = networkListeners.map(\.endpoint.description)
+            published.withLock { [info] in $0 = info }
+        }
         let socketPath = directory.socketPath(name)
-        let listener = try await PeerListener.listen(
-            unixPath: socketPath, router: router, configuration: configuration, allowedUIDs: allowedUIDs)
+        let listener: PeerListener
+        do {
+            listener = try await PeerListener.listen(
+                unixPath: socketPath, router: router, configuration: configuration, allowedUIDs: allowedUIDs)
+        } catch {
+            box.set(WeakReference(nil))
+            for listener in networkListeners { await listener.close() }
+            throw error
+        }
         guard chmod(socketPath, 0o600) == 0 else {
             box.set(WeakReference(nil))
             await listener.close()
+            for listener in networkListeners { await listener.close() }
             throw IntercomError(.permissionDenied, "cannot make \(socketPath) private (chmod 0600 failed)")
         }
         let recordPath = directory.recordPath(name)
@@ -91,10 +120,12 @@ public final class BusService: Sendable {
         } catch {
             box.set(WeakReference(nil))
             await listener.close()
+            for listener in networkListeners { await listener.close() }
             throw error
         }
         let service = BusService(
-            name: name, info: info, bus: bus, directory: directory, listener: listener, lock: lock, recordPath: recordPath)
+            name: name, info: info, bus: bus, directory: directory, listener: listener, networkListeners: networkListeners,
+            lock: lock, recordPath: recordPath)
         box.set(WeakReference(service))
         return service
     }
@@ -121,13 +152,35 @@ public final class BusService: Sendable {
         }
     }
 
-    /// Connections from clients, as they arrive (each already past the credential
-    /// check and the handshake). The first access also delivers the clients
-    /// connected at that moment; until then no closed connection is kept for it.
-    public var clients: AsyncStream<Peer> { self.listener.peers }
+    /// Connections from clients, as they arrive (each already past the access
+    /// check and the handshake), on the name's socket and every network address.
+    /// The first access also delivers the clients connected at that moment;
+    /// until then no closed connection is kept for it.
+    public var clients: AsyncStream<Peer> {
+        guard !self.networkListeners.isEmpty else { return self.listener.peers }
+        let sources = [self.listener] + self.networkListeners
+        let (stream, continuation) = AsyncStream.makeStream(of: Peer.self)
+        let forwarding = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for source in sources {
+                    let peers = source.peers
+                    group.addTask { for await peer in peers { continuation.yield(peer) } }
+                }
+            }
+            continuation.finish()
+        }
+        continuation.onTermination = { _ in forwarding.cancel() }
+        return stream
+    }
 
-    /// The clients connected now.
-    public var connectedClients: [Peer] { self.listener.connectedPeers }
+    /// The clients connected now, local and remote.
+    public var connectedClients: [Peer] {
+        self.listener.connectedPeers + self.networkListeners.flatMap(\.connectedPeers)
+    }
+
+    /// The network addresses the service listens on besides its name (with the
+    /// ports they got, for those asked for on port 0).
+    public var addresses: [Endpoint] { self.networkListeners.map(\.endpoint) }
 
     /// Publishes an event to every client subscribed to `topic`. Never waits: a
     /// client whose connection is full misses the event and is told how many it
@@ -141,7 +194,7 @@ public final class BusService: Sendable {
         // Encoded once, with the codec of the first binary subscriber; subscribers
         // that want JSON or agreed on another codec get their own encoding.
         var shared: (codec: CodecID, payload: ByteBuffer)?
-        for peer in self.listener.connectedPeers {
+        for peer in self.connectedClients {
             guard let json = peer.subscriptionFormat(for: topic) else { continue }
             let outcome: PublishOutcome
             if json || (shared.map { $0.codec != peer.codec.id } ?? false) {
@@ -209,6 +262,7 @@ public final class BusService: Sendable {
         }
         unlink(self.recordPath)
         await self.listener.close()
+        for listener in self.networkListeners { await listener.close() }
         self.lock.release()
         // Last: nothing of the service addresses the directory after this, and a
         // caller that returns from close() must find no descriptor of it open.

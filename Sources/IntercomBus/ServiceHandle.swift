@@ -2,9 +2,10 @@
 public import IntercomCore
 internal import Synchronization
 
-/// A client's lasting handle to a named service: it connects on first use,
-/// notices when the service goes away, and reconnects to whichever process
-/// serves the name next (a restart under a new pid).
+/// A client's lasting handle to a named service — or to a service at a network
+/// address: it connects on first use, notices when the service goes away, and
+/// reconnects to whichever process serves the name (or address) next (a restart
+/// under a new pid).
 ///
 /// ```swift
 /// let camera = bus.makeHandle(to: "camera")
@@ -36,10 +37,12 @@ public final class ServiceHandle: Sendable {
         case lost(pid: Int32, reason: IntercomError)
     }
 
-    /// The service's name.
+    /// The service's name (for a handle to an address, the address as written).
     public let name: String
-    /// The bus.
-    public let bus: Bus
+    /// The bus the name is looked up on; nil for a handle to an address.
+    public let bus: Bus?
+    /// The address connected to, for a handle made with ``init(connectingTo:whenAway:configuration:)``.
+    public let endpoint: Endpoint?
     /// What calls do while the service is away.
     public let whenAway: WhenAway
     /// Connects, losses and reconnects, as they happen.
@@ -67,6 +70,21 @@ public final class ServiceHandle: Sendable {
     init(name: String, bus: Bus, whenAway: WhenAway, configuration: Peer.Configuration) {
         self.name = name
         self.bus = bus
+        self.endpoint = nil
+        self.whenAway = whenAway
+        self.configuration = configuration
+        (self.changes, self.changesContinuation) = AsyncStream.makeStream(of: Change.self)
+        (self.states, self.statesContinuation) = AsyncStream.makeStream(of: ConnectionState.self)
+    }
+
+    /// A handle to the service at `endpoint` (another host's `tls://…`, or a
+    /// socket path). While the service is away — restarting, or its host
+    /// rebooting — calls wait per `whenAway`, retrying the connection with a
+    /// backoff from 50 ms to 1 s; an authentication failure is not retried.
+    public init(connectingTo endpoint: Endpoint, whenAway: WhenAway = .waitUntilDeadline, configuration: Peer.Configuration) {
+        self.name = endpoint.description
+        self.bus = nil
+        self.endpoint = endpoint
         self.whenAway = whenAway
         self.configuration = configuration
         (self.changes, self.changesContinuation) = AsyncStream.makeStream(of: Change.self)
@@ -84,13 +102,7 @@ public final class ServiceHandle: Sendable {
             return true
         }
         if announce { self.statesContinuation.yield(.connecting) }
-        let peer: Peer
-        switch self.whenAway.behaviour {
-        case .failFast:
-            peer = try await self.bus.connect(to: self.name, configuration: self.configuration)
-        case .waitUntilDeadline:
-            peer = try await self.bus.connect(to: self.name, timeout: timeout, configuration: self.configuration)
-        }
+        let peer = try await self.connect(timeout: timeout)
         let (kept, closed, reconnected) = self.state.withLock { state -> (Peer, Bool, Bool) in
             if state.closed { return (peer, true, false) }
             if let current = state.peer, !current.isClosed { return (current, false, false) }  // another task won the race
@@ -115,6 +127,38 @@ public final class ServiceHandle: Sendable {
             await peer.close()
         }
         return kept
+    }
+
+    private func connect(timeout: Duration) async throws(IntercomError) -> Peer {
+        if let endpoint = self.endpoint { return try await self.connect(to: endpoint, timeout: timeout) }
+        guard let bus = self.bus else { throw IntercomError(.closed, "the handle has neither a bus nor an address") }
+        switch self.whenAway.behaviour {
+        case .failFast:
+            return try await bus.connect(to: self.name, configuration: self.configuration)
+        case .waitUntilDeadline:
+            return try await bus.connect(to: self.name, timeout: timeout, configuration: self.configuration)
+        }
+    }
+
+    /// Connects to the address, retrying while nobody listens there (until the deadline).
+    private func connect(to endpoint: Endpoint, timeout: Duration) async throws(IntercomError) -> Peer {
+        let deadline = ContinuousClock.now + timeout
+        var backoff = Duration.milliseconds(50)
+        while true {
+            do {
+                return try await Peer.connect(to: endpoint, configuration: self.configuration)
+            } catch where error.code == .connectionFailed && self.whenAway == .waitUntilDeadline {
+                guard ContinuousClock.now + backoff < deadline, !self.state.withLock({ $0.closed }) else {
+                    throw IntercomError(.timeout, "\(endpoint) did not come back within \(timeout): \(error.message)", cause: error)
+                }
+                do {
+                    try await Task.sleep(for: backoff)
+                } catch {
+                    throw IntercomError(.cancelled, "waiting for \(endpoint) was cancelled")
+                }
+                backoff = min(backoff * 2, .seconds(1))
+            }
+        }
     }
 
     private func lost(_ peer: Peer) {

@@ -19,6 +19,8 @@ public struct ServiceInfo: Codable, Sendable, Hashable {
     public var protocolVersion: Int
     /// The methods its router handles, sorted.
     public var methods: [String]
+    /// The network addresses it also listens on (`tls://0.0.0.0:7411`), if any.
+    public var addresses: [String]?
 
     /// Creates a record.
     public init(name: String, pid: Int32, startTime: Date, protocolVersion: Int, methods: [String]) {

@@ -36,7 +36,7 @@ enum EchoService {
     /// - Parameter serving: called once the name is claimed and the service is
     ///   reachable (not before: a second claimant fails without it).
     /// - Returns: the exit status `exit` asked for, or 0 after a quit or cancellation.
-    /// - Throws: as ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:)``.
+    /// - Throws: as ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:addresses:networkAccess:)``.
     static func run(
         on bus: Bus, name: String = "echo", tickInterval: Duration = .seconds(1),
         serving: @Sendable (BusService) -> Void = { _ in }

@@ -84,8 +84,8 @@ final class WaitCounts: Sendable {
 
 /// `--actors NAME --bus DIR`: hosts a calculator published as "calculator" and a
 /// temporary one published as "temporary" (dropped by `actors.drop.temporary`),
-/// on the bus service NAME, until asked to quit.
-func serveActors(name: String, directory: String) async throws -> Never {
+/// on the bus service NAME — and on `addresses` (`--listen tls://…`) — until asked to quit.
+func serveActors(name: String, directory: String, configuration: Peer.Configuration, addresses: [Endpoint]) async throws -> Never {
     let bus = Bus(directory: directory)
     let system = IntercomActorSystem(endpoint: name, bus: bus)
     let calculator = CalculatorActor(actorSystem: system)
@@ -107,7 +107,7 @@ func serveActors(name: String, directory: String) async throws -> Never {
         temporary.actor = nil  // the last reference: the actor deinitialises and resigns its id
         return true
     }
-    let service = try await bus.serve(name, router: router)
+    let service = try await bus.serve(name, router: router, configuration: configuration, addresses: addresses)
     await service.waitForQuit()
     await service.close()
     _ = (calculator, echoer)

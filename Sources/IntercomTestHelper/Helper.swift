@@ -47,6 +47,8 @@ struct Options {
     var lifecycle = false
     /// Host distributed actors on the bus service NAME: `--actors NAME --bus DIR`.
     var actorsName: String?
+    /// With --actors: also listen on this address (with the --tls-* files for `tls://`).
+    var listenAddress: String?
     /// Echo records between two shared-memory rings mapped from standard input.
     var ringEchoCapacity: Int?
     /// Hardening tests: the soft limit of open descriptors (`ulimit -n`).
@@ -95,6 +97,7 @@ struct Options {
             case "--spawn-grandchild": self.spawnGrandchild = true
             case "--lifecycle": self.lifecycle = true
             case "--actors": self.actorsName = iterator.next()
+            case "--listen": self.listenAddress = iterator.next()
             case "--ring-echo": self.ringEchoCapacity = Int(iterator.next() ?? "")
             case "--nofile": self.descriptorLimit = Int(iterator.next() ?? "")
             case "--request-budget": self.requestByteBudget = Int(iterator.next() ?? "")
@@ -332,7 +335,15 @@ struct Helper {
             try await churn(count: count, name: name, directory: directory, abrupt: options.abrupt, vanish: options.vanish)
         }
         if let name = options.actorsName, let directory = options.busDirectory {
-            try await serveActors(name: name, directory: directory)
+            var configuration = Peer.Configuration(name: name)
+            var addresses: [Endpoint] = []
+            if let address = options.listenAddress {
+                addresses.append(try Endpoint(parsing: address))
+                if let certificate = options.tlsFiles.certificate, let key = options.tlsFiles.key, let ca = options.tlsFiles.ca {
+                    configuration.tls = try TLSOptions.pemFiles(certificate: certificate, privateKey: key, trustRoots: ca)
+                }
+            }
+            try await serveActors(name: name, directory: directory, configuration: configuration, addresses: addresses)
         }
         if let name = options.serveName, let directory = options.busDirectory {
             try await serveOnBus(name: name, directory: directory, router: router, options: options, configuration: configuration)

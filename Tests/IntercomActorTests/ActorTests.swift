@@ -29,13 +29,23 @@ private final class CalculatorHost: Sendable {
     let process: Process
     let exited: AsyncStream<Int32>
 
-    init() throws {
+    /// - Parameter tls: also serve on a loopback TLS port, with a certificate of
+    ///   the test run's authority (the files live in the bus directory).
+    init(tls: Bool = false) throws {
         self.directory = "/tmp/ica-\(getpid())-\(UUID().uuidString.prefix(8))"
         mkdir(self.directory, 0o700)
         self.bus = Bus(directory: self.directory)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: helperPath)
         process.arguments = ["--actors", "calc", "--bus", self.directory]
+        if tls {
+            let certificates = "\(self.directory)/certificates"
+            mkdir(certificates, 0o700)
+            let files = try TestPKI.shared.writeFiles(commonName: "calc-host", into: certificates)
+            process.arguments! += [
+                "--listen", "tls://127.0.0.1:0", "--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca,
+            ]
+        }
         process.standardInput = FileHandle.nullDevice
         let (exited, continuation) = AsyncStream.makeStream(of: Int32.self)
         process.terminationHandler = { continuation.yield($0.terminationStatus); continuation.finish() }
@@ -92,6 +102,40 @@ private final class CalculatorHost: Sendable {
                 #expect(error.message.contains("not codable"))
             }
             #expect(system.remoteCallCount == 7)
+            await system.close()
+            await host.finish()
+        }
+    }
+
+    /// The bus service of the host process also listens on a TLS address; a
+    /// client that knows only that address (as one on another host would)
+    /// resolves the actor there, both sides verified by certificate.
+    @Test func anActorIsCalledAcrossTLSAtItsServiceAddress() async throws {
+        try await withResourceCheck {
+            let host = try CalculatorHost(tls: true)
+            defer { host.kill() }
+            let info = try await host.bus.waitForService("calc", timeout: .seconds(30))
+            let address = try #require(info.addresses?.first)
+            #expect(address.hasPrefix("tls://127.0.0.1:") && !address.hasSuffix(":0"), "\(address)")
+            var configuration = Peer.Configuration(name: "remote-client")
+            configuration.tls = try TestPKI.shared.options(commonName: "remote-client")
+            let system = IntercomActorSystem(configuration: configuration)
+            let calculator = try $Calculator.resolve(id: IntercomActorID(endpoint: address, name: "calculator"), using: system)
+            #expect(try await calculator.add(40, 2) == 42)
+            await #expect(throws: CalculatorError.divisionByZero(dividend: 1)) { try await calculator.divide(1, by: 0) }
+            #expect(system.remoteCallCount == 2)
+            // Without a certificate of the trusted authority the same address refuses.
+            var stranger = Peer.Configuration(name: "stranger")
+            stranger.tls = try TestPKI(name: "Other CA").options(commonName: "stranger", trusting: TestPKI.shared)
+            let refused = IntercomActorSystem(configuration: stranger)
+            let unreachable = try $Calculator.resolve(id: IntercomActorID(endpoint: address, name: "calculator"), using: refused)
+            do {
+                _ = try await unreachable.add(1, 1)
+                Issue.record("expected the stranger to be refused")
+            } catch let error as IntercomError {
+                #expect(error.code == .authenticationFailed, "\(error)")
+            }
+            await refused.close()
             await system.close()
             await host.finish()
         }

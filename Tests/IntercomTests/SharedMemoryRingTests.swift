@@ -248,7 +248,7 @@ import Glibc
 
 /// CPU time used by the calling thread.
 func threadCPUTime() -> Duration {
-    var spec = timespec()
+    var spec = Glibc.timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spec)
     return .seconds(spec.tv_sec) + .nanoseconds(spec.tv_nsec)
 }
