@@ -11,14 +11,6 @@ import Glibc
 import Darwin
 #endif
 
-/// `--bus NAME`, shared by every command that talks to a bus.
-struct BusOptions: ParsableArguments {
-    @Option(help: "The bus to use (default: default). INTERCOM_BUS_DIR, if set, names its directory instead.")
-    var bus: String = "default"
-
-    func resolve() throws(IntercomError) -> Bus { try Bus(self.bus) }
-}
-
 /// Runs `body`; an ``IntercomError`` becomes `error: CODE: message` on standard
 /// error and exit status 1.
 func reportingErrors(_ body: () async throws -> Void) async throws {
@@ -36,11 +28,17 @@ struct List: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List the live services on the bus.")
 
     @OptionGroup var busOptions: BusOptions
+    @Argument(help: "A service's address (tls://HOST:PORT) to list instead of the bus.") var address: String?
     @Flag(help: "Print JSON instead of a table.") var json = false
 
     func run() async throws {
         try await reportingErrors {
-            let services = try self.busOptions.resolve().services()
+            let services: [ServiceInfo]
+            if let address = self.address {
+                services = [try await self.busOptions.info(at: address)]
+            } else {
+                services = try self.busOptions.resolve().services()
+            }
             if self.json {
                 let encoder = JSONEncoder()
                 encoder.dateEncodingStrategy = .iso8601
@@ -87,7 +85,7 @@ struct Call: AsyncParsableCommand {
         abstract: "Call a method of a service with a JSON argument and print the JSON reply.")
 
     @OptionGroup var busOptions: BusOptions
-    @Argument(help: "The service's name.") var service: String
+    @Argument(help: "The service's name, or its address (tls://HOST:PORT).") var service: String
     @Argument(help: "The method, e.g. camera.exposure.set.") var method: String
     @Argument(
         help: "The argument as JSON (default: null); - reads it from standard input, @FILE from FILE (for arguments too long for a command line).")
@@ -105,9 +103,9 @@ struct Call: AsyncParsableCommand {
             let argument = try readArgument(self.json)
             // The caller's timeout covers the handshake too: a stopped service is
             // reported after it, not after the default 10 s.
-            var configuration = Peer.Configuration()
+            var configuration = try self.busOptions.configuration()
             configuration.handshakeTimeout = timeout
-            let peer = try await self.busOptions.resolve().connect(to: self.service, configuration: configuration)
+            let peer = try await self.busOptions.connect(to: self.service, configuration: configuration)
             let remaining = max(deadline - .now, .milliseconds(1))
             let reply = try await peer.callJSON(self.method, json: argument, timeout: remaining)
             print(reply)
@@ -157,7 +155,7 @@ struct Ping: AsyncParsableCommand {
         abstract: "Measure round trips to a service, or check that every service answers (--all).")
 
     @OptionGroup var busOptions: BusOptions
-    @Argument(help: "The service's name.") var service: String?
+    @Argument(help: "The service's name, or its address (tls://HOST:PORT).") var service: String?
     @Option(help: "How many pings: 1 to 1000000.") var count: Int = 10
     @Flag(help: "Ping every live service once and report who answered and how fast; exits 1 if one did not.")
     var all = false
@@ -176,7 +174,7 @@ struct Ping: AsyncParsableCommand {
         }
         try await reportingErrors {
             let service = self.service ?? ""
-            let peer = try await self.busOptions.resolve().connect(to: service)
+            let peer = try await self.busOptions.connect(to: service, configuration: self.busOptions.configuration())
             var samples: [Duration] = []
             for index in 1...max(1, self.count) {
                 let rtt = try await peer.ping()
@@ -223,7 +221,7 @@ struct Watch: AsyncParsableCommand {
 
     @OptionGroup var busOptions: BusOptions
     @Argument(help: "Topics to watch (default: all).") var topics: [String] = []
-    @Option(help: "Watch only this service.") var service: String?
+    @Option(help: "Watch only this service (a name, or an address: tls://HOST:PORT).") var service: String?
     @Flag(help: "Print services appearing and leaving instead of events (the live ones first).") var services = false
 
     func validate() throws {
@@ -247,13 +245,15 @@ struct Watch: AsyncParsableCommand {
             return
         }
         try await reportingErrors {
-            let bus = try self.busOptions.resolve()
-            let names = try self.service.map { [$0] } ?? bus.services().map(\.name)
-            guard !names.isEmpty else { throw IntercomError(.serviceNotFound, "no services on bus \(bus.directory)") }
+            let names = try self.service.map { [$0] } ?? self.busOptions.resolve().services().map(\.name)
+            guard !names.isEmpty else {
+                throw IntercomError(.serviceNotFound, "no services on bus \(try self.busOptions.resolve().directory)")
+            }
+            let configuration = try self.busOptions.configuration()
             let topics = self.topics.isEmpty ? ["*"] : self.topics
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for name in names {
-                    let peer = try await bus.connect(to: name)
+                    let peer = try await self.busOptions.connect(to: name, configuration: configuration)
                     for topic in topics {
                         let events = peer.jsonEvents(topic)
                         group.addTask {
@@ -285,15 +285,23 @@ struct Echo: AsyncParsableCommand {
 
     @OptionGroup var busOptions: BusOptions
     @Option(help: "The name to serve under.") var name: String = "echo"
+    @Option(help: "Also serve on this address (tls://HOST:PORT with the --tls-* files; tcp:// with --allow-plain-tcp); repeatable.")
+    var listen: [String] = []
 
     func run() async throws {
         try await reportingErrors {
             let bus = try self.busOptions.resolve()
             let name = self.name
-            let status = try await untilTerminated {
-                try await EchoService.run(on: bus, name: name) { service in
+            let addresses = try self.listen.map { address throws(IntercomError) in try Endpoint(parsing: address) }
+            var configuration = try self.busOptions.configuration()
+            configuration.name = name
+            let access = AccessPolicy(allowsUnauthenticated: self.busOptions.allowPlainTCP)
+            let status = try await untilTerminated { [configuration] in
+                try await EchoService.run(on: bus, name: name, configuration: configuration, addresses: addresses, access: access) {
+                    service in
                     // Only once the name is ours: a second `intercom echo` fails without claiming to serve.
-                    progress("serving '\(service.name)' on \(bus.directory)")
+                    let also = service.addresses.map { " and \($0)" }.joined()
+                    progress("serving '\(service.name)' on \(bus.directory)\(also)")
                 }
             }
             if status != 0 { throw ExitCode(status) }

@@ -37,8 +37,12 @@ enum EchoService {
     ///   reachable (not before: a second claimant fails without it).
     /// - Returns: the exit status `exit` asked for, or 0 after a quit or cancellation.
     /// - Throws: as ``Bus/serve(_:router:replace:replaceTimeout:configuration:access:addresses:networkAccess:)``.
+    /// - Parameters:
+    ///   - addresses: network endpoints to serve on as well (`--listen`), with
+    ///     `configuration`'s TLS settings, admitting whom `access` allows.
     static func run(
         on bus: Bus, name: String = "echo", tickInterval: Duration = .seconds(1),
+        configuration: Peer.Configuration? = nil, addresses: [Endpoint] = [], access: AccessPolicy = AccessPolicy(),
         serving: @Sendable (BusService) -> Void = { _ in }
     ) async throws -> Int32 {
         let router = Router()
@@ -57,7 +61,8 @@ enum EchoService {
             context.afterReply { await holder.service.value.object?.close() }
             return true
         }
-        let service = try await bus.serve(name, router: router)
+        let service = try await bus.serve(
+            name, router: router, configuration: configuration, addresses: addresses, networkAccess: access)
         holder.service.set(WeakReference(service))
         serving(service)
         let ticker = Task {
