@@ -119,12 +119,16 @@ let package = Package(
             dependencies: ["IntercomTransport", "IntercomCore", "IntercomBus", "IntercomProcesses", "IntercomActors"],
             swiftSettings: swiftSettings
         ),
-        // For users' tests: two peers in one process with virtual time and faults.
+        // For users' tests: two peers in one process with virtual time and faults,
+        // and a certificate authority made in-process for TLS.
         .target(
             name: "IntercomTesting",
             dependencies: [
                 "Intercom",
                 "IntercomWire",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
@@ -134,6 +138,7 @@ let package = Package(
             name: "IntercomCLI",
             dependencies: [
                 "Intercom",
+                "IntercomTesting",
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -184,18 +189,15 @@ let package = Package(
         // What every test module shares: the resource audit and its gate.
         .target(
             name: "IntercomTestSupport",
-            dependencies: [
-                "Intercom",
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
-            ],
+            dependencies: ["Intercom", "IntercomTesting"],
             swiftSettings: swiftSettings
         ),
         // Clients of the calculator that import only its protocol module, never the implementation.
         .testTarget(
             name: "IntercomActorTests",
-            dependencies: ["Intercom", "IntercomActorExample", "IntercomTestHelper", "IntercomTestSupport", "ActorsExample"],
+            dependencies: [
+                "Intercom", "IntercomActorExample", "IntercomTestHelper", "IntercomTestSupport", "IntercomTesting", "ActorsExample",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

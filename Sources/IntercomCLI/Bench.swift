@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distributed
 import Intercom
+import IntercomTesting
 import NIOCore
 import Subprocess
 import SystemPackage
@@ -21,7 +22,7 @@ struct Bench: AsyncParsableCommand {
         abstract: "Measure call latency and message throughput between two processes (use a release build).")
 
     enum Transport: String, ExpressibleByArgument, CaseIterable {
-        case socketpair, unix, shm
+        case socketpair, unix, shm, tcp, tls
     }
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
@@ -31,7 +32,8 @@ struct Bench: AsyncParsableCommand {
     @Option(
         help: """
             socketpair, unix (a named service on a private bus, found and connected through the bus) — both kept on \
-            their socket — or shm (a socket pair that moves to shared-memory rings).
+            their socket — shm (a socket pair that moves to shared-memory rings), tcp or tls (the loopback address; \
+            TLS 1.3 with certificates of a throwaway authority made for the run, both sides verified).
             """)
     var transport: Transport = .socketpair
     @Option(
@@ -256,6 +258,8 @@ struct BenchChild {
     /// The `--serve` child's run, ended when it exits.
     let server: Task<Void, any Error>?
     let busDirectory: String?
+    /// The listener the `tcp`/`tls` child connected to.
+    var listener: PeerListener? = nil
 
     static func spawn(_ transport: Bench.Transport, bufferPoolMib: Int) async throws -> BenchChild {
         let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
@@ -287,11 +291,49 @@ struct BenchChild {
             let peer = try await Bus(directory: directory).connect(
                 to: "bench", timeout: .seconds(30), configuration: configuration)
             return BenchChild(peer: peer, worker: nil, server: server, busDirectory: directory)
+        case .tcp, .tls:
+            return try await Self.spawnOverNetwork(tls: transport == .tls, executable: executable, configuration: configuration)
         }
+    }
+
+    /// Listens on a loopback port and starts the child connecting to it; for TLS
+    /// both sides get certificates of an authority made for this run (the
+    /// child's files live in a private directory until it connected).
+    private static func spawnOverNetwork(tls: Bool, executable: String, configuration: Peer.Configuration) async throws -> BenchChild {
+        var configuration = configuration
+        var childArguments = ["bench-server"]
+        let directory = "/tmp/intercom-bench-\(getpid())"
+        mkdir(directory, 0o700)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let endpoint: Endpoint
+        if tls {
+            let authority = try TestCertificateAuthority(name: "intercom bench \(getpid())")
+            configuration.tls = try authority.options(commonName: "intercom-bench")
+            let files = try authority.writeFiles(commonName: "intercom-bench-server", into: directory)
+            childArguments += ["--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca]
+            endpoint = .tls(host: "127.0.0.1", port: 0)
+        } else {
+            childArguments += ["--allow-plain-tcp"]
+            endpoint = .tcp(host: "127.0.0.1", port: 0)
+        }
+        let listener = try await PeerListener.listen(
+            on: endpoint, configuration: configuration, access: AccessPolicy(allowsUnauthenticated: !tls))
+        childArguments += ["--connect", listener.endpoint.description]
+        let server = Task {
+            _ = try await Subprocess.run(
+                .path(FilePath(executable)), arguments: Arguments(childArguments),
+                output: .currentStandardOutput, error: .currentStandardError)
+        }
+        var peers = listener.peers.makeAsyncIterator()
+        guard let peer = await peers.next() else { throw IntercomError(.closed, "the benchmark listener closed") }
+        return BenchChild(peer: peer, worker: nil, server: server, busDirectory: nil, listener: listener)
     }
 
     func stop() async {
         await self.peer.close()
+        await self.listener?.close()
         if let worker { _ = await worker.stop() }
         _ = try? await self.server?.value
         if let busDirectory { rmdir(busDirectory) }

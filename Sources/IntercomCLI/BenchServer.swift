@@ -9,7 +9,9 @@ struct BenchServer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-server", abstract: "The child process of `intercom bench`.", shouldDisplay: false)
 
-    @Option(help: "Connect to this Unix socket instead of using standard input.") var connect: String?
+    @Option(help: "Connect to this address (a Unix socket path, tcp:// or tls://) instead of using standard input.")
+    var connect: String?
+    @OptionGroup var targets: BusOptions
     @Option(help: "Serve under this name on the bus in --bus-directory instead.") var serve: String?
     @Option(help: "The bus directory for --serve.") var busDirectory: String?
     @Option(help: "MiB of this side's shared-memory buffer pool.") var bufferPoolMib: Int = 32
@@ -34,7 +36,8 @@ struct BenchServer: AsyncParsableCommand {
         system.publish(echo, as: "echo")
         try system.install(on: router)
         defer { _ = echo }
-        var configuration = Peer.Configuration(name: "intercom-bench-server")
+        var configuration = try self.targets.configuration()
+        configuration.name = "intercom-bench-server"
         configuration.handlerExecution = .connectionThread
         configuration.sharedMemory.bufferPoolSize = self.bufferPoolMib << 20
         let peer: Peer
@@ -46,7 +49,7 @@ struct BenchServer: AsyncParsableCommand {
             guard let client = await clients.next() else { return }
             peer = client
         } else if let path = self.connect {
-            peer = try await Peer.connect(unixPath: path, router: router, configuration: configuration)
+            peer = try await Peer.connect(to: try Endpoint(parsing: path), router: router, configuration: configuration)
         } else {
             peer = try await Peer.adopt(fileDescriptor: 0, router: router, configuration: configuration)
         }

@@ -5,6 +5,7 @@ import Foundation
 import Intercom
 import IntercomActorExample
 import IntercomTestSupport
+import IntercomTesting
 import Testing
 
 #if canImport(Glibc)
@@ -41,7 +42,7 @@ private final class CalculatorHost: Sendable {
         if tls {
             let certificates = "\(self.directory)/certificates"
             mkdir(certificates, 0o700)
-            let files = try TestPKI.shared.writeFiles(commonName: "calc-host", into: certificates)
+            let files = try TestCertificateAuthority.shared.writeFiles(commonName: "calc-host", into: certificates)
             process.arguments! += [
                 "--listen", "tls://127.0.0.1:0", "--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca,
             ]
@@ -118,7 +119,7 @@ private final class CalculatorHost: Sendable {
             let address = try #require(info.addresses?.first)
             #expect(address.hasPrefix("tls://127.0.0.1:") && !address.hasSuffix(":0"), "\(address)")
             var configuration = Peer.Configuration(name: "remote-client")
-            configuration.tls = try TestPKI.shared.options(commonName: "remote-client")
+            configuration.tls = try TestCertificateAuthority.shared.options(commonName: "remote-client")
             let system = IntercomActorSystem(configuration: configuration)
             let calculator = try $Calculator.resolve(id: IntercomActorID(endpoint: address, name: "calculator"), using: system)
             #expect(try await calculator.add(40, 2) == 42)
@@ -126,7 +127,7 @@ private final class CalculatorHost: Sendable {
             #expect(system.remoteCallCount == 2)
             // Without a certificate of the trusted authority the same address refuses.
             var stranger = Peer.Configuration(name: "stranger")
-            stranger.tls = try TestPKI(name: "Other CA").options(commonName: "stranger", trusting: TestPKI.shared)
+            stranger.tls = try TestCertificateAuthority(name: "Other CA").options(commonName: "stranger", trusting: TestCertificateAuthority.shared)
             let refused = IntercomActorSystem(configuration: stranger)
             let unreachable = try $Calculator.resolve(id: IntercomActorID(endpoint: address, name: "calculator"), using: refused)
             do {

@@ -1,6 +1,7 @@
 import Foundation
 import Intercom
 import IntercomTestSupport
+import IntercomTesting
 import Testing
 
 #if canImport(Glibc)
@@ -16,8 +17,8 @@ import Glibc
                 let files = TemporaryDirectory.shared.socketPath() + ".tls"
                 try FileManager.default.createDirectory(atPath: files, withIntermediateDirectories: false)
                 defer { try? FileManager.default.removeItem(atPath: files) }
-                let server = try TestPKI.shared.writeFiles(commonName: "echo-server", into: files)
-                let client = try TestPKI.shared.writeFiles(commonName: "cli-client", into: files)
+                let server = try TestCertificateAuthority.shared.writeFiles(commonName: "echo-server", into: files)
+                let client = try TestCertificateAuthority.shared.writeFiles(commonName: "cli-client", into: files)
                 let serverTLS = ["--tls-cert", server.certificate, "--tls-key", server.key, "--tls-ca", server.ca]
                 let clientTLS = ["--tls-cert", client.certificate, "--tls-key", client.key, "--tls-ca", client.ca]
 
@@ -49,7 +50,7 @@ import Glibc
                 #expect(bare.errors.contains("invalidConfiguration") && bare.errors.contains("TLS is not configured"), "\(bare.errors)")
                 let strangerFiles = files + "/stranger"
                 try FileManager.default.createDirectory(atPath: strangerFiles, withIntermediateDirectories: false)
-                let stranger = try TestPKI(name: "Other CA").writeFiles(commonName: "stranger", into: strangerFiles)
+                let stranger = try TestCertificateAuthority(name: "Other CA").writeFiles(commonName: "stranger", into: strangerFiles)
                 let refused = try await runCLI(
                     ["call", address, "echo", "1", "--tls-cert", stranger.certificate, "--tls-key", stranger.key, "--tls-ca", client.ca],
                     busDirectory: nil)

@@ -1,6 +1,7 @@
 import Foundation
 import Intercom
 import IntercomTestSupport
+import IntercomTesting
 import Testing
 
 /// Services reached by address: a lasting handle that reconnects when the
@@ -12,12 +13,12 @@ struct NetworkServiceTests {
             let router = Router()
             try router.register("pid") { (_: Int, _: CallContext) -> Int in 1 }
             var serverConfiguration = Peer.Configuration(name: "remote")
-            serverConfiguration.tls = try TestPKI.shared.options(commonName: "remote")
+            serverConfiguration.tls = try TestCertificateAuthority.shared.options(commonName: "remote")
             let first = try await PeerListener.listen(
                 on: .tls(host: "127.0.0.1", port: 0), router: router, configuration: serverConfiguration)
             let address = first.endpoint
             var configuration = Peer.Configuration(name: "client")
-            configuration.tls = try TestPKI.shared.options(commonName: "client")
+            configuration.tls = try TestCertificateAuthority.shared.options(commonName: "client")
             let handle = ServiceHandle(connectingTo: address, configuration: configuration)
             var states = handle.states.makeAsyncIterator()
             #expect(try await handle.call("pid", 0, returning: Int.self) == 1)
@@ -45,7 +46,7 @@ struct NetworkServiceTests {
                     context.remote.certificate?.commonName ?? "uid \(context.remote.credentials?.uid ?? 0)"
                 }
                 var configuration = Peer.Configuration(name: "camera")
-                configuration.tls = try TestPKI.shared.options(commonName: "camera")
+                configuration.tls = try TestCertificateAuthority.shared.options(commonName: "camera")
                 let service = try await temporary.bus.serve(
                     "camera", router: router, configuration: configuration, addresses: [.tls(host: "127.0.0.1", port: 0)],
                     networkAccess: AccessPolicy(certificateNames: ["analysis"]))
@@ -55,7 +56,7 @@ struct NetworkServiceTests {
                 let local = try await temporary.bus.connect(to: "camera")
                 #expect(try await local.call("who", 0, returning: String.self) == "uid \(getuid())")
                 var remoteConfiguration = Peer.Configuration(name: "analysis")
-                remoteConfiguration.tls = try TestPKI.shared.options(commonName: "analysis")
+                remoteConfiguration.tls = try TestCertificateAuthority.shared.options(commonName: "analysis")
                 let remote = try await Peer.connect(to: address, configuration: remoteConfiguration)
                 #expect(try await remote.call("who", 0, returning: String.self) == "analysis")
                 let info = try await remote.call("intercom.info", 0, returning: ServiceInfo.self)

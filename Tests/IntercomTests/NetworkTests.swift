@@ -1,6 +1,7 @@
 import Foundation
 import Intercom
 import IntercomTestSupport
+import IntercomTesting
 import Synchronization
 import Testing
 
@@ -29,9 +30,9 @@ struct NetworkTests {
             try router.register("who") { (_: Int, context: CallContext) -> [String] in
                 [context.remote.certificate?.commonName ?? "-", context.remote.address ?? "-"]
             }
-            let server = try await Self.listen(router: router, tls: TestPKI.shared.options(commonName: "camera-server"))
+            let server = try await Self.listen(router: router, tls: TestCertificateAuthority.shared.options(commonName: "camera-server"))
             var configuration = Peer.Configuration(name: "client")
-            configuration.tls = try TestPKI.shared.options(commonName: "analysis-client", dnsNames: ["analysis.lab"])
+            configuration.tls = try TestCertificateAuthority.shared.options(commonName: "analysis-client", dnsNames: ["analysis.lab"])
             let peer = try await Peer.connect(to: server.endpoint, configuration: configuration)
             let seen = try await peer.call("who", 0, returning: [String].self)
             #expect(seen[0] == "analysis-client")
@@ -58,8 +59,8 @@ struct NetworkTests {
             let handled = Atomic<Int>(0)
             let router = Router()
             try router.register("touch") { (_: Int, _: CallContext) -> Int in handled.add(1, ordering: .relaxed).newValue }
-            let pki = TestPKI.shared
-            let stranger = try TestPKI(name: "Someone Else's CA")
+            let pki = TestCertificateAuthority.shared
+            let stranger = try TestCertificateAuthority(name: "Someone Else's CA")
             let past = Date() - 86_400 * 30...Date() - 86_400
             let serverTLS: TLSOptions
             switch failure {
@@ -104,17 +105,17 @@ struct NetworkTests {
             let router = Router()
             try router.register("touch") { (_: Int, _: CallContext) -> Int in handled.add(1, ordering: .relaxed).newValue }
             let server = try await Self.listen(
-                router: router, tls: TestPKI.shared.options(commonName: "server"),
+                router: router, tls: TestCertificateAuthority.shared.options(commonName: "server"),
                 access: AccessPolicy(certificateNames: ["analysis.lab"]))
             var configuration = Peer.Configuration(name: "client")
-            configuration.tls = try TestPKI.shared.options(commonName: "camera", dnsNames: ["camera.lab"])
+            configuration.tls = try TestCertificateAuthority.shared.options(commonName: "camera", dnsNames: ["camera.lab"])
             let error = await expectIntercomError(.permissionDenied) {
                 let peer = try await Peer.connect(to: server.endpoint, configuration: configuration)
                 await peer.close()
             }
             #expect(error?.message.contains("holds none of the allowed names (analysis.lab)") == true, "\(error?.message ?? "")")
             // The name it does allow gets in.
-            configuration.tls = try TestPKI.shared.options(commonName: "analysis", dnsNames: ["analysis.lab"])
+            configuration.tls = try TestCertificateAuthority.shared.options(commonName: "analysis", dnsNames: ["analysis.lab"])
             let peer = try await Peer.connect(to: server.endpoint, configuration: configuration)
             #expect(try await peer.call("touch", 0, returning: Int.self) == 1)
             await peer.close()
@@ -158,7 +159,7 @@ struct NetworkTests {
             try router.register("echo") { (value: Int, _: CallContext) -> Int in value }
             var serverConfiguration = Peer.Configuration(name: "server")
             serverConfiguration.heartbeat = .off  // only the client watches
-            if tls { serverConfiguration.tls = try TestPKI.shared.options(commonName: "server") }
+            if tls { serverConfiguration.tls = try TestCertificateAuthority.shared.options(commonName: "server") }
             let server = try await PeerListener.listen(
                 on: tls ? .tls(host: "127.0.0.1", port: 0) : .tcp(host: "127.0.0.1", port: 0), router: router,
                 configuration: serverConfiguration, access: AccessPolicy(allowsUnauthenticated: !tls))
@@ -166,7 +167,7 @@ struct NetworkTests {
             var configuration = Peer.Configuration(name: "client")
             configuration.allowsPlainTCP = true
             configuration.heartbeat = .network(every: .milliseconds(100), lostAfter: .milliseconds(500))
-            if tls { configuration.tls = try TestPKI.shared.options(commonName: "client") }
+            if tls { configuration.tls = try TestCertificateAuthority.shared.options(commonName: "client") }
             let address: Endpoint = tls ? .tls(host: "127.0.0.1", port: proxy.endpointPort) : .tcp(host: "127.0.0.1", port: proxy.endpointPort)
             let peer = try await Peer.connect(to: address, configuration: configuration)
             #expect(try await peer.call("echo", 7, returning: Int.self) == 7)

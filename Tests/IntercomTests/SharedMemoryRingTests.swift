@@ -6,6 +6,9 @@ import IntercomWire
 import NIOCore
 import Testing
 import Glibc
+// timespec's fields are attributed to whichever module saw its header first; with
+// NIOPosix linked that is CoreFoundation (MemberImportVisibility).
+import CoreFoundation
 
 /// The shared-memory ring under the coming shared-memory transport (issue #6):
 /// records across two mappings and across processes, a full ring, waiting on
@@ -248,7 +251,7 @@ import Glibc
 
 /// CPU time used by the calling thread.
 func threadCPUTime() -> Duration {
-    var spec = Glibc.timespec()
+    var spec = timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spec)
     return .seconds(spec.tv_sec) + .nanoseconds(spec.tv_nsec)
 }

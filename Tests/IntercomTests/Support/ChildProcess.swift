@@ -1,6 +1,7 @@
 import Foundation
 import Intercom
 import IntercomTestSupport
+import IntercomTesting
 import IntercomTestHelper
 import Synchronization
 import Testing
@@ -113,9 +114,9 @@ final class ChildProcess: Sendable {
         var childArguments: [String] = []
         let directory = TemporaryDirectory.shared.socketPath() + ".tls"
         if tls {
-            configuration.tls = try TestPKI.shared.options(commonName: "test-parent")
+            configuration.tls = try TestCertificateAuthority.shared.options(commonName: "test-parent")
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
-            let files = try TestPKI.shared.writeFiles(commonName: "test-child", into: directory)
+            let files = try TestCertificateAuthority.shared.writeFiles(commonName: "test-child", into: directory)
             childArguments = ["--tls-cert", files.certificate, "--tls-key", files.key, "--tls-ca", files.ca]
         } else {
             access.allowsUnauthenticated = true

@@ -4,17 +4,24 @@ import Crypto
 import SwiftASN1
 import X509
 
-/// A certificate authority made in the test process (swift-certificates and
+/// A certificate authority made in this process (swift-certificates and
 /// swift-crypto; no external tools), and the certificates it issues — good,
-/// expired, for another host — as PEM text for ``TLSOptions``.
-public struct TestPKI: Sendable {
+/// expired, for another host — as PEM text or files for ``TLSOptions``: for
+/// tests and benchmarks of TLS connections, never for production.
+///
+/// ```swift
+/// let authority = try TestCertificateAuthority()
+/// serverConfiguration.tls = try authority.options(commonName: "camera")
+/// clientConfiguration.tls = try authority.options(commonName: "analysis")
+/// ```
+public struct TestCertificateAuthority: Sendable {
     private let key: Certificate.PrivateKey
     private let certificate: Certificate
     private let name: DistinguishedName
 
-    /// One authority for the whole test run.
-    public static let shared: TestPKI = {
-        do { return try TestPKI() } catch { fatalError("cannot make the test certificate authority: \(error)") }
+    /// One authority for the whole process (a test run).
+    public static let shared: TestCertificateAuthority = {
+        do { return try TestCertificateAuthority() } catch { fatalError("cannot make the test certificate authority: \(error)") }
     }()
 
     /// A new authority named `name`, valid from an hour ago for a day.
@@ -69,7 +76,7 @@ public struct TestPKI: Sendable {
     /// (see ``issue(commonName:dnsNames:ipAddresses:validity:)``), trusting `trusting` (this authority by default).
     public func options(
         commonName: String, dnsNames: [String] = ["localhost"], ipAddresses: [[UInt8]] = [[127, 0, 0, 1]],
-        validity: ClosedRange<Date>? = nil, trusting: TestPKI? = nil
+        validity: ClosedRange<Date>? = nil, trusting: TestCertificateAuthority? = nil
     ) throws -> TLSOptions {
         let issued = try self.issue(commonName: commonName, dnsNames: dnsNames, ipAddresses: ipAddresses, validity: validity)
         return try TLSOptions.pem(
