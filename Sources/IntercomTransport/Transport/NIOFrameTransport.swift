@@ -202,7 +202,11 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         if makeDuplicate { self.makeDirectWriteDescriptor() }
         guard !batch.isEmpty else { return }
         for buffer in batch {
-            self.channel.write(buffer, promise: nil)
+            if self.medium == .tls, buffer.readableBytes > Self.tlsSliceSize {
+                self.writeInSlices(buffer)
+            } else {
+                self.channel.write(buffer, promise: nil)
+            }
         }
         self.channel.flush()
         if tracked { self.untrackWhenWritten() }
@@ -215,6 +219,20 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             return outbox.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// Over TLS, large frames are flushed a slice at a time: the TLS handler
+    /// encrypts everything flushed before it writes a byte, so a 1 MiB frame
+    /// flushed whole is encrypted whole before the other side can start
+    /// decrypting; in slices, the two sides (and the kernel) work at once.
+    private static let tlsSliceSize = 64 * 1024
+
+    private func writeInSlices(_ buffer: ByteBuffer) {
+        var rest = buffer
+        while rest.readableBytes > Self.tlsSliceSize, let slice = rest.readSlice(length: Self.tlsSliceSize) {
+            self.channel.writeAndFlush(slice, promise: nil)
+        }
+        self.channel.write(rest, promise: nil)
     }
 
     /// On the event loop, after a flush of a tracked batch: stops counting it at
