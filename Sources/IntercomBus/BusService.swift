@@ -74,6 +74,8 @@ public final class BusService: Sendable {
             name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
             protocolVersion: Int(FrameHeader.currentVersion),
             methods: Array(Set(methods)).sorted())
+        let properties = router.propertyNames
+        if !properties.isEmpty { info.properties = properties }
         // The addresses are known once bound (port 0 picks one), after the handler is registered.
         let published = Locked(info)
         try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in published.withLock { $0 } }
@@ -127,6 +129,9 @@ public final class BusService: Sendable {
             name: name, info: info, bus: bus, directory: directory, listener: listener, networkListeners: networkListeners,
             lock: lock, recordPath: recordPath)
         box.set(WeakReference(service))
+        for property in router.properties {
+            property.attachPublisher { [weak service] topic, state in _ = try? service?.publish(topic, state) }
+        }
         return service
     }
 

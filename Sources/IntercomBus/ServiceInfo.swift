@@ -21,6 +21,8 @@ public struct ServiceInfo: Codable, Sendable, Hashable {
     public var methods: [String]
     /// The network addresses it also listens on (`tls://0.0.0.0:7411`), if any.
     public var addresses: [String]?
+    /// The properties it declares (``Router/property(_:initial:validate:)``), sorted, if any.
+    public var properties: [String]?
 
     /// Creates a record.
     public init(name: String, pid: Int32, startTime: Date, protocolVersion: Int, methods: [String]) {

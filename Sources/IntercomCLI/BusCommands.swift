@@ -50,12 +50,15 @@ struct List: AsyncParsableCommand {
                 print("no services on bus \(try self.busOptions.resolve().directory)")
                 return
             }
+            // Addresses only when a service has some: most buses are local.
+            let addressed = services.contains { !($0.addresses ?? []).isEmpty }
             let rows = services.map { service -> [String] in
                 let methods = service.methods.filter { !$0.hasPrefix("intercom.") }
-                return [service.name, "\(service.pid)", formatUptime(Date().timeIntervalSince(service.startTime)),
-                    methods.joined(separator: ", ")]
+                let addresses = addressed ? [(service.addresses ?? []).joined(separator: " ")] : []
+                return [service.name, "\(service.pid)", formatUptime(Date().timeIntervalSince(service.startTime))]
+                    + addresses + [methods.joined(separator: ", ")]
             }
-            printTable(header: ["NAME", "PID", "UPTIME", "METHODS"], rows: rows)
+            printTable(header: ["NAME", "PID", "UPTIME"] + (addressed ? ["ADDRESSES"] : []) + ["METHODS"], rows: rows)
         }
     }
 }
@@ -223,14 +226,25 @@ struct Watch: AsyncParsableCommand {
     @Argument(help: "Topics to watch (default: all).") var topics: [String] = []
     @Option(help: "Watch only this service (a name, or an address: tls://HOST:PORT).") var service: String?
     @Flag(help: "Print services appearing and leaving instead of events (the live ones first).") var services = false
+    @Option(help: "Print this property of --service: its value now, then each change.") var property: String?
 
     func validate() throws {
         if self.services, self.service != nil || !self.topics.isEmpty {
             throw ValidationError("--services watches the bus itself: name no service or topic")
         }
+        if self.property != nil, self.service == nil || !self.topics.isEmpty {
+            throw ValidationError("--property watches one service's property: name it with --service, and no topic")
+        }
     }
 
     func run() async throws {
+        if let property = self.property, let service = self.service {
+            try await reportingErrors {
+                let peer = try await self.busOptions.connect(to: service, configuration: self.busOptions.configuration())
+                try await watchProperty(property, of: peer)
+            }
+            return
+        }
         if self.services {
             try await reportingErrors {
                 let format = Date.ISO8601FormatStyle.iso8601.time(includingFractionalSeconds: true)

@@ -12,7 +12,9 @@ import Intercom
 /// Methods: `echo` (returns its JSON argument), `sleep` (waits the given number
 /// of milliseconds, returns it), `fail` (throws an error with the given message),
 /// `exit` (stops serving; the process exits with the code ``run(on:name:tickInterval:)``
-/// returns). Publishes a ``Tick`` on topic `tick` every second.
+/// returns). Publishes a ``Tick`` on topic `tick` every second. Property
+/// `greeting` (text, 1 to 100 characters, "hello" at first) can be read, set
+/// and watched.
 enum EchoService {
     /// What `tick` events carry.
     struct Tick: Codable, Sendable, Hashable {
@@ -54,6 +56,12 @@ enum EchoService {
         }
         try router.register("fail") { (message: String, _: CallContext) -> Bool in
             throw Failure(message: message)
+        }
+        // A settable property: any non-empty text of at most 100 characters.
+        try router.property("greeting", initial: "hello") { (greeting: String) in
+            guard !greeting.isEmpty, greeting.count <= 100 else {
+                throw IntercomError(.invalidPayload, "greeting must be 1 to 100 characters; got \(greeting.count)")
+            }
         }
         try router.register("exit") { (code: Int32, context: CallContext) -> Bool in
             holder.exitCode.withLock { $0 = code }

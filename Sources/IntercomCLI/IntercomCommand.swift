@@ -6,6 +6,9 @@ struct IntercomCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "intercom",
         abstract: "Typed inter-process calls and messages for Swift.",
-        subcommands: [Demo.self, List.self, Call.self, Watch.self, Ping.self, Echo.self, Bench.self, BenchServer.self, DemoWorker.self]
+        subcommands: [
+            Demo.self, List.self, Call.self, GetProperty.self, SetProperty.self, Watch.self, Ping.self, Echo.self, Bench.self, BenchServer.self,
+            DemoWorker.self,
+        ]
     )
 }

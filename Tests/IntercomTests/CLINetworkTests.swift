@@ -35,6 +35,7 @@ import Glibc
                 #expect(ping.output.contains("2 pings: min"))
                 let listed = try await runCLI(["list", address] + clientTLS, busDirectory: nil)
                 #expect(listed.output.contains("e2") && listed.output.contains("echo, exit, fail, sleep"), "\(listed.output)")
+                #expect(listed.output.contains("ADDRESSES") && listed.output.contains(address), "\(listed.output)")
                 let (watch, watchOut, watchErr, watchExit) = try startCLI(
                     ["watch", "--service", address, "tick"] + clientTLS, busDirectory: nil)
                 let line = await readOutput(of: watchOut, until: "\n")

@@ -23,6 +23,7 @@ public final class Router: Sendable {
     private struct State {
         var handlers: [String: Handler] = [:]
         var fallback: Handler?
+        var properties: [any AnyServiceProperty] = []
     }
 
     private let state = Locked(State())
@@ -79,6 +80,20 @@ public final class Router: Sendable {
     /// The registered method names, sorted.
     public var methods: [String] {
         self.state.withLock { $0.handlers.keys.sorted() }
+    }
+
+    /// The names of the properties declared on this router, sorted.
+    public var propertyNames: [String] {
+        self.state.withLock { $0.properties.map(\.name).sorted() }
+    }
+
+    /// The properties declared on this router (for whoever serves it to publish their changes).
+    package var properties: [any AnyServiceProperty] {
+        self.state.withLock { $0.properties }
+    }
+
+    func addProperty(_ property: any AnyServiceProperty) {
+        self.state.withLock { $0.properties.append(property) }
     }
 
     /// The handler for `method`: its own, else the fallback.

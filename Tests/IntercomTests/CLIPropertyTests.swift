@@ -1,0 +1,49 @@
+import Foundation
+import Intercom
+import IntercomTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `intercom get`, `set` and `watch --property` against the echo service's
+/// `greeting`, in real processes.
+@Suite struct CLIPropertyTests {
+    @Test func getSetAndWatchAPropertyOfARunningService() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let directory = temporary.directory
+                let (_, echoOut, echoErr, echoExit) = try startCLI(["echo", "--name", "e3"], busDirectory: directory)
+                let info = try await temporary.bus.waitForService("e3", timeout: .seconds(30))
+                #expect(info.properties == ["greeting"])
+
+                let got = try await runCLI(["get", "e3", "greeting"], busDirectory: directory)
+                #expect(got.status == 0, "\(got.errors)")
+                #expect(got.output == "\"hello\"\n")
+                let (watch, watchOut, watchErr, watchExit) = try startCLI(
+                    ["watch", "--service", "e3", "--property", "greeting"], busDirectory: directory)
+                let first = await readOutput(of: watchOut, until: "\n")
+                #expect(first == "\"hello\"\n")
+                let set = try await runCLI(["set", "e3", "greeting", #""bonjour""#], busDirectory: directory)
+                #expect(set.output == "\"bonjour\"\n", "\(set.errors)")
+                let second = await readOutput(of: watchOut, until: "\n")
+                #expect(second == "\"bonjour\"\n")
+                // The service refuses what it does not accept, saying why; nothing changes.
+                let refused = try await runCLI(["set", "e3", "greeting", #""""#], busDirectory: directory)
+                #expect(refused.status == 1)
+                #expect(refused.errors.contains("invalidPayload") && refused.errors.contains("1 to 100 characters"), "\(refused.errors)")
+                #expect(try await runCLI(["get", "e3", "greeting"], busDirectory: directory).output == "\"bonjour\"\n")
+
+                kill(watch.processIdentifier, SIGTERM)
+                for await _ in watchExit {}
+                try? watchOut.fileHandleForReading.close()
+                try? watchErr.fileHandleForReading.close()
+                _ = try await runCLI(["call", "e3", "exit", "0"], busDirectory: directory)
+                for await _ in echoExit {}
+                try? echoOut.fileHandleForReading.close()
+                try? echoErr.fileHandleForReading.close()
+            }
+        }
+    }
+}
