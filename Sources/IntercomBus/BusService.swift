@@ -129,9 +129,6 @@ public final class BusService: Sendable {
             name: name, info: info, bus: bus, directory: directory, listener: listener, networkListeners: networkListeners,
             lock: lock, recordPath: recordPath)
         box.set(WeakReference(service))
-        for property in router.properties {
-            property.attachPublisher { [weak service] topic, state in _ = try? service?.publish(topic, state) }
-        }
         return service
     }
 
@@ -195,27 +192,7 @@ public final class BusService: Sendable {
     /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
     @discardableResult
     public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishReport {
-        var report = PublishReport()
-        // Encoded once, with the codec of the first binary subscriber; subscribers
-        // that want JSON or agreed on another codec get their own encoding.
-        var shared: (codec: CodecID, payload: ByteBuffer)?
-        for peer in self.connectedClients {
-            guard let json = peer.subscriptionFormat(for: topic) else { continue }
-            let outcome: PublishOutcome
-            if json || (shared.map { $0.codec != peer.codec.id } ?? false) {
-                outcome = try peer.publish(topic, value)
-            } else {
-                if shared == nil { shared = (peer.codec.id, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
-                outcome = try peer.publishEncoded(topic, payload: shared!.payload)
-            }
-            let label = "\(peer.remote.name) (pid \(peer.remote.reportedPID))"
-            switch outcome {
-            case .sent: report.sentTo.append(label)
-            case .dropped: report.droppedFor.append(label)
-            case .notSubscribed: break
-            }
-        }
-        return report
+        try Peer.publish(topic, value, to: self.connectedClients)
     }
 
     /// Returns when someone asked this service to quit (the built-in

@@ -53,6 +53,21 @@ import Testing
         }
     }
 
+    @Test func aPlainListenerPublishesItsRoutersPropertyChangesToo() async throws {
+        try await withResourceCheck {
+            let router = Router()
+            let mode = try router.property("mode", initial: "idle")
+            let listener = try await PeerListener.listen(unixPath: TemporaryDirectory.shared.socketPath(), router: router)
+            let client = try await Peer.connect(unixPath: listener.path)
+            var modes = client.propertyChanges("mode", as: String.self).makeAsyncIterator()
+            #expect(try await modes.next() == "idle")
+            mode.value = "running"
+            #expect(try await modes.next() == "running")
+            await client.close()
+            await listener.close()
+        }
+    }
+
     @Test func anUnknownPropertyIsAnUnknownMethodAndNamesClashLoudly() async throws {
         let router = Router()
         try router.property("mode", initial: "idle")

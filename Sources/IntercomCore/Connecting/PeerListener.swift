@@ -135,6 +135,7 @@ public final class PeerListener: Sendable {
         }
         let listener = PeerListener(endpoint: .unix(path: path), acceptor: .unix(acceptor), channels: box)
         box.set(listener)
+        listener.publishProperties(of: router)
         return listener
     }
 
@@ -221,6 +222,23 @@ public final class PeerListener: Sendable {
     /// The connections accepted and still open.
     public var connectedPeers: [Peer] {
         self.accepted.withLock { $0.open.values.map(\.peer) }
+    }
+
+    /// Publishes an event to every connection subscribed to `topic`, never
+    /// waiting (see ``Peer/publish(_:_:)``).
+    ///
+    /// - Returns: which peers it was sent to and which missed it.
+    /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
+    @discardableResult
+    public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishReport {
+        try Peer.publish(topic, value, to: self.connectedPeers)
+    }
+
+    /// Publishes the changes of `router`'s properties to this listener's connections.
+    func publishProperties(of router: Router?) {
+        for property in router?.properties ?? [] {
+            property.attachPublisher { [weak self] topic, state in _ = try? self?.publish(topic, state) }
+        }
     }
 
     /// Stops accepting, closes every connection it accepted — those still in

@@ -93,6 +93,7 @@ extension PeerListener {
         let bound = tls == nil ? Endpoint.tcp(host: endpoint.host, port: port) : Endpoint.tls(host: endpoint.host, port: port)
         let listener = PeerListener(endpoint: bound, acceptor: .network(channel), channels: box)
         box.set(listener)
+        listener.publishProperties(of: router)
         return listener
     }
 }

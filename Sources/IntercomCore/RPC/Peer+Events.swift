@@ -67,6 +67,39 @@ extension Peer {
     }
 
     /// An event's payload encoded with `codec`.
+    /// Publishes an event to each of `peers` subscribed to `topic` (a service's
+    /// clients), encoding it once for all binary subscribers that share a codec.
+    /// Never waits: a peer whose connection is full misses the event and is told
+    /// how many it missed with the next one it gets.
+    ///
+    /// - Returns: which peers it was sent to and which missed it.
+    /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
+    package static func publish<Value: Encodable>(
+        _ topic: String, _ value: Value, to peers: [Peer]
+    ) throws(IntercomError) -> PublishReport {
+        var report = PublishReport()
+        // Encoded once, with the codec of the first binary subscriber; subscribers
+        // that want JSON or agreed on another codec get their own encoding.
+        var shared: (codec: CodecID, payload: ByteBuffer)?
+        for peer in peers {
+            guard let json = peer.subscriptionFormat(for: topic) else { continue }
+            let outcome: PublishOutcome
+            if json || (shared.map { $0.codec != peer.codec.id } ?? false) {
+                outcome = try peer.publish(topic, value)
+            } else {
+                if shared == nil { shared = (peer.codec.id, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
+                outcome = try peer.publishEncoded(topic, payload: shared!.payload)
+            }
+            let label = "\(peer.remote.name) (pid \(peer.remote.reportedPID))"
+            switch outcome {
+            case .sent: report.sentTo.append(label)
+            case .dropped: report.droppedFor.append(label)
+            case .notSubscribed: break
+            }
+        }
+        return report
+    }
+
     package static func encodeEvent<Value: Encodable>(_ value: Value, with codec: PayloadCodec, topic: String)
         throws(IntercomError) -> ByteBuffer
     {

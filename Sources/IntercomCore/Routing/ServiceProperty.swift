@@ -32,8 +32,9 @@ public enum PropertyNames {
 /// attributes, D-Bus properties): they read it, ask to change it — the service
 /// validates and may refuse — and observe it (``Peer/propertyChanges(_:as:)``).
 ///
-/// Declare it on the service's router before serving; a ``BusService`` then
-/// publishes every change to its subscribed clients and lists the property in
+/// Declare it on the service's router before serving: every ``PeerListener``
+/// serving the router (a ``BusService``'s among them) then publishes each
+/// change to its subscribed clients, and a bus service lists the property in
 /// its record.
 ///
 /// ```swift
