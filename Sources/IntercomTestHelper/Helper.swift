@@ -129,6 +129,7 @@ func makeRouter() throws -> Router {
         Ack(ok: request.ms > 0, appliedMs: request.ms)
     }
     try router.register("math.add") { (request: AddRequest, _) in request.a + request.b }
+    try registerStreamHandlers(on: router)
     try router.register("echo.bytes") { (bytes: [UInt8], _) in bytes }
     try router.register("peer.pid") { (_: Int, _) in Int(getpid()) }
     // Who called, as this side's kernel says ([pid, uid]; [] when it does not know).

@@ -17,6 +17,9 @@ public struct FrameFlags: OptionSet, Hashable, Sendable {
     /// The payload is JSON whatever codec the connection agreed on (a call with
     /// this flag is answered with it too): how tools call typed handlers.
     public static let jsonPayload = FrameFlags(rawValue: 1 << 3)
+    /// A call whose caller expects a stream of `streamItem` frames before the
+    /// reply, under credit-based flow control (docs/PROTOCOL.md, "Streams").
+    public static let stream = FrameFlags(rawValue: 1 << 4)
 }
 
 /// One decoded frame: the fixed header's fields, the parsed header extension

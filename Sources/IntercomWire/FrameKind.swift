@@ -12,7 +12,7 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
 
     /// Wraps a raw kind byte; returns `nil` for a byte that names no kind.
     public init?(rawValue: UInt8) {
-        guard (1...14).contains(rawValue) else { return nil }
+        guard (1...16).contains(rawValue) else { return nil }
         self.rawValue = rawValue
     }
 
@@ -47,12 +47,18 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
     /// The shared-memory upgrade right after the hellos (id 1: ready for
     /// descriptors; id 2: a ring's memfd is attached). See docs/PROTOCOL.md.
     @inlinable public static var sharedMemory: FrameKind { FrameKind(14) }
+    /// One item of the stream answering the call with the same id (before its
+    /// `reply`, which ends the stream, or `error`).
+    @inlinable public static var streamItem: FrameKind { FrameKind(15) }
+    /// The receiver of a stream grants the producer more items (a u32 count in
+    /// the payload) for the call with the same id.
+    @inlinable public static var credit: FrameKind { FrameKind(16) }
 
     /// The kind's name.
     public var description: String {
         let names = [
             "", "hello", "welcome", "call", "reply", "error", "cancel", "message", "event",
-            "subscribe", "unsubscribe", "ping", "pong", "goodbye", "sharedMemory",
+            "subscribe", "unsubscribe", "ping", "pong", "goodbye", "sharedMemory", "streamItem", "credit",
         ]
         return Int(self.rawValue) < names.count ? names[Int(self.rawValue)] : "kind(\(self.rawValue))"
     }

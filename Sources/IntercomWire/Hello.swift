@@ -18,12 +18,15 @@ public struct Hello: Hashable, Sendable {
     public var maxFrameSize: UInt32
     /// The sender's process id.
     public var pid: UInt32
-    /// Capability bits (unknown bits are ignored): ``sharedMemoryCapability``.
+    /// Capability bits (unknown bits are ignored): ``sharedMemoryCapability``, ``streamsCapability``.
     public var capabilities: UInt64
 
     /// Capability bit 0: this side can move the connection onto shared-memory
     /// rings and will, if the other side sets it too.
     public static let sharedMemoryCapability: UInt64 = 1 << 0
+    /// Capability bit 1: this side understands streams (`streamItem` and
+    /// `credit` frames, the `stream` flag on calls).
+    public static let streamsCapability: UInt64 = 1 << 1
     /// The id of the `sharedMemory` frame that says "ready" (step 1 of the
     /// upgrade, docs/PROTOCOL.md), the one that may still come through the socket's
     /// normal reading.

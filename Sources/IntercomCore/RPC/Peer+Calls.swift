@@ -58,7 +58,8 @@ extension Peer {
 
     /// Sends the frame of one call and waits for the frame that answers it.
     func exchange<Request: Encodable>(
-        _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil
+        _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil,
+        id presetID: UInt64? = nil, flags: FrameFlags = []
     ) async throws -> Frame {
         let context = IntercomError.Context(method: method, peer: self.remote.name)
         if let method, method.utf8.count > 255 {
@@ -68,7 +69,7 @@ extension Peer {
             throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
         }
         let pending = PendingCall(method: method, timeout: timeout, deadline: Deadline(self.transport.now).advanced(by: timeout))
-        let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
+        let id = presetID ?? self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         if let jsonArgument {
             var buffer = ByteBuffer()
@@ -77,7 +78,7 @@ extension Peer {
             FrameHeader.finish(mark, in: &buffer)
             frame = buffer
         } else if kind == .call {
-            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context)
+            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context, flags: flags)
         } else {
             frame = FrameHeader.empty(kind: kind, id: id)
         }

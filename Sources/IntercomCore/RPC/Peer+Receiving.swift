@@ -30,6 +30,7 @@ extension Peer: FrameReceiver {
         case .reply, .error, .pong:
             self.complete(frame)
         case .call:
+            if frame.flags.contains(.stream) { self.streamCallArrived(frame.id) }
             self.accept(frame)
         case .message:
             if let method = frame.method, let router, router.hasOwnHandler(for: method) {
@@ -45,6 +46,10 @@ extension Peer: FrameReceiver {
             self.cancelHandler(frame.id)
         case .ping:
             self.transmit(FrameHeader.empty(kind: .pong, id: frame.id))
+        case .streamItem:
+            self.deliverStreamItem(frame)
+        case .credit:
+            self.grantCredit(frame)
         case .goodbye:
             self.withState { $0.goodbyeArrived() }
         case .event:
@@ -164,6 +169,7 @@ extension Peer: FrameReceiver {
         }
         guard let closure else { return }
         self.failCalls(closure.calls, reason: closure.reason)
+        self.endStreams(closure.reason)
         self.inbox.end(closure.reason)
         for queue in closure.subscriptions { queue.end(.failed(closure.reason)) }
         for timer in closure.handlers.timers { timer.cancel() }

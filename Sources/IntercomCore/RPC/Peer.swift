@@ -56,6 +56,10 @@ public final class Peer: Sendable {
     let statisticsWatch = StatisticsWatch()
     let arrivals = Arrivals()
     let remoteTopics = Locked(RemoteTopics())
+    /// Streams in both directions, by call id.
+    let streams = Locked(StreamTable())
+    /// Whether the other side understands streams (its hello said so).
+    let remoteSupportsStreams: Bool
 
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).
@@ -83,6 +87,7 @@ public final class Peer: Sendable {
         self.remote = PeerIdentity(
             name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials, network: network)
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
+        self.remoteSupportsStreams = remote.capabilities & Hello.streamsCapability != 0
         self.codec = codec
         self.state = Locked(
             ConnectionStateMachine(
@@ -194,6 +199,9 @@ public final class Peer: Sendable {
         /// Replies that arrived after their call had timed out or been cancelled,
         /// and were dropped, since the connection opened.
         public var lateReplies: Int
+        /// Streams this side produces whose handler waits for the consumer to ask
+        /// for more (flow control: the consumer is not reading).
+        public var streamsAwaitingCredit: Int = 0
     }
 
     /// What crossed a connection since its handshake: whole frames (calls,
@@ -244,7 +252,8 @@ public final class Peer: Sendable {
         return Statistics(
             pendingCalls: pending, runningHandlers: running, queuedCalls: queued,
             blockedSenders: self.transport.blockedSenders,
-            lateReplies: self.lateReplies.load(ordering: .relaxed))
+            lateReplies: self.lateReplies.load(ordering: .relaxed),
+            streamsAwaitingCredit: self.streams.withLock { $0.credits.values.count(where: \.isWaiting) })
     }
 
     // MARK: Closing

@@ -1,0 +1,64 @@
+@_spi(IntercomInternals) public import IntercomTransport
+internal import IntercomWire
+internal import NIOCore
+
+/// How a streaming handler sends its items (``Router/registerStream(_:_:)``).
+public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
+    let peer: Peer
+    let id: UInt64
+    let method: String
+    let credit: StreamCredit
+
+    /// Sends one item. Suspends while the consumer has not asked for more
+    /// (flow control) or the connection's outbound buffer is full.
+    ///
+    /// - Throws: ``IntercomError`` `cancelled` when the consumer stopped (or the
+    ///   handler's deadline passed), `peerLost`/`closed` when the connection
+    ///   ended, `invalidPayload` if the item does not encode.
+    public func send(_ item: Item) async throws(IntercomError) {
+        let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
+        let frame = try self.peer.encodeFrame(kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context)
+        do {
+            try await self.credit.acquire()
+        } catch let error as IntercomError {
+            throw error.with(context)
+        } catch {
+            throw IntercomError(.cancelled, "the stream was cancelled", context: context)
+        }
+        try await self.peer.waitUntilWritable(context: context)
+        self.peer.transmit(frame)
+    }
+}
+
+extension Router {
+    /// Registers a streaming method: the handler sends any number of items
+    /// through its ``StreamWriter`` and returns to end the stream (or throws,
+    /// which ends it with that error). Callers use ``Peer/stream(_:_:of:timeout:)``.
+    ///
+    /// ```swift
+    /// try router.registerStream("count") { (n: Int, _, stream: StreamWriter<Int>) in
+    ///     for i in 0..<n { try await stream.send(i) }
+    /// }
+    /// ```
+    ///
+    /// The handler's task is cancelled when the consumer stops or the call's
+    /// deadline passes; ``StreamWriter/send(_:)`` then throws `cancelled`.
+    ///
+    /// - Throws: as ``register(_:_:)-(_,(Request,CallContext)->Response)``.
+    public func registerStream<Request: Decodable & Sendable, Item: Encodable & Sendable>(
+        _ method: String, _ handler: @escaping @Sendable (Request, CallContext, StreamWriter<Item>) async throws -> Void
+    ) throws(IntercomError) {
+        try self.add([
+            Route(method) { (request: Request, context: CallContext) async throws in
+                let peer = context.peer
+                guard let credit = peer.streams.withLock({ $0.credits[context.callID] }) else {
+                    throw IntercomError(
+                        .invalidPayload, "'\(method)' is a stream: call it with peer.stream(…) (intercom call cannot yet)",
+                        context: .init(method: method, callID: context.callID, peer: peer.remote.name))
+                }
+                defer { _ = peer.streams.withLock { $0.credits.removeValue(forKey: context.callID) } }
+                try await handler(request, context, StreamWriter(peer: peer, id: context.callID, method: method, credit: credit))
+            }
+        ])
+    }
+}

@@ -1,0 +1,155 @@
+import Foundation
+import Intercom
+import IntercomTestHelper
+import IntercomTestSupport
+import Testing
+import IntercomWire
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Per-call streams against a real child process, over every transport: items
+/// in order, flow control (a consumer that stops reading suspends the producer
+/// and holds at most the initial credit), cancellation both ways, a typed
+/// error mid-stream, the call's deadline over the whole stream, and calls
+/// beside a stalled stream.
+@Suite(.serialized) struct StreamTests {
+    @Test(arguments: TransportKind.allCases)
+    func itemsArriveInOrderAndTheStreamEnds(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            var items: [Int] = []
+            for try await item in child.peer.stream("count", 1000, of: Int.self) { items.append(item) }
+            #expect(items == Array(0..<1000))
+            // An empty stream ends at once.
+            var none = child.peer.stream("count", 0, of: Int.self).makeAsyncIterator()
+            #expect(try await none.next() == nil)
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func aConsumerThatStopsReadingSuspendsTheProducerAndOtherCallsGoOn(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            var items = child.peer.stream("count.forever", 0, of: Int.self, timeout: .seconds(60)).makeAsyncIterator()
+            #expect(try await items.next() == 0)
+            // Not reading: the producer sent exactly its initial credit and waits.
+            #expect(try await child.peer.call("streams.blocked", 0, returning: Int.self) == 32)
+            // No head-of-line blocking: calls on the same connection are answered meanwhile.
+            #expect(try await child.peer.call("math.add", AddRequest(a: 2, b: 3), returning: Int.self) == 5)
+            // Reading again grants credit, and the items go on where they stopped.
+            for expected in 1..<200 { #expect(try await items.next() == expected) }
+            await child.shutdown()
+        }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func stoppingEitherSideEndsTheOther(kind: TransportKind) async throws {
+        try await withResourceCheck {
+            let child = try await ChildProcess.spawn(kind)
+            // The consumer leaves the loop: the producer's handler is cancelled.
+            for try await item in child.peer.stream("count.forever", 0, of: Int.self, timeout: .seconds(60)) {
+                if item == 5 { break }
+            }
+            #expect(try await child.peer.call("streams.cancelled", 1, returning: Int.self) == 1)
+            // The consuming task is cancelled: iteration ends with `cancelled`, the producer stops.
+            let consumer = Task {
+                var count = 0
+                for try await _ in child.peer.stream("count.forever", 0, of: Int.self, timeout: .seconds(60)) { count += 1 }
+                return count
+            }
+            #expect(try await child.peer.call("streams.blocked", 0, returning: Int.self) >= 0)
+            consumer.cancel()
+            let ended = await #expect(throws: IntercomError.self) { _ = try await consumer.value }
+            #expect(ended?.code == .cancelled, "\(String(describing: ended))")
+            #expect(try await child.peer.call("streams.cancelled", 2, returning: Int.self) == 2)
+            // The producer fails mid-stream: the items so far, then its typed error.
+            var received: [Int] = []
+            do {
+                for try await item in child.peer.stream("count.failing", 3, of: Int.self) { received.append(item) }
+                Issue.record("expected the producer's error")
+            } catch let error as HelperError {
+                #expect(error == .refused(reason: "midstream", code: 7))
+            }
+            #expect(received == [0, 1, 2])
+            // The call's deadline covers the whole stream, however fast the items come.
+            let overdue = await expectIntercomError(.timeout) {
+                for try await _ in child.peer.stream("count.forever", 0, of: Int.self, timeout: .milliseconds(300)) {}
+            }
+            #expect(overdue != nil)
+            #expect(try await child.peer.call("streams.cancelled", 3, returning: Int.self) == 3)
+            await child.shutdown()
+        }
+    }
+}
+
+/// A producer that ignores flow control: the consumer holds at most the initial
+/// credit, then closes the connection as a protocol violation.
+@Suite struct HostileStreamTests {
+    @Test func aProducerThatSendsBeyondItsCreditIsDisconnected() async throws {
+        try await withResourceCheck {
+            let sockets = try SocketPair()
+            let raw = sockets.second
+            var configuration = Peer.Configuration(name: "consumer")
+            configuration.sharedMemory.isEnabled = false
+            async let adopted = Peer.adopt(fileDescriptor: sockets.first, configuration: configuration)
+            // The hostile side: a hello that offers streams, then whatever it likes.
+            var hello = ByteBuffer()
+            let mark = FrameHeader.begin(into: &hello, kind: .hello, id: 0)
+            Hello(maxFrameSize: 1 << 20, pid: UInt32(getpid()), capabilities: Hello.streamsCapability, name: "hostile")
+                .write(into: &hello)
+            FrameHeader.finish(mark, in: &hello)
+            let helloBytes = Array(hello.readableBytesView)
+            _ = await onThread { writeAll(raw, helloBytes) }
+            let consumer = try await adopted
+            // The call starts with the iterator; nothing is read from it until the flood is in.
+            var items = consumer.stream("flood", 0, of: Int.self, timeout: .seconds(30)).makeAsyncIterator()
+            // Read the consumer's hello and its streaming call, then flood the stream.
+            let call = try #require(await onThread { () -> Frame? in
+                var buffer = ByteBuffer()
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    while let frame = try? FrameDecoder().next(from: &buffer) {
+                        if frame.kind == .call { return frame }
+                    }
+                    let n = chunk.withUnsafeMutableBytes { read(raw, $0.baseAddress, $0.count) }
+                    if n <= 0 { return nil }
+                    buffer.writeBytes(chunk[0..<n])
+                }
+            })
+            #expect(call.flags.contains(.stream))
+            var flood = ByteBuffer()
+            for i in 0..<100 {
+                let mark = FrameHeader.begin(into: &flood, kind: .streamItem, id: call.id)
+                try BinaryEncoder().encode(i, into: &flood)
+                FrameHeader.finish(mark, in: &flood)
+            }
+            let floodBytes = Array(flood.readableBytesView)
+            _ = await onThread { writeAll(raw, floodBytes) }
+            await consumer.waitUntilClosed()
+            var received = 0
+            var error: IntercomError?
+            do {
+                while try await items.next() != nil { received += 1 }
+            } catch let caught as IntercomError {
+                error = caught
+            }
+            #expect(received == 32, "the consumer held \(received) items")
+            #expect(error?.code == .protocolViolation, "\(String(describing: error))")
+            #expect(error?.message.contains("more items than it was granted") == true, "\(String(describing: error))")
+            close(raw)
+        }
+    }
+}
+
+private func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+        let sent = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if sent <= 0 { return false }
+        offset += sent
+    }
+    return true
+}
