@@ -5,6 +5,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Intercom
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -110,8 +111,13 @@ struct Call: AsyncParsableCommand {
             configuration.handshakeTimeout = timeout
             let peer = try await self.busOptions.connect(to: self.service, configuration: configuration)
             let remaining = max(deadline - .now, .milliseconds(1))
-            let reply = try await peer.callJSON(self.method, json: argument, timeout: remaining)
-            print(reply)
+            // As a stream when the method is one (one line per item), else one reply.
+            let items = Atomic<Int>(0)
+            let reply = try await peer.callJSONStreaming(self.method, json: argument, timeout: remaining) { item in
+                items.add(1, ordering: .relaxed)
+                printLine(item)
+            }
+            if items.load(ordering: .relaxed) == 0 || reply != "null" { print(reply) }
             await peer.close()
         }
     }

@@ -12,7 +12,7 @@ import Intercom
 /// Methods: `echo` (returns its JSON argument), `sleep` (waits the given number
 /// of milliseconds, returns it), `fail` (throws an error with the given message),
 /// `exit` (stops serving; the process exits with the code ``run(on:name:tickInterval:)``
-/// returns). Publishes a ``Tick`` on topic `tick` every second. Property
+/// returns), `count` (a stream of 0…N−1). Publishes a ``Tick`` on topic `tick` every second. Property
 /// `greeting` (text, 1 to 100 characters, "hello" at first) can be read, set
 /// and watched.
 enum EchoService {
@@ -56,6 +56,13 @@ enum EchoService {
         }
         try router.register("fail") { (message: String, _: CallContext) -> Bool in
             throw Failure(message: message)
+        }
+        // A stream: `count N` sends 0…N−1.
+        try router.registerStream("count") { (n: Int, _: CallContext, stream: StreamWriter<Int>) in
+            guard (0...1_000_000).contains(n) else {
+                throw IntercomError(.invalidPayload, "count takes 0 to 1000000; got \(n)")
+            }
+            for i in 0..<n { try await stream.send(i) }
         }
         // A settable property: any non-empty text of at most 100 characters.
         try router.property("greeting", initial: "hello") { (greeting: String) in

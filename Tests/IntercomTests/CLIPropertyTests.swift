@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// `intercom get`, `set` and `watch --property` against the echo service's
-/// `greeting`, in real processes.
+/// `greeting`, and `intercom call` of its streaming `count`, in real processes.
 @Suite struct CLIPropertyTests {
     @Test func getSetAndWatchAPropertyOfARunningService() async throws {
         try await withResourceCheck {
@@ -34,6 +34,13 @@ import Glibc
                 #expect(refused.status == 1)
                 #expect(refused.errors.contains("invalidPayload") && refused.errors.contains("1 to 100 characters"), "\(refused.errors)")
                 #expect(try await runCLI(["get", "e3", "greeting"], busDirectory: directory).output == "\"bonjour\"\n")
+
+                // A streaming method prints one JSON line per item.
+                let counted = try await runCLI(["call", "e3", "count", "5"], busDirectory: directory)
+                #expect(counted.status == 0, "\(counted.errors)")
+                #expect(counted.output == "0\n1\n2\n3\n4\n", "\(counted.output)")
+                let none = try await runCLI(["call", "e3", "count", "0"], busDirectory: directory)
+                #expect(none.output == "null\n", "\(none.output)")
 
                 kill(watch.processIdentifier, SIGTERM)
                 for await _ in watchExit {}

@@ -73,7 +73,8 @@ extension Peer {
         let frame: ByteBuffer
         if let jsonArgument {
             var buffer = ByteBuffer()
-            let mark = FrameHeader.begin(into: &buffer, kind: .call, flags: .jsonPayload, id: id, method: method, timeout: timeout)
+            let mark = FrameHeader.begin(
+                into: &buffer, kind: .call, flags: flags.union(.jsonPayload), id: id, method: method, timeout: timeout)
             buffer.writeString(jsonArgument)
             FrameHeader.finish(mark, in: &buffer)
             frame = buffer

@@ -30,7 +30,6 @@ extension Peer: FrameReceiver {
         case .reply, .error, .pong:
             self.complete(frame)
         case .call:
-            if frame.flags.contains(.stream) { self.streamCallArrived(frame.id) }
             self.accept(frame)
         case .message:
             if let method = frame.method, let router, router.hasOwnHandler(for: method) {

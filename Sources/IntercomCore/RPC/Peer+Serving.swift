@@ -41,10 +41,12 @@ extension Peer {
         if let armTimerAt { self.armHandlerTimer(at: armTimerAt) }
         let frame = request.frame
         let method = frame.method ?? ""
-        let context = CallContext(
+        var context = CallContext(
             method: method, callID: frame.id, deadline: request.deadline?.instant, timeout: frame.timeout,
             peer: self)
+        context.expectsStream = frame.flags.contains(.stream)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
+        context.jsonCaller = frame.flags.contains(.jsonPayload)
         let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
         let isCall = request.isCall
         let executor: (any TaskExecutor)? =

@@ -119,3 +119,51 @@ public struct CallStream<Item: Decodable & Sendable>: AsyncSequence, Sendable {
         }
     }
 }
+
+extension Peer {
+    /// Calls `method` with a JSON argument as a stream when it is one: `item` gets
+    /// each item as JSON text; returns the final reply as JSON text (`null` for a
+    /// stream, the result for a plain method). For tools (`intercom call`), which
+    /// do not know whether a method streams. Falls back to a plain call with a
+    /// peer that does not support streams.
+    public func callJSONStreaming(
+        _ method: String, json: String, timeout: Duration? = nil, item: @Sendable (String) -> Void
+    ) async throws -> String {
+        guard self.remoteSupportsStreams else { return try await self.callJSON(method, json: json, timeout: timeout) }
+        let id = self.nextCallID.add(1, ordering: .relaxed).oldValue
+        let inbox = StreamInbox()
+        self.streams.withLock { $0.inboxes[id] = inbox }
+        let timeout = timeout ?? self.configuration.defaultCallTimeout
+        let call = Task { () throws -> String in
+            defer {
+                self.streams.withLock { _ = $0.inboxes.removeValue(forKey: id) }
+            }
+            do {
+                let reply = try await self.exchange(
+                    method, Optional<Int>.none, timeout: timeout, jsonArgument: json, id: id, flags: .stream)
+                inbox.finish(.success(()))
+                return reply.payload.readableBytes == 0 ? "null" : String(buffer: reply.payload)
+            } catch {
+                inbox.finish(.failure(error))
+                throw error
+            }
+        }
+        do {
+            while true {
+                let (next, grant) = try await withTaskCancellationHandler {
+                    try await inbox.next()
+                } onCancel: {
+                    call.cancel()
+                }
+                if grant > 0 { self.sendCredit(grant, for: id) }
+                guard let next else { break }
+                item(String(buffer: next))
+            }
+        } catch {
+            call.cancel()
+            _ = try? await call.value
+            throw error
+        }
+        return try await call.value
+    }
+}

@@ -177,17 +177,27 @@ extension Peer {
     /// A `credit` frame arrived for a stream this side produces.
     func grantCredit(_ frame: borrowing Frame) {
         var payload = frame.payload
-        guard let count = payload.readInteger(as: UInt32.self), count > 0, count <= 1 << 20 else {
-            self.violated(ProtocolError(.malformedHeader, "a credit frame must carry a count from 1 to 2^20"))
+        guard payload.readableBytes == 4, let count = payload.readInteger(endianness: .little, as: UInt32.self), count > 0,
+            count <= 1 << 20
+        else {
+            self.violated(ProtocolError(.malformedHeader, "a credit frame must carry one u32 count from 1 to 2^20"))
             return
         }
         self.streams.withLock { $0.credits[frame.id] }?.grant(Int(count))
     }
 
-    /// A call with the `stream` flag arrived: its producer starts with the initial credit.
-    func streamCallArrived(_ id: UInt64) {
+    /// A streaming handler starts: its producer has the initial credit. (If the
+    /// connection already ended, the credit ends at once.)
+    func streamStarted(_ id: UInt64) -> StreamCredit {
         let credit = StreamCredit { [weak self] in self?.statisticsChanged() }
         self.streams.withLock { $0.credits[id] = credit }
+        if let ended = self.withState({ $0.endReason }) { credit.end(ended) }
+        return credit
+    }
+
+    /// A streaming handler ended.
+    func streamEnded(_ id: UInt64) {
+        _ = self.streams.withLock { $0.credits.removeValue(forKey: id) }
     }
 
     /// Ends every stream's producer when the connection ends (consumers end with their calls).
@@ -202,7 +212,7 @@ extension Peer {
     func sendCredit(_ count: Int, for id: UInt64) {
         var frame = ByteBuffer()
         let mark = FrameHeader.begin(into: &frame, kind: .credit, id: id)
-        frame.writeInteger(UInt32(count))
+        frame.writeInteger(UInt32(count), endianness: .little)
         FrameHeader.finish(mark, in: &frame)
         self.transmit(frame)
     }

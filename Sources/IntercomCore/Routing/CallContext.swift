@@ -13,6 +13,10 @@ public struct CallContext: Sendable {
     public var timeout: Duration? = nil
     /// The connection the call arrived on, so a handler can call back.
     public let peer: Peer
+    /// Whether the caller asked for a stream (``Peer/stream(_:_:of:timeout:)``).
+    var expectsStream = false
+    /// Whether the caller speaks JSON on this call (tools): a stream's items go to it as JSON.
+    var jsonCaller = false
     /// Who called: the handshake's name and pid, and the kernel's credentials
     /// for a local socket (the same as `peer.remote`).
     public var remote: PeerIdentity { self.peer.remote }

@@ -8,6 +8,8 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     let id: UInt64
     let method: String
     let credit: StreamCredit
+    /// JSON for a caller that called with JSON (`intercom call`), else the connection's codec.
+    let json: Bool
 
     /// Sends one item. Suspends while the consumer has not asked for more
     /// (flow control) or the connection's outbound buffer is full.
@@ -17,7 +19,9 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     ///   ended, `invalidPayload` if the item does not encode.
     public func send(_ item: Item) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
-        let frame = try self.peer.encodeFrame(kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context)
+        let frame = try self.peer.encodeFrame(
+            kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
+            codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: self.json ? .jsonPayload : [])
         do {
             try await self.credit.acquire()
         } catch let error as IntercomError {
@@ -51,13 +55,17 @@ extension Router {
         try self.add([
             Route(method) { (request: Request, context: CallContext) async throws in
                 let peer = context.peer
-                guard let credit = peer.streams.withLock({ $0.credits[context.callID] }) else {
+                guard context.expectsStream else {
                     throw IntercomError(
                         .invalidPayload, "'\(method)' is a stream: call it with peer.stream(…) (intercom call cannot yet)",
                         context: .init(method: method, callID: context.callID, peer: peer.remote.name))
                 }
-                defer { _ = peer.streams.withLock { $0.credits.removeValue(forKey: context.callID) } }
-                try await handler(request, context, StreamWriter(peer: peer, id: context.callID, method: method, credit: credit))
+                // Made when the handler starts, gone when it ends: no credit frame can come
+                // sooner (the consumer grants only for items it took), and a stream call that
+                // never runs — refused, dropped from the queue — leaves nothing behind.
+                let credit = peer.streamStarted(context.callID)
+                defer { peer.streamEnded(context.callID) }
+                try await handler(request, context, StreamWriter(peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller))
             }
         ])
     }
