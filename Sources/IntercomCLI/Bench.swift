@@ -26,7 +26,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
-        case S1, S2, S3, S4, S5, all
+        case S1, S2, S3, S4, S5, S6, all
     }
 
     @Option(
@@ -38,7 +38,8 @@ struct Bench: AsyncParsableCommand {
     var transport: Transport = .socketpair
     @Option(
         help: """
-            S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight),             S5 (sporadic: 500 calls of 64 B, one every 2 ms, from a task on the global executor, then from one on the \
+            S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight), \
+            S6 (a stream of 64 B items from the server, items/s),             S5 (sporadic: 500 calls of 64 B, one every 2 ms, from a task on the global executor, then from one on the \
             connection's thread) or all.
             """)
     var scenario: Scenario = .all
@@ -61,7 +62,7 @@ struct Bench: AsyncParsableCommand {
         let child = try await BenchChild.spawn(self.transport, bufferPoolMib: self.bufferPoolMib)
         let peer = child.peer
         let name = "intercom-\(self.transport.rawValue)"
-        let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4, .S5] : [self.scenario]
+        let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4, .S5, .S6] : [self.scenario]
         var lines: [String] = []
         /// Prints a result line as soon as it is measured and keeps it for the summary.
         func emit(_ line: String) {
@@ -98,6 +99,8 @@ struct Bench: AsyncParsableCommand {
                     emit(try await withTaskExecutorPreference(globalConcurrentExecutor) { try await s5(peer, name: name, calls: self.count(500), gap: .microseconds(self.s5GapUs)) })
                     progress("running S5 from a task on the connection's thread \(over)…")
                     emit(try await s5(peer, name: "\(name)-on-connection-thread", calls: self.count(500), gap: .microseconds(self.s5GapUs)))
+                case .S6:
+                    emit(try await s6(peer, name: name, n: self.count(2_000_000)))
                 case .all:
                     continue
                 }
@@ -220,6 +223,19 @@ func s4(_ peer: Peer, name: String, n: Int) async throws -> String {
     }
     let elapsed = clock.now - start
     return "peer=\(name) scenario=S4 calls_per_s=\(fixed(Double(n) / seconds(elapsed), 0)) depth=\(depth) n=\(n)"
+}
+
+/// S6: one stream of `n` 64 B items from the server, counted as they arrive.
+func s6(_ peer: Peer, name: String, n: Int) async throws -> String {
+    let clock = ContinuousClock()
+    let start = clock.now
+    var received = 0
+    for try await item in peer.stream("bench.stream", n, of: [UInt8].self, timeout: .seconds(600)) {
+        received += item.count == 64 ? 1 : 0
+    }
+    let elapsed = clock.now - start
+    guard received == n else { throw IntercomError(.invalidPayload, "S6 received \(received) of \(n) items") }
+    return "peer=\(name) scenario=S6 items_per_s=\(fixed(Double(n) / seconds(elapsed), 0)) n=\(n)"
 }
 
 /// S5: 500 sporadic 64 B calls, one every 2 ms (the C reference's S5 line has the same shape).

@@ -26,6 +26,10 @@ struct BenchServer: AsyncParsableCommand {
         try router.register("bench.echo") { (bytes: [UInt8], _) in bytes }
         try router.register("bench.sink") { (bytes: [UInt8], _) in !bytes.isEmpty }
         try router.register("bench.sink.buffer") { (bytes: ByteBuffer, _) in bytes.readableBytes > 0 }
+        try router.registerStream("bench.stream") { (n: Int, _: CallContext, stream: StreamWriter<[UInt8]>) in
+            let item = [UInt8](repeating: 0x61, count: 64)
+            for _ in 0..<n { try await stream.send(item) }
+        }
         try router.register("bench.reset") { (_: Int, _) -> Int in
             received.store(0, ordering: .relaxed)
             return 0

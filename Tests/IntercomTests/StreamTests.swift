@@ -35,8 +35,10 @@ import Glibc
             let child = try await ChildProcess.spawn(kind)
             var items = child.peer.stream("count.forever", 0, of: Int.self, timeout: .seconds(60)).makeAsyncIterator()
             #expect(try await items.next() == 0)
-            // Not reading: the producer sent exactly its initial credit and waits.
-            #expect(try await child.peer.call("streams.blocked", 0, returning: Int.self) == 32)
+            // Not reading: the producer sent what its initial window allows (256 KiB of
+            // items of 1 to 3 bytes) and waits.
+            let sent = try await child.peer.call("streams.blocked", 0, returning: Int.self)
+            #expect(sent > 1000 && sent <= (256 << 10) + 1, "\(sent) items sent before the producer waited")
             // No head-of-line blocking: calls on the same connection are answered meanwhile.
             #expect(try await child.peer.call("math.add", AddRequest(a: 2, b: 3), returning: Int.self) == 5)
             // Reading again grants credit, and the items go on where they stopped.
@@ -55,12 +57,16 @@ import Glibc
             }
             #expect(try await child.peer.call("streams.cancelled", 1, returning: Int.self) == 1)
             // The consuming task is cancelled: iteration ends with `cancelled`, the producer stops.
+            let (started, itemArrived) = AsyncStream.makeStream(of: Void.self)
             let consumer = Task {
                 var count = 0
-                for try await _ in child.peer.stream("count.forever", 0, of: Int.self, timeout: .seconds(60)) { count += 1 }
+                for try await _ in child.peer.stream("count.forever", 0, of: Int.self, timeout: .seconds(60)) {
+                    count += 1
+                    itemArrived.yield()
+                }
                 return count
             }
-            #expect(try await child.peer.call("streams.blocked", 0, returning: Int.self) >= 0)
+            for await _ in started { break }  // the stream runs
             consumer.cancel()
             let ended = await #expect(throws: IntercomError.self) { _ = try await consumer.value }
             #expect(ended?.code == .cancelled, "\(String(describing: ended))")
@@ -86,7 +92,8 @@ import Glibc
 }
 
 /// A producer that ignores flow control: the consumer holds at most the initial
-/// credit, then closes the connection as a protocol violation.
+/// window (and the item that crossed it), then closes the connection as a
+/// protocol violation.
 @Suite struct HostileStreamTests {
     @Test func aProducerThatSendsBeyondItsCreditIsDisconnected() async throws {
         try await withResourceCheck {
@@ -105,7 +112,7 @@ import Glibc
             _ = await onThread { writeAll(raw, helloBytes) }
             let consumer = try await adopted
             // The call starts with the iterator; nothing is read from it until the flood is in.
-            var items = consumer.stream("flood", 0, of: Int.self, timeout: .seconds(30)).makeAsyncIterator()
+            var items = consumer.stream("flood", 0, of: [UInt8].self, timeout: .seconds(30)).makeAsyncIterator()
             // Read the consumer's hello and its streaming call, then flood the stream.
             let call = try #require(await onThread { () -> Frame? in
                 var buffer = ByteBuffer()
@@ -121,9 +128,9 @@ import Glibc
             })
             #expect(call.flags.contains(.stream))
             var flood = ByteBuffer()
-            for i in 0..<100 {
+            for _ in 0..<10 {  // 1 MB against a 256 KiB window
                 let mark = FrameHeader.begin(into: &flood, kind: .streamItem, id: call.id)
-                try BinaryEncoder().encode(i, into: &flood)
+                try BinaryEncoder().encode([UInt8](repeating: 7, count: 100 << 10), into: &flood)
                 FrameHeader.finish(mark, in: &flood)
             }
             let floodBytes = Array(flood.readableBytesView)
@@ -136,7 +143,8 @@ import Glibc
             } catch let caught as IntercomError {
                 error = caught
             }
-            #expect(received == 32, "the consumer held \(received) items")
+            // Items of 100 KiB start at 0, 100 and 200 KiB: the fourth starts past the window.
+            #expect(received == 3, "the consumer held \(received) items")
             #expect(error?.code == .protocolViolation, "\(String(describing: error))")
             #expect(error?.message.contains("more items than it was granted") == true, "\(String(describing: error))")
             close(raw)

@@ -3,17 +3,18 @@ internal import IntercomWire
 internal import NIOCore
 internal import DequeModule
 
-/// Flow control of streams: a producer may send as many items as it was
-/// granted. Every stream starts with ``initialCredit`` (no frame needed); the
-/// consumer grants more, ``grantBatch`` at a time, as it takes items. So a
-/// stream holds at most ``initialCredit`` items at the consumer whatever the
-/// producer does (more is a protocol violation), and a producer whose consumer
-/// stops reading is suspended.
+/// Flow control of streams, in bytes of item payload: a producer may start an
+/// item while it has credit left (the item may overdraw it). Every stream starts
+/// with ``initialWindow`` (no frame needed); the consumer grants back the bytes
+/// it took, ``grantThreshold`` or more at a time. So a consumer holds at most the
+/// window plus one item whatever the producer does (more is a protocol
+/// violation), and a producer whose consumer stops reading is suspended. Bytes,
+/// not items: small items flow many to a round trip, large ones stay bounded.
 enum StreamFlow {
-    /// Items a producer may send before any `credit` frame (docs/PROTOCOL.md).
-    static let initialCredit = 32
-    /// The consumer grants credit in batches of this many items taken.
-    static let grantBatch = 16
+    /// Payload bytes a producer may send before any `credit` frame (docs/PROTOCOL.md).
+    static let initialWindow = 256 << 10
+    /// The consumer grants credit once it took this many bytes since its last grant.
+    static let grantThreshold = 128 << 10
 }
 
 /// The consumer's side of one stream: the items that arrived (still encoded)
@@ -24,21 +25,21 @@ final class StreamInbox: Sendable {
         var items = Deque<ByteBuffer>()
         var end: Result<Void, any Error>?
         var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
-        /// Taken since the last grant.
+        /// Bytes taken since the last grant.
         var taken = 0
-        /// Items arrived, and items the producer was allowed (the initial credit
-        /// plus every grant): more arrivals than allowed break the protocol.
+        /// Bytes arrived, and bytes the producer was allowed (the initial window
+        /// plus every grant): an item that starts past the allowance breaks the protocol.
         var arrived = 0
-        var allowed = StreamFlow.initialCredit
+        var allowed = StreamFlow.initialWindow
     }
     private let state = Locked(State())
 
-    /// An item arrived; false if the producer exceeded its credit (so at most
-    /// ``StreamFlow/initialCredit`` items ever wait here).
+    /// An item arrived; false if the producer had no credit left for it (so at
+    /// most the window and one item ever wait here).
     func append(_ item: ByteBuffer) -> Bool {
         let (accepted, waiter) = self.state.withLock { state -> (Bool, UnsafeContinuation<ByteBuffer?, any Error>?) in
-            state.arrived += 1
-            guard state.arrived <= state.allowed else { return (false, nil) }
+            guard state.arrived < state.allowed else { return (false, nil) }
+            state.arrived += item.readableBytes
             if let waiter = state.waiter {
                 state.waiter = nil
                 return (true, waiter)
@@ -65,7 +66,26 @@ final class StreamInbox: Sendable {
 
     /// The next item (nil at the end), and how much credit to grant now (0: none).
     func next() async throws -> (item: ByteBuffer?, grant: Int) {
-        let item: ByteBuffer? = try await withUnsafeThrowingContinuation { continuation in
+        // Most items are already here: take one (and count it) under one lock, without suspending.
+        if let ready = self.state.withLock({ state in state.items.popFirst().map { ($0, Self.taking($0, &state)) } }) {
+            return ready
+        }
+        guard let item = try await self.wait() else { return (nil, 0) }
+        return (item, self.state.withLock { Self.taking(item, &$0) })
+    }
+
+    /// Counts `item` as taken; returns the credit to grant now (0: none yet).
+    private static func taking(_ item: ByteBuffer, _ state: inout State) -> Int {
+        state.taken += item.readableBytes
+        guard state.taken >= StreamFlow.grantThreshold, state.end == nil else { return 0 }
+        defer { state.taken = 0 }
+        state.allowed += state.taken
+        return state.taken
+    }
+
+    /// Waits for the next item, or the end (nil).
+    private func wait() async throws -> ByteBuffer? {
+        try await withUnsafeThrowingContinuation { continuation in
             let now = self.state.withLock { state -> Result<ByteBuffer?, any Error>? in
                 if let item = state.items.popFirst() { return .success(item) }
                 switch state.end {
@@ -78,15 +98,6 @@ final class StreamInbox: Sendable {
             }
             if let now { continuation.resume(with: now) }
         }
-        guard item != nil else { return (nil, 0) }
-        let grant = self.state.withLock { state -> Int in
-            state.taken += 1
-            guard state.taken >= StreamFlow.grantBatch, state.end == nil else { return 0 }
-            defer { state.taken = 0 }
-            state.allowed += state.taken
-            return state.taken
-        }
-        return (item, grant)
     }
 }
 
@@ -94,9 +105,12 @@ final class StreamInbox: Sendable {
 /// suspended until it gets more.
 final class StreamCredit: Sendable {
     private struct State {
-        var available = StreamFlow.initialCredit
+        /// Bytes the producer may still start items with (it may go below zero).
+        var available = StreamFlow.initialWindow
         var waiter: UnsafeContinuation<Void, any Error>?
         var ended: IntercomError?
+        /// The size of the item the waiting producer wants to send.
+        var waitingFor = 0
     }
     private let state = Locked(State())
     /// Called (no lock held) when the producer starts or stops waiting.
@@ -113,9 +127,9 @@ final class StreamCredit: Sendable {
     func grant(_ count: Int) {
         let waiter = self.state.withLock { state -> UnsafeContinuation<Void, any Error>? in
             state.available += count
-            guard let waiter = state.waiter else { return nil }
-            // The waiting producer takes its item's credit now.
-            state.available -= 1
+            guard state.available > 0, let waiter = state.waiter else { return nil }
+            // The waiting producer takes its item's bytes now.
+            state.available -= state.waitingFor
             state.waiter = nil
             return waiter
         }
@@ -124,16 +138,24 @@ final class StreamCredit: Sendable {
         waiter.resume()
     }
 
-    /// Takes one item's credit, waiting for the consumer if there is none.
-    func acquire() async throws {
+    /// Takes an item's bytes of credit, waiting for the consumer while there is none.
+    func acquire(_ bytes: Int) async throws {
+        // The common case: credit left, no suspension.
+        let taken = self.state.withLock { state -> Bool in
+            guard state.ended == nil, state.available > 0 else { return false }
+            state.available -= bytes
+            return true
+        }
+        if taken { return }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 let now = self.state.withLock { state -> Result<Void, any Error>? in
                     if let ended = state.ended { return .failure(ended) }
                     if state.available > 0 {
-                        state.available -= 1
+                        state.available -= bytes
                         return .success(())
                     }
+                    state.waitingFor = bytes
                     state.waiter = continuation
                     return nil
                 }
@@ -170,7 +192,9 @@ extension Peer {
         guard let inbox = self.streams.withLock({ $0.inboxes[frame.id] }) else { return }
         if !inbox.append(frame.payload) {
             self.violated(
-                ProtocolError(.malformedHeader, "stream \(frame.id) sent more items than it was granted (\(StreamFlow.initialCredit) at most in flight)"))
+                ProtocolError(
+                    .malformedHeader,
+                    "stream \(frame.id) sent more items than it was granted (\(StreamFlow.initialWindow) bytes in flight at most)"))
         }
     }
 
@@ -178,9 +202,9 @@ extension Peer {
     func grantCredit(_ frame: borrowing Frame) {
         var payload = frame.payload
         guard payload.readableBytes == 4, let count = payload.readInteger(endianness: .little, as: UInt32.self), count > 0,
-            count <= 1 << 20
+            count <= 1 << 30
         else {
-            self.violated(ProtocolError(.malformedHeader, "a credit frame must carry one u32 count from 1 to 2^20"))
+            self.violated(ProtocolError(.malformedHeader, "a credit frame must carry one u32 byte count from 1 to 2^30"))
             return
         }
         self.streams.withLock { $0.credits[frame.id] }?.grant(Int(count))

@@ -23,7 +23,8 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
             kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
             codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: self.json ? .jsonPayload : [])
         do {
-            try await self.credit.acquire()
+            // Credit counts payload bytes (a stream item has no header extension).
+            try await self.credit.acquire(frame.readableBytes - FrameHeader.size)
         } catch let error as IntercomError {
             throw error.with(context)
         } catch {
