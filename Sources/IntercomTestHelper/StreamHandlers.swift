@@ -4,7 +4,8 @@ import Synchronization
 /// The streaming methods the stream tests call:
 /// - `count` N: the items 0…N−1;
 /// - `count.failing` N: N items, then `HelperError.refused("midstream", 7)`;
-/// - `count.forever`: 0, 1, 2, … until cancelled (then counts the cancellation);
+/// - `count.forever`: [0, 0, …], [1, 1, …], … (128 copies each, so the window
+///   fills after about a thousand items) until cancelled (then counts the cancellation);
 /// - `streams.blocked`: once a `count.forever` producer waits for credit, how
 ///   many items it had sent;
 /// - `streams.cancelled` N: once N `count.forever` producers saw their
@@ -19,12 +20,12 @@ func registerStreamHandlers(on router: Router) throws {
         for i in 0..<n { try await stream.send(i) }
         throw HelperError.refused(reason: "midstream", code: 7)
     }
-    try router.registerStream("count.forever") { (_: Int, _: CallContext, stream: StreamWriter<Int>) in
+    try router.registerStream("count.forever") { (_: Int, _: CallContext, stream: StreamWriter<[Int]>) in
         sent.store(0, ordering: .relaxed)
         var i = 0
         do {
             while true {
-                try await stream.send(i)
+                try await stream.send([Int](repeating: i, count: 128))
                 i += 1
                 sent.store(i, ordering: .relaxed)
             }

@@ -19,6 +19,8 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     ///   ended, `invalidPayload` if the item does not encode.
     public func send(_ item: Item) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
+        // A cancelled producer stops at its next item, credit or not.
+        if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
         let frame = try self.peer.encodeFrame(
             kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
             codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: self.json ? .jsonPayload : [])
