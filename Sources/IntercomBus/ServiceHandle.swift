@@ -67,10 +67,14 @@ public final class ServiceHandle: Sendable {
         var connecting = false
     }
 
-    init(name: String, bus: Bus, whenAway: WhenAway, configuration: Peer.Configuration) {
+    convenience init(name: String, bus: Bus, whenAway: WhenAway, configuration: Peer.Configuration) {
+        self.init(name: name, bus: bus, endpoint: nil, whenAway: whenAway, configuration: configuration)
+    }
+
+    private init(name: String, bus: Bus?, endpoint: Endpoint?, whenAway: WhenAway, configuration: Peer.Configuration) {
         self.name = name
         self.bus = bus
-        self.endpoint = nil
+        self.endpoint = endpoint
         self.whenAway = whenAway
         self.configuration = configuration
         (self.changes, self.changesContinuation) = AsyncStream.makeStream(of: Change.self)
@@ -81,14 +85,10 @@ public final class ServiceHandle: Sendable {
     /// socket path). While the service is away — restarting, or its host
     /// rebooting — calls wait per `whenAway`, retrying the connection with a
     /// backoff from 50 ms to 1 s; an authentication failure is not retried.
-    public init(connectingTo endpoint: Endpoint, whenAway: WhenAway = .waitUntilDeadline, configuration: Peer.Configuration) {
-        self.name = endpoint.description
-        self.bus = nil
-        self.endpoint = endpoint
-        self.whenAway = whenAway
-        self.configuration = configuration
-        (self.changes, self.changesContinuation) = AsyncStream.makeStream(of: Change.self)
-        (self.states, self.statesContinuation) = AsyncStream.makeStream(of: ConnectionState.self)
+    public convenience init(
+        connectingTo endpoint: Endpoint, whenAway: WhenAway = .waitUntilDeadline, configuration: Peer.Configuration
+    ) {
+        self.init(name: endpoint.description, bus: nil, endpoint: endpoint, whenAway: whenAway, configuration: configuration)
     }
 
     /// The connection to the current process serving the name, connecting (and
