@@ -10,7 +10,8 @@ internal import Synchronization
 /// in flight in both directions.
 ///
 /// Make one with ``Peer/pair(router:configuration:)``,
-/// ``Peer/connect(unixPath:router:configuration:)``, a ``PeerListener``,
+/// ``Peer/connect(unixPath:router:configuration:)``,
+/// ``Peer/connect(to:router:configuration:)`` (an address: `tls://host:port`), a ``PeerListener``,
 /// ``Peer/adopt(fileDescriptor:router:configuration:)`` or
 /// ``Peer/standardIO(router:configuration:)``; each returns once the handshake
 /// is done.
