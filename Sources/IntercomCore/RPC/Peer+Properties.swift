@@ -56,7 +56,6 @@ public struct PropertyChanges<Value: Codable & Sendable>: AsyncSequence, Sendabl
         let name: String
         /// Subscribed before the current value is read, so no change falls between.
         var events: EventSubscription<PropertyState<Value>>.AsyncIterator
-        var subscription: EventSubscription<PropertyState<Value>>
         var version: UInt64?
 
         /// The next value.
@@ -82,6 +81,6 @@ public struct PropertyChanges<Value: Codable & Sendable>: AsyncSequence, Sendabl
         let subscription = self.peer.events(
             PropertyNames.topic(self.name), as: PropertyState<Value>.self, bufferSize: 1, overflow: .dropOldest)
         return AsyncIterator(
-            peer: self.peer, name: self.name, events: subscription.makeAsyncIterator(), subscription: subscription)
+            peer: self.peer, name: self.name, events: subscription.makeAsyncIterator())
     }
 }
