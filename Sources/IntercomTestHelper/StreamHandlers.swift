@@ -42,6 +42,69 @@ func registerStreamHandlers(on router: Router) throws {
     try router.register("streams.cancelled") { (n: Int, _: CallContext) -> Int in
         await cancellations.wait(until: n)
     }
+    try registerInputStreamHandlers(on: router)
+}
+
+/// The input-streaming methods:
+/// - `sum` (client stream of Int): their sum;
+/// - `sum.first` N (client stream of Int): the sum of the first N items, then it answers;
+/// - `sum.failing` N: reads N items, then throws `HelperError.refused("input", N)`;
+/// - `input.held` (client stream of String): reads one item, waits for
+///   `input.release`, reads the rest; answers how many it read;
+/// - `input.cancelled` N: once N input readers saw their cancellation, how many did;
+/// - `upper` (bidirectional, String → String): each item uppercased;
+/// - `echo.items` (bidirectional, String → String): each item back.
+private func registerInputStreamHandlers(on router: Router) throws {
+    let cancellations = CountLatch()
+    let release = CountLatch()
+    /// Reads `items` to their end (or `limit` of them), counting a cancellation.
+    @Sendable func reading<Item>(_ items: StreamItems<Item>, limit: Int = .max, _ each: (Item) async throws -> Void) async throws {
+        var count = 0
+        do {
+            for try await item in items {
+                try await each(item)
+                count += 1
+                if count == limit { return }
+            }
+        } catch {
+            if (error as? IntercomError)?.code == .cancelled || error is CancellationError { cancellations.increment() }
+            throw error
+        }
+    }
+    try router.registerClientStream("sum") { (_: Int, items: StreamItems<Int>, _: CallContext) -> Int in
+        var sum = 0
+        try await reading(items) { sum += $0 }
+        return sum
+    }
+    try router.registerClientStream("sum.first") { (n: Int, items: StreamItems<Int>, _: CallContext) -> Int in
+        var sum = 0
+        try await reading(items, limit: n) { sum += $0 }
+        return sum
+    }
+    try router.registerClientStream("sum.failing") { (n: Int, items: StreamItems<Int>, _: CallContext) -> Int in
+        try await reading(items, limit: n) { _ in }
+        throw HelperError.refused(reason: "input", code: n)
+    }
+    try router.registerClientStream("input.held") { (_: Int, items: StreamItems<String>, _: CallContext) -> Int in
+        var iterator = items.makeAsyncIterator()
+        guard try await iterator.next() != nil else { return 0 }
+        _ = await release.wait(until: 1)
+        var count = 1
+        while try await iterator.next() != nil { count += 1 }
+        return count
+    }
+    try router.register("input.release") { (_: Int, _: CallContext) in release.increment() }
+    try router.register("input.cancelled") { (n: Int, _: CallContext) -> Int in
+        await cancellations.wait(until: n)
+    }
+    try router.registerBidirectionalStream("upper") {
+        (_: Int, lines: StreamItems<String>, _: CallContext, out: StreamWriter<String>) in
+        try await reading(lines) { try await out.send($0.uppercased()) }
+    }
+    try router.registerBidirectionalStream("echo.items") {
+        (_: Int, items: StreamItems<String>, _: CallContext, out: StreamWriter<String>) in
+        try await reading(items) { try await out.send($0) }
+    }
 }
 
 /// A count that tasks can wait on reaching a value. (`Locked`, not `Mutex`:

@@ -20,6 +20,11 @@ public struct FrameFlags: OptionSet, Hashable, Sendable {
     /// A call whose caller expects a stream of `streamItem` frames before the
     /// reply, under credit-based flow control (docs/PROTOCOL.md, "Streams").
     public static let stream = FrameFlags(rawValue: 1 << 4)
+    /// About the call's *input* stream, the items its caller sends to the callee:
+    /// on a call, the caller will send them; on a `streamItem`, the item travels
+    /// caller → callee; on a `credit`, the callee grants the caller more
+    /// (docs/PROTOCOL.md, "Input streams").
+    public static let inputStream = FrameFlags(rawValue: 1 << 5)
 }
 
 /// One decoded frame: the fixed header's fields, the parsed header extension

@@ -12,7 +12,7 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
 
     /// Wraps a raw kind byte; returns `nil` for a byte that names no kind.
     public init?(rawValue: UInt8) {
-        guard (1...16).contains(rawValue) else { return nil }
+        guard (1...17).contains(rawValue) else { return nil }
         self.rawValue = rawValue
     }
 
@@ -53,12 +53,16 @@ public struct FrameKind: Hashable, Sendable, CustomStringConvertible {
     /// The receiver of a stream grants the producer more items (a u32 count in
     /// the payload) for the call with the same id.
     @inlinable public static var credit: FrameKind { FrameKind(16) }
+    /// The caller of the call with the same id sends no more items of its input
+    /// stream (empty payload).
+    @inlinable public static var streamEnd: FrameKind { FrameKind(17) }
 
     /// The kind's name.
     public var description: String {
         let names = [
             "", "hello", "welcome", "call", "reply", "error", "cancel", "message", "event",
             "subscribe", "unsubscribe", "ping", "pong", "goodbye", "sharedMemory", "streamItem", "credit",
+            "streamEnd",
         ]
         return Int(self.rawValue) < names.count ? names[Int(self.rawValue)] : "kind(\(self.rawValue))"
     }

@@ -18,7 +18,7 @@ public struct Hello: Hashable, Sendable {
     public var maxFrameSize: UInt32
     /// The sender's process id.
     public var pid: UInt32
-    /// Capability bits (unknown bits are ignored): ``sharedMemoryCapability``, ``streamsCapability``.
+    /// Capability bits (unknown bits are ignored): ``sharedMemoryCapability``, ``streamsCapability``, ``inputStreamsCapability``.
     public var capabilities: UInt64
 
     /// Capability bit 0: this side can move the connection onto shared-memory
@@ -27,6 +27,9 @@ public struct Hello: Hashable, Sendable {
     /// Capability bit 1: this side understands streams (`streamItem` and
     /// `credit` frames, the `stream` flag on calls).
     public static let streamsCapability: UInt64 = 1 << 1
+    /// Capability bit 2: this side understands input streams (the `inputStream`
+    /// flag and `streamEnd` frames): client-streaming and bidirectional calls.
+    public static let inputStreamsCapability: UInt64 = 1 << 2
     /// The id of the `sharedMemory` frame that says "ready" (step 1 of the
     /// upgrade, docs/PROTOCOL.md), the one that may still come through the socket's
     /// normal reading.

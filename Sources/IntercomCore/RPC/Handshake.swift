@@ -47,7 +47,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     private var ownHello: Hello {
-        var capabilities: UInt64 = Hello.streamsCapability
+        var capabilities: UInt64 = Hello.streamsCapability | Hello.inputStreamsCapability
         if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
         return Hello(
             preferredCodec: self.configuration.preferredCodec,

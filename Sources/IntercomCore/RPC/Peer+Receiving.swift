@@ -49,6 +49,8 @@ extension Peer: FrameReceiver {
             self.deliverStreamItem(frame)
         case .credit:
             self.grantCredit(frame)
+        case .streamEnd:
+            self.endInput(frame)
         case .goodbye:
             self.withState { $0.goodbyeArrived() }
         case .event:

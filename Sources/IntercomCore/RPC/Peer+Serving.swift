@@ -45,6 +45,7 @@ extension Peer {
             method: method, callID: frame.id, deadline: request.deadline?.instant, timeout: frame.timeout,
             peer: self)
         context.expectsStream = frame.flags.contains(.stream)
+        context.sendsInput = frame.flags.contains(.inputStream)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         context.jsonCaller = frame.flags.contains(.jsonPayload)
         let call = IncomingCall(context: context, payload: frame.payload, codec: codec)

@@ -61,6 +61,8 @@ public final class Peer: Sendable {
     let streams = Locked(StreamTable())
     /// Whether the other side understands streams (its hello said so).
     let remoteSupportsStreams: Bool
+    /// Whether the other side understands input streams (client-streaming and bidirectional calls).
+    let remoteSupportsInputStreams: Bool
 
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).
@@ -89,6 +91,7 @@ public final class Peer: Sendable {
             name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials, network: network)
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.remoteSupportsStreams = remote.capabilities & Hello.streamsCapability != 0
+        self.remoteSupportsInputStreams = remote.capabilities & Hello.inputStreamsCapability != 0
         self.codec = codec
         self.state = Locked(
             ConnectionStateMachine(
@@ -200,8 +203,9 @@ public final class Peer: Sendable {
         /// Replies that arrived after their call had timed out or been cancelled,
         /// and were dropped, since the connection opened.
         public var lateReplies: Int
-        /// Streams this side produces whose handler waits for the consumer to ask
-        /// for more (flow control: the consumer is not reading).
+        /// Streams this side produces — handlers' outputs and its own calls' inputs —
+        /// whose producer waits for the consumer to ask for more (flow control:
+        /// the consumer is not reading).
         public var streamsAwaitingCredit: Int = 0
     }
 
@@ -254,7 +258,9 @@ public final class Peer: Sendable {
             pendingCalls: pending, runningHandlers: running, queuedCalls: queued,
             blockedSenders: self.transport.blockedSenders,
             lateReplies: self.lateReplies.load(ordering: .relaxed),
-            streamsAwaitingCredit: self.streams.withLock { $0.credits.values.count(where: \.isWaiting) })
+            streamsAwaitingCredit: self.streams.withLock {
+                $0.credits.values.count(where: \.isWaiting) + $0.inputCredits.values.count(where: \.isWaiting)
+            })
     }
 
     // MARK: Closing

@@ -106,27 +106,34 @@ final class StreamInbox: Sendable {
 final class StreamCredit: Sendable {
     private struct State {
         /// Bytes the producer may still start items with (it may go below zero).
-        var available = StreamFlow.initialWindow
+        var available: Int
+        /// Whether the consumer ever granted credit (an output stream starts with
+        /// the initial window; an input stream waits for its callee's first grant).
+        var opened: Bool
         var waiter: UnsafeContinuation<Void, any Error>?
         var ended: IntercomError?
         /// The size of the item the waiting producer wants to send.
         var waitingFor = 0
     }
-    private let state = Locked(State())
+    private let state: Locked<State>
     /// Called (no lock held) when the producer starts or stops waiting.
     private let waitingChanged: @Sendable () -> Void
 
-    init(waitingChanged: @escaping @Sendable () -> Void) {
+    /// `initial`: the credit the producer starts with (an input stream's is 0:
+    /// the callee opens it when its handler starts).
+    init(initial: Int = StreamFlow.initialWindow, waitingChanged: @escaping @Sendable () -> Void) {
+        self.state = Locked(State(available: initial, opened: initial > 0))
         self.waitingChanged = waitingChanged
     }
 
     /// Whether the producer waits for credit now.
     var isWaiting: Bool { self.state.withLock { $0.waiter != nil } }
 
-    /// The consumer granted `count` more items.
+    /// The consumer granted `count` more bytes.
     func grant(_ count: Int) {
         let waiter = self.state.withLock { state -> UnsafeContinuation<Void, any Error>? in
             state.available += count
+            state.opened = true
             guard state.available > 0, let waiter = state.waiter else { return nil }
             // The waiting producer takes its item's bytes now.
             state.available -= state.waitingFor
@@ -139,10 +146,11 @@ final class StreamCredit: Sendable {
     }
 
     /// Takes an item's bytes of credit, waiting for the consumer while there is none.
+    /// `acquire(0)` waits only until the stream is open (its end may follow then).
     func acquire(_ bytes: Int) async throws {
         // The common case: credit left, no suspension.
         let taken = self.state.withLock { state -> Bool in
-            guard state.ended == nil, state.available > 0 else { return false }
+            guard state.ended == nil, state.available > 0 || (bytes == 0 && state.opened) else { return false }
             state.available -= bytes
             return true
         }
@@ -151,7 +159,7 @@ final class StreamCredit: Sendable {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 let now = self.state.withLock { state -> Result<Void, any Error>? in
                     if let ended = state.ended { return .failure(ended) }
-                    if state.available > 0 {
+                    if state.available > 0 || (bytes == 0 && state.opened) {
                         state.available -= bytes
                         return .success(())
                     }
@@ -166,6 +174,18 @@ final class StreamCredit: Sendable {
         }
     }
 
+    /// The producer finished: later items are refused. False if it had ended already.
+    func finish() -> Bool {
+        let (finished, waiter) = self.state.withLock { state -> (Bool, UnsafeContinuation<Void, any Error>?) in
+            guard state.ended == nil else { return (false, nil) }
+            state.ended = IntercomError(.closed, "the stream was finished; no more items can be sent")
+            defer { state.waiter = nil }
+            return (true, state.waiter)
+        }
+        waiter?.resume(throwing: IntercomError(.closed, "the stream was finished; no more items can be sent"))
+        return finished
+    }
+
     /// No more items will be taken (cancelled, or the connection ended).
     func end(_ reason: IntercomError) {
         let waiter = self.state.withLock { state -> UnsafeContinuation<Void, any Error>? in
@@ -177,19 +197,27 @@ final class StreamCredit: Sendable {
     }
 }
 
-/// The streams of one connection, both ways, by call id.
+/// The streams of one connection, both ways, by call id. A call's output stream
+/// (callee → caller) and its input stream (caller → callee, flag `inputStream`
+/// on its frames) are kept apart: the ids of calls this side made and of calls
+/// it received are counted by different sides and may be equal.
 struct StreamTable {
-    /// Streams this side consumes (calls it made with the `stream` flag).
+    /// Output streams this side consumes (calls it made with the `stream` flag).
     var inboxes: [UInt64: StreamInbox] = [:]
-    /// Streams this side produces (calls it received with the `stream` flag).
+    /// Output streams this side produces (calls it received with the `stream` flag).
     var credits: [UInt64: StreamCredit] = [:]
+    /// Input streams this side consumes (calls it received, while their handlers run).
+    var inputs: [UInt64: StreamInbox] = [:]
+    /// Input streams this side produces (calls it made with the `inputStream` flag).
+    var inputCredits: [UInt64: StreamCredit] = [:]
 }
 
 extension Peer {
     /// A `streamItem` frame arrived: hand it to its stream (an item for a stream
     /// that already ended — cancelled here — is dropped).
     func deliverStreamItem(_ frame: borrowing Frame) {
-        guard let inbox = self.streams.withLock({ $0.inboxes[frame.id] }) else { return }
+        let input = frame.flags.contains(.inputStream)
+        guard let inbox = self.streams.withLock({ input ? $0.inputs[frame.id] : $0.inboxes[frame.id] }) else { return }
         if !inbox.append(frame.payload) {
             self.violated(
                 ProtocolError(
@@ -207,7 +235,8 @@ extension Peer {
             self.violated(ProtocolError(.malformedHeader, "a credit frame must carry one u32 byte count from 1 to 2^30"))
             return
         }
-        self.streams.withLock { $0.credits[frame.id] }?.grant(Int(count))
+        let input = frame.flags.contains(.inputStream)
+        self.streams.withLock { input ? $0.inputCredits[frame.id] : $0.credits[frame.id] }?.grant(Int(count))
     }
 
     /// A streaming handler starts: its producer has the initial credit. (If the
@@ -224,18 +253,26 @@ extension Peer {
         _ = self.streams.withLock { $0.credits.removeValue(forKey: id) }
     }
 
-    /// Ends every stream's producer when the connection ends (consumers end with their calls).
+    /// Ends every stream's producer, and the input streams handlers read, when the
+    /// connection ends (the consumers of output streams end with their calls).
     func endStreams(_ reason: IntercomError) {
-        let credits = self.streams.withLock { table -> [StreamCredit] in
-            defer { table.credits.removeAll() }
-            return Array(table.credits.values)
+        let (credits, inputs) = self.streams.withLock { table -> ([StreamCredit], [StreamInbox]) in
+            defer {
+                table.credits.removeAll()
+                table.inputCredits.removeAll()
+                table.inputs.removeAll()
+            }
+            return (Array(table.credits.values) + Array(table.inputCredits.values), Array(table.inputs.values))
         }
         for credit in credits { credit.end(reason) }
+        for input in inputs { input.finish(.failure(reason)) }
     }
 
-    func sendCredit(_ count: Int, for id: UInt64) {
+    /// Grants `count` more bytes to the producer of stream `id` (`flags`:
+    /// `inputStream` for a call's input, which this side consumes as its callee).
+    func sendCredit(_ count: Int, for id: UInt64, flags: FrameFlags = []) {
         var frame = ByteBuffer()
-        let mark = FrameHeader.begin(into: &frame, kind: .credit, id: id)
+        let mark = FrameHeader.begin(into: &frame, kind: .credit, flags: flags, id: id)
         frame.writeInteger(UInt32(count), endianness: .little)
         FrameHeader.finish(mark, in: &frame)
         self.transmit(frame)

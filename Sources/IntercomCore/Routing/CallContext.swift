@@ -15,6 +15,8 @@ public struct CallContext: Sendable {
     public let peer: Peer
     /// Whether the caller asked for a stream (``Peer/stream(_:_:of:timeout:)``).
     var expectsStream = false
+    /// Whether the caller sends an input stream (a client-streaming or bidirectional call).
+    var sendsInput = false
     /// Whether the caller speaks JSON on this call (tools): a stream's items go to it as JSON.
     var jsonCaller = false
     /// Who called: the handshake's name and pid, and the kernel's credentials

@@ -2,38 +2,78 @@
 internal import IntercomWire
 internal import NIOCore
 
-/// How a streaming handler sends its items (``Router/registerStream(_:_:)``).
+/// How a stream's producer sends its items: a streaming handler its output
+/// (``Router/registerStream(_:_:)``), a caller its call's input
+/// (``Peer/clientStream(_:_:sending:returning:timeout:_:)``).
 public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
+    /// Which stream of its call a writer feeds.
+    enum Direction {
+        /// The handler's items to its caller.
+        case output
+        /// The caller's items to the handler (frames flagged `inputStream`).
+        case input
+    }
+
     let peer: Peer
     let id: UInt64
     let method: String
     let credit: StreamCredit
     /// JSON for a caller that called with JSON (`intercom call`), else the connection's codec.
     let json: Bool
+    let direction: Direction
 
     /// Sends one item. Suspends while the consumer has not asked for more
     /// (flow control) or the connection's outbound buffer is full.
     ///
     /// - Throws: ``IntercomError`` `cancelled` when the consumer stopped (or the
-    ///   handler's deadline passed), `peerLost`/`closed` when the connection
-    ///   ended, `invalidPayload` if the item does not encode.
+    ///   deadline passed, or the call ended), `peerLost`/`closed` when the
+    ///   connection ended, `invalidPayload` if the item does not encode.
     public func send(_ item: Item) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         // A cancelled producer stops at its next item, credit or not.
         if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
+        var flags: FrameFlags = self.direction == .input ? .inputStream : []
+        if self.json { flags.insert(.jsonPayload) }
         let frame = try self.peer.encodeFrame(
             kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
-            codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: self.json ? .jsonPayload : [])
+            codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: flags)
+        // Credit counts payload bytes (a stream item has no header extension).
+        try await self.take(frame.readableBytes - FrameHeader.size, context: context)
+        try await self.peer.waitUntilWritable(context: context)
+        self.peer.transmit(frame)
+    }
+
+    /// Ends the items: a later ``send(_:)`` throws. For a call's input, the
+    /// handler's sequence ends after the items sent so far (this waits until the
+    /// handler started reading, as items do); a client-streaming call does this
+    /// when its producer returns. A handler's output ends when the handler
+    /// returns, so there it only stops further sends. Calling it twice does nothing.
+    public func finish() async throws(IntercomError) {
+        let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
+        guard self.direction == .input else {
+            self.credit.end(IntercomError(.closed, "the stream was finished", context: context))
+            return
+        }
         do {
-            // Credit counts payload bytes (a stream item has no header extension).
-            try await self.credit.acquire(frame.readableBytes - FrameHeader.size)
+            try await self.take(0, context: context)
+        } catch let error {
+            // The call ended or the input was finished already: nothing to say.
+            if error.code == .cancelled || error.code == .closed { return }
+            throw error
+        }
+        guard self.credit.finish() else { return }
+        try await self.peer.waitUntilWritable(context: context)
+        self.peer.sendInputEnd(self.id)
+    }
+
+    private func take(_ bytes: Int, context: IntercomError.Context) async throws(IntercomError) {
+        do {
+            try await self.credit.acquire(bytes)
         } catch let error as IntercomError {
             throw error.with(context)
         } catch {
             throw IntercomError(.cancelled, "the stream was cancelled", context: context)
         }
-        try await self.peer.waitUntilWritable(context: context)
-        self.peer.transmit(frame)
     }
 }
 
@@ -68,8 +108,85 @@ extension Router {
                 // never runs — refused, dropped from the queue — leaves nothing behind.
                 let credit = peer.streamStarted(context.callID)
                 defer { peer.streamEnded(context.callID) }
-                try await handler(request, context, StreamWriter(peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller))
+                try await handler(request, context, StreamWriter(peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller, direction: .output))
             }
         ])
+    }
+
+    /// Registers a client-streaming method: the handler reads the caller's items
+    /// as they come and answers once. Callers use
+    /// ``Peer/clientStream(_:_:sending:returning:timeout:_:)``.
+    ///
+    /// ```swift
+    /// try router.registerClientStream("sum") { (_: Int, numbers: StreamItems<Int>, _) -> Int in
+    ///     try await numbers.reduce(0, +)
+    /// }
+    /// ```
+    ///
+    /// The caller can send only while the handler runs and reads (flow control,
+    /// 256 KiB of items at most wait here). Returning before the end of the
+    /// items ends the call; items still coming are dropped.
+    ///
+    /// - Throws: as ``register(_:_:)-(_,(Request,CallContext)->Response)``.
+    public func registerClientStream<Request: Decodable & Sendable, Item: Decodable & Sendable, Response: Encodable & Sendable>(
+        _ method: String, _ handler: @escaping @Sendable (Request, StreamItems<Item>, CallContext) async throws -> Response
+    ) throws(IntercomError) {
+        try self.add([
+            Route(method) { (request: Request, context: CallContext) async throws -> Response in
+                let input = try Self.openInput(method, context)
+                defer { context.peer.inputEnded(context.callID) }
+                return try await handler(request, StreamItems(reader: input), context)
+            }
+        ])
+    }
+
+    /// Registers a bidirectional streaming method: the handler reads the caller's
+    /// items and sends its own, in any order, and returns to end its stream.
+    /// Callers use ``Peer/bidirectionalStream(_:_:sending:receiving:timeout:_:)``.
+    ///
+    /// ```swift
+    /// try router.registerBidirectionalStream("upper") { (_: Int, lines: StreamItems<String>, _, out: StreamWriter<String>) in
+    ///     for try await line in lines { try await out.send(line.uppercased()) }
+    /// }
+    /// ```
+    ///
+    /// Both ways have flow control; the handler's task is cancelled when the
+    /// caller stops or the deadline passes.
+    ///
+    /// - Throws: as ``register(_:_:)-(_,(Request,CallContext)->Response)``.
+    public func registerBidirectionalStream<
+        Request: Decodable & Sendable, Input: Decodable & Sendable, Output: Encodable & Sendable
+    >(
+        _ method: String,
+        _ handler: @escaping @Sendable (Request, StreamItems<Input>, CallContext, StreamWriter<Output>) async throws -> Void
+    ) throws(IntercomError) {
+        try self.add([
+            Route(method) { (request: Request, context: CallContext) async throws in
+                let peer = context.peer
+                guard context.expectsStream else {
+                    throw IntercomError(
+                        .invalidPayload, "'\(method)' is a bidirectional stream: call it with peer.bidirectionalStream(…)",
+                        context: .init(method: method, callID: context.callID, peer: peer.remote.name))
+                }
+                let input = try Self.openInput(method, context)
+                defer { peer.inputEnded(context.callID) }
+                let credit = peer.streamStarted(context.callID)
+                defer { peer.streamEnded(context.callID) }
+                let writer = StreamWriter<Output>(
+                    peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller, direction: .output)
+                try await handler(request, StreamItems(reader: input), context, writer)
+            }
+        ])
+    }
+
+    /// The input of a call to an input-streaming method, refused when the caller sends none.
+    private static func openInput(_ method: String, _ context: CallContext) throws(IntercomError) -> StreamReader {
+        let peer = context.peer
+        guard context.sendsInput else {
+            throw IntercomError(
+                .invalidPayload, "'\(method)' reads a stream of items: call it with peer.clientStream(…) or peer.bidirectionalStream(…)",
+                context: .init(method: method, callID: context.callID, peer: peer.remote.name))
+        }
+        return peer.inputStarted(context, codec: context.jsonCaller ? .json(limits: peer.codec.limits) : peer.codec)
     }
 }
