@@ -5,6 +5,9 @@ import Foundation
 #endif
 import Intercom
 @_spi(IntercomInternals) internal import IntercomTransport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The diagnostic service behind `intercom echo`: a service to try things out
 /// and to test tools against.
@@ -12,7 +15,8 @@ import Intercom
 /// Methods: `echo` (returns its JSON argument), `sleep` (waits the given number
 /// of milliseconds, returns it), `fail` (throws an error with the given message),
 /// `exit` (stops serving; the process exits with the code ``run(on:name:tickInterval:)``
-/// returns), `count` (a stream of 0…N−1). Publishes a ``Tick`` on topic `tick` every second. Property
+/// returns), `count` (a stream of 0…N−1), `file` (a pipe's read end holding the given
+/// text, as a ``UnixDescriptor``). Publishes a ``Tick`` on topic `tick` every second. Property
 /// `greeting` (text, 1 to 100 characters, "hello" at first) can be read, set
 /// and watched.
 enum EchoService {
@@ -22,6 +26,22 @@ enum EchoService {
         public var count: Int
         /// When it was published.
         public var time: Date
+    }
+
+    /// What `file` returns: the text, and a pipe's read end it can be read from.
+    struct EchoFile: Codable, Sendable {
+        var text: String
+        var file: UnixDescriptor
+
+        /// A pipe's read end with `text` in it (its write end closed).
+        static func pipe(holding text: String) throws -> UnixDescriptor {
+            var ends: [Int32] = [-1, -1]
+            guard Glibc.pipe(&ends) == 0 else { throw IntercomError(.invalidConfiguration, "pipe failed: errno \(errno)") }
+            defer { close(ends[1]) }
+            let bytes = Array(text.utf8.prefix(4096))  // fits a pipe's buffer: never blocks
+            _ = bytes.withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count) }
+            return UnixDescriptor(taking: ends[0])
+        }
     }
 
     /// The error `fail` throws.
@@ -63,6 +83,11 @@ enum EchoService {
                 throw IntercomError(.invalidPayload, "count takes 0 to 1000000; got \(n)")
             }
             for i in 0..<n { try await stream.send(i) }
+        }
+        // A descriptor in a reply: `file TEXT` hands over a pipe's read end with TEXT in it
+        // (for Swift clients; `intercom call` shows the descriptor's index in the frame).
+        try router.register("file") { (text: String, _: CallContext) -> EchoFile in
+            EchoFile(text: text, file: try EchoFile.pipe(holding: text))
         }
         // A settable property: any non-empty text of at most 100 characters.
         try router.property("greeting", initial: "hello") { (greeting: String) in

@@ -130,6 +130,7 @@ func makeRouter() throws -> Router {
     }
     try router.register("math.add") { (request: AddRequest, _) in request.a + request.b }
     try registerStreamHandlers(on: router)
+    try registerDescriptorHandlers(on: router)
     try router.register("echo.bytes") { (bytes: [UInt8], _) in bytes }
     try router.register("peer.pid") { (_: Int, _) in Int(getpid()) }
     // Who called, as this side's kernel says ([pid, uid]; [] when it does not know).

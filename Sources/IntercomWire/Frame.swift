@@ -25,6 +25,9 @@ public struct FrameFlags: OptionSet, Hashable, Sendable {
     /// caller → callee; on a `credit`, the callee grants the caller more
     /// (docs/PROTOCOL.md, "Input streams").
     public static let inputStream = FrameFlags(rawValue: 1 << 5)
+    /// Descriptors travel with the frame, beside its bytes (docs/PROTOCOL.md,
+    /// "Descriptors"); its payload names them by index.
+    public static let descriptors = FrameFlags(rawValue: 1 << 6)
 }
 
 /// One decoded frame: the fixed header's fields, the parsed header extension
@@ -45,6 +48,10 @@ public struct Frame: Sendable {
     /// The frame's size on the wire, header and extension included, as it was
     /// read (0 for a frame built in memory).
     public var wireSize: Int = 0
+    /// The descriptors that arrived with it (flag ``FrameFlags/descriptors``),
+    /// closed when the last copy of the frame is dropped unless a decoded
+    /// ``UnixDescriptor`` took them.
+    public var descriptors: ReceivedDescriptors?
 
     /// Creates a frame.
     @inlinable

@@ -30,6 +30,9 @@ public struct Hello: Hashable, Sendable {
     /// Capability bit 2: this side understands input streams (the `inputStream`
     /// flag and `streamEnd` frames): client-streaming and bidirectional calls.
     public static let inputStreamsCapability: UInt64 = 1 << 2
+    /// Capability bit 3: this side can receive descriptors once the connection
+    /// moved to shared memory (its ring offer then carries a descriptor socket).
+    public static let descriptorsCapability: UInt64 = 1 << 3
     /// The id of the `sharedMemory` frame that says "ready" (step 1 of the
     /// upgrade, docs/PROTOCOL.md), the one that may still come through the socket's
     /// normal reading.

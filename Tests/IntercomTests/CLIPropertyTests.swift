@@ -8,7 +8,8 @@ import Glibc
 #endif
 
 /// `intercom get`, `set` and `watch --property` against the echo service's
-/// `greeting`, and `intercom call` of its streaming `count`, in real processes.
+/// `greeting`, `intercom call` of its streaming `count`, and its `file` method's
+/// descriptor, in real processes.
 @Suite struct CLIPropertyTests {
     @Test func getSetAndWatchAPropertyOfARunningService() async throws {
         try await withResourceCheck {
@@ -41,6 +42,17 @@ import Glibc
                 #expect(counted.output == "0\n1\n2\n3\n4\n", "\(counted.output)")
                 let none = try await runCLI(["call", "e3", "count", "0"], busDirectory: directory)
                 #expect(none.output == "null\n", "\(none.output)")
+
+                // A descriptor in a reply: the echo service hands over a pipe it filled.
+                struct EchoFile: Codable, Sendable { var text: String; var file: UnixDescriptor }
+                let echo = try await temporary.bus.connect(to: "e3", timeout: .seconds(10))
+                let file = try await echo.call("file", "through a pipe", returning: EchoFile.self)
+                let fd = file.file.take()
+                var bytes = [UInt8](repeating: 0, count: 64)
+                let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                close(fd)
+                #expect(String(decoding: bytes.prefix(max(count, 0)), as: UTF8.self) == "through a pipe")
+                await echo.close()
 
                 kill(watch.processIdentifier, SIGTERM)
                 for await _ in watchExit {}

@@ -48,7 +48,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     private var ownHello: Hello {
         var capabilities: UInt64 = Hello.streamsCapability | Hello.inputStreamsCapability
-        if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
+        // Descriptors travel beside a shared-memory connection (a channel its upgrade sets up).
+        if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability | Hello.descriptorsCapability }
         return Hello(
             preferredCodec: self.configuration.preferredCodec,
             maxFrameSize: UInt32(clamping: self.configuration.limits.maxFrameSize),
@@ -118,7 +119,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         let configuration = self.configuration
         let router = self.router
         let upgrade = self.transport.beginUpgrade(
-            options: configuration.sharedMemory, deadline: self.startedAt + configuration.handshakeTimeout,
+            options: configuration.sharedMemory,
+            passDescriptors: remote.capabilities & Hello.descriptorsCapability != 0, deadline: self.startedAt + configuration.handshakeTimeout,
             limits: configuration.limits, logger: configuration.logger,
             established: { [self] newTransport in
                 // On the new transport's thread, before it serves the connection.

@@ -16,6 +16,8 @@ public struct InboundMessage: Sendable {
     public let payload: ByteBuffer
     /// The connection's codec.
     public let codec: PayloadCodec
+    /// Descriptors that came with the payload (``UnixDescriptor``s decode from them).
+    var descriptors: ReceivedDescriptors? = nil
 
     /// Decodes the payload as `type`.
     ///
@@ -23,7 +25,7 @@ public struct InboundMessage: Sendable {
     public func decode<T: Decodable>(as type: T.Type = T.self) throws(IntercomError) -> T {
         try self.codec.decodePayload(
             T.self, from: self.payload, what: self.method.map { "message '\($0)'" } ?? "message",
-            context: .init(method: self.method))
+            context: .init(method: self.method), descriptors: self.descriptors)
     }
 }
 

@@ -25,7 +25,7 @@ extension Peer {
         let reply = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
         return try self.codec.decodePayload(
             Response.self, from: reply.payload, what: "reply to '\(method)'",
-            context: .init(method: method, callID: reply.id, peer: self.remote.name))
+            context: .init(method: method, callID: reply.id, peer: self.remote.name), descriptors: reply.descriptors)
     }
 
     /// Calls `method` and waits for it to complete, ignoring any reply value.
@@ -71,6 +71,7 @@ extension Peer {
         let pending = PendingCall(method: method, timeout: timeout, deadline: Deadline(self.transport.now).advanced(by: timeout))
         let id = presetID ?? self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
+        var descriptors: [Int32] = []
         if let jsonArgument {
             var buffer = ByteBuffer()
             let mark = FrameHeader.begin(
@@ -79,7 +80,8 @@ extension Peer {
             FrameHeader.finish(mark, in: &buffer)
             frame = buffer
         } else if kind == .call {
-            frame = try self.encodeFrame(kind: .call, id: id, method: method, timeout: timeout, request, context: context, flags: flags)
+            (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
+                kind: .call, id: id, method: method, timeout: timeout, request, context: context, flags: flags)
         } else {
             frame = FrameHeader.empty(kind: kind, id: id)
         }
@@ -95,7 +97,14 @@ extension Peer {
                     continuation.resume(throwing: IntercomError(.cancelled, "the calling task was cancelled", context: context))
                 case .send(let armTimerAt):
                     if let armTimerAt { self.armCallTimer(at: armTimerAt) }
-                    self.transmit(frame)
+                    do throws(IntercomError) {
+                        try self.transmit(frame, descriptors: descriptors)
+                    } catch {
+                        // Nothing was sent: the call ends here.
+                        let removal = self.withState { $0.callEnded(id) }
+                        for waiter in removal.drained { waiter(true) }
+                        continuation.resume(throwing: error.with(context))
+                    }
                 }
             }
         } onCancel: {

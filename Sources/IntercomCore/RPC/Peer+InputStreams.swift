@@ -51,7 +51,7 @@ extension Peer {
         }
         return try self.codec.decodePayload(
             Response.self, from: reply.payload, what: "reply to '\(method)'",
-            context: .init(method: method, callID: id, peer: self.remote.name))
+            context: .init(method: method, callID: id, peer: self.remote.name), descriptors: reply.descriptors)
     }
 
     /// Calls a bidirectional streaming method (``Router/registerBidirectionalStream(_:_:)``):

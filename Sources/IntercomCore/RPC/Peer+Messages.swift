@@ -28,7 +28,13 @@ extension Peer {
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
-        let frame = try self.encodeFrame(kind: .message, id: 0, method: method, timeout: nil, message, context: context)
+        let (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
+            kind: .message, id: 0, method: method, timeout: nil, message, context: context)
+        guard descriptors.isEmpty else {
+            try await self.waitUntilWritable(context: context)
+            try self.transmit(frame, descriptors: descriptors)
+            return
+        }
         while !self.transmitIfWritable(frame) {
             // Over the watermark, or closed (then this throws closed/peerLost).
             try await self.waitUntilWritable(context: context)

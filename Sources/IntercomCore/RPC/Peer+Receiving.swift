@@ -36,7 +36,8 @@ extension Peer: FrameReceiver {
                 self.accept(frame)
             } else {
                 // Collected until the end of this read, then queued under one lock.
-                let collected = self.arrivals.append(InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec))
+                let collected = self.arrivals.append(
+                    InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec, descriptors: frame.descriptors))
                 // Batches no larger than what `receiveMessages()` takes by default pass
                 // through the inbox whole.
                 if collected >= Self.defaultReceiveLimit { self.flushArrivals() }

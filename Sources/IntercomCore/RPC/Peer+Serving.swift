@@ -48,7 +48,7 @@ extension Peer {
         context.sendsInput = frame.flags.contains(.inputStream)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         context.jsonCaller = frame.flags.contains(.jsonPayload)
-        let call = IncomingCall(context: context, payload: frame.payload, codec: codec)
+        let call = IncomingCall(context: context, payload: frame.payload, codec: codec, descriptors: frame.descriptors)
         let isCall = request.isCall
         let executor: (any TaskExecutor)? =
             self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
@@ -101,7 +101,12 @@ extension Peer {
             }
             let value = try await handler(call)
             if isCall {
-                reply = try self.encodeReply(value, id: id, method: call.method, codec: call.codec)
+                let (frame, descriptors) = try self.encodeReply(value, id: id, method: call.method, codec: call.codec)
+                if descriptors.isEmpty {
+                    reply = frame
+                } else {
+                    try self.transmit(frame, descriptors: descriptors)  // queued at once: the value owns them until then
+                }
             }
         } catch {
             if isCall {
@@ -125,12 +130,13 @@ extension Peer {
         self.handlerFinished(id, isCall: isCall, released: held)
     }
 
+    /// A reply frame, and the descriptors its value holds (sent beside it).
     func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
-        throws -> ByteBuffer
+        throws -> (frame: ByteBuffer, descriptors: [Int32])
     {
         let context = IntercomError.Context(method: method, callID: id, peer: self.remote.name)
-        guard let value else { return FrameHeader.empty(kind: .reply, id: id) }
-        return try self.encodeFrame(
+        guard let value else { return (FrameHeader.empty(kind: .reply, id: id), []) }
+        return try self.encodeFrameCarryingDescriptors(
             kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec,
             flags: self.answerFlags(for: codec))
     }

@@ -75,7 +75,7 @@ extension Peer {
             try await self.exchange(method, Optional<Int>.none, timeout: timeout, jsonArgument: json, id: id, flags: .stream)
         }
         do {
-            while let next = try await running.reader.nextEncoded() { item(String(buffer: next)) }
+            while let next = try await running.reader.nextEncoded() { item(String(buffer: next.payload)) }
             let reply = try await running.call.value
             return reply.readableBytes == 0 ? "null" : String(buffer: reply)
         } catch {

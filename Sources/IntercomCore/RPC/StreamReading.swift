@@ -33,7 +33,7 @@ final class StreamReader: Sendable {
     }
 
     /// The next item still encoded, or nil after the last. Cancelling the reading task stops the stream.
-    func nextEncoded() async throws -> ByteBuffer? {
+    func nextEncoded() async throws -> StreamItem? {
         let (item, grant) = try await withTaskCancellationHandler {
             try await self.inbox.next()
         } onCancel: {
@@ -47,7 +47,7 @@ final class StreamReader: Sendable {
     func next<Item: Decodable>(_: Item.Type) async throws -> Item? {
         guard let item = try await self.nextEncoded() else { return nil }
         do {
-            return try self.codec.decode(Item.self, from: item)
+            return try self.codec.decode(Item.self, from: item.payload, descriptors: item.descriptors)
         } catch {
             self.stop()
             throw IntercomError(

@@ -17,14 +17,20 @@ enum StreamFlow {
     static let grantThreshold = 128 << 10
 }
 
+/// One item of a stream as it arrived: still encoded, with the descriptors that came with it.
+struct StreamItem: Sendable {
+    var payload: ByteBuffer
+    var descriptors: ReceivedDescriptors?
+}
+
 /// The consumer's side of one stream: the items that arrived (still encoded)
 /// and how the stream ended. Items arrive on the connection's thread; the
 /// iterator takes them on its own.
 final class StreamInbox: Sendable {
     private struct State {
-        var items = Deque<ByteBuffer>()
+        var items = Deque<StreamItem>()
         var end: Result<Void, any Error>?
-        var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
+        var waiter: UnsafeContinuation<StreamItem?, any Error>?
         /// Bytes taken since the last grant.
         var taken = 0
         /// Bytes arrived, and bytes the producer was allowed (the initial window
@@ -36,10 +42,10 @@ final class StreamInbox: Sendable {
 
     /// An item arrived; false if the producer had no credit left for it (so at
     /// most the window and one item ever wait here).
-    func append(_ item: ByteBuffer) -> Bool {
-        let (accepted, waiter) = self.state.withLock { state -> (Bool, UnsafeContinuation<ByteBuffer?, any Error>?) in
+    func append(_ item: StreamItem) -> Bool {
+        let (accepted, waiter) = self.state.withLock { state -> (Bool, UnsafeContinuation<StreamItem?, any Error>?) in
             guard state.arrived < state.allowed else { return (false, nil) }
-            state.arrived += item.readableBytes
+            state.arrived += item.payload.readableBytes
             if let waiter = state.waiter {
                 state.waiter = nil
                 return (true, waiter)
@@ -53,7 +59,7 @@ final class StreamInbox: Sendable {
 
     /// The stream ended (its reply or error arrived, or the call failed).
     func finish(_ end: Result<Void, any Error>) {
-        let waiter = self.state.withLock { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
+        let waiter = self.state.withLock { state -> UnsafeContinuation<StreamItem?, any Error>? in
             if state.end == nil { state.end = end }
             defer { state.waiter = nil }
             return state.waiter
@@ -65,7 +71,7 @@ final class StreamInbox: Sendable {
     }
 
     /// The next item (nil at the end), and how much credit to grant now (0: none).
-    func next() async throws -> (item: ByteBuffer?, grant: Int) {
+    func next() async throws -> (item: StreamItem?, grant: Int) {
         // Most items are already here: take one (and count it) under one lock, without suspending.
         if let ready = self.state.withLock({ state in state.items.popFirst().map { ($0, Self.taking($0, &state)) } }) {
             return ready
@@ -75,8 +81,8 @@ final class StreamInbox: Sendable {
     }
 
     /// Counts `item` as taken; returns the credit to grant now (0: none yet).
-    private static func taking(_ item: ByteBuffer, _ state: inout State) -> Int {
-        state.taken += item.readableBytes
+    private static func taking(_ item: StreamItem, _ state: inout State) -> Int {
+        state.taken += item.payload.readableBytes
         guard state.taken >= StreamFlow.grantThreshold, state.end == nil else { return 0 }
         defer { state.taken = 0 }
         state.allowed += state.taken
@@ -84,9 +90,9 @@ final class StreamInbox: Sendable {
     }
 
     /// Waits for the next item, or the end (nil).
-    private func wait() async throws -> ByteBuffer? {
+    private func wait() async throws -> StreamItem? {
         try await withUnsafeThrowingContinuation { continuation in
-            let now = self.state.withLock { state -> Result<ByteBuffer?, any Error>? in
+            let now = self.state.withLock { state -> Result<StreamItem?, any Error>? in
                 if let item = state.items.popFirst() { return .success(item) }
                 switch state.end {
                 case .success?: return .success(nil)
@@ -218,7 +224,7 @@ extension Peer {
     func deliverStreamItem(_ frame: borrowing Frame) {
         let input = frame.flags.contains(.inputStream)
         guard let inbox = self.streams.withLock({ input ? $0.inputs[frame.id] : $0.inboxes[frame.id] }) else { return }
-        if !inbox.append(frame.payload) {
+        if !inbox.append(StreamItem(payload: frame.payload, descriptors: frame.descriptors)) {
             self.violated(
                 ProtocolError(
                     .malformedHeader,

@@ -11,6 +11,8 @@ public struct IncomingCall: Sendable {
     public let payload: ByteBuffer
     /// The codec of this payload: the connection's, or JSON for a JSON call (``Peer/callJSON(_:json:timeout:)``).
     public let codec: PayloadCodec
+    /// Descriptors that came with the payload (``UnixDescriptor``s decode from them).
+    var descriptors: ReceivedDescriptors? = nil
 
     /// The method name the caller used.
     public var method: String { self.context.method }
@@ -22,7 +24,8 @@ public struct IncomingCall: Sendable {
     public func decode<T: Decodable>(as type: T.Type = T.self) throws(IntercomError) -> T {
         try self.codec.decodePayload(
             T.self, from: self.payload, what: "payload of '\(self.method)'",
-            context: .init(method: self.method, callID: self.context.callID, peer: self.context.remote.name))
+            context: .init(method: self.method, callID: self.context.callID, peer: self.context.remote.name),
+            descriptors: self.descriptors)
     }
 }
 
@@ -30,10 +33,11 @@ extension PayloadCodec {
     /// Decodes `type`, turning any failure into ``IntercomError`` `invalidPayload`
     /// that names `what` was decoded, the expected type, the codec and the mismatch.
     func decodePayload<T: Decodable>(
-        _ type: T.Type, from buffer: ByteBuffer, what: String, context: IntercomError.Context
+        _ type: T.Type, from buffer: ByteBuffer, what: String, context: IntercomError.Context,
+        descriptors: ReceivedDescriptors? = nil
     ) throws(IntercomError) -> T {
         do {
-            return try self.decode(T.self, from: buffer)
+            return try self.decode(T.self, from: buffer, descriptors: descriptors)
         } catch {
             throw IntercomError(
                 .invalidPayload,

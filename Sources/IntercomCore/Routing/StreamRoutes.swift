@@ -34,13 +34,13 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
         if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
         var flags: FrameFlags = self.direction == .input ? .inputStream : []
         if self.json { flags.insert(.jsonPayload) }
-        let frame = try self.peer.encodeFrame(
+        let (frame, descriptors) = try self.peer.encodeFrameCarryingDescriptors(
             kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
             codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: flags)
         // Credit counts payload bytes (a stream item has no header extension).
         try await self.take(frame.readableBytes - FrameHeader.size, context: context)
         try await self.peer.waitUntilWritable(context: context)
-        self.peer.transmit(frame)
+        try self.peer.transmit(frame, descriptors: descriptors)
     }
 
     /// Ends the items: a later ``send(_:)`` throws. For a call's input, the

@@ -62,16 +62,28 @@ package protocol FrameTransport: AnyObject, Sendable {
     /// descriptor is known, with shared memory enabled.
     func canOfferUpgrade(_ options: SharedMemoryOptions) -> Bool
 
-    /// Starts moving the connection once both hellos offered it; nil if this side
+    /// Starts moving the connection once both hellos offered it (with a
+    /// descriptor channel if both said they pass descriptors); nil if this side
     /// cannot after all (out of descriptors or memory). `established` runs on the
     /// new transport's thread before it serves anything (make the receiver there)
     /// and returns what to run on this transport's thread with the handover;
     /// `failed` runs on this transport's thread.
     func beginUpgrade(
-        options: SharedMemoryOptions, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
+        options: SharedMemoryOptions, passDescriptors: Bool, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
         established: @escaping @Sendable (_ newTransport: any FrameTransport) -> @Sendable (TransportHandover) -> Void,
         failed: @escaping @Sendable (IntercomError) -> Void
     ) -> (any TransportUpgrade)?
+
+    /// Whether frames can carry descriptors (``send(_:descriptors:)``): a local
+    /// connection that moved to shared memory with a descriptor channel.
+    var passesDescriptors: Bool { get }
+
+    /// Queues one frame (flagged `descriptors`) like ``send(_:)``, its descriptors
+    /// sent beside it first, in order with every other send. Does not block.
+    ///
+    /// - Throws: ``IntercomError`` `invalidPayload` where descriptors cannot
+    ///   travel, `busy` when the other side holds too many unread, `closed`.
+    func send(_ bytes: ByteBuffer, descriptors: [Int32]) throws(IntercomError)
 
     /// Calls `observer` (with no lock held) whenever a sender starts or stops
     /// waiting for room (``blockedSenders`` changed). Set once, by the peer.

@@ -1,5 +1,6 @@
 package import Logging
 package import IntercomWire
+package import NIOCore
 
 /// An upgrade under way: the connection moving from one transport to another
 /// after both hellos offered it (today: a Unix socket moving to shared-memory
@@ -32,9 +33,19 @@ extension FrameTransport {
     /// By default a transport cannot upgrade.
     package func canOfferUpgrade(_ options: SharedMemoryOptions) -> Bool { false }
 
+    /// By default a transport passes no descriptors.
+    package var passesDescriptors: Bool { false }
+
+    /// By default a transport passes no descriptors: refused, nothing sent.
+    package func send(_ bytes: ByteBuffer, descriptors: [Int32]) throws(IntercomError) {
+        throw IntercomError(
+            .invalidPayload,
+            "descriptors cannot travel on this connection (\(self.medium)): only between local processes whose connection moved to shared memory (the default)")
+    }
+
     /// By default a transport cannot upgrade: nil.
     package func beginUpgrade(
-        options: SharedMemoryOptions, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
+        options: SharedMemoryOptions, passDescriptors: Bool, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
         established: @escaping @Sendable (_ newTransport: any FrameTransport) -> @Sendable (TransportHandover) -> Void,
         failed: @escaping @Sendable (IntercomError) -> Void
     ) -> (any TransportUpgrade)? { nil }

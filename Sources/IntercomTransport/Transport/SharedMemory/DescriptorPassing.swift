@@ -45,40 +45,20 @@ enum DescriptorPassing {
         return value
     }
 
-    /// Sends all of `bytes` on the blocking-or-not socket `fd`, with `descriptor`
+    /// Sends all of `bytes` on the blocking-or-not socket `fd`, with `descriptors`
     /// attached to the first byte, waiting for room until `deadline`.
     static func send(
-        _ bytes: [UInt8], attaching descriptor: Int32?, on fd: Int32, until deadline: ContinuousClock.Instant
+        _ bytes: [UInt8], attaching descriptors: [Int32], on fd: Int32, until deadline: ContinuousClock.Instant
     ) throws(IntercomError) {
         var offset = 0
-        var attach = descriptor
+        var attach = descriptors
         while offset < bytes.count {
-            let controlSize = Self.cmsgHeaderSize + 8  // CMSG_SPACE(sizeof(int))
-            var control = [UInt8](repeating: 0, count: controlSize)
             let sent = bytes.withUnsafeBytes { raw -> Int in
-                var iov = iovec(
-                    iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress! + offset), iov_len: raw.count - offset)
-                return control.withUnsafeMutableBytes { control -> Int in
-                    withUnsafeMutablePointer(to: &iov) { iov -> Int in
-                        var message = msghdr()
-                        message.msg_iov = iov
-                        message.msg_iovlen = 1
-                        if let attach {
-                            let header = control.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
-                            header.pointee.cmsg_len = Self.cmsgHeaderSize + 4  // CMSG_LEN(sizeof(int))
-                            header.pointee.cmsg_level = Self.solSocket
-                            header.pointee.cmsg_type = Self.scmRights
-                            control.storeBytes(of: attach, toByteOffset: Self.cmsgHeaderSize, as: Int32.self)
-                            message.msg_control = control.baseAddress
-                            message.msg_controllen = controlSize
-                        }
-                        return sendmsg(fd, &message, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-                    }
-                }
+                Self.sendmsg(fd, UnsafeRawBufferPointer(rebasing: raw[offset...]), attaching: attach)
             }
             if sent >= 0 {
                 offset += sent
-                attach = nil
+                attach = []
             } else if errno == EAGAIN || errno == EINTR {
                 try Self.poll(fd, events: Int16(POLLOUT), until: deadline)
             } else {
@@ -87,47 +67,82 @@ enum DescriptorPassing {
         }
     }
 
+    /// One `sendmsg` of `bytes` with `descriptors` attached (none: a plain send),
+    /// never blocking: the bytes sent, or -1 with `errno` set.
+    static func sendmsg(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, attaching descriptors: [Int32]) -> Int {
+        let controlSize = descriptors.isEmpty ? 0 : Self.cmsgHeaderSize + (4 * descriptors.count + 7) & ~7  // CMSG_SPACE
+        var control = [UInt8](repeating: 0, count: max(controlSize, 1))
+        var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+        return control.withUnsafeMutableBytes { control -> Int in
+            withUnsafeMutablePointer(to: &iov) { iov -> Int in
+                var message = msghdr()
+                message.msg_iov = iov
+                message.msg_iovlen = 1
+                if !descriptors.isEmpty {
+                    let header = control.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
+                    header.pointee.cmsg_len = Self.cmsgHeaderSize + 4 * descriptors.count  // CMSG_LEN
+                    header.pointee.cmsg_level = Self.solSocket
+                    header.pointee.cmsg_type = Self.scmRights
+                    for (index, descriptor) in descriptors.enumerated() {
+                        control.storeBytes(of: descriptor, toByteOffset: Self.cmsgHeaderSize + 4 * index, as: Int32.self)
+                    }
+                    message.msg_control = control.baseAddress
+                    message.msg_controllen = controlSize
+                }
+                return Glibc.sendmsg(fd, &message, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            }
+        }
+    }
+
+    /// One non-blocking `recvmsg` into `bytes`: how many bytes arrived (-1 with
+    /// `errno` set), and the descriptors that came with them (close-on-exec; more
+    /// than `maxDescriptors` are closed and reported as truncation).
+    static func recvmsg(
+        _ fd: Int32, into bytes: UnsafeMutableRawBufferPointer, maxDescriptors: Int
+    ) -> (received: Int, descriptors: [Int32], truncated: Bool) {
+        let controlSize = Self.cmsgHeaderSize + maxDescriptors * 4
+        var control = [UInt8](repeating: 0, count: controlSize)
+        var descriptors: [Int32] = []
+        var truncated = false
+        var iov = iovec(iov_base: bytes.baseAddress, iov_len: bytes.count)
+        let received = control.withUnsafeMutableBytes { control -> Int in
+            withUnsafeMutablePointer(to: &iov) { iov -> Int in
+                var message = msghdr()
+                message.msg_iov = iov
+                message.msg_iovlen = 1
+                message.msg_control = control.baseAddress
+                message.msg_controllen = controlSize
+                let received = Glibc.recvmsg(fd, &message, Int32(MSG_DONTWAIT) | 0x4000_0000 /* MSG_CMSG_CLOEXEC */)
+                guard received >= 0 else { return received }
+                truncated = message.msg_flags & Int32(MSG_CTRUNC) != 0 || message.msg_flags & Int32(MSG_TRUNC) != 0
+                // Walk the control messages (CMSG_FIRSTHDR / CMSG_NXTHDR by hand).
+                var offset = 0
+                let length = Int(message.msg_controllen)
+                while offset + Self.cmsgHeaderSize <= length {
+                    let header = control.load(fromByteOffset: offset, as: cmsghdr.self)
+                    let total = Int(header.cmsg_len)
+                    guard total >= Self.cmsgHeaderSize, offset + total <= length else { break }
+                    if header.cmsg_level == Self.solSocket, header.cmsg_type == Self.scmRights {
+                        for index in 0..<(total - Self.cmsgHeaderSize) / 4 {
+                            descriptors.append(
+                                control.loadUnaligned(fromByteOffset: offset + Self.cmsgHeaderSize + 4 * index, as: Int32.self))
+                        }
+                    }
+                    offset += (total + 7) & ~7
+                }
+                return received
+            }
+        }
+        return (received, descriptors, truncated)
+    }
+
     /// Receives what is there (waiting until `deadline` for something): the bytes,
     /// and every descriptor that came with them (close-on-exec). Empty bytes mean
     /// the other side closed the stream.
     static func receive(on fd: Int32, until deadline: ContinuousClock.Instant) throws(IntercomError) -> (bytes: [UInt8], descriptors: [Int32]) {
         while true {
             var bytes = [UInt8](repeating: 0, count: 4096)
-            let maxDescriptors = 8
-            let controlSize = Self.cmsgHeaderSize + maxDescriptors * 4
-            var control = [UInt8](repeating: 0, count: controlSize)
-            var descriptors: [Int32] = []
-            let received = bytes.withUnsafeMutableBytes { raw -> Int in
-                var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
-                return control.withUnsafeMutableBytes { control -> Int in
-                    withUnsafeMutablePointer(to: &iov) { iov -> Int in
-                        var message = msghdr()
-                        message.msg_iov = iov
-                        message.msg_iovlen = 1
-                        message.msg_control = control.baseAddress
-                        message.msg_controllen = controlSize
-                        let received = recvmsg(fd, &message, Int32(MSG_DONTWAIT) | 0x4000_0000 /* MSG_CMSG_CLOEXEC */)
-                        guard received >= 0 else { return received }
-                        // Walk the control messages (CMSG_FIRSTHDR / CMSG_NXTHDR by hand).
-                        var offset = 0
-                        let length = Int(message.msg_controllen)
-                        while offset + Self.cmsgHeaderSize <= length {
-                            let header = control.load(fromByteOffset: offset, as: cmsghdr.self)
-                            let total = Int(header.cmsg_len)
-                            guard total >= Self.cmsgHeaderSize, offset + total <= length else { break }
-                            if header.cmsg_level == Self.solSocket, header.cmsg_type == Self.scmRights {
-                                let count = (total - Self.cmsgHeaderSize) / 4
-                                for index in 0..<count {
-                                    descriptors.append(
-                                        control.loadUnaligned(fromByteOffset: offset + Self.cmsgHeaderSize + 4 * index, as: Int32.self))
-                                }
-                            }
-                            offset += (total + 7) & ~7
-                        }
-                        return received
-                    }
-                }
-            }
+            let (received, descriptors, _) = bytes.withUnsafeMutableBytes { Self.recvmsg(fd, into: $0, maxDescriptors: 8) }
             if received >= 0 {
                 return (Array(bytes.prefix(received)), descriptors)
             } else if errno == EAGAIN || errno == EINTR {

@@ -11,14 +11,14 @@ extension NIOFrameTransport {
     }
 
     package func beginUpgrade(
-        options: SharedMemoryOptions, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
+        options: SharedMemoryOptions, passDescriptors: Bool, deadline: ContinuousClock.Instant, limits: WireLimits, logger: Logger,
         established: @escaping @Sendable (_ newTransport: any FrameTransport) -> @Sendable (TransportHandover) -> Void,
         failed: @escaping @Sendable (IntercomError) -> Void
     ) -> (any TransportUpgrade)? {
         // The upgrade writes the socket outside the outbox (the ready frame, the
         // rings' descriptors), and afterwards the socket only tells of liveness.
         self.turnOffDirectWrites()
-        guard let upgrade = SharedMemoryUpgrade.offer(on: self, options: options) else { return nil }
+        guard let upgrade = SharedMemoryUpgrade.offer(on: self, options: options, passDescriptors: passDescriptors) else { return nil }
         upgrade.start(
             socket: self, deadline: deadline, limits: limits, logger: logger,
             established: { shm in

@@ -254,8 +254,11 @@ extension SharedMemoryTransport {
             writer.closed = true
             writer.closedError = error
             writer.overflow.removeAll()
+            self.descriptorChannel?.closeSending()
             return writer.waiters.takeAll()
         }
+        // Descriptors the other side sent for frames never read are closed with the socket.
+        self.descriptorChannel?.closeReceiving()
         for waiter in waiters { waiter.resume(throwing: error) }
         // Closed before the receiver hears of it, as with a socket transport: whoever
         // waits for the connection to close finds its descriptor gone.

@@ -66,6 +66,15 @@ extension SharedMemoryTransport {
     func deliverFrames(in bytes: inout ByteBuffer, to receiver: any FrameReceiver) throws(ProtocolError) {
         let decoder = self.loop.decoder
         while let frame = try decoder.next(from: &bytes) {
+            if frame.flags.contains(.descriptors) {
+                guard let channel = self.descriptorChannel else {
+                    throw ProtocolError(.malformedHeader, "a frame flagged with descriptors on a connection that agreed to pass none")
+                }
+                var flagged = frame
+                flagged.descriptors = try channel.receive()
+                receiver.receive(flagged)
+                continue
+            }
             receiver.receive(consume frame)  // moved, not copied and destroyed: a retain and release less per frame
         }
     }

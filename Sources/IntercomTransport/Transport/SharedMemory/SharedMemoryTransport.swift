@@ -36,6 +36,8 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
     let thread: pthread_t
 
     let writer = Locked(Writer())
+    /// Where descriptors travel, when both sides pass them (see ``DescriptorChannel``).
+    let descriptorChannel: DescriptorChannel?
     let blockedSendersObserver = SetOnce<@Sendable () -> Void>()
     let mail = Locked(Mail())
     /// Set whenever `mail` holds something, so the spinning thread need not lock.
@@ -106,8 +108,9 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         outbound: (ring: SharedMemoryRing, region: SharedMemoryRegion),
         pools: (inbound: BufferPoolReader?, outbound: BufferPoolWriter?),
         socket: NIOFrameTransport, options: SharedMemoryOptions, limits: WireLimits, logger: Logger,
-        positions: Positions
+        positions: Positions, descriptorChannel: DescriptorChannel?
     ) {
+        self.descriptorChannel = descriptorChannel
         self.inbound = inbound.ring
         self.outbound = outbound.ring
         self.regions = (inbound.region, outbound.region)
@@ -164,16 +167,51 @@ final class SharedMemoryTransport: FrameTransport, TaskExecutor, WritabilityWait
         _ = self.enqueue(bytes, onlyIfWritable: false)
     }
 
+    var passesDescriptors: Bool { self.descriptorChannel != nil }
+
+    func send(_ bytes: ByteBuffer, descriptors: [Int32]) throws(IntercomError) {
+        guard let channel = self.descriptorChannel else {
+            throw IntercomError(
+                .invalidPayload,
+                "descriptors cannot travel on this connection: the other side's Intercom predates them")
+        }
+        var refusal: IntercomError?
+        // Under the writer lock, as the bytes are queued: the descriptor messages and
+        // the flagged frames go out in the same order.
+        _ = self.enqueue(bytes, onlyIfWritable: false) { closed throws(IntercomError) in
+            if let closed { throw closed }
+            do throws(IntercomError) {
+                try channel.send(descriptors)
+            } catch {
+                refusal = error
+                throw error
+            }
+        }
+        if let refusal { throw refusal }
+    }
+
     func sendIfWritable(_ bytes: ByteBuffer) -> Bool {
         self.enqueue(bytes, onlyIfWritable: true)
     }
 
     /// Copies `bytes` into the outbound ring now, as far as it has room; the rest
     /// waits in the overflow queue for the transport's thread.
-    func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
+    ///
+    /// `before` runs under the writer lock just before the bytes are queued (with
+    /// the error if the connection is closed); if it throws, nothing is queued.
+    func enqueue(
+        _ bytes: ByteBuffer, onlyIfWritable: Bool, before: ((IntercomError?) throws(IntercomError) -> Void)? = nil
+    ) -> Bool {
         var overflowed = false
         var failure: ProtocolError?
         let accepted = self.writer.withLock { writer -> Bool in
+            if let before {
+                do throws(IntercomError) {
+                    try before(writer.closed ? writer.closedError : nil)
+                } catch {
+                    return false
+                }
+            }
             guard !writer.closed, !onlyIfWritable || writer.overflow.isEmpty else { return false }
             guard writer.overflow.isEmpty else {
                 writer.overflow.append(bytes)

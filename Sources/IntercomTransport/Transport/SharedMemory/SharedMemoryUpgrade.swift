@@ -34,6 +34,10 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     let pool: BufferPoolGeometry
     let options: SharedMemoryOptions
     private let socketCopy: Locked<Int32>
+    /// The descriptor channel's ends (docs/PROTOCOL.md, "Descriptors"), when both
+    /// sides pass descriptors: the one this side sends on, and the one it gives
+    /// away with its ring (closed once given).
+    private let descriptorPair: Locked<(keep: Int32, give: Int32)?>
     /// The other side's "ready" arrived through NIO, before reading moved to `recvmsg`.
     var remoteReady = false
 
@@ -45,9 +49,11 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
         SharedMemoryRing.size(capacity: 256 << 20) + 4096 + BufferPoolGeometry(bytes: BufferPoolGeometry.maxPoolBytes, at: 0).size
 
     private init(
-        socketCopy: Int32, ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry, options: SharedMemoryOptions
+        socketCopy: Int32, ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry, options: SharedMemoryOptions,
+        descriptorPair: (keep: Int32, give: Int32)?
     ) {
         self.socketCopy = Locked(socketCopy)
+        self.descriptorPair = Locked(descriptorPair)
         self.ring = ring
         self.region = region
         self.pool = pool
@@ -56,13 +62,35 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
 
     deinit {
         self.closeSocketCopy()
+        if let pair = self.descriptorPair.withLock({ $0 }) {
+            if pair.keep >= 0 { close(pair.keep) }
+            if pair.give >= 0 { close(pair.give) }
+        }
+    }
+
+    /// Takes the end this side sends descriptors on (the transport owns it from then on).
+    private func takeSendingEnd() -> Int32? {
+        self.descriptorPair.withLock { pair in
+            defer { pair?.keep = -1 }
+            return pair?.keep
+        }
     }
 
     /// Prepares an offer for the connection on `socket` (on its event loop), or nil
     /// if it cannot move to shared memory (not a Unix stream socket, no memfd).
-    static func offer(on socket: NIOFrameTransport, options: SharedMemoryOptions) -> SharedMemoryUpgrade? {
+    /// `passDescriptors`: both hellos said they pass descriptors, so the ring
+    /// offer carries a descriptor channel's end.
+    static func offer(on socket: NIOFrameTransport, options: SharedMemoryOptions, passDescriptors: Bool) -> SharedMemoryUpgrade? {
         guard let copy = socket.duplicateUnixSocket() else {
             return nil
+        }
+        var descriptorPair: (keep: Int32, give: Int32)?
+        if passDescriptors {
+            guard let pair = DescriptorChannel.makePair() else {
+                close(copy)
+                return nil
+            }
+            descriptorPair = pair
         }
         var capacity = 4096
         while capacity < options.ringCapacity, capacity < 256 << 20 { capacity <<= 1 }
@@ -74,9 +102,14 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
             let region = try SharedMemoryRegion(
                 creating: pool.isEmpty ? ringSize : pool.offset + pool.size, name: "intercom-ring")
             let ring = SharedMemoryRing.create(at: region.base, capacity: capacity)
-            return SharedMemoryUpgrade(socketCopy: copy, ring: ring, region: region, pool: pool, options: options)
+            return SharedMemoryUpgrade(
+                socketCopy: copy, ring: ring, region: region, pool: pool, options: options, descriptorPair: descriptorPair)
         } catch {
             close(copy)
+            if let descriptorPair {
+                close(descriptorPair.keep)
+                close(descriptorPair.give)
+            }
             return nil
         }
     }
@@ -131,10 +164,13 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                         let inboundPool = inbound.pool.flatMap { geometry in
                             geometry.isEmpty ? nil : BufferPoolReader(region: inbound.region, geometry: geometry)
                         }
+                        let descriptorChannel = inbound.descriptorSocket.map { receiving in
+                            DescriptorChannel(sending: self.takeSendingEnd() ?? -1, receiving: receiving)
+                        }
                         transport = SharedMemoryTransport(
                             inbound: (inbound.ring, inbound.region), outbound: (self.ring, self.region),
                             pools: (inboundPool, outboundPool), socket: socket, options: self.options,
-                            limits: limits, logger: logger, positions: positions)
+                            limits: limits, logger: logger, positions: positions, descriptorChannel: descriptorChannel)
                     } catch {
                         self.closeSocketCopy()
                         failed(error)
@@ -210,12 +246,15 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
     /// and its pool's geometry if it announced one (nil: an older peer that reads
     /// no pool references).
     private func exchangeRings(remoteReady: Bool, until deadline: ContinuousClock.Instant, limits: WireLimits)
-        throws(IntercomError) -> (ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry?)
+        throws(IntercomError) -> (
+            ring: SharedMemoryRing, region: SharedMemoryRegion, pool: BufferPoolGeometry?, descriptorSocket: Int32?
+        )
     {
+        let passDescriptors = self.descriptorPair.withLock { $0 != nil }
         let fd = self.socketCopy.withLock { $0 }
         var readySeen = remoteReady
         var sentRing = false
-        var offer: (size: Int, descriptor: Int32, pool: BufferPoolGeometry?)?
+        var offer: (size: Int, descriptor: Int32, pool: BufferPoolGeometry?, descriptorSocket: Int32?)?
         var descriptors: [Int32] = []
         var received = ByteBuffer()
         let decoder = FrameDecoder(limits: limits)
@@ -229,7 +268,14 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                 frame.writeInteger(UInt32(self.pool.blockSize), endianness: .little)
                 frame.writeInteger(UInt32(self.pool.blockCount), endianness: .little)
                 FrameHeader.finish(mark, in: &frame)
-                try DescriptorPassing.send(Array(frame.readableBytesView), attaching: self.region.fd, on: fd, until: deadline)
+                let give = self.descriptorPair.withLock { $0?.give }
+                try DescriptorPassing.send(
+                    Array(frame.readableBytesView), attaching: [self.region.fd] + (give.map { [$0] } ?? []), on: fd, until: deadline)
+                // Given: the other side holds it now (or will never, if it dies first).
+                self.descriptorPair.withLock { pair in
+                    if let give = pair?.give, give >= 0 { close(give) }
+                    pair?.give = -1
+                }
                 sentRing = true
             }
             if sentRing, offer != nil { break }
@@ -247,7 +293,7 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                     case (.sharedMemory, Self.ringID):
                         guard offer == nil, let size = frame.payload.getInteger(at: frame.payload.readerIndex, endianness: .little, as: UInt64.self),
                             size >= UInt64(SharedMemoryRing.size(capacity: 64)), size <= UInt64(Self.maxRegionSize),
-                            !descriptors.isEmpty
+                            descriptors.count >= (passDescriptors ? 2 : 1)
                         else {
                             throw ProtocolError(.malformedHandshake, "shared-memory ring offer without a usable size or descriptor")
                         }
@@ -263,7 +309,18 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                             }
                             pool = BufferPoolGeometry(offset: Int(offset), blockSize: Int(blockSize), blockCount: Int(blockCount))
                         }
-                        offer = (Int(size), descriptors.removeFirst(), pool)
+                        let memfd = descriptors.removeFirst()
+                        var descriptorSocket: Int32?
+                        if passDescriptors {
+                            let socket = descriptors.removeFirst()
+                            guard DescriptorChannel.isSeqPacketSocket(socket) else {
+                                close(memfd)
+                                close(socket)
+                                throw ProtocolError(.malformedHandshake, "the descriptor channel offered is not a Unix SOCK_SEQPACKET socket")
+                            }
+                            descriptorSocket = socket
+                        }
+                        offer = (Int(size), memfd, pool, descriptorSocket)
                     case (.error, _):
                         let body = try? ErrorBody(from: frame.payload)
                         throw IntercomError(
@@ -281,14 +338,19 @@ final class SharedMemoryUpgrade: @unchecked Sendable {
                 throw IntercomError(.protocolViolation, "\(error)")
             }
         }
+        let descriptorSocket = offer!.descriptorSocket
+        var keepSocket = false
+        defer { if !keepSocket, let descriptorSocket { close(descriptorSocket) } }
         guard received.readableBytes == 0 else {
+            close(offer!.descriptor)
             throw IntercomError(.protocolViolation, "the other side sent bytes after its shared-memory ring offer")
         }
         let region = try SharedMemoryRegion(receiving: offer!.descriptor, size: offer!.size)
         do {
             let ring = try SharedMemoryRing.open(at: region.base, size: region.size)
             try offer!.pool?.validate(regionSize: region.size, ringSize: SharedMemoryRing.size(capacity: ring.capacity))
-            return (ring, region, offer!.pool)
+            keepSocket = true
+            return (ring, region, offer!.pool, descriptorSocket)
         } catch {
             throw IntercomError(error, peer: nil)
         }
