@@ -4,6 +4,7 @@ import IntercomTestHelper
 import IntercomTestSupport
 @_spi(IntercomInternals) import IntercomTransport
 import IntercomWire
+import NIOCore
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -138,6 +139,20 @@ private func readAll(_ fd: Int32) -> String {
 /// whose descriptors never came, a count that does not match, more than the
 /// limit — each a protocol violation that leaves nothing open.
 @Suite struct DescriptorChannelTests {
+    /// On the wire a descriptor is its index among the frame's (docs/PROTOCOL.md,
+    /// "Descriptors"; the conformance vector's payload `00`).
+    @Test func aDescriptorEncodesAsItsIndexAmongTheFramesDescriptors() throws {
+        let first = try UnixDescriptor(duplicating: 0)
+        let second = try UnixDescriptor(duplicating: 0)
+        let outgoing = OutgoingDescriptors()
+        var buffer = ByteBuffer()
+        try DescriptorAttachments.$outgoing.withValue(outgoing) { try BinaryEncoder().encode([first, second], into: &buffer) }
+        #expect(Array(buffer.readableBytesView) == [2, 0, 1])
+        #expect(outgoing.descriptors == [first.rawValue, second.rawValue])
+        // Without a frame to travel beside, encoding refuses.
+        #expect(throws: DescriptorError.self) { try BinaryEncoder().encode(first, into: &buffer) }
+    }
+
     @Test func aChannelRefusesWhatDoesNotMatchAndLeaksNothing() async throws {
         try await withResourceCheck {
             let forward = try #require(DescriptorChannel.makePair())
