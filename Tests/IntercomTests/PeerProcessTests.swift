@@ -56,7 +56,10 @@ func expectIntercomError(
                 _ = try await child.peer.call("no.such.method", 1, returning: Int.self)
             }
             #expect(unknown?.message.contains("no.such.method") == true)
-            #expect(unknown?.message.contains("math.add") == true, "lists what it handles")
+            #expect(unknown?.message.contains("in all)") == true, "says how many it handles: \(String(describing: unknown))")
+            // A typo: the method meant comes first among those it lists.
+            let typo = await expectIntercomError(.unknownMethod) { _ = try await child.peer.call("math.ad", 1, returning: Int.self) }
+            #expect(typo?.message.contains("it handles: math.add,") == true, "\(String(describing: typo))")
             let invalid = await expectIntercomError(.invalidPayload) {
                 _ = try await child.peer.call("math.add", "not numbers", returning: Int.self)
             }

@@ -93,10 +93,12 @@ extension Peer {
         do {
             guard let handler = self.router?.handler(for: call.method) else {
                 let registered = self.router?.methods ?? []
+                let closest = Self.closestMethods(to: call.method, in: registered, count: 20)
+                let more = registered.count > closest.count ? ", … (\(registered.count) in all)" : ""
                 throw IntercomError(
                     .unknownMethod,
                     "peer '\(self.configuration.name)' has no handler for '\(call.method)'"
-                        + (registered.isEmpty ? " (it registers no methods)" : "; it handles: \(registered.prefix(20).joined(separator: ", "))"),
+                        + (registered.isEmpty ? " (it registers no methods)" : "; it handles: \(closest.joined(separator: ", "))\(more)"),
                     context: .init(method: call.method, callID: id))
             }
             let value = try await handler(call)
@@ -128,6 +130,15 @@ extension Peer {
             self.transmit(reply)
         }
         self.handlerFinished(id, isCall: isCall, released: held)
+    }
+
+    /// The `count` methods whose names share the longest start with `method`
+    /// (a typo's intended method first), alphabetical among equals.
+    static func closestMethods(to method: String, in methods: [String], count: Int) -> [String] {
+        func shared(_ name: String) -> Int { zip(name.utf8, method.utf8).prefix { $0 == $1 }.count }
+        return methods.map { ($0, shared($0)) }
+            .sorted { $0.1 != $1.1 ? $0.1 > $1.1 : $0.0 < $1.0 }
+            .prefix(count).map(\.0)
     }
 
     /// A reply frame, and the descriptors its value holds (sent beside it).
