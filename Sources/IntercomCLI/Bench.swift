@@ -39,13 +39,13 @@ struct Bench: AsyncParsableCommand {
     @Option(
         help: """
             S1 (64 B call round trip), S2 (one-way 64 B messages), S3 (1 MiB call), S4 (64 B calls, 32 in flight), \
-            S6 (a stream of 64 B items from the server, items/s),             S5 (sporadic: 500 calls of 64 B, one every 2 ms, from a task on the global executor, then from one on the \
+            S6 (a stream of 64 B items from the server, items/s, sent one by one then --batch at a time), S5 (sporadic: 500 calls of 64 B, one every 2 ms, from a task on the global executor, then from one on the \
             connection's thread) or all.
             """)
     var scenario: Scenario = .all
     @Option(help: "Multiply the iteration counts (for quick runs use 0.1).") var scale: Double = 1
     @Option(help: "Microseconds between S5's calls (how long both sides stay idle).") var s5GapUs: Int = 2000
-    @Option(help: "Messages per send(contentsOf:) in the second S2 line.") var batch: Int = 64
+    @Option(help: "Messages (items) per send(contentsOf:) in the second S2 (S6) line.") var batch: Int = 64
     @Option(help: "MiB of each side's shared-memory buffer pool for frames of 64 KiB or more (0: none, they go through the ring).")
     var bufferPoolMib: Int = 32
 
@@ -101,6 +101,8 @@ struct Bench: AsyncParsableCommand {
                     emit(try await s5(peer, name: "\(name)-on-connection-thread", calls: self.count(500), gap: .microseconds(self.s5GapUs)))
                 case .S6:
                     emit(try await s6(peer, name: name, n: self.count(2_000_000)))
+                    progress("running S6 with send(contentsOf:), \(self.batch) items per batch, \(over)…")
+                    emit(try await s6(peer, name: "\(name)-batch\(self.batch)", n: self.count(8_000_000), batch: self.batch))
                 case .all:
                     continue
                 }
@@ -226,11 +228,16 @@ func s4(_ peer: Peer, name: String, n: Int) async throws -> String {
 }
 
 /// S6: one stream of `n` 64 B items from the server, counted as they arrive.
-func s6(_ peer: Peer, name: String, n: Int) async throws -> String {
+/// S6: a stream of `n` 64-byte items from the server, sent one by one, or in
+/// batches of `batch` with `send(contentsOf:)`.
+func s6(_ peer: Peer, name: String, n: Int, batch: Int? = nil) async throws -> String {
     let clock = ContinuousClock()
     let start = clock.now
     var received = 0
-    for try await item in peer.stream("bench.stream", n, of: [UInt8].self, timeout: .seconds(600)) {
+    let items =
+        batch.map { peer.stream("bench.stream.batch", [n, $0], of: [UInt8].self, timeout: .seconds(600)) }
+        ?? peer.stream("bench.stream", n, of: [UInt8].self, timeout: .seconds(600))
+    for try await item in items {
         received += item.count == 64 ? 1 : 0
     }
     let elapsed = clock.now - start

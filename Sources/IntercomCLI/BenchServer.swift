@@ -30,6 +30,16 @@ struct BenchServer: AsyncParsableCommand {
             let item = [UInt8](repeating: 0x61, count: 64)
             for _ in 0..<n { try await stream.send(item) }
         }
+        // The same in batches of `batch` items (`send(contentsOf:)`).
+        try router.registerStream("bench.stream.batch") { (request: [Int], _: CallContext, stream: StreamWriter<[UInt8]>) in
+            let item = [UInt8](repeating: 0x61, count: 64)
+            let batch = [[UInt8]](repeating: item, count: request[1])
+            var sent = 0
+            while sent < request[0] {
+                try await stream.send(contentsOf: batch.prefix(request[0] - sent))
+                sent += min(request[1], request[0] - sent)
+            }
+        }
         try router.register("bench.reset") { (_: Int, _) -> Int in
             received.store(0, ordering: .relaxed)
             return 0

@@ -4,6 +4,7 @@ import Synchronization
 
 /// The streaming methods the stream tests call:
 /// - `count` N: the items 0…N−1;
+/// - `count.batched` N: "item k xxx…" for k in 0…N−1, sent 500 at a time with `send(contentsOf:)`;
 /// - `count.failing` N: N items, then `HelperError.refused("midstream", 7)`;
 /// - `count.forever`: [0, 0, …], [1, 1, …], … (128 copies each, so the window
 ///   fills after about a thousand items) until cancelled (then counts the cancellation);
@@ -16,6 +17,15 @@ func registerStreamHandlers(on router: Router) throws {
     let cancellations = CountLatch()
     try router.registerStream("count") { (n: Int, _: CallContext, stream: StreamWriter<Int>) in
         for i in 0..<n { try await stream.send(i) }
+    }
+    try router.registerStream("count.batched") { (n: Int, _: CallContext, stream: StreamWriter<String>) in
+        // Items of about 40 bytes, 500 per send(contentsOf:): batches cross the credit window.
+        var next = 0
+        while next < n {
+            let batch = (next..<min(n, next + 500)).map { "item \($0) " + String(repeating: "x", count: 30) }
+            try await stream.send(contentsOf: batch)
+            next += batch.count
+        }
     }
     try router.registerStream("count.failing") { (n: Int, _: CallContext, stream: StreamWriter<Int>) in
         for i in 0..<n { try await stream.send(i) }

@@ -18,12 +18,30 @@ public struct BinaryDecoder: Sendable {
     /// Decodes a `T` that fills `buffer` exactly.
     /// - Throws: `DecodingError` if the bytes are not a valid encoding of `T`.
     public func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
+        // A whole payload that is one byte array — streamed chunks, echoed bytes — is
+        // read without a decoder object or a protocol-conformance lookup (which cost
+        // more than the copy for small payloads). It accepts exactly what the general
+        // path accepts; anything else goes that way (and gets its error there).
+        if T.self == [UInt8].self, let bytes = Self.wholeByteArray(buffer, limit: self.limits.maxCollectionCount) {
+            return unsafeBitCast(bytes, to: T.self)
+        }
         let impl = BinaryDecoderImpl(buffer: buffer, limits: self.limits)
         let value = try impl.decodeValue(T.self)
         guard impl.buffer.readableBytes == 0 else {
             throw impl.corrupted("\(impl.buffer.readableBytes) unexpected bytes after a complete \(T.self)")
         }
         return value
+    }
+}
+
+extension BinaryDecoder {
+    /// The bytes of a payload that is exactly one length-prefixed byte array
+    /// within `limit`; nil otherwise.
+    @inline(__always)
+    static func wholeByteArray(_ buffer: ByteBuffer, limit: Int) -> [UInt8]? {
+        var rest = buffer
+        guard let length = rest.readVarint(), length <= UInt64(limit), length == UInt64(rest.readableBytes) else { return nil }
+        return rest.readBytes(length: Int(length))
     }
 }
 

@@ -22,6 +22,13 @@ import Glibc
             var items: [Int] = []
             for try await item in child.peer.stream("count", 1000, of: Int.self) { items.append(item) }
             #expect(items == Array(0..<1000))
+            // Sent in batches (`send(contentsOf:)`), 1.4 MB crossing the window many times: the same, in order.
+            var batched = 0
+            for try await item in child.peer.stream("count.batched", 20_000, of: String.self) {
+                #expect(item.hasPrefix("item \(batched) "))
+                batched += 1
+            }
+            #expect(batched == 20_000)
             // An empty stream ends at once.
             var none = child.peer.stream("count", 0, of: Int.self).makeAsyncIterator()
             #expect(try await none.next() == nil)

@@ -49,12 +49,22 @@ public struct CallStream<Item: Decodable & Sendable>: AsyncSequence, Sendable {
 
     /// Yields the items; dropping it before the end cancels the call.
     public struct AsyncIterator: AsyncIteratorProtocol {
+        /// What iteration throws.
+        public typealias Failure = any Error
         let running: StreamingCall
 
         /// The next item, or nil after the last.
-        public mutating func next() async throws -> Item? {
+        nonisolated(nonsending) public mutating func next() async throws -> Item? {
             // A cancelled consumer cancels the call, which ends the wait with `cancelled`.
-            try await self.running.reader.next(Item.self)
+            if let ready = try self.running.reader.nextReady(Item.self) { return ready }
+            return try await self.running.reader.next(Item.self)
+        }
+
+        /// The next item, or nil after the last, on the caller's executor (what
+        /// `for try await` calls): an item already here costs no executor switch.
+        public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws -> Item? {
+            if let ready = try self.running.reader.nextReady(Item.self) { return ready }
+            return try await self.running.reader.next(Item.self)
         }
     }
 }

@@ -70,6 +70,12 @@ final class StreamInbox: Sendable {
         }
     }
 
+    /// An item already here, taken without suspending (nil: none waiting), and
+    /// how much credit to grant now.
+    func takeReady() -> (item: StreamItem, grant: Int)? {
+        self.state.withLock { state in state.items.popFirst().map { ($0, Self.taking($0, &state)) } }
+    }
+
     /// The next item (nil at the end), and how much credit to grant now (0: none).
     func next() async throws -> (item: StreamItem?, grant: Int) {
         // Most items are already here: take one (and count it) under one lock, without suspending.
@@ -190,6 +196,31 @@ final class StreamCredit: Sendable {
         }
         waiter?.resume(throwing: IntercomError(.closed, "the stream was finished; no more items can be sent"))
         return finished
+    }
+
+    /// Takes credit for as many of the items (their payload sizes, in order) as
+    /// it covers now — each may start while credit is above zero — waiting for
+    /// the consumer while it covers none. Returns how many (at least one).
+    func acquire(upTo sizes: ArraySlice<Int>) async throws -> Int {
+        var taken = self.take(upTo: sizes)
+        if taken > 0 { return taken }
+        try await self.acquire(sizes.first!)
+        taken = 1 + self.take(upTo: sizes.dropFirst())
+        return taken
+    }
+
+    /// Takes credit for the leading items it covers now; how many (0: none).
+    private func take(upTo sizes: ArraySlice<Int>) -> Int {
+        self.state.withLock { state in
+            guard state.ended == nil else { return 0 }
+            var count = 0
+            for size in sizes {
+                guard state.available > 0 else { break }
+                state.available -= size
+                count += 1
+            }
+            return count
+        }
     }
 
     /// No more items will be taken (cancelled, or the connection ended).
