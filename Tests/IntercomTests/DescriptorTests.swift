@@ -12,16 +12,20 @@ import Glibc
 
 /// Descriptors inside values, against a real child process: in a reply, a
 /// call's argument, a one-way message and stream items, over a socket pair
-/// and a Unix socket that moved to shared memory; refused before anything is
+/// and a Unix socket, each kept on its socket or moved to shared memory; refused before anything is
 /// sent where they cannot travel; never leaked on either side, whether the
 /// receiver takes them, ignores them or fails to decode them.
 @Suite(.serialized) struct DescriptorTests {
-    @Test(arguments: [TransportKind.sharedMemory, .sharedMemoryOverUnix])
+    @Test(arguments: [TransportKind.socketpair, .unix, .sharedMemory, .sharedMemoryOverUnix])
     func descriptorsTravelInEveryKindOfValue(kind: TransportKind) async throws {
         try await withResourceCheck {
             let child = try await ChildProcess.spawn(kind)
             let peer = child.peer
             #expect(peer.passesDescriptors)
+            // Warm up first: a connection kept on its socket opens one descriptor of its
+            // own once a handler sends from another thread (the direct-write duplicate of
+            // its socket, NIOFrameTransport+DirectWrite), and that is not a leak.
+            for try await item in peer.stream("fd.pipes", 1, of: TextAndFile.self) { close(item.file.take()) }
             let childDescriptors = try await peer.call("fd.count", 0, returning: Int.self)
             // A reply: the helper hands over a pipe it filled.
             let reply = try await peer.call("fd.pipe", "from the reply", returning: TextAndFile.self)
@@ -45,7 +49,8 @@ import Glibc
             for try await item in peer.stream("fd.pipes", 3, of: TextAndFile.self) { items.append(readAll(item.file.take())) }
             #expect(items == ["item 0", "item 1", "item 2"])
             // The helper holds no more descriptors than before.
-            #expect(try await peer.call("fd.count", 0, returning: Int.self) == childDescriptors)
+            let after = try await peer.call("fd.count", 0, returning: Int.self)
+            #expect(after == childDescriptors)
             await child.shutdown()
         }
     }
@@ -90,9 +95,9 @@ import Glibc
         }
     }
 
-    /// TCP, TLS and sockets with shared memory turned off cannot pass descriptors:
-    /// the call fails before anything is written, and the connection carries on.
-    @Test(arguments: [TransportKind.socketpair, .unix, .tcp, .tls])
+    /// TCP and TLS cannot pass descriptors: the call fails before anything is
+    /// written, and the connection carries on.
+    @Test(arguments: [TransportKind.tcp, .tls])
     func whereDescriptorsCannotTravelTheyAreRefusedBeforeAnythingIsSent(kind: TransportKind) async throws {
         try await withResourceCheck {
             let child = try await ChildProcess.spawn(kind)

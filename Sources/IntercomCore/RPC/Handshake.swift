@@ -25,6 +25,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     private var startedAt = ContinuousClock.now
     /// Whether this side's hello offers shared memory (the transport can upgrade).
     private var offersSharedMemory = false
+    /// Whether this side's hello offers descriptors (a Unix stream socket).
+    private var offersDescriptors = false
     /// The upgrade under way (its rings are made only once both hellos offered it,
     /// so a connection that never completes a hello costs no shared memory).
     private var upgrade: (any TransportUpgrade)?
@@ -48,8 +50,10 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
 
     private var ownHello: Hello {
         var capabilities: UInt64 = Hello.streamsCapability | Hello.inputStreamsCapability
-        // Descriptors travel beside a shared-memory connection (a channel its upgrade sets up).
-        if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability | Hello.descriptorsCapability }
+        if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
+        // Descriptors travel on a channel beside a local socket: set up by the
+        // shared-memory upgrade, or after the hellos when the connection stays on its socket.
+        if self.offersDescriptors { capabilities |= Hello.descriptorsCapability }
         return Hello(
             preferredCodec: self.configuration.preferredCodec,
             maxFrameSize: UInt32(clamping: self.configuration.limits.maxFrameSize),
@@ -61,6 +65,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     func transportActive() {
         self.startedAt = self.transport.now
         self.offersSharedMemory = self.transport.canOfferUpgrade(self.configuration.sharedMemory)
+        self.offersDescriptors = self.transport.canOfferDescriptors
         var buffer = ByteBuffer()
         let mark = FrameHeader.begin(into: &buffer, kind: .hello, id: 0)
         self.ownHello.write(into: &buffer)
@@ -90,13 +95,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
                     throw ProtocolError(.incompatiblePeer, "agreed codec \(agreement.codec) is not available")
                 }
                 if self.startUpgrade(remote: remote, codec: codec) { return }
-                let peer = Peer(
-                    transport: self.transport, router: self.router, configuration: self.configuration, remote: remote, codec: codec,
-                    network: self.network?.identity)
-                self.transport.setReceiver(peer)
-                self.finished = true
-                self.timer?.cancel()
-                self.completion(.success(peer))
+                if self.startDescriptorChannel(remote: remote, codec: codec) { return }
+                self.establish(remote: remote, codec: codec)
             } catch {
                 self.refuse(error)
             }
@@ -110,6 +110,52 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         default:
             self.refuse(ProtocolError(.malformedHandshake, "expected a hello frame first, got \(frame.kind)"))
         }
+    }
+
+    /// The connection continues on this transport: its peer takes over.
+    private func establish(remote: Hello, codec: PayloadCodec) {
+        let peer = Peer(
+            transport: self.transport, router: self.router, configuration: self.configuration, remote: remote, codec: codec,
+            network: self.network?.identity)
+        self.transport.setReceiver(peer)
+        self.finished = true
+        self.timer?.cancel()
+        self.completion(.success(peer))
+    }
+
+    /// Sets up a descriptor channel beside the socket if both hellos offered
+    /// descriptors (and the connection did not move to shared memory); false if not.
+    private func startDescriptorChannel(remote: Hello, codec: PayloadCodec) -> Bool {
+        guard self.offersDescriptors, remote.capabilities & Hello.descriptorsCapability != 0 else { return false }
+        self.upgrading = true
+        let setup = self.transport.beginDescriptorChannel(
+            deadline: self.startedAt + self.configuration.handshakeTimeout,
+            established: { [self] in
+                // On the transport's thread, reading resumed.
+                self.upgrading = false
+                self.upgrade = nil
+                guard !self.finished else { return }  // the handshake timed out meanwhile
+                if self.socketEndedWhileUpgrading {
+                    self.fail(IntercomError(.peerLost, "the connection closed during the handshake"))
+                    self.transport.close()
+                    return
+                }
+                self.establish(remote: remote, codec: codec)
+            },
+            failed: { [self] error in
+                self.upgrading = false
+                self.upgrade = nil
+                self.fail(error)
+                self.transport.close()
+            })
+        guard let setup else {
+            // Both sides agreed; this side cannot (out of descriptors).
+            self.upgrading = false
+            self.refuse(ProtocolError(.incompatiblePeer, "this side could not set up a descriptor channel (out of descriptors?)"))
+            return true
+        }
+        self.upgrade = setup
+        return true
     }
 
     /// Moves the connection to shared memory if both hellos offered it; false if not.

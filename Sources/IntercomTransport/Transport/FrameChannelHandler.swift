@@ -146,6 +146,15 @@ package final class FrameChannelHandler: ChannelDuplexHandler, @unchecked Sendab
     /// Decodes and delivers the whole frames at the front of `buffer`.
     private func deliverFrames(from buffer: inout ByteBuffer, to delivery: inout Delivery) throws(ProtocolError) {
         while let frame = try self.decoder.next(from: &buffer) {
+            #if os(Linux)
+            if frame.flags.contains(.descriptors) {
+                var flagged = frame
+                guard let transport = self.transport else { continue }
+                flagged.descriptors = try transport.receiveDescriptors()
+                delivery.receiver?.receive(flagged)
+                continue
+            }
+            #endif
             delivery.receiver?.receive(frame)
             if self.receiverGeneration != delivery.generation {
                 // The handshake handed the connection to its peer.

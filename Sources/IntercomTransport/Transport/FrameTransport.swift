@@ -75,8 +75,22 @@ package protocol FrameTransport: AnyObject, Sendable {
     ) -> (any TransportUpgrade)?
 
     /// Whether frames can carry descriptors (``send(_:descriptors:)``): a local
-    /// connection that moved to shared memory with a descriptor channel.
+    /// connection with a descriptor channel (set up by the shared-memory upgrade,
+    /// or by ``beginDescriptorChannel(deadline:established:failed:)``).
     var passesDescriptors: Bool { get }
+
+    /// Whether this side can offer to pass descriptors in its hello: a Unix
+    /// stream socket whose descriptor is known.
+    var canOfferDescriptors: Bool { get }
+
+    /// Starts giving a connection that stays on this transport a descriptor
+    /// channel, once both hellos offered descriptors but not both shared memory;
+    /// nil if this side cannot (then it must refuse the connection). Exactly one
+    /// of `established` and `failed` runs, on this transport's thread, reading resumed if established.
+    func beginDescriptorChannel(
+        deadline: ContinuousClock.Instant, established: @escaping @Sendable () -> Void,
+        failed: @escaping @Sendable (IntercomError) -> Void
+    ) -> (any TransportUpgrade)?
 
     /// Queues one frame (flagged `descriptors`) like ``send(_:)``, its descriptors
     /// sent beside it first, in order with every other send. Does not block.

@@ -35,6 +35,10 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         var spare: ByteBuffer?
         /// Writing from the sender's thread when nothing else is on its way out.
         var direct = DirectWrite()
+        #if os(Linux)
+        /// Where descriptors travel, once set up (``beginDescriptorChannel(deadline:established:failed:)``).
+        var descriptorChannel: DescriptorChannel?
+        #endif
     }
 
     /// Frames smaller than this are copied into a batch buffer (one `writev`
@@ -117,6 +121,14 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
         return cookie.withLock { $0 }
     }
 
+    /// On the event loop, during the handshake (no peer sends yet, so no direct
+    /// write can overtake it): writes what is queued, then `bytes`, and flushes,
+    /// keeping direct writes possible for later.
+    func writeDuringHandshake(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
+        self.drainOutbox()
+        return self.channel.writeAndFlush(bytes)
+    }
+
     /// On the event loop: writes what is queued, then `bytes`, and flushes;
     /// the future completes once the bytes were handed to the kernel.
     func writeNow(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
@@ -143,14 +155,17 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
 
     /// Appends to the outbox (unless `onlyIfWritable` and the channel is over its
     /// watermark, or the stream is closed) and schedules a drain if none is pending.
+    /// `before` runs under the outbox lock once the bytes are sure to be queued;
+    /// if it returns false, they are not.
     @discardableResult
-    private func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool) -> Bool {
+    func enqueue(_ bytes: ByteBuffer, onlyIfWritable: Bool, before: ((inout Outbox) -> Bool)? = nil) -> Bool {
         var accepted = false
         let offLoop = !self.loop.inEventLoop
         let mustSchedule = self.outbox.withLock { outbox -> Bool in
             guard !outbox.closed, !onlyIfWritable || (outbox.channelWritable && outbox.pendingBytes < self.outboxLimit) else {
                 return false
             }
+            if let before, !before(&outbox) { return false }
             accepted = true
             var bytes = bytes
             if offLoop {
@@ -281,6 +296,9 @@ package final class NIOFrameTransport: FrameTransport, WritabilityWaiting {
             outbox.pending.removeAll()
             outbox.pendingBytes = 0
             outbox.direct.turnOff()  // the peer sees the end only once no descriptor of the socket is open
+            #if os(Linux)
+            outbox.descriptorChannel = nil  // closed once the reader lets go of it too
+            #endif
             return outbox.waiters.takeAll()
         }
         for waiter in waiters { waiter.resume(throwing: IntercomError(.peerLost, "the connection closed while waiting to send")) }

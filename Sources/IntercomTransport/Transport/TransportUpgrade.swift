@@ -36,6 +36,15 @@ extension FrameTransport {
     /// By default a transport passes no descriptors.
     package var passesDescriptors: Bool { false }
 
+    /// By default a transport offers no descriptors.
+    package var canOfferDescriptors: Bool { false }
+
+    /// By default a transport cannot set up a descriptor channel: nil.
+    package func beginDescriptorChannel(
+        deadline: ContinuousClock.Instant, established: @escaping @Sendable () -> Void,
+        failed: @escaping @Sendable (IntercomError) -> Void
+    ) -> (any TransportUpgrade)? { nil }
+
     /// By default a transport passes no descriptors: refused, nothing sent.
     package func send(_ bytes: ByteBuffer, descriptors: [Int32]) throws(IntercomError) {
         throw IntercomError(

@@ -1,7 +1,7 @@
 #if os(Linux)
 internal import Glibc
 
-/// Raw socket operations the shared-memory upgrade needs and NIO does not offer:
+/// Raw socket operations the shared-memory upgrade and the descriptor channel need and NIO does not offer:
 /// finding the descriptor behind a channel, and sending and receiving bytes with
 /// descriptors attached (`SCM_RIGHTS`).
 enum DescriptorPassing {
@@ -154,10 +154,10 @@ enum DescriptorPassing {
     }
 
     /// Waits for `events` on `fd` until `deadline`.
-    private static func poll(_ fd: Int32, events: Int16, until deadline: ContinuousClock.Instant) throws(IntercomError) {
+    static func poll(_ fd: Int32, events: Int16, until deadline: ContinuousClock.Instant) throws(IntercomError) {
         let remaining = deadline - .now
         guard remaining > .zero else {
-            throw IntercomError(.timeout, "the other side did not complete the shared-memory upgrade in time")
+            throw IntercomError(.timeout, "the other side did not complete the handshake's descriptor exchange in time")
         }
         var entry = pollfd(fd: fd, events: events, revents: 0)
         let milliseconds = Int32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1)
