@@ -12,8 +12,8 @@ extension Peer {
     /// that turns out to hold one is encoded again, collecting them.
     ///
     /// - Throws: ``IntercomError`` `invalidPayload` when the value holds a
-    ///   descriptor and this connection cannot pass them (TCP, TLS, a socket
-    ///   without shared memory) — before anything is sent.
+    ///   descriptor and this connection cannot pass them (TCP, TLS, an older
+    ///   peer) — before anything is sent.
     func encodeFrameCarryingDescriptors<Value: Encodable>(
         kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
         codec: PayloadCodec? = nil, flags: FrameFlags = []
@@ -27,7 +27,7 @@ extension Peer {
                 throw IntercomError(
                     .invalidPayload,
                     "\(Value.self) holds a UnixDescriptor, and descriptors cannot travel on this connection (\(self.transport.medium)): "
-                        + "only between processes of one host whose connection moved to shared memory (the default there)",
+                        + "only between processes of one host (socket pairs and Unix sockets)",
                     context: context)
             }
         }
@@ -70,7 +70,7 @@ extension PayloadCodec {
 
 extension Peer {
     /// Whether values on this connection may hold ``UnixDescriptor``s: a
-    /// connection between processes of one host that moved to shared memory
-    /// (the default there), with a peer recent enough to pass them.
+    /// connection between processes of one host (a socket pair or a Unix
+    /// socket, on shared memory or not) with a peer recent enough to pass them.
     public var passesDescriptors: Bool { self.transport.passesDescriptors }
 }

@@ -23,10 +23,10 @@ internal import IntercomWire
 /// it over, and a value dropped without `take()` closes it — so nothing leaks
 /// when a reply is ignored or a payload fails to decode.
 ///
-/// Descriptors travel only on connections between processes of one host that
-/// moved to shared memory (the default); elsewhere — TCP, TLS, a socket with
-/// shared memory turned off, an event — encoding one fails with a clear error
-/// before anything is sent. At most ``maxPerFrame`` travel in one frame.
+/// Descriptors travel only on connections between processes of one host
+/// (socket pairs and Unix sockets, on shared memory or not); elsewhere — TCP,
+/// TLS, an event — encoding one fails with a clear error before anything is
+/// sent. At most ``maxPerFrame`` travel in one frame.
 public final class UnixDescriptor: Codable, Sendable, CustomStringConvertible {
     /// The most descriptors one frame may carry.
     public static var maxPerFrame: Int { DescriptorAttachments.maxPerFrame }

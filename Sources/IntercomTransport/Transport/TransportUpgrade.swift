@@ -49,7 +49,7 @@ extension FrameTransport {
     package func send(_ bytes: ByteBuffer, descriptors: [Int32]) throws(IntercomError) {
         throw IntercomError(
             .invalidPayload,
-            "descriptors cannot travel on this connection (\(self.medium)): only between local processes whose connection moved to shared memory (the default)")
+            "descriptors cannot travel on this connection (\(self.medium)): only between processes of one host (socket pairs and Unix sockets)")
     }
 
     /// By default a transport cannot upgrade: nil.
