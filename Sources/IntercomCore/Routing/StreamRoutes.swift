@@ -147,18 +147,9 @@ extension Router {
     ) throws(IntercomError) {
         try self.add([
             Route(method) { (request: Request, context: CallContext) async throws in
-                let peer = context.peer
-                guard context.expectsStream else {
-                    throw IntercomError(
-                        .invalidPayload, "'\(method)' is a stream: call it with peer.stream(…) (intercom call cannot yet)",
-                        context: .init(method: method, callID: context.callID, peer: peer.remote.name))
-                }
-                // Made when the handler starts, gone when it ends: no credit frame can come
-                // sooner (the consumer grants only for items it took), and a stream call that
-                // never runs — refused, dropped from the queue — leaves nothing behind.
-                let credit = peer.streamStarted(context.callID)
-                defer { peer.streamEnded(context.callID) }
-                try await handler(request, context, StreamWriter(peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller, direction: .output))
+                let writer: StreamWriter<Item> = try Self.openOutput(method, context, callWith: "peer.stream(…)")
+                defer { context.peer.streamEnded(context.callID) }
+                try await handler(request, context, writer)
             }
         ])
     }
@@ -212,21 +203,31 @@ extension Router {
     ) throws(IntercomError) {
         try self.add([
             Route(method) { (request: Request, context: CallContext) async throws in
-                let peer = context.peer
-                guard context.expectsStream else {
-                    throw IntercomError(
-                        .invalidPayload, "'\(method)' is a bidirectional stream: call it with peer.bidirectionalStream(…)",
-                        context: .init(method: method, callID: context.callID, peer: peer.remote.name))
-                }
+                let writer: StreamWriter<Output> = try Self.openOutput(method, context, callWith: "peer.bidirectionalStream(…)")
+                defer { context.peer.streamEnded(context.callID) }
                 let input = try Self.openInput(method, context)
-                defer { peer.inputEnded(context.callID) }
-                let credit = peer.streamStarted(context.callID)
-                defer { peer.streamEnded(context.callID) }
-                let writer = StreamWriter<Output>(
-                    peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller, direction: .output)
+                defer { context.peer.inputEnded(context.callID) }
                 try await handler(request, StreamItems(reader: input), context, writer)
             }
         ])
+    }
+
+    /// The writer of a streaming handler's output, refused when the caller does
+    /// not expect a stream. Made when the handler starts, gone when it ends
+    /// (the caller's `streamEnded`): no credit frame can come sooner (the consumer
+    /// grants only for items it took), and a stream call that never runs —
+    /// refused, dropped from the queue — leaves nothing behind.
+    private static func openOutput<Item>(_ method: String, _ context: CallContext, callWith how: String)
+        throws(IntercomError) -> StreamWriter<Item>
+    {
+        let peer = context.peer
+        guard context.expectsStream else {
+            throw IntercomError(
+                .invalidPayload, "'\(method)' answers with a stream: call it with \(how)",
+                context: .init(method: method, callID: context.callID, peer: peer.remote.name))
+        }
+        let credit = peer.streamStarted(context.callID)
+        return StreamWriter(peer: peer, id: context.callID, method: method, credit: credit, json: context.jsonCaller, direction: .output)
     }
 
     /// The input of a call to an input-streaming method, refused when the caller sends none.
