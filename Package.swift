@@ -36,7 +36,10 @@ let package = Package(
         // Wire: frames, handshake, codecs, limits. Pure: no I/O, no threads.
         .target(
             name: "IntercomWire",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Syscalls the Glibc module hides (behind _GNU_SOURCE): thin C wrappers, no dlsym.

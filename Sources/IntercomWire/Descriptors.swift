@@ -3,7 +3,7 @@ internal import Glibc
 #elseif canImport(Darwin)
 internal import Darwin
 #endif
-internal import Synchronization
+internal import NIOConcurrencyHelpers
 
 /// The descriptors of one frame being encoded (collected as its payload is
 /// encoded) or decoded (taken as its payload is decoded), reachable from
@@ -38,17 +38,18 @@ public final class OutgoingDescriptors: @unchecked Sendable {
 /// Descriptors that arrived with a frame, owned until a decoded
 /// `UnixDescriptor` takes one; those never taken are closed when the frame is dropped.
 public final class ReceivedDescriptors: Sendable {
-    private let descriptors: Mutex<[Int32]>
+    // A pthread mutex (not `Synchronization.Mutex`, whose futex ThreadSanitizer does not model).
+    private let descriptors: NIOLockedValueBox<[Int32]>
 
     /// Owns `descriptors`.
-    public init(_ descriptors: [Int32]) { self.descriptors = Mutex(descriptors) }
+    public init(_ descriptors: [Int32]) { self.descriptors = NIOLockedValueBox(descriptors) }
 
     /// How many arrived (taken or not).
-    public var count: Int { self.descriptors.withLock { $0.count } }
+    public var count: Int { self.descriptors.withLockedValue { $0.count } }
 
     /// Takes descriptor `index` (nil if there is none, or it was taken).
     public func take(_ index: Int) -> Int32? {
-        self.descriptors.withLock { list in
+        self.descriptors.withLockedValue { list in
             guard list.indices.contains(index), list[index] >= 0 else { return nil }
             defer { list[index] = -1 }
             return list[index]
@@ -56,6 +57,6 @@ public final class ReceivedDescriptors: Sendable {
     }
 
     deinit {
-        for fd in self.descriptors.withLock({ $0 }) where fd >= 0 { close(fd) }
+        for fd in self.descriptors.withLockedValue({ $0 }) where fd >= 0 { close(fd) }
     }
 }
