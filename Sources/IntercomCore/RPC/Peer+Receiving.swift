@@ -26,6 +26,12 @@ extension Peer: FrameReceiver {
 
     func receive(_ frame: consuming Frame) {
         self.arrivals.count(frame)
+        if frame.kind == .streamItem {
+            self.collectStreamItem(frame)
+            return
+        }
+        // Items collected so far come before whatever this frame says (their stream's end, say).
+        if !self.arrivals.streamItems.pointee.items.isEmpty { self.deliverStreamItems() }
         switch frame.kind {
         case .reply, .error, .pong:
             self.complete(frame)
@@ -46,8 +52,6 @@ extension Peer: FrameReceiver {
             self.cancelHandler(frame.id)
         case .ping:
             self.transmit(FrameHeader.empty(kind: .pong, id: frame.id))
-        case .streamItem:
-            self.deliverStreamItem(frame)
         case .credit:
             self.grantCredit(frame)
         case .streamEnd:
@@ -90,6 +94,7 @@ extension Peer: FrameReceiver {
     }
 
     func endOfReadBatch() {
+        self.deliverStreamItems()
         self.flushArrivals()
         let (frames, bytes) = self.arrivals.takeTally()
         if frames > 0 { self.received.add(frames: frames, bytes: bytes) }

@@ -328,16 +328,22 @@ final class Arrivals: @unchecked Sendable {
     let messages = UnsafeMutablePointer<[InboundMessage]>.allocate(capacity: 1)
     /// Frames and bytes read in this batch, published to the peer's totals at its end.
     let tally = UnsafeMutablePointer<(frames: Int, bytes: Int)>.allocate(capacity: 1)
+    /// Items of one stream from consecutive frames, handed to its inbox together
+    /// (one table lookup and one inbox lock for the run, not one per item).
+    let streamItems = UnsafeMutablePointer<StreamItemRun>.allocate(capacity: 1)
 
     init() {
         self.messages.initialize(to: [])
         self.tally.initialize(to: (0, 0))
+        self.streamItems.initialize(to: StreamItemRun())
     }
 
     deinit {
         self.messages.deinitialize(count: 1)
         self.messages.deallocate()
         self.tally.deallocate()
+        self.streamItems.deinitialize(count: 1)
+        self.streamItems.deallocate()
     }
 
     /// Counts one frame read.

@@ -40,20 +40,29 @@ final class StreamInbox: Sendable {
     }
     private let state = Locked(State())
 
-    /// An item arrived; false if the producer had no credit left for it (so at
-    /// most the window and one item ever wait here).
-    func append(_ item: StreamItem) -> Bool {
-        let (accepted, waiter) = self.state.withLock { state -> (Bool, UnsafeContinuation<StreamItem?, any Error>?) in
-            guard state.arrived < state.allowed else { return (false, nil) }
-            state.arrived += item.payload.readableBytes
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return (true, waiter)
+    /// Items arrived together, in order; false if the producer had no credit left
+    /// for one of them (those before it are kept, it and the rest are not), so
+    /// at most the window and one item ever wait here.
+    func append(contentsOf run: [StreamItem]) -> Bool {
+        var accepted = true
+        let waiter = self.state.withLock { state -> (UnsafeContinuation<StreamItem?, any Error>, StreamItem)? in
+            var handed: (UnsafeContinuation<StreamItem?, any Error>, StreamItem)?
+            for item in run {
+                guard state.arrived < state.allowed else {
+                    accepted = false
+                    break
+                }
+                state.arrived += item.payload.readableBytes
+                if handed == nil, let waiter = state.waiter {
+                    state.waiter = nil
+                    handed = (waiter, item)
+                } else {
+                    state.items.append(item)
+                }
             }
-            state.items.append(item)
-            return (true, nil)
+            return handed
         }
-        waiter?.resume(returning: item)
+        if let (continuation, item) = waiter { continuation.resume(returning: item) }
         return accepted
     }
 
@@ -249,17 +258,44 @@ struct StreamTable {
     var inputCredits: [UInt64: StreamCredit] = [:]
 }
 
+/// Items of one stream that arrived in consecutive frames of one read, not yet
+/// handed to its inbox (``Arrivals/streamItems``).
+struct StreamItemRun {
+    var id: UInt64 = 0
+    var input = false
+    var items: [StreamItem] = []
+}
+
 extension Peer {
-    /// A `streamItem` frame arrived: hand it to its stream (an item for a stream
-    /// that already ended — cancelled here — is dropped).
-    func deliverStreamItem(_ frame: borrowing Frame) {
+    /// A `streamItem` frame arrived: collect it with the run of its stream's
+    /// items in this read; a frame of another stream — or any other frame, or
+    /// the end of the read — hands the run over first (so items still come
+    /// before their stream's end, and in order).
+    func collectStreamItem(_ frame: borrowing Frame) {
+        let run = self.arrivals.streamItems
         let input = frame.flags.contains(.inputStream)
-        guard let inbox = self.streams.withLock({ input ? $0.inputs[frame.id] : $0.inboxes[frame.id] }) else { return }
-        if !inbox.append(StreamItem(payload: frame.payload, descriptors: frame.descriptors)) {
+        if !run.pointee.items.isEmpty, run.pointee.id != frame.id || run.pointee.input != input {
+            self.deliverStreamItems()
+        }
+        run.pointee.id = frame.id
+        run.pointee.input = input
+        run.pointee.items.append(StreamItem(payload: frame.payload, descriptors: frame.descriptors))
+    }
+
+    /// Hands the collected run to its stream (dropped if the stream already
+    /// ended — cancelled here). On the transport's thread.
+    func deliverStreamItems() {
+        let run = self.arrivals.streamItems
+        guard !run.pointee.items.isEmpty else { return }
+        var items: [StreamItem] = []
+        swap(&items, &run.pointee.items)
+        let (id, input) = (run.pointee.id, run.pointee.input)
+        guard let inbox = self.streams.withLock({ input ? $0.inputs[id] : $0.inboxes[id] }) else { return }
+        if !inbox.append(contentsOf: items) {
             self.violated(
                 ProtocolError(
                     .malformedHeader,
-                    "stream \(frame.id) sent more items than it was granted (\(StreamFlow.initialWindow) bytes in flight at most)"))
+                    "stream \(id) sent more items than it was granted (\(StreamFlow.initialWindow) bytes in flight at most)"))
         }
     }
 
