@@ -42,7 +42,8 @@ struct RawClient {
         _ = bytes.withUnsafeBytes { Glibc.write(self.fd, $0.baseAddress, $0.count) }
     }
 
-    /// Reads until the other side closes (or 10 s pass); returns the frames it sent.
+    /// Reads until the other side closes (or 10 s pass); returns the frames it sent
+    /// and whether it closed (end of stream, or a reset).
     func readUntilClosed() -> (frames: [Frame], closed: Bool) {
         var buffer = ByteBuffer()
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -50,7 +51,9 @@ struct RawClient {
         while true {
             let n = chunk.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
             if n == 0 { closed = true; break }
-            if n < 0 { break }
+            // A Unix socket closed with bytes of ours still unread reports ECONNRESET
+            // (after what it had sent): closed as well.
+            if n < 0 { closed = errno == ECONNRESET; break }
             buffer.writeBytes(chunk[0..<n])
         }
         var frames: [Frame] = []

@@ -150,7 +150,7 @@ import Glibc
                 try await peer.clientStream("sum", 0, sending: Int.self, returning: Int.self, timeout: .seconds(60)) { numbers in
                     try await numbers.send(1)
                     firstSent.yield()
-                    try await Task.sleep(for: .seconds(600))  // a producer with nothing more to say for a while
+                    await untilCancelled()  // a producer with nothing more to say until the call is cancelled
                 }
             }
             for await _ in started { break }
@@ -204,7 +204,7 @@ import Glibc
             defer { raw.close() }
             let router = Router()
             try router.registerClientStream("hold") { (_: Int, _: StreamItems<[UInt8]>, _: CallContext) -> Int in
-                try? await Task.sleep(for: .seconds(3600))  // reads nothing until the connection ends and cancels it
+                await untilCancelled()  // reads nothing until the connection ends and cancels it
                 return 0
             }
             var configuration = Peer.Configuration(name: "callee")
@@ -280,5 +280,15 @@ import Glibc
         try BinaryEncoder().encode([UInt8](repeating: 7, count: bytes), into: &buffer)
         FrameHeader.finish(mark, in: &buffer)
         return buffer
+    }
+}
+
+/// Suspends until the calling task is cancelled (no timer: an event, not a sleep).
+private func untilCancelled() async {
+    let (never, continuation) = AsyncStream.makeStream(of: Never.self)
+    await withTaskCancellationHandler {
+        for await _ in never {}
+    } onCancel: {
+        continuation.finish()
     }
 }

@@ -98,12 +98,18 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     /// handler started reading, as items do); a client-streaming call does this
     /// when its producer returns. A handler's output ends when the handler
     /// returns, so there it only stops further sends. Calling it twice does nothing.
+    ///
+    /// - Throws: ``IntercomError`` `cancelled` when the calling task is cancelled
+    ///   (the input is then not reported complete), `peerLost`/`closed`.
     public func finish() async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         guard self.direction == .input else {
             self.credit.end(IntercomError(.closed, "the stream was finished", context: context))
             return
         }
+        // A cancelled caller is abandoning the call: its input is not complete, and the
+        // handler must see the cancellation, not a normal end it could answer.
+        if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
         do {
             try await self.take(0, context: context)
         } catch let error {
