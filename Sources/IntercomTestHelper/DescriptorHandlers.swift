@@ -26,6 +26,7 @@ public struct ManyFiles: Codable, Sendable {
 /// - `fd.write` {text, file}: writes text into the descriptor and closes it; the byte count;
 /// - `fd.note` (one-way) {text, file}: the same, as a message;
 /// - `fd.pipes` N (stream): N read ends, the k-th holding "item k";
+/// - `fd.pipes.batched`: fails (`send(contentsOf:)` cannot carry descriptors);
 /// - `fd.count` (ignored): how many descriptors this process holds open;
 /// - `fd.many` {files}: how many arrived (closing them).
 func registerDescriptorHandlers(on router: Router) throws {
@@ -40,6 +41,10 @@ func registerDescriptorHandlers(on router: Router) throws {
     }
     try router.registerStream("fd.pipes") { (n: Int, _: CallContext, out: StreamWriter<TextAndFile>) in
         for k in 0..<n { try await out.send(TextAndFile(text: "item \(k)", file: try filledPipe("item \(k)"))) }
+    }
+    // Batches cannot carry descriptors: the handler's error says to send them one by one.
+    try router.registerStream("fd.pipes.batched") { (_: Int, _: CallContext, out: StreamWriter<TextAndFile>) in
+        try await out.send(contentsOf: [TextAndFile(text: "batched", file: try filledPipe("batched"))])
     }
     try router.register("fd.count") { (_: Int, _: CallContext) -> Int in
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count

@@ -48,6 +48,11 @@ import Glibc
             var items: [String] = []
             for try await item in peer.stream("fd.pipes", 3, of: TextAndFile.self) { items.append(readAll(item.file.take())) }
             #expect(items == ["item 0", "item 1", "item 2"])
+            // A batch cannot carry them: the error says what to do instead.
+            let batched = await expectIntercomError(.invalidPayload) {
+                for try await _ in peer.stream("fd.pipes.batched", 0, of: TextAndFile.self) {}
+            }
+            #expect(batched?.message.contains("one by one with send(_:)") == true, "\(String(describing: batched))")
             // The helper holds no more descriptors than before.
             let after = try await peer.call("fd.count", 0, returning: Int.self)
             #expect(after == childDescriptors)

@@ -88,9 +88,7 @@ final class StreamInbox: Sendable {
     /// The next item (nil at the end), and how much credit to grant now (0: none).
     func next() async throws -> (item: StreamItem?, grant: Int) {
         // Most items are already here: take one (and count it) under one lock, without suspending.
-        if let ready = self.state.withLock({ state in state.items.popFirst().map { ($0, Self.taking($0, &state)) } }) {
-            return ready
-        }
+        if let ready = self.takeReady() { return ready }
         guard let item = try await self.wait() else { return (nil, 0) }
         return (item, self.state.withLock { Self.taking(item, &$0) })
     }

@@ -32,11 +32,9 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         // A cancelled producer stops at its next item, credit or not.
         if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
-        var flags: FrameFlags = self.direction == .input ? .inputStream : []
-        if self.json { flags.insert(.jsonPayload) }
         let (frame, descriptors) = try self.peer.encodeFrameCarryingDescriptors(
             kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
-            codec: self.json ? .json(limits: self.peer.codec.limits) : nil, flags: flags)
+            codec: self.itemCodec, flags: self.itemFlags)
         // Credit counts payload bytes (a stream item has no header extension).
         try await self.take(frame.readableBytes - FrameHeader.size, context: context)
         try await self.peer.waitUntilWritable(context: context)
@@ -52,9 +50,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     /// - Throws: as ``send(_:)``; items before the one that failed to encode were sent.
     public func send(contentsOf items: some Sequence<Item>) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
-        var flags: FrameFlags = self.direction == .input ? .inputStream : []
-        if self.json { flags.insert(.jsonPayload) }
-        let codec: PayloadCodec? = self.json ? .json(limits: self.peer.codec.limits) : nil
+        let (flags, codec) = (self.itemFlags, self.itemCodec)
         var buffer = ByteBuffer()
         var sizes: [Int] = []
         var iterator = items.makeIterator()
@@ -70,9 +66,15 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
                     break
                 }
                 let start = buffer.writerIndex
-                try self.peer.appendFrame(
-                    into: &buffer, kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
-                    codec: codec, flags: flags)
+                do {
+                    try self.peer.appendFrame(
+                        into: &buffer, kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
+                        codec: codec, flags: flags)
+                } catch where (error.cause as? DescriptorError)?.isMissingAttachments == true {
+                    throw IntercomError(
+                        .invalidPayload, "send(contentsOf:) cannot carry descriptors: send items holding a UnixDescriptor one by one with send(_:)",
+                        context: context)
+                }
                 sizes.append(buffer.writerIndex - start - FrameHeader.size)
             }
             var next = 0
@@ -92,6 +94,16 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
             }
         }
     }
+
+    /// The flags of this writer's item frames.
+    private var itemFlags: FrameFlags {
+        var flags: FrameFlags = self.direction == .input ? .inputStream : []
+        if self.json { flags.insert(.jsonPayload) }
+        return flags
+    }
+
+    /// The codec of its items when not the connection's (JSON for a tool's call).
+    private var itemCodec: PayloadCodec? { self.json ? .json(limits: self.peer.codec.limits) : nil }
 
     /// Ends the items: a later ``send(_:)`` throws. For a call's input, the
     /// handler's sequence ends after the items sent so far (this waits until the
