@@ -24,6 +24,8 @@ public final class Router: Sendable {
         var handlers: [String: Handler] = [:]
         var fallback: Handler?
         var properties: [any AnyServiceProperty] = []
+        /// Worker counts by namespace prefix (``setWorkers(_:forNamespace:)``).
+        var workerPools: [String: WorkerPool] = [:]
     }
 
     private let state = Locked(State())
@@ -96,9 +98,33 @@ public final class Router: Sendable {
         self.state.withLock { $0.properties.append(property) }
     }
 
-    /// The handler for `method`: its own, else the fallback.
+    /// The handler for `method`: its own, else the fallback; run on a worker of
+    /// the innermost namespace around `method` that has a worker count.
     func handler(for method: String) -> Handler? {
-        self.state.withLock { $0.handlers[method] ?? $0.fallback }
+        let (handler, pool) = self.state.withLock { state -> (Handler?, WorkerPool?) in
+            let handler = state.handlers[method] ?? state.fallback
+            return (handler, state.workerPools.isEmpty ? nil : Self.innermostPool(around: method, in: state.workerPools))
+        }
+        guard let handler, let pool else { return handler }
+        return { call in try await pool.run { try await handler(call) } }
+    }
+
+    /// The pool of the longest prefix of `method` (whole dot-separated segments) that has one.
+    private static func innermostPool(around method: String, in pools: [String: WorkerPool]) -> WorkerPool? {
+        var name = Substring(method)
+        while true {
+            if let pool = pools[String(name)] { return pool }
+            guard let dot = name.lastIndex(of: ".") else { return nil }
+            name = name[..<dot]
+        }
+    }
+
+    func updateWorkerPools(_ body: (inout [String: WorkerPool]) -> Void) {
+        self.state.withLock { body(&$0.workerPools) }
+    }
+
+    func workerPool(named prefix: String) -> WorkerPool? {
+        self.state.withLock { $0.workerPools[prefix] }
     }
 
     /// Whether `method` has its own handler (not just the fallback).
