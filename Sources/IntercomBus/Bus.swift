@@ -161,7 +161,23 @@ public struct Bus: Sendable {
         var names = Set(directory.lockedNames())
         let records = directory.entries()
         names.formUnion(records.filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.map { String($0.dropLast(5)) })
-        return names.sorted().compactMap { self.liveRecord($0, in: directory) }
+        let live = names.sorted().compactMap { self.liveRecord($0, in: directory) }
+        self.removeExpiredSuspensions(among: records, except: Set(live.map(\.name)), in: directory)
+        return live
+    }
+
+    /// Removes the suspensions whose time passed with nobody back — under the
+    /// name's lock, so that a suspension being written meanwhile is not lost.
+    private func removeExpiredSuspensions(among entries: [String], except live: Set<String>, in directory: BusDirectory) {
+        for entry in entries where entry.hasSuffix(".suspended") && !entry.hasPrefix(".") {
+            let name = String(entry.dropLast(".suspended".count))
+            guard !live.contains(name), (try? directory.checkServiceName(name)) != nil,
+                ServiceSuspension.read(name, in: directory) == nil,
+                case .acquired(let lock)? = try? NameLock.tryAcquire(directory.lockPath(name), create: true)
+            else { continue }
+            if ServiceSuspension.read(name, in: directory) == nil { ServiceSuspension.remove(name, in: directory) }
+            lock.release()
+        }
     }
 
     /// The record of `name` if a live process serves it and is ready; cleans up
@@ -175,11 +191,7 @@ public struct Bus: Sendable {
             // Nobody holds the lock a service held for its whole life: it is gone,
             // provably. Remove what it left behind (only files of this user's of
             // the kinds the bus writes; anything else stays).
-            var info = stat()
-            let record = directory.recordPath(name)
-            if lstat(record, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() {
-                unlink(record)
-            }
+            directory.removeOwnedFile(directory.recordPath(name))
             try? Self.removeLeftoverSocket(directory.socketPath(name))
             lock.release()
             return nil
@@ -246,6 +258,11 @@ public struct Bus: Sendable {
         let directory = try BusDirectory(path: self.directory, create: false)
         try directory.checkServiceName(name)
         guard self.liveRecord(name, in: directory) != nil else {
+            if let suspension = ServiceSuspension.read(name, in: directory) {
+                throw IntercomError(
+                    .serviceNotFound,
+                    "service '\(name)' on bus \(self.directory) is suspended (pid \(suspension.pid) restarting on purpose, back by \(suspension.until)); connect with a timeout or through a ServiceHandle to wait for it")
+            }
             let live = (try? self.services().map(\.name)) ?? []
             throw IntercomError(
                 .serviceNotFound,

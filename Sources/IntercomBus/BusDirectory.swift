@@ -221,6 +221,15 @@ final class BusDirectory: Sendable {
     func lockPath(_ service: String) -> String { "\(self.base)/\(service).lock" }
     func recordPath(_ service: String) -> String { "\(self.base)/\(service).json" }
 
+    /// Removes `path` if it is what the bus writes — a regular file of this
+    /// user — and leaves anything else alone.
+    func removeOwnedFile(_ path: String) {
+        var info = stat()
+        if lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() {
+            unlink(path)
+        }
+    }
+
     /// The names of the files in the directory.
     func entries() -> [String] {
         (try? FileManager.default.contentsOfDirectory(atPath: self.base)) ?? []

@@ -28,17 +28,18 @@ public final class BusService: Sendable {
     /// The bus.
     public let bus: Bus
 
-    private let listener: PeerListener
+    let listener: PeerListener
     /// Listeners on network addresses besides the name's socket.
-    private let networkListeners: [PeerListener]
+    let networkListeners: [PeerListener]
     private let lock: NameLock
-    private let recordPath: String
+    let recordPath: String
     /// The bus directory, held open: the socket, record and lock are addressed
     /// through it until the service is closed.
-    private let directory: BusDirectory
-    private let state = Locked(State())
+    let directory: BusDirectory
+    let state = Locked(State())
 
-    private struct State {
+    struct State {
+        var suspending = false
         var closed = false
         var finished = false
         var closeWaiters: [UnsafeContinuation<Void, Never>] = []
@@ -119,6 +120,8 @@ public final class BusService: Sendable {
         let recordPath = directory.recordPath(name)
         do {
             try Self.writeRecord(info, to: recordPath, in: directory.base)
+            // Back from a suspension (if there was one): callers waiting for it find this instance.
+            ServiceSuspension.remove(name, in: directory)
         } catch {
             box.set(WeakReference(nil))
             await listener.close()
@@ -135,13 +138,17 @@ public final class BusService: Sendable {
     /// Writes the record beside a temporary name and renames it into place: readers
     /// see no record or a whole one, and the rename never follows a planted symlink.
     private static func writeRecord(_ info: ServiceInfo, to path: String, in directory: String) throws(IntercomError) {
+        try Self.writeJSON(info, to: path, temporary: "\(directory)/.\(info.name).json.\(getpid())")
+    }
+
+    /// Writes `value` as JSON beside `path` and renames it into place.
+    static func writeJSON<Value: Encodable>(_ value: Value, to path: String, temporary: String) throws(IntercomError) {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys]
-        guard let data = try? encoder.encode(info) else {
-            throw IntercomError(.invalidPayload, "cannot encode the service record")
+        guard let data = try? encoder.encode(value) else {
+            throw IntercomError(.invalidPayload, "cannot encode \(path)")
         }
-        let temporary = "\(directory)/.\(info.name).json.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             throw IntercomError(.permissionDenied, "cannot write \(temporary): \(String(cString: strerror(errno)))")
@@ -150,7 +157,7 @@ public final class BusService: Sendable {
         POSIX.close(fd)
         guard written == data.count, rename(temporary, path) == 0 else {
             unlink(temporary)
-            throw IntercomError(.permissionDenied, "cannot write the service record \(path)")
+            throw IntercomError(.permissionDenied, "cannot write \(path)")
         }
     }
 

@@ -15,7 +15,10 @@ internal import Synchronization
 /// Calls pending when the service dies fail with ``IntercomError/Code/peerLost``
 /// (their outcome is unknown, so they are not retried). A call made while the
 /// service is away waits for it until the call's deadline, or fails at once with
-/// `serviceNotFound` if the handle was made with ``WhenAway/failFast``.
+/// `serviceNotFound` if the handle was made with ``WhenAway/failFast``. A
+/// service that suspends to restart (``BusService/suspend(backWithin:drainTimeout:)``)
+/// loses no call: those it received it answers, and those made meanwhile wait
+/// for the next instance and go to it — fail-fast handles too.
 public final class ServiceHandle: Sendable {
     /// What a call does while the service is not running. (A struct, not an
     /// enum: more behaviours may come without breaking a user's `switch`.)
@@ -132,11 +135,23 @@ public final class ServiceHandle: Sendable {
     private func connect(timeout: Duration) async throws(IntercomError) -> Peer {
         if let endpoint = self.endpoint { return try await self.connect(to: endpoint, timeout: timeout) }
         guard let bus = self.bus else { throw IntercomError(.closed, "the handle has neither a bus nor an address") }
-        switch self.whenAway.behaviour {
-        case .failFast:
-            return try await bus.connect(to: self.name, configuration: self.configuration)
-        case .waitUntilDeadline:
-            return try await bus.connect(to: self.name, timeout: timeout, configuration: self.configuration)
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            do {
+                switch self.whenAway.behaviour {
+                case .failFast:
+                    return try await bus.connect(to: self.name, configuration: self.configuration)
+                case .waitUntilDeadline:
+                    return try await bus.connect(to: self.name, timeout: deadline - .now, configuration: self.configuration)
+                }
+            } catch where [.serviceNotFound, .connectionFailed].contains(error.code) && bus.suspension(of: self.name) != nil {
+                // Suspended (restarting on purpose): wait for the next instance, fail-fast or not.
+                // (`connectionFailed`: the old instance stopped accepting between the lookup and the connect.)
+                guard deadline > .now else {
+                    throw IntercomError(.timeout, "service '\(self.name)' is suspended and did not come back within \(timeout)")
+                }
+                _ = try? await bus.waitForService(self.name, timeout: deadline - .now)
+            }
         }
     }
 
@@ -161,14 +176,17 @@ public final class ServiceHandle: Sendable {
         }
     }
 
-    private func lost(_ peer: Peer) {
+    private func lost(_ peer: Peer, suspended: Bool = false) {
         let wasCurrent = self.state.withLock { state -> Bool in
             guard state.peer === peer else { return false }
             state.peer = nil
             return !state.closed
         }
         guard wasCurrent else { return }
-        let reason = IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remote.reportedPID)) went away")
+        let reason =
+            suspended || peer.otherSideSuspends
+            ? IntercomError(.suspended, "service '\(self.name)' (pid \(peer.remote.reportedPID)) suspended to restart")
+            : IntercomError(.peerLost, "service '\(self.name)' (pid \(peer.remote.reportedPID)) went away")
         self.changesContinuation.yield(.lost(pid: peer.remote.reportedPID, reason: reason))
         self.statesContinuation.yield(.lost(reason))
     }
@@ -181,10 +199,17 @@ public final class ServiceHandle: Sendable {
         _ method: String, _ request: Request, returning: Response.Type = Response.self, timeout: Duration? = nil
     ) async throws -> Response {
         let timeout = timeout ?? self.configuration.defaultCallTimeout
-        let start = ContinuousClock.now
-        let peer = try await self.peer(timeout: timeout)
-        let remaining = timeout - (ContinuousClock.now - start)
-        return try await peer.call(method, request, returning: Response.self, timeout: remaining)
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let peer = try await self.peer(timeout: deadline - .now)
+            do {
+                return try await peer.call(method, request, returning: Response.self, timeout: deadline - .now)
+            } catch let error as IntercomError where error.code == .suspended {
+                // Never sent: the service suspended to restart. Make it again on the next instance.
+                self.lost(peer, suspended: true)
+                guard deadline > .now else { throw error }
+            }
+        }
     }
 
     /// Sends a one-way message to whichever process serves the name now.

@@ -426,6 +426,7 @@ func serveOnBus(name: String, directory: String, router: Router, options: Option
     }
     try router.handle(CameraExposureCommand.self) { command, _ in Ack(ok: command.ms > 0, appliedMs: command.ms) }
     try router.handle(SnapshotCommand.self) { _, _ in Int(getpid()) }
+    try registerRestartHandlers(on: router, holder: holder)
     var configuration = configuration
     configuration.name = name
     if options.lifecycle {

@@ -33,6 +33,13 @@ public struct Hello: Hashable, Sendable {
     /// Capability bit 3: this side can receive descriptors once the connection
     /// moved to shared memory (its ring offer then carries a descriptor socket).
     public static let descriptorsCapability: UInt64 = 1 << 3
+    /// Capability bit 4: told that the other side suspends (a `goodbye` with id
+    /// ``suspendingGoodbyeID``), this side makes no more calls on the connection
+    /// and closes it once every call it made is answered.
+    public static let suspendCapability: UInt64 = 1 << 4
+    /// The id of a `goodbye` that says "suspending: I restart on purpose and come
+    /// back; finish your calls and close" (a plain goodbye has id 0).
+    public static let suspendingGoodbyeID: UInt64 = 1
     /// The id of the `sharedMemory` frame that says "ready" (step 1 of the
     /// upgrade, docs/PROTOCOL.md), the one that may still come through the socket's
     /// normal reading.

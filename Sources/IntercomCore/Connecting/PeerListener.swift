@@ -55,6 +55,8 @@ public final class PeerListener: Sendable {
         var open: [ObjectIdentifier: (order: UInt64, peer: Peer)] = [:]
         var nextOrder: UInt64 = 0
         var closed = false
+        /// The socket file was removed by ``stopAccepting()`` (so `close()` leaves the path alone).
+        var stoppedAccepting = false
         var stream: (stream: AsyncStream<Peer>, continuation: AsyncStream<Peer>.Continuation)?
     }
 
@@ -241,21 +243,38 @@ public final class PeerListener: Sendable {
         }
     }
 
+    /// Stops accepting new connections — and removes the socket file — but
+    /// keeps those it accepted (a suspending service lets them finish).
+    public func stopAccepting() async {
+        switch self.acceptor {
+        case .unix(let acceptor):
+            let first = self.accepted.withLock { accepted in
+                defer { accepted.stoppedAccepting = true }
+                return !accepted.stoppedAccepting
+            }
+            await acceptor.stop()
+            if first { unlink(self.path) }
+        case .network(let channel):
+            try? await channel.close().get()
+        }
+    }
+
     /// Stops accepting, closes every connection it accepted — those still in
     /// their handshake too — and removes the socket file. When it returns, no
     /// socket of the listener is open.
     public func close() async {
-        let (peers, stream) = self.accepted.withLock { accepted -> ([Peer], AsyncStream<Peer>.Continuation?) in
+        let (peers, stream, unlinked) = self.accepted.withLock { accepted -> ([Peer], AsyncStream<Peer>.Continuation?, Bool) in
             defer {
                 accepted.closed = true
                 accepted.open = [:]
+                accepted.stoppedAccepting = true
             }
-            return (accepted.open.values.map(\.peer), accepted.stream?.continuation)
+            return (accepted.open.values.map(\.peer), accepted.stream?.continuation, accepted.stoppedAccepting)
         }
         switch self.acceptor {
         case .unix(let acceptor):
             await acceptor.stop()
-            unlink(self.path)
+            if !unlinked { unlink(self.path) }
         case .network(let channel):
             try? await channel.close().get()
         }

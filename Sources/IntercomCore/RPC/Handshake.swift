@@ -49,7 +49,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     private var ownHello: Hello {
-        var capabilities: UInt64 = Hello.streamsCapability | Hello.inputStreamsCapability
+        var capabilities: UInt64 = Hello.streamsCapability | Hello.inputStreamsCapability | Hello.suspendCapability
         if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
         // Descriptors travel on a channel beside a local socket: set up by the
         // shared-memory upgrade, or after the hellos when the connection stays on its socket.

@@ -57,7 +57,11 @@ extension Peer: FrameReceiver {
         case .streamEnd:
             self.endInput(frame)
         case .goodbye:
-            self.withState { $0.goodbyeArrived() }
+            if frame.id == Hello.suspendingGoodbyeID {
+                self.suspensionArrived()
+            } else {
+                self.withState { $0.goodbyeArrived() }
+            }
         case .event:
             self.deliverEvent(frame)
         case .subscribe:

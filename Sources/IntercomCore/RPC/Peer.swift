@@ -63,6 +63,8 @@ public final class Peer: Sendable {
     let remoteSupportsStreams: Bool
     /// Whether the other side understands input streams (client-streaming and bidirectional calls).
     let remoteSupportsInputStreams: Bool
+    /// The other side closes its end by itself once told this side suspends.
+    let remoteSupportsSuspend: Bool
 
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).
@@ -92,6 +94,7 @@ public final class Peer: Sendable {
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.remoteSupportsStreams = remote.capabilities & Hello.streamsCapability != 0
         self.remoteSupportsInputStreams = remote.capabilities & Hello.inputStreamsCapability != 0
+        self.remoteSupportsSuspend = remote.capabilities & Hello.suspendCapability != 0
         self.codec = codec
         self.state = Locked(
             ConnectionStateMachine(
@@ -271,7 +274,13 @@ public final class Peer: Sendable {
     /// - Returns: what crossed the connection in its life (``traffic``), the goodbye included.
     @discardableResult
     public func close() async -> Traffic {
-        let reason = IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remote.name))
+        await self.close(reason: IntercomError(.closed, "this side closed the connection", context: .init(peer: self.remote.name)))
+    }
+
+    /// Closes as ``close()`` does, failing pending calls (and ending the
+    /// connection's state) with `reason`.
+    @discardableResult
+    func close(reason: IntercomError) async -> Traffic {
         if let ending = self.withState({ $0.beginClosing(reason) }) {
             self.failCalls(ending, reason: reason)
             self.transmit(FrameHeader.empty(kind: .goodbye, id: 0))

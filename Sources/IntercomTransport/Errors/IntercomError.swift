@@ -65,6 +65,10 @@ public struct IntercomError: Error, Hashable, Sendable, CustomStringConvertible 
         /// Settings that cannot work (an unreadable certificate file, a key that
         /// does not match, a plain-TCP endpoint without permission to use one).
         public static let invalidConfiguration = Code("invalidConfiguration")
+        /// The service is suspended — restarting on purpose — and the call was not
+        /// sent to it: it never ran, so it is safe to make again (a `ServiceHandle`
+        /// does, to the instance that comes back).
+        public static let suspended = Code("suspended")
 
         /// The code's name.
         public var description: String { self.name }

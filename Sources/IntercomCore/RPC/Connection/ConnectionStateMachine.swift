@@ -37,6 +37,8 @@ package struct ConnectionStateMachine {
     package private(set) var outbound = OutboundCalls()
     package private(set) var inbound: InboundCalls
     private var goodbyeReceived = false
+    /// Set when the other side said it suspends: calls are refused with this.
+    private var suspension: IntercomError?
     private var closeWaiters: [CloseWaiter] = []
     /// This side's subscriptions to the other side's events: topic → queues
     /// (ConnectionStateMachine+Subscriptions.swift).
@@ -74,7 +76,7 @@ package struct ConnectionStateMachine {
 
     /// This side makes call `id` (refused if its task was already cancelled).
     package mutating func registerCall(_ id: UInt64, _ call: PendingCall) -> CallRegistration {
-        if let reason = self.endReason { return .refuse(reason) }
+        if let reason = self.endReason ?? self.suspension { return .refuse(reason) }
         if call.isCancelled { return .cancelled }
         return .send(armTimerAt: self.outbound.register(id, call))
     }
@@ -162,6 +164,17 @@ package struct ConnectionStateMachine {
     package mutating func goodbyeArrived() {
         self.goodbyeReceived = true
     }
+
+    /// The other side suspends (restarts on purpose): refuse calls from now on
+    /// with `reason`. False if it had already said so, or the connection is ending.
+    package mutating func suspensionArrived(_ reason: IntercomError) -> Bool {
+        guard case .open = self.phase, self.suspension == nil else { return false }
+        self.suspension = reason
+        return true
+    }
+
+    /// Whether the other side said it suspends.
+    package var otherSideSuspends: Bool { self.suspension != nil }
 
     /// This side closes (`reason` is `closed`) or found the other side broke the
     /// protocol (`reason` says how). Returns the calls to fail, or nil if the
