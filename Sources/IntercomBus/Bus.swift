@@ -26,6 +26,10 @@ internal import Darwin
 public struct Bus: Sendable {
     /// The bus directory.
     public let directory: String
+    /// How to start services that are not running when asked for, by name
+    /// (``ServiceActivation``): ``connect(to:router:configuration:)``, its
+    /// waiting form and ``ServiceHandle``s made from this value start them.
+    public var activations: [String: ServiceActivation] = [:]
 
     /// The bus named `name` (default `default`), in `$INTERCOM_BUS_DIR`, else
     /// `$XDG_RUNTIME_DIR/intercom/<name>`, else `/tmp/intercom-<uid>/<name>`.
@@ -182,7 +186,7 @@ public struct Bus: Sendable {
 
     /// The record of `name` if a live process serves it and is ready; cleans up
     /// after a dead one.
-    private func liveRecord(_ name: String, in directory: BusDirectory) -> ServiceInfo? {
+    func liveRecord(_ name: String, in directory: BusDirectory) -> ServiceInfo? {
         let lockPath = directory.lockPath(name)
         switch try? NameLock.tryAcquire(lockPath, create: false) {
         case .held?:
@@ -242,7 +246,8 @@ public struct Bus: Sendable {
         }
     }
 
-    /// Connects to the live service `name`.
+    /// Connects to the live service `name` — started first, and waited for, if it
+    /// is absent and has an activation (``activations``).
     ///
     /// - Throws: ``IntercomError/Code/serviceNotFound`` (naming the services that
     ///   are live) if nobody serves it; `permissionDenied` if it refuses this user.
@@ -257,6 +262,7 @@ public struct Bus: Sendable {
         // descriptor), so the path cannot be swapped in between.
         let directory = try BusDirectory(path: self.directory, create: false)
         try directory.checkServiceName(name)
+        if self.shouldActivate(name, in: directory) { try await self.activate(name) }
         guard self.liveRecord(name, in: directory) != nil else {
             if let suspension = ServiceSuspension.read(name, in: directory) {
                 throw IntercomError(
@@ -285,7 +291,11 @@ public struct Bus: Sendable {
         to name: String, timeout: Duration, router: Router? = nil,
         configuration: Peer.Configuration = Peer.Configuration()
     ) async throws(IntercomError) -> Peer {
-        _ = try await self.waitForService(name, timeout: timeout)
+        if self.activations[name] != nil, (try? self.service(named: name)) == nil {
+            try await self.activate(name, timeout: timeout)
+        } else {
+            _ = try await self.waitForService(name, timeout: timeout)
+        }
         return try await self.connect(to: name, router: router, configuration: configuration)
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Intercom
 
 /// `--bus NAME` and the TLS files, shared by every command that talks to a
@@ -15,6 +16,8 @@ struct BusOptions: ParsableArguments {
     var tlsCA: String?
     @Flag(help: "Allow tcp:// addresses: plain TCP, neither encrypted nor authenticated.")
     var allowPlainTCP = false
+    @Option(help: "JSON file of services to start when asked for and absent: {\"NAME\": {\"executable\": \"/path\", \"arguments\": [...]}}. INTERCOM_ACTIVATIONS, if set, names one too.")
+    var activations: String?
 
     func validate() throws {
         let given = [self.tlsCertificate, self.tlsKey, self.tlsCA].compactMap { $0 }.count
@@ -26,7 +29,13 @@ struct BusOptions: ParsableArguments {
         }
     }
 
-    func resolve() throws(IntercomError) -> Bus { try Bus(self.bus) }
+    func resolve() throws(IntercomError) -> Bus {
+        var bus = try Bus(self.bus)
+        if let file = self.activations ?? ProcessInfo.processInfo.environment["INTERCOM_ACTIVATIONS"] {
+            try bus.loadActivations(fromFile: file)
+        }
+        return bus
+    }
 
     /// A configuration with the TLS files and the plain-TCP permission given.
     func configuration() throws(IntercomError) -> Peer.Configuration {

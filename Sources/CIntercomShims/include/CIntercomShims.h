@@ -46,6 +46,13 @@ void c_intercom_readiness_set(int fd);
 /// Makes the eventfd `fd` not readable (reads its counter to 0).
 void c_intercom_readiness_clear(int fd);
 
+/// posix_spawn(3) of `path` in a session of its own (POSIX_SPAWN_SETSID where
+/// the platform has it: a terminal's Ctrl-C does not reach it), stdin from
+/// /dev/null, stdout and stderr appended to `output` (or /dev/null if NULL),
+/// signal mask empty and the usual signals at their defaults. Returns 0 and
+/// sets *pid, or an errno value.
+int c_intercom_spawn_session(const char *path, char *const argv[], char *const envp[], const char *output, int *pid);
+
 /// Names the calling thread for the kernel (ps, top, /proc/PID/task/TID/comm).
 void c_intercom_name_this_thread(const char *name);
 

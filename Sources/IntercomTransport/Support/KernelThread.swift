@@ -23,7 +23,7 @@ package enum KernelThread {
     /// /proc show; at most 15 bytes are kept) that runs `body` and ends.
     ///
     /// - Throws: ``IntercomError`` `connectionFailed` if the system has no thread to give.
-    static func start(named name: String, _ body: @escaping @Sendable () -> Void) throws(IntercomError) {
+    package static func start(named name: String, _ body: @escaping @Sendable () -> Void) throws(IntercomError) {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }
