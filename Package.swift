@@ -119,7 +119,7 @@ let package = Package(
         // What users import: every layer above the wire, re-exported.
         .target(
             name: "Intercom",
-            dependencies: ["IntercomTransport", "IntercomCore", "IntercomBus", "IntercomProcesses", "IntercomActors"],
+            dependencies: ["IntercomWire", "IntercomTransport", "IntercomCore", "IntercomBus", "IntercomProcesses", "IntercomActors"],
             swiftSettings: swiftSettings
         ),
         // For users' tests: two peers in one process with virtual time and faults,

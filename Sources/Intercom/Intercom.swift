@@ -5,3 +5,8 @@
 @_exported public import IntercomCore
 @_exported public import IntercomProcesses
 @_exported public import IntercomTransport
+// From the wire module, what users write themselves: a codec of their own and
+// the input limits it is given. (The rest of the wire is not API.)
+@_exported public import protocol IntercomWire.CustomPayloadCodec
+@_exported public import struct IntercomWire.WireLimits
+@_exported public import struct IntercomWire.CodecID

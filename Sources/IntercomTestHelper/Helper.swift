@@ -27,6 +27,7 @@ struct Options {
     var stall = false
     var stdio = false
     var handlerOnConnectionThread = false
+    var customCodec = false
     /// Serve on a bus instead of connecting to the test: `--serve NAME --bus DIR`.
     var serveName: String?
     var busDirectory: String?
@@ -85,6 +86,7 @@ struct Options {
             case "--stall": self.stall = true
             case "--stdio": self.stdio = true
             case "--connection-thread": self.handlerOnConnectionThread = true
+            case "--custom-codec": self.customCodec = true
             case "--serve": self.serveName = iterator.next()
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
@@ -326,6 +328,7 @@ struct Helper {
         configuration.remoteErrors.register(HelperError.self)
         if options.stall { configuration.inboxCapacity = 16 }
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
+        if options.customCodec { configuration.customCodecs = [MarkedJSONCodec()] }
         if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
         if let messages = options.inboxMessages { configuration.inboxCapacity = messages }
         if let bytes = options.inboxBytes { configuration.inboxByteCapacity = bytes }

@@ -9,12 +9,16 @@ public struct CodecID: Hashable, Sendable, CustomStringConvertible {
     public static let binary = CodecID(rawValue: 1)
     /// JSON (`Foundation.JSONEncoder`): for debugging, the CLI and other languages.
     public static let json = CodecID(rawValue: 2)
+    /// A codec named in the hello (``CustomPayloadCodec``): as a preferred codec,
+    /// "my custom codecs, in the order listed after my name".
+    public static let custom = CodecID(rawValue: 0)
 
     /// The codec's name (`binary`, `json`).
     public var description: String {
         switch self {
         case .binary: "binary"
         case .json: "json"
+        case .custom: "custom"
         default: "codec(\(self.rawValue))"
         }
     }

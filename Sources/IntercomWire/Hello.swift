@@ -46,6 +46,15 @@ public struct Hello: Hashable, Sendable {
     public static let sharedMemoryReadyID: UInt64 = 1
     /// The sender's name: a service name, a role, or the executable's name.
     public var name: String
+    /// The names of the sender's custom codecs (``CustomPayloadCodec``), most
+    /// preferred first; sent after the name only when there are any (a peer
+    /// that knows nothing of them ignores the trailing bytes).
+    public var customCodecs: [String] = []
+
+    /// At most this many custom codec names in a hello, each at most ``maxCustomCodecNameLength`` bytes.
+    public static let maxCustomCodecs = 8
+    /// Longest custom codec name, in UTF-8 bytes.
+    public static let maxCustomCodecNameLength = 64
 
     /// Creates a hello.
     public init(
@@ -85,6 +94,15 @@ public struct Hello: Hashable, Sendable {
         let name = self.name.utf8.count <= Self.maxNameLength ? self.name : String(self.name.prefix(256))
         buffer.writeInteger(UInt16(name.utf8.count), endianness: .little)
         buffer.writeString(name)
+        let custom = self.customCodecs.filter { !$0.isEmpty && $0.utf8.count <= Self.maxCustomCodecNameLength }
+            .prefix(Self.maxCustomCodecs)
+        if !custom.isEmpty {
+            buffer.writeInteger(UInt8(custom.count))
+            for codec in custom {
+                buffer.writeInteger(UInt8(codec.utf8.count))
+                buffer.writeString(codec)
+            }
+        }
     }
 
     /// Parses a hello payload.
@@ -112,10 +130,27 @@ public struct Hello: Hashable, Sendable {
         }
         var codecs = Set<CodecID>()
         for bit in 0..<8 where mask & (1 << bit) != 0 { codecs.insert(CodecID(rawValue: UInt8(bit))) }
+        var custom: [String] = []
+        if let count = buffer.readInteger(as: UInt8.self) {
+            guard count >= 1, Int(count) <= Self.maxCustomCodecs else {
+                throw ProtocolError(.malformedHandshake, "hello lists \(count) custom codecs (1 to \(Self.maxCustomCodecs) allowed)")
+            }
+            for _ in 0..<count {
+                guard let length = buffer.readInteger(as: UInt8.self), length >= 1,
+                    Int(length) <= Self.maxCustomCodecNameLength,
+                    let bytes = buffer.readSlice(length: Int(length)),
+                    let codec = String(validating: bytes.readableBytesView, as: UTF8.self)
+                else {
+                    throw ProtocolError(.malformedHandshake, "hello's custom codec names do not parse (1 to \(Self.maxCustomCodecNameLength) bytes of UTF-8 each)")
+                }
+                custom.append(codec)
+            }
+        }
         self.init(
             minVersion: minVersion, maxVersion: maxVersion, preferredCodec: CodecID(rawValue: preferred),
             supportedCodecs: codecs, maxFrameSize: maxFrameSize, pid: pid, capabilities: capabilities, name: name
         )
+        self.customCodecs = custom
     }
 
     /// What two hellos agree on.
@@ -124,12 +159,16 @@ public struct Hello: Hashable, Sendable {
         public var version: UInt8
         /// The payload codec both use.
         public var codec: CodecID
+        /// The custom codec's name, when ``codec`` is ``CodecID/custom``.
+        public var customCodec: String? = nil
     }
 
     /// The version and codec this side and `other` agree on; both sides compute the same.
     ///
-    /// Codec rule: if both prefer the same codec, that one; otherwise the lowest
-    /// numbered codec both support (binary before JSON).
+    /// Codec rule: if both prefer custom codecs (``CodecID/custom``) and list a
+    /// name in common, the common name furthest up both lists; otherwise, if both
+    /// prefer the same built-in codec, that one; otherwise the lowest numbered
+    /// built-in codec both support (binary before JSON).
     /// - Throws: ``ProtocolError/Code/incompatiblePeer`` naming both sides' offers.
     public func negotiate(with other: Hello) throws(ProtocolError) -> Agreement {
         let high = min(self.maxVersion, other.maxVersion)
@@ -138,6 +177,16 @@ public struct Hello: Hashable, Sendable {
                 .incompatiblePeer,
                 "no common protocol version: this side speaks \(self.minVersion)...\(self.maxVersion), peer '\(other.name)' (pid \(other.pid)) speaks \(other.minVersion)...\(other.maxVersion); upgrade the older side"
             )
+        }
+        // Custom codecs only when both sides prefer theirs: the shared name that is
+        // furthest up both lists (ties: the first by name), the same from either side.
+        if self.preferredCodec == .custom, other.preferredCodec == .custom {
+            let shared = self.customCodecs.enumerated().compactMap { index, name -> (rank: Int, name: String)? in
+                other.customCodecs.firstIndex(of: name).map { (max(index, $0), name) }
+            }
+            if let pick = shared.min(by: { $0.rank != $1.rank ? $0.rank < $1.rank : $0.name < $1.name }) {
+                return Agreement(version: high, codec: .custom, customCodec: pick.name)
+            }
         }
         let common = self.supportedCodecs.intersection(other.supportedCodecs)
         let codec: CodecID

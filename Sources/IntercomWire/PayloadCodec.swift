@@ -5,19 +5,45 @@ internal import FoundationEssentials
 internal import Foundation
 #endif
 
-/// Turns `Codable` values into payload bytes and back: the binary coder or JSON.
+/// Turns `Codable` values into payload bytes and back: the binary coder, JSON,
+/// or a codec of the user's (``CustomPayloadCodec``).
 ///
 /// Chosen per connection in the handshake. Both enforce ``WireLimits`` on input
 /// (the binary coder field by field; JSON through the frame size limit and
 /// Foundation's own nesting limit).
-public struct PayloadCodec: Sendable {
-    private enum Kind: Sendable { case binary, json }
+public struct PayloadCodec: Sendable, Equatable {
+    /// A custom codec is an index into ``CustomCodecRegistry``: the value stays
+    /// trivially copyable, so the built-in codecs pay nothing for custom ones.
+    private enum Kind: Sendable, Equatable { case binary, json, custom(Int) }
     private let kind: Kind
     /// The limits enforced when decoding.
     public var limits: WireLimits
 
-    /// The codec's identifier in the handshake.
-    public var id: CodecID { self.kind == .binary ? .binary : .json }
+    /// The codec's identifier in the handshake (``CodecID/custom`` for any custom codec).
+    public var id: CodecID {
+        switch self.kind {
+        case .binary: .binary
+        case .json: .json
+        case .custom: .custom
+        }
+    }
+
+    /// The codec's name: `binary`, `json`, or the custom codec's ``CustomPayloadCodec/name``.
+    public var name: String {
+        switch self.kind {
+        case .binary: "binary"
+        case .json: "json"
+        case .custom(let index): CustomCodecRegistry.codec(at: index).name
+        }
+    }
+
+    /// A custom codec (see ``CustomPayloadCodec``).
+    public static func custom(_ codec: any CustomPayloadCodec, limits: WireLimits = .defaults) -> PayloadCodec {
+        PayloadCodec(kind: .custom(CustomCodecRegistry.index(of: codec)), limits: limits)
+    }
+
+    /// Same codec (the limits are not compared).
+    public static func == (lhs: PayloadCodec, rhs: PayloadCodec) -> Bool { lhs.kind == rhs.kind }
 
     /// The compact binary coder (``BinaryEncoder``/``BinaryDecoder``).
     public static func binary(limits: WireLimits = .defaults) -> PayloadCodec { PayloadCodec(kind: .binary, limits: limits) }
@@ -49,6 +75,8 @@ public struct PayloadCodec: Sendable {
             encoder.dateEncodingStrategy = .iso8601
             encoder.outputFormatting = [.sortedKeys]
             buffer.writeBytes(try encoder.encode(value))
+        case .custom(let index):
+            try CustomCodecRegistry.codec(at: index).encode(value, into: &buffer)
         }
     }
 
@@ -62,6 +90,8 @@ public struct PayloadCodec: Sendable {
             let decoder = JSONDecoder()
             decoder.dateDecodingStrategy = .iso8601
             return try decoder.decode(T.self, from: Data(buffer.readableBytesView))
+        case .custom(let index):
+            return try CustomCodecRegistry.codec(at: index).decode(T.self, from: buffer, limits: self.limits)
         }
     }
 }

@@ -61,14 +61,17 @@ import Testing
             var maxFrameSize, pid: UInt32?
             var capabilities: UInt64?
             var name: String?
+            var customCodecs: [String]?
 
             var hello: Hello {
-                Hello(
+                var hello = Hello(
                     minVersion: self.minVersion, maxVersion: self.maxVersion,
                     preferredCodec: CodecID(rawValue: self.preferredCodec),
                     supportedCodecs: Set((0..<8).filter { self.codecMask & (1 << $0) != 0 }.map { CodecID(rawValue: UInt8($0)) }),
                     maxFrameSize: self.maxFrameSize ?? 1 << 20, pid: self.pid ?? 1, capabilities: self.capabilities ?? 0,
                     name: self.name ?? "side")
+                hello.customCodecs = self.customCodecs ?? []
+                return hello
             }
         }
         struct Valid: Decodable {
@@ -80,6 +83,7 @@ import Testing
             var name: String
             var a, b: Fields
             var version, codec: UInt8?
+            var customCodec: String?
             var error: String?
         }
         struct Invalid: Decodable { var name, hex: String }
@@ -120,6 +124,7 @@ import Testing
                     let agreement = try this.negotiate(with: other)
                     #expect(agreement.version == vector.version, "\(vector.name)")
                     #expect(agreement.codec.rawValue == vector.codec, "\(vector.name)")
+                    #expect(agreement.customCodec == vector.customCodec, "\(vector.name)")
                 }
             }
         }

@@ -54,12 +54,23 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         // Descriptors travel on a channel beside a local socket: set up by the
         // shared-memory upgrade, or after the hellos when the connection stays on its socket.
         if self.offersDescriptors { capabilities |= Hello.descriptorsCapability }
-        return Hello(
-            preferredCodec: self.configuration.preferredCodec,
+        var hello = Hello(
+            preferredCodec: self.configuration.customCodecs.isEmpty ? self.configuration.preferredCodec : .custom,
             maxFrameSize: UInt32(clamping: self.configuration.limits.maxFrameSize),
             pid: UInt32(bitPattern: getpid()),
             capabilities: capabilities,
             name: self.configuration.name)
+        hello.customCodecs = self.configuration.customCodecs.map(\.name)
+        return hello
+    }
+
+    /// The codec the hellos agreed on, as this side implements it.
+    private func codec(for agreement: Hello.Agreement) -> PayloadCodec? {
+        if let name = agreement.customCodec {
+            return self.configuration.customCodecs.first { $0.name == name }
+                .map { PayloadCodec.custom($0, limits: self.configuration.limits) }
+        }
+        return PayloadCodec(id: agreement.codec, limits: self.configuration.limits)
     }
 
     func transportActive() {
@@ -91,8 +102,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
             do throws(ProtocolError) {
                 let remote = try Hello(from: frame.payload)
                 let agreement = try self.ownHello.negotiate(with: remote)
-                guard let codec = PayloadCodec(id: agreement.codec, limits: self.configuration.limits) else {
-                    throw ProtocolError(.incompatiblePeer, "agreed codec \(agreement.codec) is not available")
+                guard let codec = self.codec(for: agreement) else {
+                    throw ProtocolError(.incompatiblePeer, "agreed codec \(agreement.customCodec ?? agreement.codec.description) is not available")
                 }
                 if self.startUpgrade(remote: remote, codec: codec) { return }
                 if self.startDescriptorChannel(remote: remote, codec: codec) { return }

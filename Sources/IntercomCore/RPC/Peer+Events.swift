@@ -80,14 +80,14 @@ extension Peer {
         var report = PublishReport()
         // Encoded once, with the codec of the first binary subscriber; subscribers
         // that want JSON or agreed on another codec get their own encoding.
-        var shared: (codec: CodecID, payload: ByteBuffer)?
+        var shared: (codec: PayloadCodec, payload: ByteBuffer)?
         for peer in peers {
             guard let json = peer.subscriptionFormat(for: topic) else { continue }
             let outcome: PublishOutcome
-            if json || (shared.map { $0.codec != peer.codec.id } ?? false) {
+            if json || (shared.map { $0.codec != peer.codec } ?? false) {
                 outcome = try peer.publish(topic, value)
             } else {
-                if shared == nil { shared = (peer.codec.id, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
+                if shared == nil { shared = (peer.codec, try Peer.encodeEvent(value, with: peer.codec, topic: topic)) }
                 outcome = try peer.publishEncoded(topic, payload: shared!.payload)
             }
             let label = "\(peer.remote.name) (pid \(peer.remote.reportedPID))"

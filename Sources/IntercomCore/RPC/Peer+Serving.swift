@@ -155,7 +155,7 @@ extension Peer {
     /// A call that came in another codec than the connection's (a JSON call,
     /// see `callJSON`) is answered in it, reply or error, and the frame says so.
     func answerFlags(for codec: PayloadCodec) -> FrameFlags {
-        codec.id == self.codec.id ? [] : .jsonPayload
+        codec == self.codec ? [] : .jsonPayload
     }
 
     /// A handler stopped by its deadline answers `timeout`, not `cancelled`: the

@@ -51,6 +51,11 @@ extension Peer {
         public var limits: WireLimits = .defaults
         /// The codec this side prefers; the handshake settles on one both speak.
         public var preferredCodec: CodecID = .binary
+        /// Codecs of your own (``CustomPayloadCodec``), most preferred first (at
+        /// most 8). When both sides list one, the connection uses it — the name
+        /// furthest up both lists — instead of ``preferredCodec``; when they share
+        /// none, the built-in codecs are negotiated as usual.
+        public var customCodecs: [any CustomPayloadCodec] = []
         /// How long the handshake may take: 10 seconds.
         public var handshakeTimeout: Duration = .seconds(10)
         /// Where handlers run: ``HandlerExecution/concurrencyPool`` by default.
