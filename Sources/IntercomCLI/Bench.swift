@@ -48,6 +48,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Messages (items) per send(contentsOf:) in the second S2 (S6) line.") var batch: Int = 64
     @Option(help: "MiB of each side's shared-memory buffer pool for frames of 64 KiB or more (0: none, they go through the ring).")
     var bufferPoolMib: Int = 32
+    @Option(help: "Compress this side's payloads of at least this many bytes (deflate, level 1): see S3's text and random lines.")
+    var compressAbove: Int?
 
     func validate() throws {
         guard self.scale.isFinite, self.scale >= 0.001, self.scale <= 1000 else {
@@ -59,7 +61,8 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let child = try await BenchChild.spawn(self.transport, bufferPoolMib: self.bufferPoolMib)
+        let compression = self.compressAbove.map { Compression.deflate(threshold: $0) } ?? .off
+        let child = try await BenchChild.spawn(self.transport, bufferPoolMib: self.bufferPoolMib, compression: compression)
         let peer = child.peer
         let name = "intercom-\(self.transport.rawValue)"
         let scenarios: [Scenario] = self.scenario == .all ? [.S1, .S2, .S3, .S4, .S5, .S6] : [self.scenario]
@@ -89,6 +92,16 @@ struct Bench: AsyncParsableCommand {
                     emit(
                         try await s3(
                             peer, name: "\(name)-bytebuffer", n: self.count(500), payload: ByteBuffer(repeating: 0x62, count: 1 << 20)))
+                    // Log-like text (compresses ~30×) and random bytes (does not): what
+                    // --compress-above does to data that shrinks and to data that does not.
+                    let deflate = compression.isEnabled ? "-deflate\(compression.threshold)" : ""
+                    progress("running S3 with text and random payloads\(deflate.isEmpty ? "" : ", compressed") \(over)…")
+                    let line = Array("timestamp=1732790000 level=info camera=3 exposure_ms=12 gain=1.5 status=ok\n".utf8)
+                    let text = (0..<(1 << 20)).map { line[$0 % line.count] }
+                    emit(try await s3(peer, name: "\(name)-text\(deflate)", n: self.count(200), payload: text))
+                    var generator = SystemRandomNumberGenerator()
+                    let random = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                    emit(try await s3(peer, name: "\(name)-random\(deflate)", n: self.count(200), payload: random))
                 case .S4:
                     emit(try await s4(peer, name: name, n: self.count(100_000)))
                 case .S5:
@@ -284,9 +297,10 @@ struct BenchChild {
     /// The listener the `tcp`/`tls` child connected to.
     var listener: PeerListener? = nil
 
-    static func spawn(_ transport: Bench.Transport, bufferPoolMib: Int) async throws -> BenchChild {
+    static func spawn(_ transport: Bench.Transport, bufferPoolMib: Int, compression: Compression = .off) async throws -> BenchChild {
         let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
         var configuration = Peer.Configuration(name: "intercom-bench")
+        configuration.compression = compression
         configuration.handlerExecution = .connectionThread
         // The socket kinds measure the socket: this side does not offer shared memory.
         configuration.sharedMemory.isEnabled = transport == .shm

@@ -28,6 +28,7 @@ struct Options {
     var stdio = false
     var handlerOnConnectionThread = false
     var customCodec = false
+    var compressAbove: Int?
     /// Serve on a bus instead of connecting to the test: `--serve NAME --bus DIR`.
     var serveName: String?
     var busDirectory: String?
@@ -87,6 +88,7 @@ struct Options {
             case "--stdio": self.stdio = true
             case "--connection-thread": self.handlerOnConnectionThread = true
             case "--custom-codec": self.customCodec = true
+            case "--compress": self.compressAbove = Int(iterator.next() ?? "")
             case "--serve": self.serveName = iterator.next()
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
@@ -329,6 +331,7 @@ struct Helper {
         if options.stall { configuration.inboxCapacity = 16 }
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
         if options.customCodec { configuration.customCodecs = [MarkedJSONCodec()] }
+        if let threshold = options.compressAbove { configuration.compression = .deflate(threshold: threshold) }
         if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
         if let messages = options.inboxMessages { configuration.inboxCapacity = messages }
         if let bytes = options.inboxBytes { configuration.inboxByteCapacity = bytes }

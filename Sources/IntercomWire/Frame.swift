@@ -28,6 +28,9 @@ public struct FrameFlags: OptionSet, Hashable, Sendable {
     /// Descriptors travel with the frame, beside its bytes (docs/PROTOCOL.md,
     /// "Descriptors"); its payload names them by index.
     public static let descriptors = FrameFlags(rawValue: 1 << 6)
+    /// The payload is compressed (raw deflate, RFC 1951); sent only to a peer
+    /// whose hello set ``Hello/compressionCapability`` (docs/PROTOCOL.md, "Compression").
+    public static let compressed = FrameFlags(rawValue: 1 << 7)
 }
 
 /// One decoded frame: the fixed header's fields, the parsed header extension
@@ -92,7 +95,8 @@ public enum FrameHeader {
     /// Where a frame under construction started, so its payload length can be patched in.
     public struct Mark: Sendable {
         let start: Int
-        let payloadStart: Int
+        /// Where the payload begins in the buffer.
+        public let payloadStart: Int
     }
 
     /// Writes the fixed header and extension of a frame, leaving the payload
@@ -151,6 +155,17 @@ public enum FrameHeader {
         let length = buffer.writerIndex - mark.payloadStart
         buffer.setInteger(UInt32(truncatingIfNeeded: length), at: mark.start + 16, endianness: .little)
         return length
+    }
+
+    /// Replaces the payload written since `mark` with `payload`, adds `flags`
+    /// to the header, and sets the length: for a payload transformed after
+    /// it was written (compressed).
+    public static func replacePayload(_ mark: Mark, in buffer: inout ByteBuffer, with payload: ByteBuffer, adding flags: FrameFlags) {
+        buffer.moveWriterIndex(to: mark.payloadStart)
+        buffer.writeImmutableBuffer(payload)
+        let old = buffer.getInteger(at: mark.start + 4, endianness: .little, as: UInt16.self) ?? 0
+        buffer.setInteger(old | flags.rawValue, at: mark.start + 4, endianness: .little)
+        Self.finish(mark, in: &buffer)
     }
 
     /// A frame with no payload and no extension (cancel, ping, pong, goodbye, empty reply).

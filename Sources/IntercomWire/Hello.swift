@@ -37,6 +37,9 @@ public struct Hello: Hashable, Sendable {
     /// ``suspendingGoodbyeID``), this side makes no more calls on the connection
     /// and closes it once every call it made is answered.
     public static let suspendCapability: UInt64 = 1 << 4
+    /// Capability bit 5: this side reads frames flagged ``FrameFlags/compressed``
+    /// (raw deflate), whose decompressed payload is bounded by its maximum frame size.
+    public static let compressionCapability: UInt64 = 1 << 5
     /// The id of a `goodbye` that says "suspending: I restart on purpose and come
     /// back; finish your calls and close" (a plain goodbye has id 0).
     public static let suspendingGoodbyeID: UInt64 = 1

@@ -49,7 +49,8 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
     }
 
     private var ownHello: Hello {
-        var capabilities: UInt64 = Hello.streamsCapability | Hello.inputStreamsCapability | Hello.suspendCapability
+        var capabilities: UInt64 =
+            Hello.streamsCapability | Hello.inputStreamsCapability | Hello.suspendCapability | Hello.compressionCapability
         if self.offersSharedMemory { capabilities |= Hello.sharedMemoryCapability }
         // Descriptors travel on a channel beside a local socket: set up by the
         // shared-memory upgrade, or after the hellos when the connection stays on its socket.

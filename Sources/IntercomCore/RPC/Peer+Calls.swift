@@ -148,7 +148,14 @@ extension Peer {
         } catch {
             throw IntercomError(.invalidPayload, "\(Value.self) does not encode: \(error)", context: context, cause: error)
         }
-        let length = FrameHeader.finish(mark, in: &buffer)
+        var length = FrameHeader.finish(mark, in: &buffer)
+        // Stream items stay as they are: their flow control counts the bytes on the wire.
+        if length >= self.compressionThreshold, kind != .streamItem,
+            let compressed = self.configuration.compression.compress(buffer.getSlice(at: mark.payloadStart, length: length)!)
+        {
+            FrameHeader.replacePayload(mark, in: &buffer, with: compressed, adding: .compressed)
+            length = compressed.readableBytes
+        }
         try self.checkPayloadLength(length, of: kind, context: context)
     }
 

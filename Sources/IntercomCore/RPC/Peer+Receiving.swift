@@ -26,6 +26,15 @@ extension Peer: FrameReceiver {
 
     func receive(_ frame: consuming Frame) {
         self.arrivals.count(frame)
+        if frame.flags.contains(.compressed) {
+            do {
+                frame.payload = try Compression.decompress(frame.payload, limit: self.configuration.limits.maxFrameSize)
+                frame.flags.remove(.compressed)
+            } catch {
+                self.violated(error)
+                return
+            }
+        }
         if frame.kind == .streamItem {
             self.collectStreamItem(frame)
             return

@@ -65,6 +65,9 @@ public final class Peer: Sendable {
     let remoteSupportsInputStreams: Bool
     /// The other side closes its end by itself once told this side suspends.
     let remoteSupportsSuspend: Bool
+    /// Payloads at least this long are compressed (`Int.max`: none are —
+    /// compression is off here or the other side cannot read it).
+    let compressionThreshold: Int
 
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).
@@ -95,6 +98,9 @@ public final class Peer: Sendable {
         self.remoteSupportsStreams = remote.capabilities & Hello.streamsCapability != 0
         self.remoteSupportsInputStreams = remote.capabilities & Hello.inputStreamsCapability != 0
         self.remoteSupportsSuspend = remote.capabilities & Hello.suspendCapability != 0
+        self.compressionThreshold =
+            configuration.compression.isEnabled && remote.capabilities & Hello.compressionCapability != 0
+            ? configuration.compression.threshold : .max
         self.codec = codec
         self.state = Locked(
             ConnectionStateMachine(

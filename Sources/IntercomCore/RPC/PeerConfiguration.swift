@@ -51,6 +51,9 @@ extension Peer {
         public var limits: WireLimits = .defaults
         /// The codec this side prefers; the handshake settles on one both speak.
         public var preferredCodec: CodecID = .binary
+        /// Whether payloads this side sends are compressed: off by default (on one
+        /// host, compressing costs more than the copy it saves). See ``Compression``.
+        public var compression: Compression = .off
         /// Codecs of your own (``CustomPayloadCodec``), most preferred first (at
         /// most 8). When both sides list one, the connection uses it — the name
         /// furthest up both lists — instead of ``preferredCodec``; when they share
