@@ -16,12 +16,14 @@ func registerRestartHandlers(on router: Router, holder: ServiceHolder) throws {
     try router.register("restart.release") { (_: Int, _: CallContext) in await gate.release() }
     // Suspends (coming back within the given milliseconds) once the reply is queued;
     // the process then exits as after a quit.
+    // guide: suspend
     try router.register("restart.suspend") { (milliseconds: Int, context: CallContext) -> Bool in
         context.afterReply {
             try? await holder.service?.suspend(backWithin: .milliseconds(milliseconds), drainTimeout: .seconds(30))
         }
         return true
     }
+    // end guide
 }
 
 private actor HoldGate {

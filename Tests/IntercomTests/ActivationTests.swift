@@ -12,9 +12,11 @@ import Testing
         try await withResourceCheck {
             try await withTemporaryBus { temporary in
                 var bus = temporary.bus
+                // guide: activation
                 bus.activations["lazy"] = ServiceActivation(
                     executable: ChildProcess.helperPath, arguments: ["--serve", "lazy", "--bus", temporary.directory],
                     environment: ["SWIFT_BACKTRACE": "enable=no"], startTimeout: .seconds(30))
+                // end guide
                 #expect(try bus.services().isEmpty)
                 let activating = bus
 
