@@ -16,6 +16,10 @@ internal import NIOCore
 ///
 /// Calls, replies, errors and one-way messages are compressed; stream items
 /// are not (their flow control counts the bytes on the wire), nor are events.
+///
+/// Under TLS, a compressed frame's size depends on its content: do not compress
+/// payloads that mix a secret with data an attacker chooses (the CRIME/BREACH
+/// attacks; docs/DEPLOYMENT.md, section 4).
 public struct Compression: Sendable, Hashable {
     /// Whether payloads are compressed at all.
     public var isEnabled: Bool
