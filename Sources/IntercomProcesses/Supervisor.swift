@@ -104,8 +104,15 @@ public final class Supervisor: Sendable {
         var endWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
+    /// Where restarts are counted (`intercom_worker_restarts`, dimension `worker`).
+    private let metrics: MetricsReporting
+
     /// Creates a supervisor with no workers.
-    public init() {
+    ///
+    /// - Parameter metrics: report each restart through swift-metrics
+    ///   (``MetricsReporting``); off by default.
+    public init(metrics: MetricsReporting = .off) {
+        self.metrics = metrics
         (self.events, self.continuation) = AsyncStream.makeStream(of: LifecycleEvent.self)
         (self.requests, self.requestContinuation) = AsyncStream.makeStream(of: Request.self)
     }
@@ -254,6 +261,7 @@ public final class Supervisor: Sendable {
                 state.workers[name]?.restarts += 1
                 return state.workers[name]?.restarts ?? 0
             }
+            self.metrics.counter("intercom_worker_restarts", dimensions: [("worker", name)])?()
             self.continuation.yield(.restarting(name: name, attempt: attempt, delay: delay))
             // Cut short by cancellation, which also marks every worker stopping.
             try? await Task.sleep(for: delay)

@@ -29,6 +29,7 @@ struct Options {
     var handlerOnConnectionThread = false
     var customCodec = false
     var compressAbove: Int?
+    var metrics = false
     /// Serve on a bus instead of connecting to the test: `--serve NAME --bus DIR`.
     var serveName: String?
     var busDirectory: String?
@@ -89,6 +90,7 @@ struct Options {
             case "--connection-thread": self.handlerOnConnectionThread = true
             case "--custom-codec": self.customCodec = true
             case "--compress": self.compressAbove = Int(iterator.next() ?? "")
+            case "--metrics": self.metrics = true
             case "--serve": self.serveName = iterator.next()
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
@@ -134,6 +136,7 @@ func makeRouter() throws -> Router {
     }
     try router.register("math.add") { (request: AddRequest, _) in request.a + request.b }
     try registerStreamHandlers(on: router)
+    try registerMetricsHandlers(on: router)
     try registerDescriptorHandlers(on: router)
     try router.register("echo.bytes") { (bytes: [UInt8], _) in bytes }
     try router.register("peer.pid") { (_: Int, _) in Int(getpid()) }
@@ -332,6 +335,7 @@ struct Helper {
         if options.handlerOnConnectionThread { configuration.handlerExecution = .connectionThread }
         if options.customCodec { configuration.customCodecs = [MarkedJSONCodec()] }
         if let threshold = options.compressAbove { configuration.compression = .deflate(threshold: threshold) }
+        if options.metrics { configuration.metrics = .factory(helperMetrics) }
         if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
         if let messages = options.inboxMessages { configuration.inboxCapacity = messages }
         if let bytes = options.inboxBytes { configuration.inboxByteCapacity = bytes }

@@ -86,8 +86,26 @@ extension Peer {
             frame = FrameHeader.empty(kind: kind, id: id)
         }
         try await self.waitUntilWritable(context: context)
+        guard let metrics = self.metrics, kind == .call, let method else {
+            return try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
+        }
+        let start = ContinuousClock.now
+        let sent = frame.readableBytes
+        do {
+            let reply = try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
+            metrics.record(.client, method: method, out: sent, in: reply.payload.readableBytes, duration: .now - start, error: nil)
+            return reply
+        } catch {
+            metrics.record(.client, method: method, out: sent, in: 0, duration: .now - start, error: error)
+            throw error
+        }
+    }
 
-        return try await withTaskCancellationHandler {
+    /// Registers call `id` and sends its frame; returns the answer.
+    private func send(
+        _ frame: ByteBuffer, descriptors: [Int32], as id: UInt64, _ pending: PendingCall, context: IntercomError.Context
+    ) async throws -> Frame {
+        try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
                 pending.continuation = continuation  // before the call is published (registered)
                 switch self.withState({ $0.registerCall(id, pending) }) {

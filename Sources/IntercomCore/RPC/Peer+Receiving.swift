@@ -188,6 +188,7 @@ extension Peer: FrameReceiver {
             }
         }
         guard let closure else { return }
+        self.metrics?.connectionClosed()
         self.failCalls(closure.calls, reason: closure.reason)
         self.endStreams(closure.reason)
         self.inbox.end(closure.reason)

@@ -90,6 +90,17 @@ extension Peer {
     func run(_ call: IncomingCall, isCall: Bool, held: Int) async {
         let id = call.context.callID
         var reply: ByteBuffer?
+        let started = self.metrics == nil ? nil : Optional(ContinuousClock.now)
+        var failure: (any Error)?
+        defer {
+            if let metrics = self.metrics, let started, isCall {
+                // A stranger's made-up method names count as one: the metrics stay bounded.
+                let method = self.router?.hasOwnHandler(for: call.method) == true ? call.method : "(unknown)"
+                metrics.record(
+                    .server, method: method, out: reply.map { max(0, $0.readableBytes - FrameHeader.size) } ?? 0,
+                    in: call.payload.readableBytes, duration: .now - started, error: failure)
+            }
+        }
         do {
             guard let handler = self.router?.handler(for: call.method) else {
                 let registered = self.router?.methods ?? []
@@ -111,6 +122,7 @@ extension Peer {
                 }
             }
         } catch {
+            failure = error
             if isCall {
                 reply = self.encodeError(
                     Self.deadlineError(error, call.context, now: self.transport.now) ?? error, id: id, method: call.method, codec: call.codec)

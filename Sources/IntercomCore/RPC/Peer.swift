@@ -65,6 +65,8 @@ public final class Peer: Sendable {
     let remoteSupportsInputStreams: Bool
     /// The other side closes its end by itself once told this side suspends.
     let remoteSupportsSuspend: Bool
+    /// Where calls and the connection are counted (nil: metrics off).
+    let metrics: PeerMetrics?
     /// Payloads at least this long are compressed (`Int.max`: none are —
     /// compression is off here or the other side cannot read it).
     let compressionThreshold: Int
@@ -98,6 +100,8 @@ public final class Peer: Sendable {
         self.remoteSupportsStreams = remote.capabilities & Hello.streamsCapability != 0
         self.remoteSupportsInputStreams = remote.capabilities & Hello.inputStreamsCapability != 0
         self.remoteSupportsSuspend = remote.capabilities & Hello.suspendCapability != 0
+        self.metrics = PeerMetrics(configuration.metrics, service: configuration.name)
+        self.metrics?.connectionOpened()
         self.compressionThreshold =
             configuration.compression.isEnabled && remote.capabilities & Hello.compressionCapability != 0
             ? configuration.compression.threshold : .max

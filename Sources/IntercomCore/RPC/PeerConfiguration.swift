@@ -51,6 +51,9 @@ extension Peer {
         public var limits: WireLimits = .defaults
         /// The codec this side prefers; the handshake settles on one both speak.
         public var preferredCodec: CodecID = .binary
+        /// Whether calls and connections are reported through swift-metrics: off
+        /// by default. See ``MetricsReporting``.
+        public var metrics: MetricsReporting = .off
         /// Whether payloads this side sends are compressed: off by default (on one
         /// host, compressing costs more than the copy it saves). See ``Compression``.
         public var compression: Compression = .off
