@@ -30,6 +30,7 @@ struct Options {
     var customCodec = false
     var compressAbove: Int?
     var metrics = false
+    var tracing = false
     /// Serve on a bus instead of connecting to the test: `--serve NAME --bus DIR`.
     var serveName: String?
     var busDirectory: String?
@@ -91,6 +92,7 @@ struct Options {
             case "--custom-codec": self.customCodec = true
             case "--compress": self.compressAbove = Int(iterator.next() ?? "")
             case "--metrics": self.metrics = true
+            case "--tracing": self.tracing = true
             case "--serve": self.serveName = iterator.next()
             case "--bus": self.busDirectory = iterator.next()
             case "--replace": self.replace = true
@@ -336,6 +338,7 @@ struct Helper {
         if options.customCodec { configuration.customCodecs = [MarkedJSONCodec()] }
         if let threshold = options.compressAbove { configuration.compression = .deflate(threshold: threshold) }
         if options.metrics { configuration.metrics = .factory(helperMetrics) }
+        if options.tracing { configuration.tracing = .tracer(helperTracer) }
         if let budget = options.requestByteBudget { configuration.requestByteBudget = budget }
         if let messages = options.inboxMessages { configuration.inboxCapacity = messages }
         if let bytes = options.inboxBytes { configuration.inboxByteCapacity = bytes }

@@ -55,6 +55,9 @@ public struct Frame: Sendable {
     /// closed when the last copy of the frame is dropped unless a decoded
     /// ``UnixDescriptor`` took them.
     public var descriptors: ReceivedDescriptors?
+    /// The caller's trace context (extension tag 3): what its tracer injected —
+    /// W3C `traceparent`/`tracestate` for an OpenTelemetry tracer.
+    public var traceContext: [String: String]?
 
     /// Creates a frame.
     @inlinable
@@ -90,6 +93,7 @@ public enum FrameHeader {
     enum ExtensionTag {
         static let method: UInt8 = 1
         static let timeout: UInt8 = 2
+        static let traceContext: UInt8 = 3
     }
 
     /// Where a frame under construction started, so its payload length can be patched in.
@@ -145,6 +149,33 @@ public enum FrameHeader {
             return offset
         }
         return Mark(start: start, payloadStart: buffer.writerIndex)
+    }
+
+    /// Adds a trace context field (extension tag 3) to the frame begun at
+    /// `mark`, before anything of its payload is written: `u8` key length, key,
+    /// `u16` value length, value, for each entry (sorted by key). Entries that
+    /// would take the field past 1,024 bytes, or keys over 255 bytes, are left out.
+    ///
+    /// - Returns: the mark to finish the frame with.
+    public static func addTraceContext(_ context: [String: String], to mark: Mark, in buffer: inout ByteBuffer) -> Mark {
+        precondition(buffer.writerIndex == mark.payloadStart, "the trace context goes before the payload")
+        var value = ByteBuffer()
+        for (key, entry) in context.sorted(by: { $0.key < $1.key }) {
+            let keyLength = key.utf8.count
+            let entryLength = entry.utf8.count
+            guard keyLength <= 255, value.readableBytes + 3 + keyLength + entryLength <= 1024 else { continue }
+            value.writeInteger(UInt8(keyLength))
+            value.writeString(key)
+            value.writeInteger(UInt16(entryLength), endianness: .little)
+            value.writeString(entry)
+        }
+        guard value.readableBytes > 0 else { return mark }
+        buffer.writeInteger(ExtensionTag.traceContext)
+        buffer.writeInteger(UInt16(value.readableBytes), endianness: .little)
+        buffer.writeBuffer(&value)
+        let old = buffer.getInteger(at: mark.start + 6, endianness: .little, as: UInt16.self) ?? 0
+        buffer.setInteger(old + UInt16(buffer.writerIndex - mark.payloadStart), at: mark.start + 6, endianness: .little)
+        return Mark(start: mark.start, payloadStart: buffer.writerIndex)
     }
 
     /// Fills in the payload length of the frame begun at `mark`.

@@ -133,6 +133,19 @@ public struct FrameDecoder: Sendable {
                     throw ProtocolError(.malformedExtension, "\(frame.kind) frame timeout field is \(length) bytes, not 8")
                 }
                 frame.timeout = .nanoseconds(Int64(clamping: ns))
+            case FrameHeader.ExtensionTag.traceContext:
+                var context: [String: String] = [:]
+                while value.readableBytes > 0 {
+                    guard let keyLength = value.readInteger(as: UInt8.self),
+                        let key = value.readString(length: Int(keyLength)),
+                        let entryLength = value.readInteger(endianness: .little, as: UInt16.self),
+                        let entry = value.readString(length: Int(entryLength))
+                    else {
+                        throw ProtocolError(.malformedExtension, "\(frame.kind) frame trace context ends inside an entry")
+                    }
+                    context[key] = entry
+                }
+                frame.traceContext = context
             default:
                 // Unknown fields are skipped: later versions may add fields.
                 continue

@@ -17,6 +17,7 @@ import Testing
             var id: UInt64
             var method: String?
             var timeoutNanoseconds: Int64?
+            var traceContext: [String: String]?
             var decodeOnly: Bool?
         }
         struct Invalid: Decodable { var name, hex, error: String }
@@ -36,6 +37,16 @@ import Testing
             let decoded = try #require(try FrameDecoder().next(from: &input), "\(vector.name): not a whole frame")
             #expect(input.readableBytes == 0, "\(vector.name): \(input.readableBytes) bytes left over")
             #expect(FrameDecoderTests.same(decoded, expected), "\(vector.name): decoded \(decoded)")
+            #expect(decoded.traceContext == vector.traceContext, "\(vector.name): trace context")
+            if let context = vector.traceContext {
+                // Written the way a tracing peer writes it: after the method, before the payload.
+                var written = ByteBuffer()
+                var mark = FrameHeader.begin(into: &written, kind: expected.kind, flags: expected.flags, id: expected.id, method: expected.method)
+                mark = FrameHeader.addTraceContext(context, to: mark, in: &written)
+                written.writeImmutableBuffer(expected.payload)
+                FrameHeader.finish(mark, in: &written)
+                #expect(Vectors.hex(written) == Vectors.hex(try Vectors.bytes(vector.hex)), "\(vector.name): written")
+            }
             if vector.decodeOnly != true {
                 var written = ByteBuffer()
                 FrameHeader.write(expected, into: &written)

@@ -2,6 +2,7 @@ internal import IntercomTransport
 internal import IntercomWire
 internal import NIOCore
 internal import Synchronization
+internal import Tracing
 
 // Calls this side makes: encoding the request, the outbound call table and its deadline timer.
 extension Peer {
@@ -72,6 +73,7 @@ extension Peer {
         let id = presetID ?? self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         var descriptors: [Int32] = []
+        var outgoing: (span: any Span, carrier: [String: String])?
         if let jsonArgument {
             var buffer = ByteBuffer()
             let mark = FrameHeader.begin(
@@ -80,23 +82,34 @@ extension Peer {
             FrameHeader.finish(mark, in: &buffer)
             frame = buffer
         } else if kind == .call {
-            (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
-                kind: .call, id: id, method: method, timeout: timeout, request, context: context, flags: flags)
+            outgoing = method.flatMap { self.startOutgoingSpan($0, kind: .client) }
+            do {
+                (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
+                    kind: .call, id: id, method: method, timeout: timeout, request, context: context, flags: flags,
+                    trace: outgoing?.carrier)
+            } catch {
+                outgoing?.span.end(failing: error)
+                throw error
+            }
         } else {
             frame = FrameHeader.empty(kind: kind, id: id)
         }
-        try await self.waitUntilWritable(context: context)
-        guard let metrics = self.metrics, kind == .call, let method else {
+        let metrics = kind == .call ? self.metrics : nil
+        guard metrics != nil || outgoing != nil else {
+            try await self.waitUntilWritable(context: context)
             return try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
         }
         let start = ContinuousClock.now
         let sent = frame.readableBytes
         do {
+            try await self.waitUntilWritable(context: context)
             let reply = try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
-            metrics.record(.client, method: method, out: sent, in: reply.payload.readableBytes, duration: .now - start, error: nil)
+            outgoing?.span.end(failing: nil)
+            metrics?.record(.client, method: method ?? "", out: sent, in: reply.payload.readableBytes, duration: .now - start, error: nil)
             return reply
         } catch {
-            metrics.record(.client, method: method, out: sent, in: 0, duration: .now - start, error: error)
+            outgoing?.span.end(failing: error)
+            metrics?.record(.client, method: method ?? "", out: sent, in: 0, duration: .now - start, error: error)
             throw error
         }
     }
@@ -144,13 +157,13 @@ extension Peer {
 
     func encodeFrame<Value: Encodable>(
         kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
-        codec: PayloadCodec? = nil, flags: FrameFlags = []
+        codec: PayloadCodec? = nil, flags: FrameFlags = [], trace: [String: String]? = nil
     ) throws(IntercomError) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(128)
         try self.appendFrame(
             into: &buffer, kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec,
-            flags: flags)
+            flags: flags, trace: trace)
         return buffer
     }
 
@@ -158,9 +171,10 @@ extension Peer {
     /// and go out in one write). On error `buffer` holds part of a frame: discard it.
     func appendFrame<Value: Encodable>(
         into buffer: inout ByteBuffer, kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value,
-        context: IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = []
+        context: IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = [], trace: [String: String]? = nil
     ) throws(IntercomError) {
-        let mark = FrameHeader.begin(into: &buffer, kind: kind, flags: flags, id: id, method: method, timeout: timeout)
+        var mark = FrameHeader.begin(into: &buffer, kind: kind, flags: flags, id: id, method: method, timeout: timeout)
+        if let trace { mark = FrameHeader.addTraceContext(trace, to: mark, in: &buffer) }
         do {
             try (codec ?? self.codec).encode(value, into: &buffer)
         } catch {

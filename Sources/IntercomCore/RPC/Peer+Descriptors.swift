@@ -16,11 +16,12 @@ extension Peer {
     ///   peer) — before anything is sent.
     func encodeFrameCarryingDescriptors<Value: Encodable>(
         kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
-        codec: PayloadCodec? = nil, flags: FrameFlags = []
+        codec: PayloadCodec? = nil, flags: FrameFlags = [], trace: [String: String]? = nil
     ) throws(IntercomError) -> (frame: ByteBuffer, descriptors: [Int32]) {
         do {
             let frame = try self.encodeFrame(
-                kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec, flags: flags)
+                kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec, flags: flags,
+                trace: trace)
             return (frame, [])
         } catch where (error.cause as? DescriptorError)?.isMissingAttachments == true {
             guard self.transport.passesDescriptors else {
@@ -37,7 +38,7 @@ extension Peer {
                 return .success(
                     try self.encodeFrame(
                         kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec,
-                        flags: flags.union(.descriptors)))
+                        flags: flags.union(.descriptors), trace: trace))
             } catch {
                 return .failure(error)
             }

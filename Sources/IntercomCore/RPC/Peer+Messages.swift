@@ -1,6 +1,7 @@
 public import IntercomTransport
 internal import IntercomWire
 internal import NIOCore
+internal import Tracing
 
 // One-way messages: sending (single, batched) and receiving from the inbox.
 extension Peer {
@@ -28,8 +29,11 @@ extension Peer {
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
         }
+        // A message is traced as a `producer` span that ends once it is handed over.
+        let outgoing = method.flatMap { self.startOutgoingSpan($0, kind: .producer) }
+        defer { outgoing?.span.end() }
         let (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
-            kind: .message, id: 0, method: method, timeout: nil, message, context: context)
+            kind: .message, id: 0, method: method, timeout: nil, message, context: context, trace: outgoing?.carrier)
         guard descriptors.isEmpty else {
             try await self.waitUntilWritable(context: context)
             try self.transmit(frame, descriptors: descriptors)

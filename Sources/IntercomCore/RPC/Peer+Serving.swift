@@ -2,6 +2,7 @@ internal import IntercomTransport
 internal import IntercomWire
 internal import Logging
 internal import NIOCore
+internal import Tracing
 
 // Serving calls: scheduling handlers under the concurrency limit and byte budget, replies and errors.
 extension Peer {
@@ -48,7 +49,8 @@ extension Peer {
         context.sendsInput = frame.flags.contains(.inputStream)
         let codec = frame.flags.contains(.jsonPayload) ? PayloadCodec.json(limits: self.codec.limits) : self.codec
         context.jsonCaller = frame.flags.contains(.jsonPayload)
-        let call = IncomingCall(context: context, payload: frame.payload, codec: codec, descriptors: frame.descriptors)
+        var call = IncomingCall(context: context, payload: frame.payload, codec: codec, descriptors: frame.descriptors)
+        call.traceContext = frame.traceContext
         let isCall = request.isCall
         let executor: (any TaskExecutor)? =
             self.configuration.handlerExecution == .connectionThread ? self.transport.executor : nil
@@ -112,7 +114,12 @@ extension Peer {
                         + (registered.isEmpty ? " (it registers no methods)" : "; it handles: \(closest.joined(separator: ", "))\(more)"),
                     context: .init(method: call.method, callID: id))
             }
-            let value = try await handler(call)
+            let value =
+                self.tracer == nil
+                ? try await handler(call)
+                : try await self.withIncomingSpan(call.method, carrier: call.traceContext, kind: isCall ? .server : .consumer) {
+                    try await handler(call)
+                }
             if isCall {
                 let (frame, descriptors) = try self.encodeReply(value, id: id, method: call.method, codec: call.codec)
                 if descriptors.isEmpty {

@@ -3,6 +3,7 @@ public import IntercomWire
 internal import Logging
 internal import NIOCore
 internal import Synchronization
+internal import Tracing
 
 /// One end of a connection between two processes: it calls the other side's
 /// handlers, answers calls with its ``Router``, and sends and receives one-way
@@ -67,6 +68,8 @@ public final class Peer: Sendable {
     let remoteSupportsSuspend: Bool
     /// Where calls and the connection are counted (nil: metrics off).
     let metrics: PeerMetrics?
+    /// The tracer of calls and messages (nil: tracing off).
+    let tracer: (any Tracer)?
     /// Payloads at least this long are compressed (`Int.max`: none are —
     /// compression is off here or the other side cannot read it).
     let compressionThreshold: Int
@@ -101,6 +104,7 @@ public final class Peer: Sendable {
         self.remoteSupportsInputStreams = remote.capabilities & Hello.inputStreamsCapability != 0
         self.remoteSupportsSuspend = remote.capabilities & Hello.suspendCapability != 0
         self.metrics = PeerMetrics(configuration.metrics, service: configuration.name)
+        self.tracer = configuration.tracing.tracer?()
         self.metrics?.connectionOpened()
         self.compressionThreshold =
             configuration.compression.isEnabled && remote.capabilities & Hello.compressionCapability != 0

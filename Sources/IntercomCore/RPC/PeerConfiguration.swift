@@ -54,6 +54,9 @@ extension Peer {
         /// Whether calls and connections are reported through swift-metrics: off
         /// by default. See ``MetricsReporting``.
         public var metrics: MetricsReporting = .off
+        /// Whether calls and one-way messages are traced through
+        /// swift-distributed-tracing: off by default. See ``TracingReporting``.
+        public var tracing: TracingReporting = .off
         /// Whether payloads this side sends are compressed: off by default (on one
         /// host, compressing costs more than the copy it saves). See ``Compression``.
         public var compression: Compression = .off

@@ -13,6 +13,8 @@ public struct IncomingCall: Sendable {
     public let codec: PayloadCodec
     /// Descriptors that came with the payload (``UnixDescriptor``s decode from them).
     var descriptors: ReceivedDescriptors? = nil
+    /// The caller's trace context, if it sent one (tracing on).
+    var traceContext: [String: String]? = nil
 
     /// The method name the caller used.
     public var method: String { self.context.method }
