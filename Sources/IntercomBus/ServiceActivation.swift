@@ -77,6 +77,11 @@ public struct ServiceActivation: Codable, Sendable, Hashable {
         try container.encodeIfPresent(self.logFile, forKey: .logFile)
     }
 
+    /// Where to look for why it failed, for error messages.
+    var outputHint: String {
+        self.logFile.map { "its output is in \($0)" } ?? "its output was dropped: set logFile to keep it"
+    }
+
     /// Waits for a process this process activated to exit and returns its
     /// wait status (as `waitpid` gives it); nil if it activated no process `pid`.
     public static func exitStatus(ofActivated pid: Int32) async -> Int32? {
@@ -151,12 +156,12 @@ extension Bus {
             if let status = ActivatedProcesses.shared.finishedStatus(of: pid) {
                 throw IntercomError(
                     .serviceNotFound,
-                    "activating '\(name)': \(activation.executable) (pid \(pid)) \(ProcessExitDescription(status)) before it served the name")
+                    "activating '\(name)': \(activation.executable) (pid \(pid)) \(ProcessExitDescription(status)) before it served the name; \(activation.outputHint)")
             }
             let remaining = deadline - .now
             guard remaining > .zero else {
                 throw IntercomError(
-                    .timeout, "activating '\(name)': \(activation.executable) (pid \(pid)) did not serve the name within \(timeout)")
+                    .timeout, "activating '\(name)': \(activation.executable) (pid \(pid)) did not serve the name within \(timeout) (it is still running: it must serve '\(name)' on bus \(self.directory)); \(activation.outputHint)")
             }
             if Task.isCancelled { throw IntercomError(.cancelled, "stopped waiting for '\(name)' to start") }
             // Directory changes wake it at once; an early exit is noticed within 50 ms.

@@ -151,6 +151,13 @@ public enum FrameHeader {
         return Mark(start: start, payloadStart: buffer.writerIndex)
     }
 
+    /// The payload length written in the header of the whole frame at the
+    /// start of `frame` (what ``finish(_:in:)`` set): the payload alone, without
+    /// the header or its extension.
+    public static func payloadLength(ofFrameIn frame: ByteBuffer) -> Int {
+        Int(frame.getInteger(at: frame.readerIndex + 16, endianness: .little, as: UInt32.self) ?? 0)
+    }
+
     /// Adds a trace context field (extension tag 3) to the frame begun at
     /// `mark`, before anything of its payload is written: `u8` key length, key,
     /// `u16` value length, value, for each entry (sorted by key). Entries that

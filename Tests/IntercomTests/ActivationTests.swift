@@ -73,6 +73,7 @@ import Testing
                 let late = await #expect(throws: IntercomError.self) { _ = try await bus.activate("elsewhere") }
                 #expect(late?.code == .timeout)
                 #expect(late?.message.contains("did not serve the name within") == true, "\(String(describing: late))")
+                #expect(late?.message.contains("set logFile to keep it") == true, "says where to look: \(String(describing: late))")
                 let other = try await bus.connect(to: "other", timeout: .seconds(30))
                 let pid = other.remote.reportedPID
                 _ = try await other.call("intercom.quit", 0, returning: Bool.self)

@@ -100,7 +100,7 @@ extension Peer {
             return try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
         }
         let start = ContinuousClock.now
-        let sent = frame.readableBytes
+        let sent = FrameHeader.payloadLength(ofFrameIn: frame)  // payload bytes, as the serving side counts them
         do {
             try await self.waitUntilWritable(context: context)
             let reply = try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)

@@ -99,7 +99,7 @@ extension Peer {
                 // A stranger's made-up method names count as one: the metrics stay bounded.
                 let method = self.router?.hasOwnHandler(for: call.method) == true ? call.method : "(unknown)"
                 metrics.record(
-                    .server, method: method, out: reply.map { max(0, $0.readableBytes - FrameHeader.size) } ?? 0,
+                    .server, method: method, out: reply.map(FrameHeader.payloadLength(ofFrameIn:)) ?? 0,
                     in: call.payload.readableBytes, duration: .now - started, error: failure)
             }
         }

@@ -35,8 +35,8 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
         let (frame, descriptors) = try self.peer.encodeFrameCarryingDescriptors(
             kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
             codec: self.itemCodec, flags: self.itemFlags)
-        // Credit counts payload bytes (a stream item has no header extension).
-        try await self.take(frame.readableBytes - FrameHeader.size, context: context)
+        // Credit counts payload bytes, as the receiver does.
+        try await self.take(FrameHeader.payloadLength(ofFrameIn: frame), context: context)
         try await self.peer.waitUntilWritable(context: context)
         try self.peer.transmit(frame, descriptors: descriptors)
     }
