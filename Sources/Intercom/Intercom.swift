@@ -10,3 +10,13 @@
 @_exported public import protocol IntercomWire.CustomPayloadCodec
 @_exported public import struct IntercomWire.WireLimits
 @_exported public import struct IntercomWire.CodecID
+@_exported public import struct IntercomWire.WireSchemas
+@_exported public import protocol IntercomWire.WireSchemaDescribable
+@_exported public import enum IntercomWire.WireShape
+@_exported public import struct IntercomWire.WireField
+@_exported public import struct IntercomWire.TypeSchema
+@_exported public import struct IntercomWire.MethodSchema
+@_exported public import struct IntercomWire.ServiceSchema
+@_exported public import enum IntercomWire.SchemaCompatibility
+@_exported public import struct IntercomWire.CompatibilityReport
+@_exported public import struct IntercomWire.SchemaChange

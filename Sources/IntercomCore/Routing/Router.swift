@@ -1,4 +1,5 @@
 @_spi(IntercomInternals) public import IntercomTransport
+public import IntercomWire
 internal import Synchronization
 
 /// Maps dot-namespaced method names (`camera.exposure.set`) to typed handlers.
@@ -22,6 +23,7 @@ public final class Router: Sendable {
 
     private struct State {
         var handlers: [String: Handler] = [:]
+        var describers: [String: @Sendable (inout WireSchemas) -> MethodSchema] = [:]
         var fallback: Handler?
         var properties: [any AnyServiceProperty] = []
         /// Worker counts by namespace prefix (``setWorkers(_:forNamespace:)``).
@@ -76,12 +78,25 @@ public final class Router: Sendable {
     /// - Returns: whether there was one.
     @discardableResult
     public func unregister(_ method: String) -> Bool {
-        self.state.withLock { $0.handlers.removeValue(forKey: method) != nil }
+        self.state.withLock { state in
+            state.describers[method] = nil
+            return state.handlers.removeValue(forKey: method) != nil
+        }
     }
 
     /// The registered method names, sorted.
     public var methods: [String] {
         self.state.withLock { $0.handlers.keys.sorted() }
+    }
+
+    /// Every registered method with the wire shapes of its argument and result,
+    /// derived from their Swift types (``WireSchemas``): what `intercom describe`
+    /// prints and ``SchemaCompatibility`` compares. Derived when asked, not at registration.
+    public var schema: ServiceSchema {
+        let describers = self.state.withLock { $0.describers }
+        var schemas = WireSchemas()
+        let methods = describers.keys.sorted().map { describers[$0]!(&schemas) }
+        return ServiceSchema(methods: methods, types: schemas.types)
     }
 
     /// The names of the properties declared on this router, sorted.
@@ -147,7 +162,10 @@ public final class Router: Sendable {
                     throw IntercomError(.conflict, "method '\(route.method)' \(why)\(unchanged)", context: .init(method: route.method))
                 }
             }
-            for route in routes { state.handlers[route.method] = route.handler }
+            for route in routes {
+                state.handlers[route.method] = route.handler
+                state.describers[route.method] = route.describe
+            }
         }
     }
 

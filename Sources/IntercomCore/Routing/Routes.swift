@@ -1,10 +1,13 @@
 public import IntercomTransport
+internal import IntercomWire
 
 /// One handler with its method name, as a value: the unit of
 /// ``Router/register(_:)-(RouteSet)`` (magscope's bulk registration).
 public struct Route: Sendable {
     let method: String
     let handler: Router.Handler
+    /// The method's wire shapes, derived from its types when asked (``Router/schema``).
+    var describe: @Sendable (inout WireSchemas) -> MethodSchema
 
     /// A handler that answers calls to `method` with a value.
     public init<Request: Decodable & Sendable, Response: Encodable & Sendable>(
@@ -14,6 +17,9 @@ public struct Route: Sendable {
         self.handler = { call in
             let request: Request = try call.decode()
             return try await handler(request, call.context)
+        }
+        self.describe = { schemas in
+            MethodSchema(name: method, argument: schemas.shape(of: Request.self), result: schemas.shape(ofEncodable: Response.self))
         }
     }
 
@@ -27,6 +33,26 @@ public struct Route: Sendable {
             try await handler(request, call.context)
             return nil
         }
+        self.describe = { schemas in
+            MethodSchema(name: method, argument: schemas.shape(of: Request.self), result: .primitive(.none))
+        }
+    }
+
+    /// This route described as a stream method: `kind`, with the shapes of its streamed items.
+    func streaming(
+        _ kind: MethodSchema.Kind, item: (@Sendable (inout WireSchemas) -> WireShape)? = nil,
+        input: (@Sendable (inout WireSchemas) -> WireShape)? = nil
+    ) -> Route {
+        var route = self
+        let describe = self.describe
+        route.describe = { schemas in
+            var method = describe(&schemas)
+            method.kind = kind
+            method.item = item?(&schemas)
+            method.input = input?(&schemas)
+            return method
+        }
+        return route
     }
 }
 

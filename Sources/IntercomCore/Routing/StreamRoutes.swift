@@ -168,7 +168,7 @@ extension Router {
                 let writer: StreamWriter<Item> = try Self.openOutput(method, context, callWith: "peer.stream(…)")
                 defer { context.peer.streamEnded(context.callID) }
                 try await handler(request, context, writer)
-            }
+            }.streaming(.serverStream, item: { $0.shape(ofEncodable: Item.self) })
         ])
     }
 
@@ -195,7 +195,7 @@ extension Router {
                 let input = try Self.openInput(method, context)
                 defer { context.peer.inputEnded(context.callID) }
                 return try await handler(request, StreamItems(reader: input), context)
-            }
+            }.streaming(.clientStream, input: { $0.shape(of: Item.self) })
         ])
     }
 
@@ -226,7 +226,8 @@ extension Router {
                 let input = try Self.openInput(method, context)
                 defer { context.peer.inputEnded(context.callID) }
                 try await handler(request, StreamItems(reader: input), context, writer)
-            }
+            }.streaming(
+                .bidirectionalStream, item: { $0.shape(ofEncodable: Output.self) }, input: { $0.shape(of: Input.self) })
         ])
     }
 
