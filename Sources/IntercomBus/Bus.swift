@@ -54,8 +54,10 @@ public struct Bus: Sendable {
     /// Serves `router` under `name` until the returned service is closed or its
     /// process ends.
     ///
-    /// Adds two built-in methods: `intercom.info` (returns the ``ServiceInfo``) and
-    /// `intercom.quit` (the service stops serving; see ``BusService/waitForQuit()``).
+    /// Adds three built-in methods: `intercom.info` (returns the ``ServiceInfo``),
+    /// `intercom.describe` (returns the router's ``ServiceSchema``, what
+    /// `intercom describe` prints) and `intercom.quit` (the service stops serving;
+    /// see ``BusService/waitForQuit()``).
     ///
     /// - Parameters:
     ///   - replace: if another live process serves `name`, ask it to quit and take

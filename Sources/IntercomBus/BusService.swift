@@ -70,7 +70,7 @@ public final class BusService: Sendable {
         // service object exists: they wait for it (nil if starting failed) instead
         // of answering "not yet" — an early `intercom.quit` used to be lost.
         let box = SetOnce<WeakReference<BusService>>()
-        let methods = (router.methods + ["intercom.info", "intercom.quit"]).sorted()
+        let methods = (router.methods + ["intercom.info", "intercom.quit", "intercom.describe"]).sorted()
         var info = ServiceInfo(
             name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
             protocolVersion: Int(FrameHeader.currentVersion),
@@ -80,6 +80,7 @@ public final class BusService: Sendable {
         // The addresses are known once bound (port 0 picks one), after the handler is registered.
         let published = Locked(info)
         try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in published.withLock { $0 } }
+        try router.register("intercom.describe") { (_: Int, _: CallContext) -> ServiceSchema in router.schema }
         try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
             // Stop serving once the reply is queued (closing flushes what is queued),
             // so the caller learns that the quit was taken.

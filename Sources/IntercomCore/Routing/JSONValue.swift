@@ -1,4 +1,5 @@
 internal import IntercomTransport
+public import IntercomWire
 /// Any JSON value, as a Codable type: what a handler takes or returns when it
 /// accepts whatever it is sent (the echo service, tools, bridges).
 public enum JSONValue: Codable, Sendable, Hashable {
@@ -39,4 +40,11 @@ public enum JSONValue: Codable, Sendable, Hashable {
         case .object(let value): try container.encode(value)
         }
     }
+}
+
+extension JSONValue: WireSchemaDescribable {
+    /// Any JSON value: its shape is whatever it is sent.
+    public static var wireSchema: TypeSchema { TypeSchema(.value(.primitive(.json))) }
+    /// `null`.
+    public static var wireSchemaSample: JSONValue { .null }
 }

@@ -3,7 +3,7 @@ internal import Glibc
 #elseif canImport(Darwin)
 internal import Darwin
 #endif
-internal import IntercomWire
+public import IntercomWire
 
 /// A Unix file descriptor that travels inside a value: a call's argument, a
 /// reply, a one-way message or a stream item (XPC's file descriptors, D-Bus's
@@ -107,3 +107,10 @@ public struct DescriptorError: Error, CustomStringConvertible {
     }
 }
 
+
+extension UnixDescriptor: WireSchemaDescribable {
+    /// A descriptor: on the wire, its index among the frame's attachments.
+    public static var wireSchema: TypeSchema { TypeSchema(.value(.primitive(.descriptor))) }
+    /// A value holding no descriptor.
+    public static var wireSchemaSample: UnixDescriptor { UnixDescriptor(taking: -1) }
+}

@@ -24,6 +24,10 @@ public indirect enum WireShape: Sendable, Hashable, CustomStringConvertible {
         case uint8 = "UInt8", uint16 = "UInt16", uint32 = "UInt32", uint64 = "UInt64"
         case float = "Float", double = "Double"
         case date = "Date", uuid = "UUID", url = "URL"
+        /// A file descriptor (`UnixDescriptor`): its index among the frame's attached descriptors.
+        case descriptor = "Descriptor"
+        /// Any JSON value (`JSONValue`): a handler that takes whatever it is sent.
+        case json = "JSON"
         /// No value at all: the result of a handler that returns nothing.
         case none = "None"
 
@@ -257,5 +261,29 @@ public struct ServiceSchema: Codable, Sendable, Hashable {
     /// The method called `name`.
     public func method(_ name: String) -> MethodSchema? {
         self.methods.first { $0.name == name }
+    }
+
+    /// The methods `isIncluded` keeps, with only the types they use.
+    public func filter(_ isIncluded: (MethodSchema) -> Bool) -> ServiceSchema {
+        let methods = self.methods.filter(isIncluded)
+        var used: Set<String> = []
+        var pending = methods.flatMap { [$0.argument, $0.result, $0.item, $0.input].compactMap { $0 } }
+        while let shape = pending.popLast() {
+            switch shape {
+            case .primitive: break
+            case .optional(let inner), .array(let inner): pending.append(inner)
+            case .dictionary(let key, let value): pending += [key, value]
+            case .named(let name):
+                guard used.insert(name).inserted, let type = self.types[name] else { continue }
+                switch type.layout {
+                case .record(let fields): pending += fields.map(\.shape)
+                case .cases(let cases): pending += cases.values.flatMap { $0.map(\.shape) }
+                case .enumeration(let raw, _): pending.append(raw)
+                case .value(let inner): pending.append(inner)
+                case .sequence(let shapes): pending += shapes
+                }
+            }
+        }
+        return ServiceSchema(methods: methods, types: self.types.filter { used.contains($0.key) })
     }
 }
