@@ -20,3 +20,4 @@
 @_exported public import enum IntercomWire.SchemaCompatibility
 @_exported public import struct IntercomWire.CompatibilityReport
 @_exported public import struct IntercomWire.SchemaChange
+@_exported public import struct IntercomWire.BinaryPayloadRenderer

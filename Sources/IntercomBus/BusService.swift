@@ -29,6 +29,8 @@ public final class BusService: Sendable {
     public let bus: Bus
 
     let listener: PeerListener
+    /// The router served (its traffic tap shows published events to monitors).
+    let router: Router
     /// Listeners on network addresses besides the name's socket.
     let networkListeners: [PeerListener]
     private let lock: NameLock
@@ -49,8 +51,9 @@ public final class BusService: Sendable {
 
     private init(
         name: String, info: ServiceInfo, bus: Bus, directory: BusDirectory, listener: PeerListener,
-        networkListeners: [PeerListener], lock: NameLock, recordPath: String
+        networkListeners: [PeerListener], lock: NameLock, recordPath: String, router: Router
     ) {
+        self.router = router
         self.networkListeners = networkListeners
         self.directory = directory
         self.name = name
@@ -70,7 +73,7 @@ public final class BusService: Sendable {
         // service object exists: they wait for it (nil if starting failed) instead
         // of answering "not yet" — an early `intercom.quit` used to be lost.
         let box = SetOnce<WeakReference<BusService>>()
-        let methods = (router.methods + ["intercom.info", "intercom.quit", "intercom.describe"]).sorted()
+        let methods = (router.methods + ["intercom.info", "intercom.quit", "intercom.describe", Router.monitorMethod]).sorted()
         var info = ServiceInfo(
             name: name, pid: getpid(), startTime: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
             protocolVersion: Int(FrameHeader.currentVersion),
@@ -81,6 +84,7 @@ public final class BusService: Sendable {
         let published = Locked(info)
         try router.register("intercom.info") { (_: Int, _: CallContext) -> ServiceInfo in published.withLock { $0 } }
         try router.register("intercom.describe") { (_: Int, _: CallContext) -> ServiceSchema in router.schema }
+        try router.registerMonitor()
         try router.register("intercom.quit") { (_: Int, context: CallContext) -> Bool in
             // Stop serving once the reply is queued (closing flushes what is queued),
             // so the caller learns that the quit was taken.
@@ -131,7 +135,7 @@ public final class BusService: Sendable {
         }
         let service = BusService(
             name: name, info: info, bus: bus, directory: directory, listener: listener, networkListeners: networkListeners,
-            lock: lock, recordPath: recordPath)
+            lock: lock, recordPath: recordPath, router: router)
         box.set(WeakReference(service))
         return service
     }
@@ -200,7 +204,8 @@ public final class BusService: Sendable {
     /// - Throws: ``IntercomError`` `invalidPayload` if `value` does not encode.
     @discardableResult
     public func publish<Value: Encodable>(_ topic: String, _ value: Value) throws(IntercomError) -> PublishReport {
-        try Peer.publish(topic, value, to: self.connectedClients)
+        self.router.traffic.recordEvent(service: self.name, topic: topic, value)
+        return try Peer.publish(topic, value, to: self.connectedClients)
     }
 
     /// Returns when someone asked this service to quit (the built-in

@@ -1,7 +1,13 @@
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
+internal import Foundation
+#endif
 internal import IntercomTransport
 internal import IntercomWire
 internal import Logging
 internal import NIOCore
+internal import Synchronization
 internal import Tracing
 
 // Serving calls: scheduling handlers under the concurrency limit and byte budget, replies and errors.
@@ -94,7 +100,12 @@ extension Peer {
         var reply: ByteBuffer?
         let started = self.metrics == nil ? nil : Optional(ContinuousClock.now)
         var failure: (any Error)?
+        let tap = self.router.flatMap { $0.traffic.isActive && !self.isMonitorConnection.load(ordering: .relaxed) ? $0.traffic : nil }
+        let arrived = tap == nil ? nil : Optional((Date(), ContinuousClock.now))
         defer {
+            if let tap, let arrived {
+                self.tapped(call, isCall: isCall, reply: reply, failure: failure, arrived: arrived, into: tap)
+            }
             if let metrics = self.metrics, let started, isCall {
                 // A stranger's made-up method names count as one: the metrics stay bounded.
                 let method = self.router?.hasOwnHandler(for: call.method) == true ? call.method : "(unknown)"
@@ -149,6 +160,30 @@ extension Peer {
             self.transmit(reply)
         }
         self.handlerFinished(id, isCall: isCall, released: held)
+    }
+
+    /// Shows a served call (or message) to the attached monitors.
+    private func tapped(
+        _ call: IncomingCall, isCall: Bool, reply: ByteBuffer?, failure: (any Error)?, arrived: (Date, ContinuousClock.Instant),
+        into tap: TrafficTap
+    ) {
+        let elapsed = ContinuousClock.now - arrived.1
+        let replyPayload = reply.flatMap { frame -> ByteBuffer? in
+            guard failure == nil else { return nil }
+            let length = FrameHeader.payloadLength(ofFrameIn: frame)
+            return frame.getSlice(at: frame.writerIndex - length, length: length)
+        }
+        let error = failure.map { error -> String in
+            guard let error = error as? IntercomError else { return "\(type(of: error)): \(error)" }
+            return "\(error.code): \(error.message)"
+        }
+        let record = TrafficRecord(
+            kind: isCall ? .call : .message, time: arrived.0, service: self.configuration.name, caller: self.remote.name,
+            callerPID: self.remote.credentials?.pid ?? self.remote.reportedPID, method: call.method, codec: call.codec.name,
+            requestBytes: call.payload.readableBytes, replyBytes: replyPayload?.readableBytes,
+            microseconds: Int64(elapsed.components.seconds) * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000,
+            error: error)
+        tap.record(record, request: call.payload, reply: replyPayload)
     }
 
     /// The `count` methods whose names share the longest start with `method`

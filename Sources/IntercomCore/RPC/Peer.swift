@@ -73,6 +73,8 @@ public final class Peer: Sendable {
     /// Payloads at least this long are compressed (`Int.max`: none are —
     /// compression is off here or the other side cannot read it).
     let compressionThreshold: Int
+    /// Whether this connection is a monitor's (`intercom.monitor`): its own calls are not shown to monitors.
+    let isMonitorConnection = Atomic<Bool>(false)
 
     /// The topics the other side subscribed to, and per topic how many events
     /// were dropped since the last one sent (reported in the next event's id).

@@ -32,6 +32,9 @@ public final class Router: Sendable {
 
     private let state = Locked(State())
 
+    /// Copies of the calls served through this router, for attached monitors (`intercom monitor`).
+    package let traffic = TrafficTap()
+
     /// Creates an empty router.
     public init() {}
 
