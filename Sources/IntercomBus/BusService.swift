@@ -136,6 +136,7 @@ public final class BusService: Sendable {
         let service = BusService(
             name: name, info: info, bus: bus, directory: directory, listener: listener, networkListeners: networkListeners,
             lock: lock, recordPath: recordPath, router: router)
+        router.traffic.countConnections { [weak service] in service?.connectedClients ?? [] }
         box.set(WeakReference(service))
         return service
     }

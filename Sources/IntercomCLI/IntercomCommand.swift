@@ -7,7 +7,7 @@ struct IntercomCommand: AsyncParsableCommand {
         commandName: "intercom",
         abstract: "Typed inter-process calls and messages for Swift.",
         subcommands: [
-            Demo.self, List.self, Call.self, Describe.self, Compat.self, Monitor.self, GetProperty.self, SetProperty.self, Watch.self, Ping.self, Echo.self, Bench.self, BenchServer.self,
+            Demo.self, List.self, Call.self, Describe.self, Compat.self, Monitor.self, Top.self, GetProperty.self, SetProperty.self, Watch.self, Ping.self, Echo.self, Bench.self, BenchServer.self,
             DemoWorker.self,
         ]
     )

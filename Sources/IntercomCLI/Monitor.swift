@@ -33,47 +33,65 @@ struct Monitor: AsyncParsableCommand {
             let configuration = try self.busOptions.configuration()
             let printer = TrafficPrinter(json: self.json, methods: self.methods, limit: self.count)
             let request = MonitorRequest(payloadBytes: self.payloadBytes)
-            let wanted = Set(self.services)
-            let duration = self.duration
+            let (wanted, duration) = (Set(self.services), self.duration)
             try await untilTerminated {
-                let (appeared, found) = AsyncStream.makeStream(of: ServiceInfo.self)
-                printer.onDone { found.finish() }
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        do {
-                            for try await change in bus.serviceChanges() {
-                                guard case .appeared(let info) = change, wanted.isEmpty || wanted.contains(info.name) else { continue }
-                                found.yield(info)
-                            }
-                        } catch {
-                            progress("error: \(error)")
-                        }
-                        found.finish()
-                    }
-                    if let duration {
-                        group.addTask {
-                            try? await Task.sleep(for: .milliseconds(Int(duration * 1000)))
-                            found.finish()
-                        }
-                    }
-                    for await info in appeared {
-                        group.addTask { await watchTraffic(of: info, on: bus, configuration: configuration, request: request, printer: printer) }
-                    }
-                    group.cancelAll()
+                await followTraffic(
+                    on: bus, wanted: wanted, configuration: configuration, request: request, duration: duration,
+                    stopper: { stop in printer.onDone(stop) }
+                ) { batch, info, schema in
+                    printer.show(batch, from: info.name, schema: schema)
                 }
             }
         }
     }
 }
 
-/// Streams one service's traffic to `printer` until the service leaves or the monitor stops.
-private func watchTraffic(
-    of info: ServiceInfo, on bus: Bus, configuration: Peer.Configuration, request: MonitorRequest, printer: TrafficPrinter
+/// Follows the traffic of the services on `bus` (those in `wanted`, if any;
+/// new ones as they appear) until `duration` passes or the function given to
+/// `stopper` is called, handing each batch to `handle`.
+func followTraffic(
+    on bus: Bus, wanted: Set<String>, configuration: Peer.Configuration, request: MonitorRequest, duration: Double?,
+    stopper: (@escaping @Sendable () -> Void) -> Void, also: (@Sendable () async -> Void)? = nil,
+    handle: @escaping @Sendable (TrafficBatch, ServiceInfo, ServiceSchema?) -> Void
+) async {
+    let (appeared, found) = AsyncStream.makeStream(of: ServiceInfo.self)
+    stopper { found.finish() }
+    await withTaskGroup(of: Void.self) { group in
+        group.addTask {
+            do {
+                for try await change in bus.serviceChanges() {
+                    guard case .appeared(let info) = change, wanted.isEmpty || wanted.contains(info.name) else { continue }
+                    found.yield(info)
+                }
+            } catch {
+                progress("error: \(error)")
+            }
+            found.finish()
+        }
+        if let duration {
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(Int(duration * 1000)))
+                found.finish()
+            }
+        }
+        if let also { group.addTask { await also() } }
+        for await info in appeared {
+            group.addTask { await followService(info, on: bus, configuration: configuration, request: request, handle: handle) }
+        }
+        group.cancelAll()
+    }
+}
+
+/// Streams one service's traffic to `handle` until the service leaves or the follower stops.
+private func followService(
+    _ info: ServiceInfo, on bus: Bus, configuration: Peer.Configuration, request: MonitorRequest,
+    handle: @escaping @Sendable (TrafficBatch, ServiceInfo, ServiceSchema?) -> Void
 ) async {
     do {
         let peer = try await bus.connect(to: info.name, configuration: configuration)
         defer { Task { await peer.close() } }
-        let schema = try? await peer.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10))
+        let schema =
+            request.payloadBytes > 0 ? try? await peer.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10)) : nil
         // A monitor watches for as long as it runs: the longest deadline there is.
         let batches = peer.stream(Router.monitorMethod, request, of: TrafficBatch.self, timeout: .seconds(1 << 32))
         var attached = false
@@ -82,7 +100,7 @@ private func watchTraffic(
                 attached = true
                 progress("monitoring \(info.name) (pid \(info.pid))")
             }
-            printer.show(batch, from: info.name, schema: schema)
+            handle(batch, info, schema)
         }
     } catch let error as IntercomError where error.code == .peerLost || error.code == .cancelled || error.code == .closed {
         return

@@ -58,6 +58,40 @@ import Glibc
         }
     }
 
+    /// `intercom top` counts calls and errors per service with latency
+    /// percentiles and the client connections (monitors not counted).
+    @Test func topShowsRatesLatenciesErrorsAndConnections() async throws {
+        try await withResourceCheck {
+            try await withTemporaryBus { temporary in
+                let service = try ServiceProcess(name: "typed", bus: temporary)
+                _ = try await temporary.bus.waitForService("typed", timeout: .seconds(20))
+                let (top, out, err, exit) = try startCLI(
+                    ["top", "--json", "--service", "typed", "--interval", "0.2"], busDirectory: temporary.directory)
+                _ = await readOutput(of: err, until: "monitoring typed")
+                let peer = try await temporary.bus.connect(to: "typed")
+                for value in 0..<20 { #expect(try await peer.call("math.add", AddRequest(a: value, b: 1), returning: Int.self) == value + 1) }
+                await #expect(throws: IntercomError.self) { try await peer.call("fail.typed", "no", returning: Int.self) }
+                let shown = String(decoding: await readBytes(of: out, until: #""totalCalls":21,"totalErrors":1}"#), as: UTF8.self)
+                top.terminate()
+                for await _ in exit {}
+                try? out.fileHandleForReading.close()
+                try? err.fileHandleForReading.close()
+
+                let refresh = try #require(shown.split(separator: "\n").last { $0.contains(#""totalCalls":21"#) })
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(refresh.utf8)) as? [String: Any])
+                let row = try #require((object["rows"] as? [[String: Any]])?.first)
+                #expect(row["service"] as? String == "typed")
+                #expect(row["connections"] as? Int == 1)
+                #expect(row["totalErrors"] as? Int == 1)
+                #expect((row["p99Microseconds"] as? Int ?? 0) >= (row["p50Microseconds"] as? Int ?? 0))
+                #expect((row["maxMicroseconds"] as? Int ?? 0) > 0 || (row["callsPerSecond"] as? Double) == 0)
+                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
+                await peer.close()
+                #expect(await service.waitForExit() == 0)
+            }
+        }
+    }
+
     /// A monitor that stops reading (SIGSTOP) costs the service nothing: calls
     /// keep being answered while the monitor's queue fills, and what did not fit
     /// is reported as dropped once it reads again.

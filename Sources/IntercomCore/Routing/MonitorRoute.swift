@@ -21,7 +21,7 @@ extension Router {
             let subscription = traffic.attach(payloadBytes: request.payloadBytes)
             defer { traffic.detach(subscription) }
             // An empty batch first: the monitor knows from it that it is attached.
-            try await out.send(TrafficBatch(records: [], dropped: 0))
+            try await out.send(TrafficBatch(records: [], dropped: 0, connections: traffic.connections))
             while let batch = await subscription.next() {
                 var chunk: [TrafficRecord] = []
                 var bytes = 0
@@ -30,11 +30,13 @@ extension Router {
                     chunk.append(record)
                     bytes += 256 + (record.request?.count ?? 0) + (record.reply?.count ?? 0)
                     if bytes >= 1 << 20 {
-                        try await out.send(TrafficBatch(records: chunk, dropped: dropped))
+                        try await out.send(TrafficBatch(records: chunk, dropped: dropped, connections: traffic.connections))
                         (chunk, bytes, dropped) = ([], 0, 0)
                     }
                 }
-                if !chunk.isEmpty || dropped > 0 { try await out.send(TrafficBatch(records: chunk, dropped: dropped)) }
+                if !chunk.isEmpty || dropped > 0 {
+                    try await out.send(TrafficBatch(records: chunk, dropped: dropped, connections: traffic.connections))
+                }
             }
         }
     }

@@ -54,11 +54,14 @@ public struct TrafficBatch: Codable, Sendable, Hashable {
     public var records: [TrafficRecord]
     /// Records left out since the previous batch (the monitor's queue was full).
     public var dropped: Int
+    /// The service's client connections when the batch was sent, monitors not counted.
+    public var connections: Int?
 
     /// Creates a batch.
-    public init(records: [TrafficRecord], dropped: Int) {
+    public init(records: [TrafficRecord], dropped: Int, connections: Int? = nil) {
         self.records = records
         self.dropped = dropped
+        self.connections = connections
     }
 }
 
@@ -150,6 +153,19 @@ package final class TrafficTap: Sendable {
     }
 
     private let subscriptions = Mutex<[ObjectIdentifier: Subscription]>([:])
+    private let connectionCounter = Mutex<(@Sendable () -> [Peer])?>(nil)
+
+    /// Tells the tap where the served connections are, for ``TrafficBatch/connections``.
+    package func countConnections(_ peers: @escaping @Sendable () -> [Peer]) {
+        self.connectionCounter.withLock { $0 = peers }
+    }
+
+    /// The connections served, monitors left out; nil if the tap was not told.
+    var connections: Int? {
+        self.connectionCounter.withLock { $0 }.map { peers in
+            peers().count { !$0.isMonitorConnection.load(ordering: .relaxed) }
+        }
+    }
     private let attached = Atomic<Int>(0)
 
     package init() {}
