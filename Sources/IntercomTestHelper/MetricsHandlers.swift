@@ -52,6 +52,10 @@ func registerMetricsHandlers(on router: Router) throws {
     try router.register("tracing.callBack") { (_: Int, context: CallContext) -> Int in
         try await context.peer.call("traced.leaf", 0, returning: Int.self)
     }
+    // Publishes an event to the caller from inside the handler's span.
+    try router.register("tracing.publish") { (_: Int, context: CallContext) -> Bool in
+        try context.peer.publish("traced.event", 1) == .sent
+    }
     try router.register("metrics.count") { (query: CounterQuery, _: CallContext) -> Int64 in
         helperMetrics.counterTotal(label: query.label, dimensions: query.dimensions.map { ($0[0], $0[1]) })
     }

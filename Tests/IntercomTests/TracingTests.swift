@@ -56,6 +56,23 @@ import Testing
                 .first { $0.name == "traced.note" }
             #expect(consumed?.parentSpanID == produced.spanID)
             #expect(consumed?.traceID == produced.traceID)
+
+            // An event published inside a handler's span reaches the subscriber as that span's grandchild.
+            tracer.clearAll()
+            let events = peer.events("traced.event", as: Int.self)
+            let published = try await tracer.withSpan("asking") { _ in try await peer.call("tracing.publish", 0, returning: Bool.self) }
+            #expect(published)
+            var iterator = events.makeAsyncIterator()
+            #expect(try await iterator.next() == .event(1))
+            let asking = try #require(tracer.finishedSpans.first { $0.operationName == "tracing.publish" })
+            let delivered = try #require(tracer.finishedSpans.first { $0.operationName == "traced.event" })
+            #expect(delivered.kind == .consumer)
+            let childSpans = try await peer.call("tracing.finished", 0, returning: [SpanRecord].self)
+            let servedPublish = try #require(childSpans.first { $0.name == "tracing.publish" && $0.parentSpanID == asking.spanID })
+            let producer = try #require(childSpans.first { $0.name == "traced.event" })
+            #expect(producer.parentSpanID == servedPublish.spanID)
+            #expect(delivered.parentSpanID == producer.spanID)
+            #expect(delivered.traceID == asking.traceID)
             await child.shutdown()
         }
     }

@@ -1,6 +1,7 @@
 @_spi(IntercomInternals) public import IntercomTransport
 package import IntercomWire
 package import NIOCore
+internal import Tracing
 
 // Events: publishing to subscribers on the other side, and subscribing to its topics.
 extension Peer {
@@ -140,12 +141,17 @@ extension Peer {
         guard let missed = taken else { return .notSubscribed }
         var frame = ByteBuffer()
         frame.reserveCapacity(FrameHeader.size + 3 + topic.utf8.count + payload.readableBytes)
-        let mark = FrameHeader.begin(
+        var mark = FrameHeader.begin(
             into: &frame, kind: .event, flags: json ? .jsonPayload : [], id: UInt64(missed), method: topic)
+        // Traced: a producer span per subscriber, its context in the frame (extension tag 3).
+        let traced = self.startOutgoingSpan(topic, kind: .producer)
+        if let traced { mark = FrameHeader.addTraceContext(traced.carrier, to: mark, in: &frame) }
         var body = payload
         frame.writeBuffer(&body)
         FrameHeader.finish(mark, in: &frame)
+        defer { traced?.span.end() }
         if self.transmitIfWritable(frame) { return .sent }
+        traced?.span.attributes["intercom.dropped"] = true
         self.oweMissedEvents(missed + 1, of: topic)
         return .dropped
     }

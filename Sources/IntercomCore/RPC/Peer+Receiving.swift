@@ -100,6 +100,7 @@ extension Peer: FrameReceiver {
             for queue in queues { queue.addMissed(missed) }
             return
         }
+        if self.tracer != nil, !queues.isEmpty { self.traceDelivery(of: topic, carrier: frame.traceContext) }
         for queue in queues where !queue.append(topic: topic, frame.payload, missedBefore: missed) {
             // Overflowed under `.disconnect`: the subscription is over.
             self.unsubscribe(queue)

@@ -11,7 +11,8 @@ internal import IntercomWire
 /// tracers such as swift-otel's); the other side runs the handler in a
 /// `server` span that is the child of the caller's, with its context as
 /// `ServiceContext.current`, so calls the handler makes continue the trace.
-/// One-way messages carry it the same way (`producer` and `consumer` spans).
+/// One-way messages and events carry it the same way (`producer` and
+/// `consumer` spans; an event's consumer span marks its arrival).
 /// Failed calls record their error on both spans.
 ///
 /// ```swift
@@ -76,6 +77,22 @@ extension Peer {
             span.attributes["intercom.peer"] = self.remote.name
             return try await body()
         }
+    }
+}
+
+extension Peer {
+    /// Records an event's arrival as a `consumer` span, the child of the
+    /// publisher's `producer` span (the subscriber's iteration is its own; the
+    /// span marks the hand-over).
+    func traceDelivery(of topic: String, carrier: [String: String]?) {
+        guard let tracer = self.tracer else { return }
+        var context = ServiceContext.topLevel
+        if let carrier { tracer.extract(carrier, into: &context, using: TraceContextExtractor()) }
+        let span = tracer.startSpan(topic, context: context, ofKind: .consumer)
+        span.attributes["messaging.system"] = "intercom"
+        span.attributes["messaging.destination.name"] = topic
+        span.attributes["intercom.peer"] = self.remote.name
+        span.end()
     }
 }
 
