@@ -2,6 +2,7 @@ import Foundation
 import Intercom
 import IntercomTestHelper
 import IntercomTestSupport
+import IntercomTesting
 import MetricsTestKit
 import Testing
 
@@ -68,6 +69,46 @@ import Testing
             await supervisor.stopAll()
             await supervising
             #expect(metrics.counterTotal(label: "intercom_worker_restarts", dimensions: [("worker", "flaky")]) >= 2)
+        }
+    }
+
+    /// Queue depths as meters per service: calls waiting for their reply, handlers
+    /// running, calls queued behind the concurrency limit — exact on the
+    /// in-memory transport with handlers on its loop, and back to zero after.
+    @Test func queueDepthsAreMeters() async throws {
+        try await withResourceCheck {
+            let gates = Gates()
+            let router = Router()
+            try router.register("slow") { (id: Int, _: CallContext) -> Int in
+                await gates.pass(id)
+                return id
+            }
+            let (clientMetrics, serverMetrics) = (TestMetrics(), TestMetrics())
+            var client = Peer.Configuration(name: "depths-client")
+            client.metrics = .factory(clientMetrics)
+            var server = Peer.Configuration(name: "depths")
+            server.handlerExecution = .connectionThread
+            server.maxConcurrentHandlers = 1
+            server.metrics = .factory(serverMetrics)
+            let connection = try await InMemoryConnection.open(second: router, configuration: client, secondConfiguration: server)
+            let caller = connection.first
+            let calls = (1...3).map { id in Task(executorPreference: caller.executor) { try await caller.call("slow", id, returning: Int.self) } }
+            await connection.settle()
+            func meter(_ metrics: TestMetrics, _ label: String, _ service: String) throws -> Double {
+                try metrics.expectMeter(label, [("service", service)]).lastValue ?? 0
+            }
+            #expect(try meter(clientMetrics, "intercom_pending_calls", "depths-client") == 3)
+            #expect(try meter(serverMetrics, "intercom_running_handlers", "depths") == 1)
+            #expect(try meter(serverMetrics, "intercom_queued_calls", "depths") == 2)
+            for id in 1...3 {
+                await gates.open(id)
+                #expect(try await calls[id - 1].value == id)
+            }
+            await connection.settle()
+            #expect(try meter(clientMetrics, "intercom_pending_calls", "depths-client") == 0)
+            #expect(try meter(serverMetrics, "intercom_running_handlers", "depths") == 0)
+            #expect(try meter(serverMetrics, "intercom_queued_calls", "depths") == 0)
+            await connection.close()
         }
     }
 }

@@ -128,7 +128,7 @@ import Testing
 
 /// Handlers wait at a gate the test opens, one per call id; the gates record
 /// who entered and how many were inside at once.
-private actor Gates {
+actor Gates {
     private var waiting: [Int: CheckedContinuation<Void, Never>] = [:]
     private var opened: Set<Int> = []
     private var inside = 0

@@ -17,6 +17,12 @@ public import CoreMetrics
 /// | `intercom_call_duration` | timer | |
 /// | `intercom_payload_bytes` | counter | `direction` (`in`, `out`): request and reply payloads |
 /// | `intercom_connections` | meter (up, down) | only `service` |
+/// | `intercom_pending_calls` | meter | only `service`: calls made that wait for their reply |
+/// | `intercom_running_handlers` | meter | only `service`: handlers running for the other sides |
+/// | `intercom_queued_calls` | meter | only `service`: calls waiting for a free handler (the concurrency limit) |
+///
+/// The three queue depths are summed over the service's connections (each
+/// connection adds what it changed and takes its share back when it closes).
 ///
 /// Served methods that the router does not handle count as method `(unknown)`,
 /// and past 1,024 distinct methods the rest count as `(other)`: a stranger
@@ -74,6 +80,11 @@ final class PeerMetrics: Sendable {
     let factory: any MetricsFactory
     let service: String
     private let connections: Meter
+    private let pendingCalls: Meter
+    private let runningHandlers: Meter
+    private let queuedCalls: Meter
+    /// What this connection last added to the depth meters.
+    private let reportedDepths = Locked<(pending: Int, running: Int, queued: Int)>((0, 0, 0))
     private let methods = Locked<[Key: MethodMetrics]>([:])
 
     init?(_ reporting: MetricsReporting, service: String) {
@@ -81,10 +92,32 @@ final class PeerMetrics: Sendable {
         self.factory = make()
         self.service = service
         self.connections = Meter(label: "intercom_connections", dimensions: [("service", service)], factory: self.factory)
+        self.pendingCalls = Meter(label: "intercom_pending_calls", dimensions: [("service", service)], factory: self.factory)
+        self.runningHandlers = Meter(label: "intercom_running_handlers", dimensions: [("service", service)], factory: self.factory)
+        self.queuedCalls = Meter(label: "intercom_queued_calls", dimensions: [("service", service)], factory: self.factory)
     }
 
     func connectionOpened() { self.connections.increment() }
-    func connectionClosed() { self.connections.decrement() }
+    func connectionClosed() {
+        self.connections.decrement()
+        self.depths(pending: 0, running: 0, queued: 0)
+    }
+
+    /// Moves the depth meters by what changed on this connection since the last report.
+    func depths(pending: Int, running: Int, queued: Int) {
+        let delta = self.reportedDepths.withLock { last -> (Int, Int, Int) in
+            defer { last = (pending, running, queued) }
+            return (pending - last.pending, running - last.running, queued - last.queued)
+        }
+        Self.move(self.pendingCalls, by: delta.0)
+        Self.move(self.runningHandlers, by: delta.1)
+        Self.move(self.queuedCalls, by: delta.2)
+    }
+
+    /// A meter takes only non-negative steps each way.
+    private static func move(_ meter: Meter, by delta: Int) {
+        if delta > 0 { meter.increment(by: Double(delta)) } else if delta < 0 { meter.decrement(by: Double(-delta)) }
+    }
 
     /// Records one call made or served: its payload bytes each way, how long
     /// it took, and its error's code if it failed.

@@ -125,7 +125,16 @@ public final class Peer: Sendable {
     /// Runs `body` on the connection's state machine under its lock, then wakes
     /// anyone waiting for the statistics it may have changed.
     func withState<R>(_ body: (inout ConnectionStateMachine) -> R) -> R {
-        let result = self.state.withLock(body)
+        guard let metrics = self.metrics else {
+            let result = self.state.withLock(body)
+            self.statisticsChanged()
+            return result
+        }
+        // With metrics on, the queue depths are read under the same lock.
+        let (result, depths) = self.state.withLock { state in
+            (body(&state), (state.outbound.pending.count, state.inbound.active, state.inbound.queuedCount))
+        }
+        metrics.depths(pending: depths.0, running: depths.1, queued: depths.2)
         self.statisticsChanged()
         return result
     }
