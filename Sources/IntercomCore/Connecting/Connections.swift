@@ -21,7 +21,7 @@ func installPeer(
 ) throws -> EventLoopFuture<Peer> {
     let transport = NIOFrameTransport(
         channel: channel, descriptor: descriptor, medium: medium, limits: configuration.limits,
-        outboxLimit: configuration.outboundHighWatermark, logger: configuration.logger)
+        outboxLimit: configuration.outboundHighWatermark, logger: configuration.serviceLogger)
     try channel.pipeline.syncOperations.addHandler(transport.handler)
     let promise = channel.eventLoop.makePromise(of: Peer.self)
     transport.setReceiver(

@@ -124,7 +124,7 @@ public final class PeerListener: Sendable {
             }
         }
         let box = ListenerBox()
-        let logger = configuration.logger
+        let logger = configuration.serviceLogger
         let acceptor: UnixSocketAcceptor
         do {
             acceptor = try UnixSocketAcceptor(listening: fd, path: path, logger: logger) { connection in
@@ -151,7 +151,7 @@ public final class PeerListener: Sendable {
         _ connection: Int32, path: String, router: Router?, configuration: Peer.Configuration, access: AccessPolicy,
         box: ListenerBox
     ) {
-        let logger = configuration.logger
+        let logger = configuration.serviceLogger
         // Before the handshake: no handler can run for a refused client.
         let refusal = Self.refusal(of: connection, by: access)
         let bootstrap = ClientBootstrap(group: intercomEventLoopGroup)

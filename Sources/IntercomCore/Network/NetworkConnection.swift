@@ -35,7 +35,7 @@ enum NetworkPipeline {
                 : try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName, customVerificationCallback: verify)
             try channel.pipeline.syncOperations.addHandler(handler)
             try channel.pipeline.syncOperations.addHandler(
-                TLSGate(session: session, timeout: configuration.handshakeTimeout, logger: configuration.logger, admit: admit))
+                TLSGate(session: session, timeout: configuration.handshakeTimeout, logger: configuration.serviceLogger, admit: admit))
         }
         return try installPeer(
             on: channel, descriptor: nil, medium: tls == nil ? .tcp : .tls, network: session, router: router,

@@ -50,7 +50,7 @@ extension PeerListener {
         }
         let box = ListenerBox()
         let roots = configuration.tls?.rootCertificates ?? []
-        let logger = configuration.logger
+        let logger = configuration.serviceLogger
         let bootstrap = ServerBootstrap(group: intercomEventLoopGroup)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)

@@ -179,7 +179,7 @@ final class Handshake: FrameReceiver, @unchecked Sendable {
         let upgrade = self.transport.beginUpgrade(
             options: configuration.sharedMemory,
             passDescriptors: remote.capabilities & Hello.descriptorsCapability != 0, deadline: self.startedAt + configuration.handshakeTimeout,
-            limits: configuration.limits, logger: configuration.logger,
+            limits: configuration.limits, logger: configuration.serviceLogger,
             established: { [self] newTransport in
                 // On the new transport's thread, before it serves the connection.
                 let peer = Peer(transport: newTransport, router: router, configuration: configuration, remote: remote, codec: codec)

@@ -79,7 +79,7 @@ extension Peer {
             .peerLost,
             "no sign of life from '\(self.remote.name)'\(place) for \(silence) (heartbeats unanswered): its host or the network path to it is gone",
             context: .init(peer: self.remote.name))
-        self.configuration.logger.warning("peer vanished", metadata: ["peer": "\(self.remote.name)", "silence": "\(silence)"])
+        self.logger.warning("peer vanished", metadata: ["silence": "\(silence)"])
         if let ending = self.withState({ $0.beginClosing(reason) }) { self.failCalls(ending, reason: reason) }
         self.transport.close()
     }

@@ -127,8 +127,7 @@ extension Peer: FrameReceiver {
         if frame.id == 0, frame.kind == .error {
             // An error about the whole connection: the other side is about to close it.
             let body = try? ErrorBody(from: frame.payload)
-            self.configuration.logger.warning(
-                "peer reported a connection error", metadata: ["peer": "\(self.remote.name)", "error": "\(body?.message ?? "?")"])
+            self.logger.warning("peer reported a connection error", metadata: ["error": "\(body?.message ?? "?")"])
             return
         }
         let removal = self.withState { $0.callEnded(frame.id) }
@@ -172,8 +171,7 @@ extension Peer: FrameReceiver {
     }
 
     func transportFailed(_ error: ProtocolError) {
-        self.configuration.logger.warning(
-            "protocol violation; closing the connection", metadata: ["peer": "\(self.remote.name)", "error": "\(error)"])
+        self.logger.warning("protocol violation; closing the connection", metadata: ["error": "\(error)"])
         let reason = IntercomError(error, peer: self.remote.name)
         if let ending = self.withState({ $0.beginClosing(reason) }) { self.failCalls(ending, reason: reason) }
     }

@@ -145,7 +145,7 @@ extension Peer {
                 reply = self.encodeError(
                     Self.deadlineError(error, call.context, now: self.transport.now) ?? error, id: id, method: call.method, codec: call.codec)
             } else {
-                self.configuration.logger.warning(
+                self.logger.warning(
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
             }
         }

@@ -15,7 +15,7 @@ extension Peer {
             .suspended, "'\(name)' is suspended (restarting on purpose); the call was not sent to it",
             context: .init(peer: name))
         guard self.withState({ $0.suspensionArrived(refusal) }) else { return }
-        self.configuration.logger.debug("the other side suspends; closing once this side's calls are answered", metadata: ["peer": "\(name)"])
+        self.logger.debug("the other side suspends; closing once this side's calls are answered")
         let closeWhenDrained: OutboundCalls.DrainWaiter = { [weak self] _ in
             guard let self else { return }
             Task {

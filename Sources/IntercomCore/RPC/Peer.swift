@@ -73,6 +73,10 @@ public final class Peer: Sendable {
     /// Payloads at least this long are compressed (`Int.max`: none are —
     /// compression is off here or the other side cannot read it).
     let compressionThreshold: Int
+    /// The configuration's logger with who this connection is: `service` (this
+    /// side's name), `peer` (the other's), `peer.pid` (from the kernel where
+    /// local) — every line the connection logs carries them.
+    let logger: Logger
     /// Whether this connection is a monitor's (`intercom.monitor`): its own calls are not shown to monitors.
     let isMonitorConnection = Atomic<Bool>(false)
 
@@ -101,6 +105,11 @@ public final class Peer: Sendable {
         self.configuration = configuration
         self.remote = PeerIdentity(
             name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials, network: network)
+        var logger = configuration.serviceLogger
+        logger[metadataKey: "peer"] = "\(remote.name)"
+        logger[metadataKey: "peer.pid"] = "\(self.remote.credentials?.pid ?? self.remote.reportedPID)"
+        if let address = self.remote.address { logger[metadataKey: "peer.address"] = "\(address)" }
+        self.logger = logger
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)
         self.remoteSupportsStreams = remote.capabilities & Hello.streamsCapability != 0
         self.remoteSupportsInputStreams = remote.capabilities & Hello.inputStreamsCapability != 0

@@ -94,6 +94,14 @@ extension Peer {
         /// Where the connection logs (protocol violations at `warning`).
         public var logger: Logger = Logger(label: "intercom.peer")
 
+        /// ``logger`` with this side's name as `service` metadata: what the
+        /// transports and listeners log with, before a connection knows its peer.
+        var serviceLogger: Logger {
+            var logger = self.logger
+            logger[metadataKey: "service"] = "\(self.name)"
+            return logger
+        }
+
         /// Creates a configuration with the defaults; `name` defaults to the process name.
         public init(name: String? = nil) {
             self.name = name ?? ProcessInfo.processInfo.processName
