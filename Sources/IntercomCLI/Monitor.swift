@@ -90,18 +90,16 @@ private func followService(
     do {
         let peer = try await bus.connect(to: info.name, configuration: configuration)
         defer { Task { await peer.close() } }
-        let schema =
-            request.payloadBytes > 0 ? try? await peer.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10)) : nil
         // A monitor watches for as long as it runs: the longest deadline there is.
         let batches = peer.stream(Router.monitorMethod, request, of: TrafficBatch.self, timeout: .seconds(1 << 32))
-        var attached = false
-        for try await batch in batches {
-            if !attached {
-                attached = true
-                progress("monitoring \(info.name) (pid \(info.pid))")
-            }
-            handle(batch, info, schema)
-        }
+        var iterator = batches.makeAsyncIterator()
+        guard let first = try await iterator.next() else { return }
+        // Asked once attached: the service no longer shows this connection's calls to other monitors.
+        let schema =
+            request.payloadBytes > 0 ? try? await peer.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10)) : nil
+        progress("monitoring \(info.name) (pid \(info.pid))")
+        handle(first, info, schema)
+        while let batch = try await iterator.next() { handle(batch, info, schema) }
     } catch let error as IntercomError where error.code == .peerLost || error.code == .cancelled || error.code == .closed {
         return
     } catch {

@@ -17,7 +17,7 @@ import Glibc
                 let service = try ServiceProcess(name: "typed", bus: temporary)
                 _ = try await temporary.bus.waitForService("typed", timeout: .seconds(20))
                 let (_, out, err, exit) = try startCLI(
-                    ["monitor", "--json", "--service", "typed", "--method", "math.", "--count", "3"], busDirectory: temporary.directory)
+                    ["monitor", "--json", "--service", "typed", "--method", "math.", "--count", "4"], busDirectory: temporary.directory)
                 let attached = await readOutput(of: err, until: "monitoring typed")
                 #expect(attached.contains("monitoring typed (pid \(service.pid))"))
 
@@ -26,6 +26,7 @@ import Glibc
                 #expect(try await peer.call("math.add", AddRequest(a: 2, b: 3), returning: Int.self) == 5)
                 #expect(try await peer.callJSON("math.add", json: #"{"a":40,"b":2}"#) == "42")
                 await #expect(throws: IntercomError.self) { try await peer.call("math.add", "not a request", returning: Int.self) }
+                try await peer.send("math.note", AddRequest(a: 1, b: 1))  // no handler: the service's inbox
 
                 let output = String(decoding: await onThread { out.fileHandleForReading.readDataToEndOfFile() }, as: UTF8.self)
                 for await status in exit { #expect(status == 0) }
@@ -35,8 +36,8 @@ import Glibc
                 let lines = output.split(separator: "\n").map { line in
                     (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
                 }
-                #expect(lines.count == 3, "\(output)")
-                guard lines.count == 3 else { return }
+                #expect(lines.count == 4, "\(output)")
+                guard lines.count == 4 else { return }
                 // The binary codec's payloads, decoded with the service's schema.
                 #expect(lines[0]["codec"] as? String == "binary")
                 #expect(lines[0]["method"] as? String == "math.add")
@@ -50,6 +51,10 @@ import Glibc
                 #expect(lines[1]["reply"] as? Int == 42)
                 // A failed call shows the error the caller got.
                 #expect((lines[2]["error"] as? String)?.hasPrefix("invalidPayload") == true, "\(lines[2])")
+                // A one-way message to the inbox: its size (no schema to decode it with).
+                #expect(lines[3]["kind"] as? String == "message")
+                #expect(lines[3]["method"] as? String == "math.note")
+                #expect((lines[3]["requestBytes"] as? Int ?? 0) > 0)
 
                 #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
                 await peer.close()
@@ -72,8 +77,10 @@ import Glibc
                 for value in 0..<20 { #expect(try await peer.call("math.add", AddRequest(a: value, b: 1), returning: Int.self) == value + 1) }
                 await #expect(throws: IntercomError.self) { try await peer.call("fail.typed", "no", returning: Int.self) }
                 let shown = String(decoding: await readBytes(of: out, until: #""totalCalls":21,"totalErrors":1}"#), as: UTF8.self)
+                async let rest = onThread { out.fileHandleForReading.readDataToEndOfFile() }
                 top.terminate()
                 for await _ in exit {}
+                _ = await rest
                 try? out.fileHandleForReading.close()
                 try? err.fileHandleForReading.close()
 
@@ -117,8 +124,11 @@ import Glibc
                 #expect(shown.contains("records dropped (this monitor fell behind)"))
                 #expect(shown.contains("echo.bytes"))
 
+                // Read on to the end: a monitor blocked on a full pipe would not get to its SIGTERM handling.
+                async let rest = onThread { out.fileHandleForReading.readDataToEndOfFile() }
                 monitor.terminate()
                 for await _ in exit {}
+                _ = await rest
                 try? out.fileHandleForReading.close()
                 try? err.fileHandleForReading.close()
                 #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))

@@ -50,6 +50,7 @@ extension Peer: FrameReceiver {
             if let method = frame.method, let router, router.hasOwnHandler(for: method) {
                 self.accept(frame)
             } else {
+                if let router, router.traffic.isActive { self.tappedInboxMessage(frame, into: router.traffic) }
                 // Collected until the end of this read, then queued under one lock.
                 let collected = self.arrivals.append(
                     InboundMessage(method: frame.method, payload: frame.payload, codec: self.codec, descriptors: frame.descriptors))

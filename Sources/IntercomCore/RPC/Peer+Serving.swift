@@ -186,6 +186,17 @@ extension Peer {
         tap.record(record, request: call.payload, reply: replyPayload)
     }
 
+    /// Shows a one-way message bound for the inbox (no handler) to the attached monitors.
+    func tappedInboxMessage(_ frame: Frame, into tap: TrafficTap) {
+        guard !self.isMonitorConnection.load(ordering: .relaxed) else { return }
+        let codec = frame.flags.contains(.jsonPayload) ? "json" : self.codec.name
+        let record = TrafficRecord(
+            kind: .message, time: Date(), service: self.configuration.name, caller: self.remote.name,
+            callerPID: self.remote.credentials?.pid ?? self.remote.reportedPID, method: frame.method ?? "", codec: codec,
+            requestBytes: frame.payload.readableBytes, replyBytes: nil, microseconds: nil, error: nil)
+        tap.record(record, request: frame.payload, reply: nil)
+    }
+
     /// The `count` methods whose names share the longest start with `method`
     /// (a typo's intended method first), alphabetical among equals.
     static func closestMethods(to method: String, in methods: [String], count: Int) -> [String] {
