@@ -43,6 +43,8 @@ extension Peer: FrameReceiver {
         if !self.arrivals.streamItems.pointee.items.isEmpty { self.deliverStreamItems() }
         switch frame.kind {
         case .reply, .error, .pong:
+            // Counted before the caller can resume: `traffic` read after a call includes its reply.
+            self.flushTally()
             self.complete(frame)
         case .call:
             self.accept(frame)
@@ -111,6 +113,11 @@ extension Peer: FrameReceiver {
     func endOfReadBatch() {
         self.deliverStreamItems()
         self.flushArrivals()
+        self.flushTally()
+    }
+
+    /// Adds the frames counted so far in this read to ``traffic``.
+    func flushTally() {
         let (frames, bytes) = self.arrivals.takeTally()
         if frames > 0 { self.received.add(frames: frames, bytes: bytes) }
     }

@@ -277,8 +277,13 @@ public final class Peer: Sendable {
 
     /// As ``transmit(_:frames:)`` if the transport takes it now; false (and not counted) if not.
     func transmitIfWritable(_ bytes: ByteBuffer, frames: Int = 1) -> Bool {
-        guard self.transport.sendIfWritable(bytes) else { return false }
+        // Counted first, taken back if refused: the other side may answer (and its
+        // owner read ``traffic``) before this thread runs again after the send.
         self.counted(bytes, frames: frames)
+        guard self.transport.sendIfWritable(bytes) else {
+            self.sent.add(frames: -frames, bytes: -bytes.readableBytes)
+            return false
+        }
         return true
     }
 
