@@ -11,7 +11,9 @@ import Testing
 /// `tracing.finished`): a handler's span is the child of the caller's, calls
 /// the handler makes continue the trace, messages carry it, errors are recorded.
 @Suite(.serialized) struct TracingTests {
-    @Test func aTraceCrossesProcessesBothWays() async throws {
+    /// Over a socket pair and across a TCP connection (the same frame extension).
+    @Test(arguments: [TransportKind.socketpair, .tcp])
+    func aTraceCrossesProcessesBothWays(kind: TransportKind) async throws {
         try await withResourceCheck {
             let tracer = InMemoryTracer()
             let router = Router()
@@ -21,7 +23,7 @@ import Testing
             // Handlers on the child's connection thread: a message's handler has ended
             // before a call sent after it starts, so `tracing.finished` sees its span.
             let child = try await ChildProcess.spawn(
-                .socketpair, arguments: ["--tracing", "--connection-thread"], router: router, configuration: configuration)
+                kind, arguments: ["--tracing", "--connection-thread"], router: router, configuration: configuration)
             let peer = child.peer
 
             // One request: this process calls the child, whose handler calls back.
