@@ -86,15 +86,7 @@ struct Compat: AsyncParsableCommand {
 
 /// Asks a running service for its schema (`intercom.describe`).
 func fetchSchema(_ service: String, _ options: BusOptions) async throws -> ServiceSchema {
-    let peer = try await options.connect(to: service, configuration: options.configuration())
-    do {
-        let schema = try await peer.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10))
-        await peer.close()
-        return schema
-    } catch {
-        await peer.close()
-        throw error
-    }
+    try await options.withPeer(service) { try await $0.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10)) }
 }
 
 /// The schema without the methods every bus service has (`intercom.info`, …), keeping properties.

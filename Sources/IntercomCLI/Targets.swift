@@ -59,11 +59,17 @@ struct BusOptions: ParsableArguments {
 
     /// What the service at `address` says about itself (`intercom.info`).
     func info(at address: String) async throws -> ServiceInfo {
-        let peer = try await Peer.connect(to: try Endpoint(parsing: address), configuration: self.configuration())
+        _ = try Endpoint(parsing: address)  // an address, not a name: say so if it is not one
+        return try await self.withPeer(address) { try await $0.call("intercom.info", 0, returning: ServiceInfo.self, timeout: .seconds(10)) }
+    }
+
+    /// Runs `body` with a connection to `target` (see ``connect(to:configuration:)``), closed after it.
+    func withPeer<T>(_ target: String, _ body: (Peer) async throws -> T) async throws -> T {
+        let peer = try await self.connect(to: target, configuration: self.configuration())
         do {
-            let info = try await peer.call("intercom.info", 0, returning: ServiceInfo.self, timeout: .seconds(10))
+            let result = try await body(peer)
             await peer.close()
-            return info
+            return result
         } catch {
             await peer.close()
             throw error

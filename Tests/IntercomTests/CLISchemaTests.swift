@@ -8,51 +8,42 @@ import Testing
 /// round-trips through a file, and a breaking change fails the command.
 @Suite(.serialized) struct CLISchemaTests {
     @Test func describeAndCompatEndToEnd() async throws {
-        try await withResourceCheck {
-            try await withTemporaryBus { temporary in
-                let service = try ServiceProcess(name: "typed", bus: temporary)
-                _ = try await temporary.bus.waitForService("typed", timeout: .seconds(20))
+        try await withTypedService { temporary, _, _ in
 
-                let described = try await runCLI(["describe", "typed"], busDirectory: temporary.directory)
-                #expect(described.status == 0, "\(described.errors)")
-                #expect(described.output.contains("math.add(AddRequest) -> Int64"), "\(described.output)")
-                #expect(described.output.contains("AddRequest { a: Int64, b: Int64 }"))
-                #expect(described.output.contains("camera.exposure.set(SetExposure) -> "))
-                #expect(!described.output.contains("intercom.quit"))
+            let described = try await runCLI(["describe", "typed"], busDirectory: temporary.directory)
+            #expect(described.status == 0, "\(described.errors)")
+            #expect(described.output.contains("math.add(AddRequest) -> Int64"), "\(described.output)")
+            #expect(described.output.contains("AddRequest { a: Int64, b: Int64 }"))
+            #expect(described.output.contains("camera.exposure.set(SetExposure) -> "))
+            #expect(!described.output.contains("intercom.quit"))
 
-                let snapshotRun = try await runCLI(["describe", "typed", "--json"], busDirectory: temporary.directory)
-                #expect(snapshotRun.status == 0)
-                var snapshot = try JSONDecoder().decode(ServiceSchema.self, from: Data(snapshotRun.output.utf8))
-                #expect(snapshot.method("math.add")?.argument == .named("AddRequest"))
+            let snapshotRun = try await runCLI(["describe", "typed", "--json"], busDirectory: temporary.directory)
+            #expect(snapshotRun.status == 0)
+            var snapshot = try JSONDecoder().decode(ServiceSchema.self, from: Data(snapshotRun.output.utf8))
+            #expect(snapshot.method("math.add")?.argument == .named("AddRequest"))
 
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent("intercom-compat-\(getpid())")
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                let same = directory.appendingPathComponent("same.json")
-                try Data(snapshotRun.output.utf8).write(to: same)
-                let unchanged = try await runCLI(["compat", same.path, "typed"], busDirectory: temporary.directory)
-                #expect(unchanged.status == 0, "\(unchanged.output)\(unchanged.errors)")
-                #expect(unchanged.output.contains("no changes"))
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("intercom-compat-\(getpid())")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let same = directory.appendingPathComponent("same.json")
+            try Data(snapshotRun.output.utf8).write(to: same)
+            let unchanged = try await runCLI(["compat", same.path, "typed"], busDirectory: temporary.directory)
+            #expect(unchanged.status == 0, "\(unchanged.output)\(unchanged.errors)")
+            #expect(unchanged.output.contains("no changes"))
 
-                // An "old release" whose AddRequest had no `b`: the running service now requires it.
-                snapshot.types["AddRequest"] = TypeSchema(.record([WireField(name: "a", shape: .primitive(.int64), required: true)]))
-                let old = directory.appendingPathComponent("old.json")
-                try JSONEncoder().encode(snapshot).write(to: old)
-                let breaking = try await runCLI(["compat", old.path, "typed", "--codec", "json"], busDirectory: temporary.directory)
-                #expect(breaking.status == 1)
-                #expect(breaking.output.contains("BREAKING (old clients) math.add argument.b: field added, required"), "\(breaking.output)")
+            // An "old release" whose AddRequest had no `b`: the running service now requires it.
+            snapshot.types["AddRequest"] = TypeSchema(.record([WireField(name: "a", shape: .primitive(.int64), required: true)]))
+            let old = directory.appendingPathComponent("old.json")
+            try JSONEncoder().encode(snapshot).write(to: old)
+            let breaking = try await runCLI(["compat", old.path, "typed", "--codec", "json"], busDirectory: temporary.directory)
+            #expect(breaking.status == 1)
+            #expect(breaking.output.contains("BREAKING (old clients) math.add argument.b: field added, required"), "\(breaking.output)")
 
-                let garbage = directory.appendingPathComponent("garbage.json")
-                try Data("{}".utf8).write(to: garbage)
-                let refused = try await runCLI(["compat", garbage.path, "typed"], busDirectory: temporary.directory)
-                #expect(refused.status == 1)
-                #expect(refused.errors.contains("is not a schema snapshot"))
-
-                let peer = try await temporary.bus.connect(to: "typed")
-                #expect(try await peer.call("intercom.quit", 0, returning: Bool.self))
-                await peer.close()
-                #expect(await service.waitForExit() == 0)
-            }
+            let garbage = directory.appendingPathComponent("garbage.json")
+            try Data("{}".utf8).write(to: garbage)
+            let refused = try await runCLI(["compat", garbage.path, "typed"], busDirectory: temporary.directory)
+            #expect(refused.status == 1)
+            #expect(refused.errors.contains("is not a schema snapshot"))
         }
     }
 }

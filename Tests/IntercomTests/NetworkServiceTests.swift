@@ -62,6 +62,12 @@ struct NetworkServiceTests {
                 let info = try await remote.call("intercom.info", 0, returning: ServiceInfo.self)
                 #expect(info.addresses == [address.description])
                 #expect(service.connectedClients.count == 2)
+                // Watching the traffic (`intercom monitor`) is for local processes only.
+                await expectIntercomError(.permissionDenied) {
+                    for try await _ in remote.stream("intercom.monitor", MonitorRequest(payloadBytes: 0), of: TrafficBatch.self) {}
+                }
+                var watching = local.stream("intercom.monitor", MonitorRequest(payloadBytes: 0), of: TrafficBatch.self).makeAsyncIterator()
+                #expect(try await watching.next()?.connections == 1, "the local monitor is attached; the remote client counts, it does not")
                 await remote.close()
                 await local.close()
                 await service.close()

@@ -12,11 +12,18 @@ extension Router {
     package static let monitorMethod = "intercom.monitor"
 
     /// Registers ``monitorMethod``: a server stream of ``TrafficBatch``es, one
-    /// per wake-up, cut to about 1 MiB. The stream's flow control paces it; while
+    /// per wake-up, cut to about 1 MiB — for local callers only (kernel
+    /// credentials; a network connection is refused with `permissionDenied`). The stream's flow control paces it; while
     /// the monitor does not read, the tap drops and counts (TrafficTap.swift).
     package func registerMonitor() throws(IntercomError) {
         let traffic = self.traffic
         try self.registerStream(Self.monitorMethod) { (request: MonitorRequest, context: CallContext, out: StreamWriter<TrafficBatch>) in
+            // Payloads of other processes' calls: only for a local process the kernel vouches
+            // for (the bus admits its own user by default), never over TCP or TLS.
+            guard context.peer.remote.credentials != nil else {
+                throw IntercomError(
+                    .permissionDenied, "monitoring is for local processes only: connect to the service on its bus, not by address")
+            }
             context.peer.isMonitorConnection.store(true, ordering: .relaxed)
             let subscription = traffic.attach(payloadBytes: request.payloadBytes)
             defer { traffic.detach(subscription) }
