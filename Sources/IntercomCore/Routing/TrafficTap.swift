@@ -4,7 +4,7 @@ public import FoundationEssentials
 public import Foundation
 #endif
 internal import IntercomTransport
-internal import NIOCore
+package import NIOCore
 internal import Synchronization
 
 /// One call, message or event a service saw, as `intercom monitor` shows it.
@@ -45,6 +45,23 @@ public struct TrafficRecord: Codable, Sendable, Hashable {
     public var microseconds: Int64?
     /// The error the caller got, as `code: message`.
     public var error: String?
+
+    package init(
+        kind: Kind, time: Date, service: String, caller: String, callerPID: Int32?, method: String, codec: String,
+        requestBytes: Int, replyBytes: Int?, microseconds: Int64?, error: String?
+    ) {
+        self.kind = kind
+        self.time = time
+        self.service = service
+        self.caller = caller
+        self.callerPID = callerPID
+        self.method = method
+        self.codec = codec
+        self.requestBytes = requestBytes
+        self.replyBytes = replyBytes
+        self.microseconds = microseconds
+        self.error = error
+    }
 }
 
 /// Records shipped to a monitor together, with the count of those dropped since
@@ -80,18 +97,21 @@ public struct MonitorRequest: Codable, Sendable, Hashable {
 /// Copies of a router's traffic for the monitors attached to it.
 ///
 /// Off until a monitor attaches: serving a call then costs one atomic load.
-/// Each monitor has a queue of ``queueLimit`` records (each payload cut to what
-/// it asked for, so at most about 32 KiB a record); when the queue is full new
-/// records are dropped and counted, never waited for — a slow or stopped
-/// monitor cannot slow the service.
+/// Each monitor has a queue of at most ``queueLimit`` records and
+/// ``queueByteLimit`` bytes of payload copies (each payload cut to what it
+/// asked for); when the queue is full new records are dropped and counted,
+/// never waited for — a slow or stopped monitor cannot slow the service.
 package final class TrafficTap: Sendable {
     /// Records one monitor's queue holds before dropping.
     package static let queueLimit = 1024
+    /// Bytes of payload copies (plus 256 a record) one monitor's queue holds before dropping.
+    package static let queueByteLimit = 4 << 20
 
     package final class Subscription: Sendable {
         let payloadBytes: Int
         private struct Queue {
             var records: [TrafficRecord] = []
+            var bytes = 0
             var dropped = 0
             var waiter: CheckedContinuation<Void, Never>?
             var closed = false
@@ -103,10 +123,12 @@ package final class TrafficTap: Sendable {
         func offer(_ record: TrafficRecord) {
             let waiter = self.queue.withLock { queue -> CheckedContinuation<Void, Never>? in
                 guard !queue.closed else { return nil }
-                if queue.records.count >= TrafficTap.queueLimit {
+                let size = 256 + (record.request?.count ?? 0) + (record.reply?.count ?? 0)
+                if queue.records.count >= TrafficTap.queueLimit || queue.bytes + size > TrafficTap.queueByteLimit {
                     queue.dropped += 1
                 } else {
                     queue.records.append(record)
+                    queue.bytes += size
                 }
                 defer { queue.waiter = nil }
                 return queue.waiter
@@ -121,6 +143,7 @@ package final class TrafficTap: Sendable {
                     guard !queue.records.isEmpty || queue.dropped > 0 else { return nil }
                     defer {
                         queue.records.removeAll(keepingCapacity: true)
+                        queue.bytes = 0
                         queue.dropped = 0
                     }
                     return TrafficBatch(records: queue.records, dropped: queue.dropped)
@@ -189,7 +212,7 @@ package final class TrafficTap: Sendable {
     }
 
     /// Offers a record to every monitor, with the payloads cut to what each asked for.
-    func record(_ record: TrafficRecord, request: ByteBuffer?, reply: ByteBuffer?) {
+    package func record(_ record: TrafficRecord, request: ByteBuffer?, reply: ByteBuffer?) {
         let subscriptions = self.subscriptions.withLock { Array($0.values) }
         for subscription in subscriptions {
             var copy = record
