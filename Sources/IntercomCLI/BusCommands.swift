@@ -95,6 +95,8 @@ struct Call: AsyncParsableCommand {
         help: "The argument as JSON (default: null); - reads it from standard input, @FILE from FILE (for arguments too long for a command line).")
     var json: String = "null"
     @Option(help: "Seconds to wait for the connection and the reply: a number from 0.001 to 86400.") var timeout: Double = 10
+    @Option(help: "Send the lines of FILE (- for standard input), one JSON value each, as the call's input stream (client-streaming and bidirectional methods).")
+    var input: String?
 
     func validate() throws {
         try requireSeconds(self.timeout, option: "--timeout")
@@ -113,9 +115,16 @@ struct Call: AsyncParsableCommand {
             let remaining = max(deadline - .now, .milliseconds(1))
             // As a stream when the method is one (one line per item), else one reply.
             let items = Atomic<Int>(0)
-            let reply = try await peer.callJSONStreaming(self.method, json: argument, timeout: remaining) { item in
+            let print: @Sendable (String) -> Void = { item in
                 items.add(1, ordering: .relaxed)
                 printLine(item)
+            }
+            let reply: String
+            if let input = self.input {
+                let lines = try readInputLines(input)
+                reply = try await peer.callJSONStreaming(self.method, json: argument, inputs: lines, timeout: remaining, item: print)
+            } else {
+                reply = try await peer.callJSONStreaming(self.method, json: argument, timeout: remaining, item: print)
             }
             if items.load(ordering: .relaxed) == 0 || reply != "null" { print(reply) }
             await peer.close()
@@ -141,6 +150,23 @@ func readArgument(_ given: String) throws(IntercomError) -> String {
         return String(decoding: data, as: UTF8.self)
     }
     return given
+}
+
+/// The non-empty lines of `--input`: a file, or standard input for `-`.
+func readInputLines(_ source: String) throws(IntercomError) -> [String] {
+    let text: String
+    if source == "-" {
+        guard let bytes = readStandardInput() else {
+            throw IntercomError(.invalidPayload, "cannot read the input from standard input: \(String(cString: strerror(errno)))")
+        }
+        text = String(decoding: bytes, as: UTF8.self)
+    } else {
+        guard let data = FileManager.default.contents(atPath: source) else {
+            throw IntercomError(.invalidPayload, "cannot read the input file \(source)")
+        }
+        text = String(decoding: data, as: UTF8.self)
+    }
+    return text.split(whereSeparator: \.isNewline).map(String.init).filter { !$0.allSatisfy(\.isWhitespace) }
 }
 
 /// Checks a number of seconds given on the command line: finite, at least 1 ms,

@@ -84,6 +84,14 @@ enum EchoService {
             }
             for i in 0..<n { try await stream.send(i) }
         }
+        // Input streams: `sum` adds the numbers it is sent; `shout` sends back each text it gets in capitals.
+        try router.registerClientStream("sum") { (_: JSONValue, numbers: StreamItems<Double>, _: CallContext) -> Double in
+            try await numbers.reduce(0, +)
+        }
+        try router.registerBidirectionalStream("shout") {
+            (_: JSONValue, lines: StreamItems<String>, _: CallContext, out: StreamWriter<String>) in
+            for try await line in lines { try await out.send(line.uppercased()) }
+        }
         // A descriptor in a reply: `file TEXT` hands over a pipe's read end with TEXT in it
         // (for Swift clients; `intercom call` shows the descriptor's index in the frame).
         try router.register("file") { (text: String, _: CallContext) -> EchoFile in

@@ -8,7 +8,8 @@ import Glibc
 #endif
 
 /// `intercom get`, `set` and `watch --property` against the echo service's
-/// `greeting`, `intercom call` of its streaming `count`, and its `file` method's
+/// `greeting`, `intercom call` of its streaming `count` and of its input-streaming
+/// `sum` and `shout` (`--input -`), and its `file` method's
 /// descriptor, in real processes.
 @Suite struct CLIPropertyTests {
     @Test func getSetAndWatchAPropertyOfARunningService() async throws {
@@ -42,6 +43,15 @@ import Glibc
                 #expect(counted.output == "0\n1\n2\n3\n4\n", "\(counted.output)")
                 let none = try await runCLI(["call", "e3", "count", "0"], busDirectory: directory)
                 #expect(none.output == "null\n", "\(none.output)")
+                // Input streams from standard input, one JSON value a line: client-streaming and bidirectional.
+                let sum = try await runCLI(["call", "e3", "sum", "null", "--input", "-"], busDirectory: directory, input: Data("1\n2\n\n3.5\n".utf8))
+                #expect(sum.status == 0, "\(sum.errors)")
+                #expect(sum.output == "6.5\n", "\(sum.output)")
+                let shout = try await runCLI(["call", "e3", "shout", "null", "--input", "-"], busDirectory: directory, input: Data("\"a\"\n\"bc\"\n".utf8))
+                #expect(shout.output == "\"A\"\n\"BC\"\n", "\(shout.output)\(shout.errors)")
+                let bad = try await runCLI(["call", "e3", "sum", "null", "--input", "-"], busDirectory: directory, input: Data("1\nnope\n".utf8))
+                #expect(bad.status == 1)
+                #expect(bad.errors.contains("input 2 is not JSON: nope"), "\(bad.errors)")
 
                 // A descriptor in a reply: the echo service hands over a pipe it filled.
                 struct EchoFile: Codable, Sendable { var text: String; var file: UnixDescriptor }

@@ -110,7 +110,7 @@ func runCLI(_ arguments: [String], busDirectory: String?, environment: [String: 
                 let table = try await runCLI(["list"], busDirectory: directory)
                 #expect(table.status == 0)
                 #expect(table.output.contains("NAME") && table.output.contains("e1"))
-                #expect(table.output.contains("echo, exit, fail, file, sleep"), "\(table.output)")
+                #expect(table.output.contains("echo, exit, fail, file, shout, sleep, sum"), "\(table.output)")
                 let json = try await runCLI(["list", "--json"], busDirectory: directory)
                 let decoder = JSONDecoder()
                 decoder.dateDecodingStrategy = .iso8601

@@ -1,5 +1,10 @@
 @_spi(IntercomInternals) internal import IntercomTransport
 internal import IntercomWire
+#if canImport(FoundationEssentials)
+internal import FoundationEssentials
+#else
+internal import Foundation
+#endif
 internal import NIOCore
 internal import Synchronization
 
@@ -93,7 +98,7 @@ extension Peer {
 
     /// Registers the input stream of a call about to be made (so the callee's
     /// grants find it), with no credit until the callee's handler starts.
-    private func openInput<Item>(_ method: String, of _: Item.Type) throws(IntercomError) -> (UInt64, StreamWriter<Item>) {
+    private func openInput<Item>(_ method: String, of _: Item.Type, json: Bool = false) throws(IntercomError) -> (UInt64, StreamWriter<Item>) {
         guard self.remoteSupportsInputStreams, self.remoteSupportsStreams else {
             throw IntercomError(
                 .incompatiblePeer, "peer '\(self.remote.name)' does not support input streams (an older Intercom)",
@@ -103,7 +108,64 @@ extension Peer {
         let credit = StreamCredit(initial: 0) { [weak self] in self?.statisticsChanged() }
         self.streams.withLock { $0.inputCredits[id] = credit }
         if let ended = self.withState({ $0.endReason }) { credit.end(ended) }
-        return (id, StreamWriter(peer: self, id: id, method: method, credit: credit, json: false, direction: .input))
+        return (id, StreamWriter(peer: self, id: id, method: method, credit: credit, json: json, direction: .input))
+    }
+
+    /// Calls `method` with a JSON argument and `inputs` (JSON texts) as its input
+    /// stream — a client-streaming or bidirectional method — for tools
+    /// (`intercom call … --input FILE`), which know neither the method's types nor
+    /// whether it streams back: `item` gets each streamed item as JSON text; the
+    /// result is the reply as JSON text (`null` for a stream).
+    ///
+    /// - Throws: `invalidPayload` naming the input that is not JSON (the call is
+    ///   cancelled), the handler's error, and the errors of ``callJSON(_:json:timeout:)``.
+    public func callJSONStreaming(
+        _ method: String, json: String, inputs: some Sequence<String> & Sendable, timeout: Duration? = nil,
+        item: @escaping @Sendable (String) -> Void
+    ) async throws -> String {
+        let (id, writer) = try self.openInput(method, of: JSONValue.self, json: true)
+        let timeout = timeout ?? self.configuration.defaultCallTimeout
+        let running = StreamingCall(peer: self, method: method, id: id, codec: .json(limits: self.codec.limits)) {
+            defer { self.closeInput(id) }
+            return try await self.exchange(method, Optional<Int>.none, timeout: timeout, jsonArgument: json, id: id, flags: [.stream, .inputStream])
+        }
+        do {
+            return try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask {
+                    for (index, text) in inputs.enumerated() {
+                        let value: JSONValue
+                        do {
+                            value = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+                        } catch {
+                            throw IntercomError(
+                                .invalidPayload, "input \(index + 1) is not JSON: \(text.prefix(80))", context: .init(method: method), cause: error)
+                        }
+                        do {
+                            try await writer.send(value)
+                        } catch let error as IntercomError where error.code == .cancelled {
+                            return nil  // the handler stopped reading (or answered): its reply, or error, tells the rest
+                        }
+                    }
+                    try await writer.finish()
+                    return nil
+                }
+                group.addTask {
+                    while let next = try await running.reader.nextEncoded() { item(String(buffer: next.payload)) }
+                    let reply = try await running.call.value
+                    return reply.readableBytes == 0 ? "null" : String(buffer: reply)
+                }
+                // The reply ends the producer (a handler may answer before reading everything); an error ends both.
+                for try await case let reply? in group {
+                    group.cancelAll()
+                    return reply
+                }
+                throw IntercomError(.closed, "the call ended without an answer", context: .init(method: method, callID: id))
+            }
+        } catch {
+            running.call.cancel()
+            _ = await running.call.result
+            throw error
+        }
     }
 
     /// The call ended: its input's producer can send nothing more.
