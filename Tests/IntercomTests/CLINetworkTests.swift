@@ -34,7 +34,7 @@ import Glibc
                 #expect(ping.status == 0, "\(ping.errors)")
                 #expect(ping.output.contains("2 pings: min"))
                 let listed = try await runCLI(["list", address] + clientTLS, busDirectory: nil)
-                #expect(listed.output.contains("e2") && listed.output.contains("echo, exit, fail, file, sleep"), "\(listed.output)")
+                #expect(listed.output.contains("e2") && listed.output.contains("echo, exit, fail, file, shout, sleep, sum"), "\(listed.output)")
                 #expect(listed.output.contains("ADDRESSES") && listed.output.contains(address), "\(listed.output)")
                 let (watch, watchOut, watchErr, watchExit) = try startCLI(
                     ["watch", "--service", address, "tick"] + clientTLS, busDirectory: nil)
