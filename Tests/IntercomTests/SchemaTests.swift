@@ -76,6 +76,13 @@ private struct Holder: Codable, Sendable {
 
 private struct OnlyEncodable: Encodable, Sendable { var a: Int }
 
+private enum Camera { struct Settings: Codable, Sendable { var exposure: Int } }
+private enum Microphone { struct Settings: Codable, Sendable { var gain: Double } }
+private struct Both: Codable, Sendable {
+    var camera: Camera.Settings
+    var microphone: Microphone.Settings
+}
+
 /// Schemas derived from Swift types alone (no IDL): structs, classes, enums of
 /// every kind, optionals, arrays, dictionaries, nesting and recursion.
 struct SchemaTests {
@@ -162,6 +169,19 @@ struct SchemaTests {
             WireField(name: "after", shape: .primitive(.bool), required: true),
         ]))
         #expect(holder["Holder"]?.note == nil)
+    }
+
+    @Test func twoTypesWithOneNameAreDescribedApart() throws {
+        let (_, types) = self.describe(Both.self)
+        guard case .record(let fields) = types["Both"]?.layout, fields.count == 2 else {
+            Issue.record("Both is \(String(describing: types["Both"]))")
+            return
+        }
+        #expect(fields[0].shape == .named("Settings"), "the first keeps the short name")
+        guard case .named(let second) = fields[1].shape else { return }
+        #expect(second != "Settings" && second.hasSuffix("Microphone.Settings"), "\(second)")
+        #expect(types["Settings"]?.layout == .record([WireField(name: "exposure", shape: .primitive(.int64), required: true)]))
+        #expect(types[second]?.layout == .record([WireField(name: "gain", shape: .primitive(.double), required: true)]))
     }
 
     @Test func typeExpressionsRoundTrip() throws {

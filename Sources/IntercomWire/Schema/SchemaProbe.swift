@@ -17,15 +17,18 @@ internal import NIOCore
 public struct WireSchemas: Sendable {
     /// The named types described so far.
     public private(set) var types: [String: TypeSchema] = [:]
+    /// Which type each name stands for (TypeNames.swift).
+    private var names = TypeNames()
 
     /// Creates an empty collection.
     public init() {}
 
     /// The shape of `type`, adding the named types it uses to ``types``.
     public mutating func shape<T: Decodable>(of type: T.Type) -> WireShape {
-        let probe = SchemaProbe(types: self.types)
+        let probe = SchemaProbe(types: self.types, names: self.names)
         let (shape, _) = probe.probe(type)
         self.types = probe.types
+        self.names = probe.names
         return shape
     }
 
@@ -33,7 +36,7 @@ public struct WireSchemas: Sendable {
     /// derived when it is also `Decodable`, else named with a note saying why it is not described.
     public mutating func shape(ofEncodable type: any Encodable.Type) -> WireShape {
         if let decodable = type as? any Decodable.Type { return self.shape(of: decodable) }
-        let name = _typeName(type, qualified: false)
+        let name = self.names.name(for: type)
         if self.types[name] == nil {
             self.types[name] = TypeSchema(.record([]), note: "only Encodable: make it Codable (or WireSchemaDescribable) to describe it")
         }
@@ -176,7 +179,12 @@ final class SchemaProbe {
     private var samples: [String: Any] = [:]
     private var inProgress: Set<String> = []
 
-    init(types: [String: TypeSchema]) { self.types = types }
+    var names: TypeNames
+
+    init(types: [String: TypeSchema], names: TypeNames) {
+        self.types = types
+        self.names = names
+    }
 
     /// The shape of `type` and a value of it, if one could be made.
     func probe<T: Decodable>(_ type: T.Type) -> (shape: WireShape, sample: T?) {
@@ -187,7 +195,7 @@ final class SchemaProbe {
             let (shape, sample) = collection.probeCollection(self)
             return (shape, sample as? T)
         }
-        let name = _typeName(type, qualified: false)
+        let name = self.names.name(for: type)
         if self.inProgress.contains(name) || self.types[name] != nil {
             return (.named(name), self.samples[name] as? T ?? self.describedSample(type))
         }
@@ -238,7 +246,7 @@ final class SchemaProbe {
                     let value = try T(from: decoder)
                     if sample == nil {
                         sample = value
-                        self.samples[_typeName(type, qualified: false)] = value
+                        self.samples[self.names.name(for: type)] = value
                     }
                     cases[key] = decoder.caseFields
                 } catch {
