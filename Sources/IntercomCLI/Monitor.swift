@@ -102,6 +102,8 @@ private func followService(
         while let batch = try await iterator.next() { handle(batch, info, schema) }
     } catch let error as IntercomError where error.code == .peerLost || error.code == .cancelled || error.code == .closed {
         return
+    } catch let error as IntercomError where error.code == .unknownMethod {
+        progress("\(info.name) cannot be monitored: it is built with an Intercom older than the monitor (no intercom.monitor)")
     } catch {
         if !Task.isCancelled { progress("\(info.name): \(error)") }
     }

@@ -86,7 +86,15 @@ struct Compat: AsyncParsableCommand {
 
 /// Asks a running service for its schema (`intercom.describe`).
 func fetchSchema(_ service: String, _ options: BusOptions) async throws -> ServiceSchema {
-    try await options.withPeer(service) { try await $0.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10)) }
+    do {
+        return try await options.withPeer(service) {
+            try await $0.call("intercom.describe", 0, returning: ServiceSchema.self, timeout: .seconds(10))
+        }
+    } catch let error as IntercomError where error.code == .unknownMethod {
+        throw IntercomError(
+            .unknownMethod, "'\(service)' does not describe itself (no intercom.describe): it is built with an Intercom older than schemas; rebuild it",
+            cause: error)
+    }
 }
 
 /// The schema without the methods every bus service has (`intercom.info`, …), keeping properties.

@@ -46,4 +46,18 @@ import Testing
             #expect(refused.errors.contains("is not a schema snapshot"))
         }
     }
+
+    /// A listener that is not a bus service (or an older one) has no `intercom.describe`: the error says why.
+    @Test func describingWhatCannotDescribeItselfSaysWhy() async throws {
+        try await withResourceCheck {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("intercom-nodescribe-\(getpid()).sock").path
+            let router = Router()
+            try router.register("math.negate") { (value: Int, _: CallContext) in -value }
+            let listener = try await PeerListener.listen(unixPath: path, router: router)
+            let run = try await runCLI(["describe", path], busDirectory: nil)
+            #expect(run.status == 1)
+            #expect(run.errors.contains("does not describe itself (no intercom.describe)"), "\(run.errors)")
+            await listener.close()
+        }
+    }
 }
