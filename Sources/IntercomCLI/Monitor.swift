@@ -133,7 +133,7 @@ final class TrafficPrinter: Sendable {
         if batch.dropped > 0 {
             self.emit(
                 self.json
-                    ? "{\"dropped\":\(batch.dropped),\"service\":\(quoted(service))}"
+                    ? "{\"dropped\":\(batch.dropped),\"service\":\(jsonString(service))}"
                     : "\(service): \(batch.dropped) records dropped (this monitor fell behind)", counts: false)
         }
         for record in batch.records where self.methods.isEmpty || self.methods.contains(where: { record.method.hasPrefix($0) }) {
@@ -178,18 +178,18 @@ final class TrafficPrinter: Sendable {
     static func jsonLine(_ record: TrafficRecord, _ schema: ServiceSchema?) -> String {
         let method = schema?.method(record.method)
         var fields: [(String, String)] = [
-            ("time", quoted(record.time.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))), ("kind", quoted(record.kind.rawValue)), ("service", quoted(record.service)),
-            ("method", quoted(record.method)), ("codec", quoted(record.codec)), ("requestBytes", String(record.requestBytes)),
+            ("time", jsonString(record.time.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))), ("kind", jsonString(record.kind.rawValue)), ("service", jsonString(record.service)),
+            ("method", jsonString(record.method)), ("codec", jsonString(record.codec)), ("requestBytes", String(record.requestBytes)),
         ]
-        if !record.caller.isEmpty { fields.append(("caller", quoted(record.caller))) }
+        if !record.caller.isEmpty { fields.append(("caller", jsonString(record.caller))) }
         if let pid = record.callerPID { fields.append(("callerPID", String(pid))) }
         if let microseconds = record.microseconds { fields.append(("microseconds", String(microseconds))) }
         let argumentShape = record.kind == .event ? nil : method?.argument
         if let json = decodedJSON(record.request, record.requestBytes, record.codec, argumentShape, schema) { fields.append(("request", json)) }
         if let bytes = record.replyBytes { fields.append(("replyBytes", String(bytes))) }
         if let json = decodedJSON(record.reply, record.replyBytes ?? 0, record.codec, method?.result, schema) { fields.append(("reply", json)) }
-        if let error = record.error { fields.append(("error", quoted(error))) }
-        return "{" + fields.map { "\(quoted($0.0)):\($0.1)" }.joined(separator: ",") + "}"
+        if let error = record.error { fields.append(("error", jsonString(error))) }
+        return "{" + fields.map { "\(jsonString($0.0)):\($0.1)" }.joined(separator: ",") + "}"
     }
 }
 
@@ -211,13 +211,4 @@ private func decodedJSON(_ bytes: [UInt8]?, _ size: Int, _ codec: String, _ shap
     default:
         return nil
     }
-}
-
-func formatMicroseconds(_ microseconds: Int64) -> String {
-    microseconds < 1000 ? "\(microseconds) µs" : microseconds < 1_000_000 ? "\(fixed(Double(microseconds) / 1000, 1)) ms" : "\(fixed(Double(microseconds) / 1e6, 2)) s"
-}
-
-private func quoted(_ text: String) -> String {
-    let data = (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8)
-    return String(decoding: data, as: UTF8.self)
 }

@@ -1,4 +1,9 @@
 import Intercom
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -65,4 +70,16 @@ func fixed(_ value: Double, _ decimals: Int) -> String {
     guard decimals > 0 else { return sign + "\(units)" }
     let fraction = String(units % divisor)
     return sign + "\(units / divisor)." + String(repeating: "0", count: decimals - fraction.count) + fraction
+}
+
+/// `text` as a JSON string literal, quotes and escapes included.
+func jsonString(_ text: String) -> String {
+    String(decoding: (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8), as: UTF8.self)
+}
+
+/// A duration in microseconds as people read it: `85 µs`, `1.3 ms`, `2.05 s`.
+func formatMicroseconds(_ microseconds: Int64) -> String {
+    if microseconds < 1000 { return "\(microseconds) µs" }
+    if microseconds < 1_000_000 { return "\(fixed(Double(microseconds) / 1000, 1)) ms" }
+    return "\(fixed(Double(microseconds) / 1e6, 2)) s"
 }

@@ -43,7 +43,7 @@ struct Top: AsyncParsableCommand {
                         while !Task.isCancelled {
                             try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
                             let now = ContinuousClock.now
-                            let rows = table.takeInterval(seconds: Double((now - last).components.attoseconds) / 1e18 + Double((now - last).components.seconds))
+                            let rows = table.takeInterval(seconds: (now - last) / .seconds(1))
                             last = now
                             printLine(json ? TopTable.json(rows) : TopTable.text(rows))
                             refreshes += 1
@@ -174,9 +174,5 @@ final class TopTable: Sendable {
             return "{" + fields.joined(separator: ",") + "}"
         }
         return "{\"time\":\(jsonString(Date().formatted(.iso8601))),\"rows\":[\(items.joined(separator: ","))]}"
-    }
-
-    private static func jsonString(_ text: String) -> String {
-        String(decoding: (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8), as: UTF8.self)
     }
 }

@@ -179,9 +179,9 @@ extension Peer {
         }
         let record = TrafficRecord(
             kind: isCall ? .call : .message, time: arrived.0, service: self.configuration.name, caller: self.remote.name,
-            callerPID: self.remote.credentials?.pid ?? self.remote.reportedPID, method: call.method, codec: call.codec.name,
+            callerPID: self.remote.pid, method: call.method, codec: call.codec.name,
             requestBytes: call.payload.readableBytes, replyBytes: replyPayload?.readableBytes,
-            microseconds: Int64(elapsed.components.seconds) * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000,
+            microseconds: Int64(elapsed / .microseconds(1)),
             error: error)
         tap.record(record, request: call.payload, reply: replyPayload)
     }
@@ -192,7 +192,7 @@ extension Peer {
         let codec = frame.flags.contains(.jsonPayload) ? "json" : self.codec.name
         let record = TrafficRecord(
             kind: .message, time: Date(), service: self.configuration.name, caller: self.remote.name,
-            callerPID: self.remote.credentials?.pid ?? self.remote.reportedPID, method: frame.method ?? "", codec: codec,
+            callerPID: self.remote.pid, method: frame.method ?? "", codec: codec,
             requestBytes: frame.payload.readableBytes, replyBytes: nil, microseconds: nil, error: nil)
         tap.record(record, request: frame.payload, reply: nil)
     }

@@ -107,7 +107,7 @@ public final class Peer: Sendable {
             name: remote.name, reportedPID: Int32(bitPattern: remote.pid), kernel: transport.peerCredentials, network: network)
         var logger = configuration.serviceLogger
         logger[metadataKey: "peer"] = "\(remote.name)"
-        logger[metadataKey: "peer.pid"] = "\(self.remote.credentials?.pid ?? self.remote.reportedPID)"
+        logger[metadataKey: "peer.pid"] = "\(self.remote.pid)"
         if let address = self.remote.address { logger[metadataKey: "peer.address"] = "\(address)" }
         self.logger = logger
         self.remoteMaxFrameSize = Int(remote.maxFrameSize)

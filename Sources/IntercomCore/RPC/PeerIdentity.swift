@@ -37,6 +37,9 @@ public struct PeerIdentity: Sendable, Hashable, CustomStringConvertible {
     /// a verified certificate); false for plain TCP, socket pairs and in-memory connections.
     public var isAuthenticated: Bool { self.credentials != nil || self.certificate != nil }
 
+    /// The other side's process id: the kernel's where it is local, else what it reported.
+    public var pid: Int32 { self.credentials?.pid ?? self.reportedPID }
+
     /// What a verified X.509 certificate says about its holder.
     public struct Certificate: Sendable, Hashable, CustomStringConvertible {
         /// The subject's distinguished name (`CN=camera,O=Lab`).

@@ -35,7 +35,7 @@ extension Router {
                 var dropped = batch.dropped
                 for record in batch.records {
                     chunk.append(record)
-                    bytes += 256 + (record.request?.count ?? 0) + (record.reply?.count ?? 0)
+                    bytes += record.queuedSize
                     if bytes >= 1 << 20 {
                         try await out.send(TrafficBatch(records: chunk, dropped: dropped, connections: traffic.connections))
                         (chunk, bytes, dropped) = ([], 0, 0)

@@ -22,8 +22,8 @@ public final class Router: Sendable {
     typealias Handler = @Sendable (IncomingCall) async throws -> (any Encodable & Sendable)?
 
     private struct State {
-        var handlers: [String: Handler] = [:]
-        var describers: [String: @Sendable (inout WireSchemas) -> MethodSchema] = [:]
+        /// The registered routes by method: each handler with its description.
+        var routes: [String: Route] = [:]
         var fallback: Handler?
         var properties: [any AnyServiceProperty] = []
         /// Worker counts by namespace prefix (``setWorkers(_:forNamespace:)``).
@@ -81,24 +81,21 @@ public final class Router: Sendable {
     /// - Returns: whether there was one.
     @discardableResult
     public func unregister(_ method: String) -> Bool {
-        self.state.withLock { state in
-            state.describers[method] = nil
-            return state.handlers.removeValue(forKey: method) != nil
-        }
+        self.state.withLock { $0.routes.removeValue(forKey: method) != nil }
     }
 
     /// The registered method names, sorted.
     public var methods: [String] {
-        self.state.withLock { $0.handlers.keys.sorted() }
+        self.state.withLock { $0.routes.keys.sorted() }
     }
 
     /// Every registered method with the wire shapes of its argument and result,
     /// derived from their Swift types (``WireSchemas``): what `intercom describe`
     /// prints and ``SchemaCompatibility`` compares. Derived when asked, not at registration.
     public var schema: ServiceSchema {
-        let describers = self.state.withLock { $0.describers }
+        let routes = self.state.withLock { $0.routes }
         var schemas = WireSchemas()
-        let methods = describers.keys.sorted().map { describers[$0]!(&schemas) }
+        let methods = routes.keys.sorted().map { routes[$0]!.describe(&schemas) }
         return ServiceSchema(methods: methods, types: schemas.types)
     }
 
@@ -120,7 +117,7 @@ public final class Router: Sendable {
     /// the innermost namespace around `method` that has a worker count.
     func handler(for method: String) -> Handler? {
         let (handler, pool) = self.state.withLock { state -> (Handler?, WorkerPool?) in
-            let handler = state.handlers[method] ?? state.fallback
+            let handler = state.routes[method]?.handler ?? state.fallback
             return (handler, state.workerPools.isEmpty ? nil : Self.innermostPool(around: method, in: state.workerPools))
         }
         guard let handler, let pool else { return handler }
@@ -147,7 +144,7 @@ public final class Router: Sendable {
 
     /// Whether `method` has its own handler (not just the fallback).
     func hasOwnHandler(for method: String) -> Bool {
-        self.state.withLock { $0.handlers[method] != nil }
+        self.state.withLock { $0.routes[method] != nil }
     }
 
     /// Adds `routes` under one lock, all or none.
@@ -158,17 +155,14 @@ public final class Router: Sendable {
             var seen = Set<String>()
             for route in routes {
                 let why =
-                    state.handlers[route.method] != nil
+                    state.routes[route.method] != nil
                     ? "is already registered; unregister it first or pick another name"
                     : !seen.insert(route.method).inserted ? "is listed twice" : nil
                 if let why {
                     throw IntercomError(.conflict, "method '\(route.method)' \(why)\(unchanged)", context: .init(method: route.method))
                 }
             }
-            for route in routes {
-                state.handlers[route.method] = route.handler
-                state.describers[route.method] = route.describe
-            }
+            for route in routes { state.routes[route.method] = route }
         }
     }
 

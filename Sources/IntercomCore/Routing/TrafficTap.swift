@@ -46,6 +46,9 @@ public struct TrafficRecord: Codable, Sendable, Hashable {
     /// The error the caller got, as `code: message`.
     public var error: String?
 
+    /// What the record weighs in a monitor's queue and batch: its payload copies and 256 bytes for the rest.
+    var queuedSize: Int { 256 + (self.request?.count ?? 0) + (self.reply?.count ?? 0) }
+
     package init(
         kind: Kind, time: Date, service: String, caller: String, callerPID: Int32?, method: String, codec: String,
         requestBytes: Int, replyBytes: Int?, microseconds: Int64?, error: String?
@@ -123,7 +126,7 @@ package final class TrafficTap: Sendable {
         func offer(_ record: TrafficRecord) {
             let waiter = self.queue.withLock { queue -> CheckedContinuation<Void, Never>? in
                 guard !queue.closed else { return nil }
-                let size = 256 + (record.request?.count ?? 0) + (record.reply?.count ?? 0)
+                let size = record.queuedSize
                 if queue.records.count >= TrafficTap.queueLimit || queue.bytes + size > TrafficTap.queueByteLimit {
                     queue.dropped += 1
                 } else {

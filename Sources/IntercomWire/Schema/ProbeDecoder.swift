@@ -72,23 +72,19 @@ struct ProbeKeyedContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decodeNil(forKey key: Key) throws -> Bool { false }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        let (shape, sample) = self.probeField(type, key)
+        let (shape, sample) = self.decoder.probe.probe(type)
         self.sink.fields.append(WireField(name: key.stringValue, shape: shape, required: true))
         guard let sample else { throw ProbeStop(reason: "no sample of \(_typeName(type, qualified: false)) for '\(key.stringValue)'") }
         return sample
     }
 
     func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
-        let (shape, _) = self.probeField(type, key)
+        let (shape, _) = self.decoder.probe.probe(type)
         self.sink.fields.append(WireField(name: key.stringValue, shape: shape, required: false))
         return nil
     }
 
-    private func probeField<T: Decodable>(_ type: T.Type, _ key: Key) -> (WireShape, T?) {
-        self.decoder.probe.probe(type)
-    }
-
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try self.decode(type as Bool.Type, key) }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try self.decode(type, key) }
     func decode(_ type: String.Type, forKey key: Key) throws -> String { try self.decode(type, key) }
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try self.decode(type, key) }
     func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try self.decode(type, key) }
@@ -204,7 +200,7 @@ struct ProbeSingleValueContainer: SingleValueDecodingContainer {
         return sample
     }
 
-    func decode(_ type: Bool.Type) throws -> Bool { try self.decode(type as Bool.Type, ()) }
+    func decode(_ type: Bool.Type) throws -> Bool { try self.decode(type, ()) }
     func decode(_ type: String.Type) throws -> String { try self.decode(type, ()) }
     func decode(_ type: Double.Type) throws -> Double { try self.decode(type, ()) }
     func decode(_ type: Float.Type) throws -> Float { try self.decode(type, ()) }
@@ -219,9 +215,8 @@ struct ProbeSingleValueContainer: SingleValueDecodingContainer {
     func decode(_ type: UInt32.Type) throws -> UInt32 { try self.decode(type, ()) }
     func decode(_ type: UInt64.Type) throws -> UInt64 { try self.decode(type, ()) }
 
+    /// The scalar overloads funnel here (the generic one is a different requirement).
     private func decode<T: Decodable>(_ type: T.Type, _: Void) throws -> T {
-        let (shape, sample) = try self.decoder.sample(type)
-        self.decoder.recording.single = shape
-        return sample
+        try self.decode(type)
     }
 }
