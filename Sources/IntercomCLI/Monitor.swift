@@ -23,9 +23,17 @@ struct Monitor: AsyncParsableCommand {
     @Option(name: .customLong("service"), help: "Watch only this service (repeatable).") var services: [String] = []
     @Option(name: .customLong("method"), help: "Show only methods (or topics) starting with this (repeatable).") var methods: [String] = []
     @Flag(help: "One JSON object per line instead of text.") var json = false
-    @Option(help: "How many bytes of each payload to fetch and decode (0: sizes only).") var payloadBytes = 4096
+    @Option(help: "How many bytes of each payload to fetch and decode (0: sizes only; at most 16384).") var payloadBytes = 4096
     @Option(help: "Stop after this many records.") var count: Int?
     @Option(help: "Stop after this many seconds.") var duration: Double?
+
+    func validate() throws {
+        guard (0...MonitorRequest.maxPayloadBytes).contains(self.payloadBytes) else {
+            throw ValidationError("--payload-bytes is 0 to \(MonitorRequest.maxPayloadBytes) (what a service copies at most); got \(self.payloadBytes)")
+        }
+        if let count = self.count, count < 1 { throw ValidationError("--count is at least 1") }
+        if let duration = self.duration { try requireSeconds(duration, option: "--duration") }
+    }
 
     func run() async throws {
         try await reportingErrors {

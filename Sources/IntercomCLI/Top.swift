@@ -23,7 +23,8 @@ struct Top: AsyncParsableCommand {
     @Flag(help: "One JSON object per refresh instead of a table.") var json = false
 
     func validate() throws {
-        guard self.interval >= 0.05 else { throw ValidationError("--interval is at least 0.05 seconds") }
+        guard self.interval >= 0.05, self.interval <= 3600 else { throw ValidationError("--interval is 0.05 to 3600 seconds") }
+        if let count = self.count, count < 1 { throw ValidationError("--count is at least 1") }
     }
 
     func run() async throws {
