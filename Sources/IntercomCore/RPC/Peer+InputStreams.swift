@@ -150,7 +150,8 @@ extension Peer {
                     return nil
                 }
                 group.addTask {
-                    while let next = try await running.reader.nextEncoded() { item(String(buffer: next.payload)) }
+                    var cursor = StreamCursor()
+                    while let next = try await running.reader.nextEncoded(&cursor) { item(String(buffer: next.payload)) }
                     let reply = try await running.call.value
                     return reply.readableBytes == 0 ? "null" : String(buffer: reply)
                 }

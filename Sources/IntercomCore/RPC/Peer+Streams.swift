@@ -51,20 +51,22 @@ public struct CallStream<Item: Decodable & Sendable>: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         /// What iteration throws.
         public typealias Failure = any Error
-        let running: StreamingCall
+        @usableFromInline let running: StreamingCall
+        @usableFromInline var cursor = StreamCursor()
 
-        /// The next item, or nil after the last.
+        init(running: StreamingCall) { self.running = running }
+
+        /// The next item, or nil after the last. A cancelled consumer cancels the call.
+        @inlinable
         nonisolated(nonsending) public mutating func next() async throws -> Item? {
-            // A cancelled consumer cancels the call, which ends the wait with `cancelled`.
-            if let ready = try self.running.reader.nextReady(Item.self) { return ready }
-            return try await self.running.reader.next(Item.self)
+            try await self.cursor.next(Item.self, from: self.running.reader)
         }
 
         /// The next item, or nil after the last, on the caller's executor (what
         /// `for try await` calls): an item already here costs no executor switch.
+        @inlinable
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws -> Item? {
-            if let ready = try self.running.reader.nextReady(Item.self) { return ready }
-            return try await self.running.reader.next(Item.self)
+            try await self.cursor.next(Item.self, from: self.running.reader)
         }
     }
 }
@@ -85,7 +87,8 @@ extension Peer {
             try await self.exchange(method, Optional<Int>.none, timeout: timeout, jsonArgument: json, id: id, flags: .stream)
         }
         do {
-            while let next = try await running.reader.nextEncoded() { item(String(buffer: next.payload)) }
+            var cursor = StreamCursor()
+            while let next = try await running.reader.nextEncoded(&cursor) { item(String(buffer: next.payload)) }
             let reply = try await running.call.value
             return reply.readableBytes == 0 ? "null" : String(buffer: reply)
         } catch {

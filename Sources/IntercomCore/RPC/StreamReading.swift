@@ -3,9 +3,10 @@ internal import IntercomWire
 internal import NIOCore
 
 /// Reads one stream, either way: takes its items from the inbox they arrive in,
-/// grants the producer credit as they are taken, decodes them. What stopping
-/// early does depends on the side: the caller of a streaming call cancels the
-/// call; a handler reading its input ends the input.
+/// grants the producer credit as they are handed out, decodes them. What
+/// stopping early does depends on the side: the caller of a streaming call
+/// cancels the call; a handler reading its input ends the input.
+@usableFromInline
 final class StreamReader: Sendable {
     let peer: Peer
     let id: UInt64
@@ -32,42 +33,46 @@ final class StreamReader: Sendable {
         self.stop = stop
     }
 
-    /// The next item still encoded, or nil after the last. Cancelling the reading task stops the stream.
-    func nextEncoded() async throws -> StreamItem? {
-        let (item, grant) = try await withTaskCancellationHandler {
-            try await self.inbox.next()
-        } onCancel: {
-            self.stop()
+    /// Fills the empty `cursor` with every item here, waiting for one if none
+    /// is; false at the end. Cancelling the reading task stops the stream.
+    @usableFromInline
+    func refill(_ cursor: inout StreamCursor) async throws -> Bool {
+        cursor.ready.removeAll(keepingCapacity: true)
+        cursor.index = 0
+        while true {
+            switch self.inbox.take(into: &cursor.ready) {
+            case .items: return true
+            case .ended(.success): return false
+            case .ended(.failure(let error)): throw error
+            case .none:
+                await withTaskCancellationHandler {
+                    await self.inbox.wait()
+                } onCancel: {
+                    self.stop()
+                }
+            }
         }
-        if grant > 0 { self.peer.sendCredit(grant, for: self.id, flags: self.creditFlags) }
-        return item
     }
 
-    /// The next item, or nil after the last. An item that does not decode stops the stream.
-    ///
-    /// Items already here are taken and decoded without suspending or any further
-    /// async call: at millions of items a second, the executor checks of nested
-    /// async calls (and a cancellation handler's record) cost more than the rest.
-    func next<Item: Decodable>(_: Item.Type) async throws -> Item? {
-        if let ready = try self.nextReady(Item.self) { return ready }
-        guard let item = try await self.nextEncoded() else { return nil }
-        return try self.decode(item, as: Item.self)
-    }
-
-    /// The next item if one is here already (nil: wait with ``next(_:)``), synchronously.
-    func nextReady<Item: Decodable>(_: Item.Type) throws -> Item? {
-        guard let (ready, grant) = self.inbox.takeReady() else { return nil }
+    /// Hands out `item`, just taken from `cursor`: grants the producer credit
+    /// for what was handed out once enough was. Stops the stream if the reading task is cancelled.
+    func handOut(_ item: StreamItem, _ cursor: inout StreamCursor) throws {
         if Task.isCancelled {
             self.stop()
             throw IntercomError(
                 .cancelled, "the task reading stream '\(self.method)' was cancelled",
                 context: .init(method: self.method, callID: self.id, peer: self.peer.remote.name))
         }
-        if grant > 0 { self.peer.sendCredit(grant, for: self.id, flags: self.creditFlags) }
-        return try self.decode(ready, as: Item.self)
+        cursor.handedOut += item.payload.readableBytes
+        guard cursor.handedOut >= StreamFlow.grantThreshold else { return }
+        if self.inbox.grant(cursor.handedOut) { self.peer.sendCredit(cursor.handedOut, for: self.id, flags: self.creditFlags) }
+        cursor.handedOut = 0
     }
 
-    private func decode<Item: Decodable>(_ item: StreamItem, as _: Item.Type) throws -> Item {
+    /// Hands out `item` (just taken from `cursor`) decoded. An item that does not decode stops the stream.
+    @usableFromInline
+    func handOut<Item: Decodable>(_ item: StreamItem, as _: Item.Type, _ cursor: inout StreamCursor) throws -> Item {
+        try self.handOut(item, &cursor)
         do {
             return try self.codec.decode(Item.self, from: item.payload, descriptors: item.descriptors)
         } catch {
@@ -76,6 +81,41 @@ final class StreamReader: Sendable {
                 .invalidPayload, "an item of stream '\(self.method)' does not decode as \(Item.self): \(error)",
                 context: .init(method: self.method, callID: self.id, peer: self.peer.remote.name), cause: error)
         }
+    }
+
+    /// The next item still encoded, or nil after the last (for tools, which show items as they came).
+    func nextEncoded(_ cursor: inout StreamCursor) async throws -> StreamItem? {
+        if cursor.index == cursor.ready.count, try await !self.refill(&cursor) { return nil }
+        let item = cursor.ready[cursor.index]
+        cursor.index += 1
+        try self.handOut(item, &cursor)
+        return item
+    }
+}
+
+/// A stream iterator's own items: every item that was in the inbox when it last
+/// looked, handed out one by one without a lock, an executor switch or a call
+/// into the library (this part is inlined into the loop that reads the stream:
+/// at millions of items a second those were most of the consumer's time).
+@usableFromInline
+struct StreamCursor: Sendable {
+    @usableFromInline var ready: [StreamItem] = []
+    /// The next item of `ready` to hand out.
+    @usableFromInline var index = 0
+    /// Payload bytes handed out since the last credit grant.
+    var handedOut = 0
+
+    @usableFromInline init() {}
+
+    /// The next item of `reader`'s stream, decoded; nil after the last.
+    @inlinable
+    mutating func next<Item: Decodable>(
+        _: Item.Type, from reader: StreamReader, isolation _: isolated (any Actor)? = #isolation
+    ) async throws -> Item? {
+        if self.index == self.ready.count, try await !reader.refill(&self) { return nil }
+        let item = self.ready[self.index]
+        self.index += 1
+        return try reader.handOut(item, as: Item.self, &self)
     }
 }
 
@@ -97,27 +137,31 @@ public struct StreamItems<Item: Decodable & Sendable>: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         /// What iteration throws.
         public typealias Failure = any Error
-        let reader: StreamReader
+        @usableFromInline let reader: StreamReader
+        @usableFromInline var cursor = StreamCursor()
+
+        init(reader: StreamReader) { self.reader = reader }
 
         /// The next item, or nil after the last.
+        @inlinable
         nonisolated(nonsending) public mutating func next() async throws -> Item? {
-            if let ready = try self.reader.nextReady(Item.self) { return ready }
-            return try await self.reader.next(Item.self)
+            try await self.cursor.next(Item.self, from: self.reader)
         }
 
         /// The next item, or nil after the last, on the caller's executor (what
         /// `for try await` calls): an item already here costs no executor switch.
+        @inlinable
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws -> Item? {
-            if let ready = try self.reader.nextReady(Item.self) { return ready }
-            return try await self.reader.next(Item.self)
+            try await self.cursor.next(Item.self, from: self.reader)
         }
     }
 }
 
 /// One call whose answer is a stream: the task that runs the call and ends the
 /// inbox when it ends, and the reader of its items. Dropping it cancels the call.
+@usableFromInline
 final class StreamingCall: Sendable {
-    let reader: StreamReader
+    @usableFromInline let reader: StreamReader
     /// The call: the final reply's payload (empty for a stream).
     let call: Task<ByteBuffer, any Error>
 

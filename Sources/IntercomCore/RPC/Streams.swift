@@ -18,6 +18,7 @@ enum StreamFlow {
 }
 
 /// One item of a stream as it arrived: still encoded, with the descriptors that came with it.
+@usableFromInline
 struct StreamItem: Sendable {
     var payload: ByteBuffer
     var descriptors: ReceivedDescriptors?
@@ -25,14 +26,14 @@ struct StreamItem: Sendable {
 
 /// The consumer's side of one stream: the items that arrived (still encoded)
 /// and how the stream ended. Items arrive on the connection's thread; the
-/// iterator takes them on its own.
+/// iterator takes all that are here at once, under one lock, into its
+/// ``StreamCursor``, and grants credit as it hands them out.
 final class StreamInbox: Sendable {
     private struct State {
-        var items = Deque<StreamItem>()
+        var items: [StreamItem] = []
         var end: Result<Void, any Error>?
-        var waiter: UnsafeContinuation<StreamItem?, any Error>?
-        /// Bytes taken since the last grant.
-        var taken = 0
+        /// The consumer, waiting for an item or the end.
+        var waiter: UnsafeContinuation<Void, Never>?
         /// Bytes arrived, and bytes the producer was allowed (the initial window
         /// plus every grant): an item that starts past the allowance breaks the protocol.
         var arrived = 0
@@ -42,80 +43,77 @@ final class StreamInbox: Sendable {
 
     /// Items arrived together, in order; false if the producer had no credit left
     /// for one of them (those before it are kept, it and the rest are not), so
-    /// at most the window and one item ever wait here.
+    /// at most the window and one item ever wait here or in the consumer's cursor.
     func append(contentsOf run: [StreamItem]) -> Bool {
         var accepted = true
-        let waiter = self.state.withLock { state -> (UnsafeContinuation<StreamItem?, any Error>, StreamItem)? in
-            var handed: (UnsafeContinuation<StreamItem?, any Error>, StreamItem)?
+        let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
             for item in run {
                 guard state.arrived < state.allowed else {
                     accepted = false
                     break
                 }
                 state.arrived += item.payload.readableBytes
-                if handed == nil, let waiter = state.waiter {
-                    state.waiter = nil
-                    handed = (waiter, item)
-                } else {
-                    state.items.append(item)
-                }
+                state.items.append(item)
             }
-            return handed
+            guard !state.items.isEmpty else { return nil }
+            defer { state.waiter = nil }
+            return state.waiter
         }
-        if let (continuation, item) = waiter { continuation.resume(returning: item) }
+        waiter?.resume()
         return accepted
     }
 
     /// The stream ended (its reply or error arrived, or the call failed).
     func finish(_ end: Result<Void, any Error>) {
-        let waiter = self.state.withLock { state -> UnsafeContinuation<StreamItem?, any Error>? in
+        let waiter = self.state.withLock { state -> UnsafeContinuation<Void, Never>? in
             if state.end == nil { state.end = end }
             defer { state.waiter = nil }
             return state.waiter
         }
-        switch end {
-        case .success: waiter?.resume(returning: nil)
-        case .failure(let error): waiter?.resume(throwing: error)
+        waiter?.resume()
+    }
+
+    /// What ``take(into:)`` found.
+    enum Taken {
+        /// Items: now in the cursor.
+        case items
+        /// No item, and the stream ended so.
+        case ended(Result<Void, any Error>)
+        /// No item yet: ``wait()`` for one.
+        case none
+    }
+
+    /// Moves every item here into `ready` (empty: the consumer handed out all it
+    /// had), under one lock and without copying: the two arrays swap.
+    func take(into ready: inout [StreamItem]) -> Taken {
+        self.state.withLock { state in
+            if !state.items.isEmpty {
+                swap(&ready, &state.items)
+                return .items
+            }
+            return state.end.map { .ended($0) } ?? .none
         }
     }
 
-    /// An item already here, taken without suspending (nil: none waiting), and
-    /// how much credit to grant now.
-    func takeReady() -> (item: StreamItem, grant: Int)? {
-        self.state.withLock { state in state.items.popFirst().map { ($0, Self.taking($0, &state)) } }
-    }
-
-    /// The next item (nil at the end), and how much credit to grant now (0: none).
-    func next() async throws -> (item: StreamItem?, grant: Int) {
-        // Most items are already here: take one (and count it) under one lock, without suspending.
-        if let ready = self.takeReady() { return ready }
-        guard let item = try await self.wait() else { return (nil, 0) }
-        return (item, self.state.withLock { Self.taking(item, &$0) })
-    }
-
-    /// Counts `item` as taken; returns the credit to grant now (0: none yet).
-    private static func taking(_ item: StreamItem, _ state: inout State) -> Int {
-        state.taken += item.payload.readableBytes
-        guard state.taken >= StreamFlow.grantThreshold, state.end == nil else { return 0 }
-        defer { state.taken = 0 }
-        state.allowed += state.taken
-        return state.taken
-    }
-
-    /// Waits for the next item, or the end (nil).
-    private func wait() async throws -> StreamItem? {
-        try await withUnsafeThrowingContinuation { continuation in
-            let now = self.state.withLock { state -> Result<StreamItem?, any Error>? in
-                if let item = state.items.popFirst() { return .success(item) }
-                switch state.end {
-                case .success?: return .success(nil)
-                case .failure(let error)?: return .failure(error)
-                case nil:
-                    state.waiter = continuation
-                    return nil
-                }
+    /// Returns once an item is here or the stream ended.
+    func wait() async {
+        await withUnsafeContinuation { continuation in
+            let now = self.state.withLock { state -> Bool in
+                guard state.items.isEmpty, state.end == nil else { return true }
+                state.waiter = continuation
+                return false
             }
-            if let now { continuation.resume(with: now) }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Allows the producer `bytes` more (the consumer handed that many out);
+    /// false once the stream ended (no credit frame then).
+    func grant(_ bytes: Int) -> Bool {
+        self.state.withLock { state in
+            guard state.end == nil else { return false }
+            state.allowed += bytes
+            return true
         }
     }
 }
