@@ -5,6 +5,8 @@ import Synchronization
 /// The streaming methods the stream tests call:
 /// - `count` N: the items 0…N−1;
 /// - `count.batched` N: "item k xxx…" for k in 0…N−1, sent 500 at a time with `send(contentsOf:)`;
+/// - `chunks.batched` [sizes]: byte chunks of those sizes (chunk k filled with
+///   k), with `send(contentsOf:)` from an array, then again from a lazy sequence;
 /// - `count.failing` N: N items, then `HelperError.refused("midstream", 7)`;
 /// - `count.forever`: [0, 0, …], [1, 1, …], … (128 copies each, so the window
 ///   fills after about a thousand items) until cancelled (then counts the cancellation);
@@ -26,6 +28,13 @@ func registerStreamHandlers(on router: Router) throws {
             try await stream.send(contentsOf: batch)
             next += batch.count
         }
+    }
+    try router.registerStream("chunks.batched") { (sizes: [Int], _: CallContext, stream: StreamWriter<[UInt8]>) in
+        // Byte chunks of the given sizes, filled with their index: first from an
+        // array, then the same again from a sequence with no contiguous storage.
+        let chunks = sizes.enumerated().map { [UInt8](repeating: UInt8(truncatingIfNeeded: $0.offset), count: $0.element) }
+        try await stream.send(contentsOf: chunks)
+        try await stream.send(contentsOf: sizes.indices.lazy.map { chunks[$0] })
     }
     try router.registerStream("count.failing") { (n: Int, _: CallContext, stream: StreamWriter<Int>) in
         for i in 0..<n { try await stream.send(i) }

@@ -39,9 +39,24 @@ extension BinaryDecoder {
     /// within `limit`; nil otherwise.
     @inline(__always)
     static func wholeByteArray(_ buffer: ByteBuffer, limit: Int) -> [UInt8]? {
-        var rest = buffer
-        guard let length = rest.readVarint(), length <= UInt64(limit), length == UInt64(rest.readableBytes) else { return nil }
-        return rest.readBytes(length: Int(length))
+        // One look at the bytes, one copy into the new array: no copy of the
+        // buffer, no reads that each check and move an index.
+        buffer.withUnsafeReadableBytes { raw -> [UInt8]? in
+            var length: UInt64 = 0
+            var offset = 0
+            var shift: UInt64 = 0
+            while true {
+                guard offset < raw.count, offset < 10 else { return nil }
+                let byte = raw[offset]
+                offset += 1
+                if shift == 63 && byte > 1 { return nil }  // past 64 bits, as `readVarint` refuses
+                length |= UInt64(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { break }
+                shift += 7
+            }
+            guard length <= UInt64(limit), length == UInt64(raw.count - offset) else { return nil }
+            return [UInt8](UnsafeRawBufferPointer(rebasing: raw[offset...]))
+        }
     }
 }
 

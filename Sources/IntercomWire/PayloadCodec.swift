@@ -45,6 +45,10 @@ public struct PayloadCodec: Sendable, Equatable {
     /// Same codec (the limits are not compared).
     public static func == (lhs: PayloadCodec, rhs: PayloadCodec) -> Bool { lhs.kind == rhs.kind }
 
+    /// Whether this is the binary codec (whose encoding of a byte array a frame
+    /// writer may produce itself: ``FrameHeader/appendByteArrayFrame(into:kind:flags:id:bytes:)``).
+    public var isBinary: Bool { self.kind == .binary }
+
     /// The compact binary coder (``BinaryEncoder``/``BinaryDecoder``).
     public static func binary(limits: WireLimits = .defaults) -> PayloadCodec { PayloadCodec(kind: .binary, limits: limits) }
     /// JSON through Foundation's coders; dates as ISO 8601 text, bytes as base64.

@@ -29,6 +29,14 @@ import Glibc
                 batched += 1
             }
             #expect(batched == 20_000)
+            // Raw byte chunks (written and read by their own fast paths), from an array
+            // and from a sequence without contiguous storage, around the 64 KiB batch.
+            let sizes = [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] + Array(repeating: 64, count: 3000) + [200_000]
+            var chunks: [[UInt8]] = []
+            for try await chunk in child.peer.stream("chunks.batched", sizes, of: [UInt8].self) { chunks.append(chunk) }
+            let expected = sizes.enumerated().map { [UInt8](repeating: UInt8(truncatingIfNeeded: $0.offset), count: $0.element) }
+            #expect(chunks.count == 2 * sizes.count)
+            #expect(chunks == expected + expected)
             // An empty stream ends at once.
             var none = child.peer.stream("count", 0, of: Int.self).makeAsyncIterator()
             #expect(try await none.next() == nil)

@@ -72,3 +72,51 @@ import Testing
         #expect(chunk == (try Self.oneByOne([[1, 2, 3], [4]], method: nil, codec: codec)))
     }
 }
+
+/// The fused writer of byte-array frames (stream items of raw chunks) writes
+/// exactly what the general path writes, and the byte-array fast path of the
+/// decoder takes exactly what the general path takes.
+@Suite struct ByteArrayFastPathTests {
+    @Test func aByteArrayFrameIsWhatTheGeneralPathWrites() throws {
+        let codec = PayloadCodec.binary()
+        for (index, payload) in FrameBatchTests.payloads.enumerated() {
+            let id = UInt64(index) &* 0x0101_0101_0101
+            let flags: FrameFlags = index.isMultiple(of: 2) ? [] : .inputStream
+            var general = ByteBuffer(bytes: [0xEE])  // frames appended after what is there
+            let mark = FrameHeader.begin(into: &general, kind: .streamItem, flags: flags, id: id)
+            try codec.encode(payload, into: &general)
+            let expectedLength = FrameHeader.finish(mark, in: &general)
+            var fused = ByteBuffer(bytes: [0xEE])
+            let length = payload.withUnsafeBytes {
+                FrameHeader.appendByteArrayFrame(into: &fused, kind: .streamItem, flags: flags, id: id, bytes: $0)
+            }
+            #expect(length == expectedLength)
+            #expect(fused == general, "payload of \(payload.count) bytes")
+            // And it reads back as the same frame and the same bytes.
+            fused.moveReaderIndex(forwardBy: 1)
+            let frame = try #require(try FrameDecoder().next(from: &fused))
+            #expect(frame.kind == .streamItem && frame.flags == flags && frame.id == id)
+            #expect(try codec.decode([UInt8].self, from: frame.payload) == payload)
+        }
+    }
+
+    @Test func theDecodersByteArrayPathTakesWhatTheGeneralPathTakes() throws {
+        let decoder = BinaryDecoder()
+        // A length written in more bytes than needed: both paths accept it.
+        #expect(try decoder.decode([UInt8].self, from: ByteBuffer(bytes: [0x83, 0x00, 1, 2, 3])) == [1, 2, 3])
+        #expect(try decoder.decode([UInt8].self, from: ByteBuffer(bytes: [0x80, 0x80, 0x00])) == [])
+        // Refused: a length past 64 bits, too few bytes, bytes left over, a length cut short.
+        let refused: [[UInt8]] = [
+            [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02],
+            [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            [0x03, 1, 2], [0x01, 1, 2], [0x80], [],
+        ]
+        for bytes in refused {
+            #expect(throws: DecodingError.self, "\(bytes)") { try decoder.decode([UInt8].self, from: ByteBuffer(bytes: bytes)) }
+        }
+        // Over the collection limit: refused although the bytes are all there.
+        let limited = BinaryDecoder(limits: WireLimits(maxCollectionCount: 4))
+        #expect(throws: DecodingError.self) { try limited.decode([UInt8].self, from: ByteBuffer(bytes: [0x05, 1, 2, 3, 4, 5])) }
+        #expect(try limited.decode([UInt8].self, from: ByteBuffer(bytes: [0x04, 1, 2, 3, 4])) == [1, 2, 3, 4])
+    }
+}

@@ -55,9 +55,12 @@ final class StreamReader: Sendable {
     }
 
     /// Hands out `item`, just taken from `cursor`: grants the producer credit
-    /// for what was handed out once enough was. Stops the stream if the reading task is cancelled.
+    /// for what was handed out once enough was. Stops the stream if the reading
+    /// task is cancelled — looked at on the first item of each batch taken and
+    /// every 64th after (asking the runtime for the current task per item cost
+    /// a tenth of the consumer's time at millions of items a second).
     func handOut(_ item: StreamItem, _ cursor: inout StreamCursor) throws {
-        if Task.isCancelled {
+        if (cursor.index - 1) & 63 == 0, Task.isCancelled {
             self.stop()
             throw IntercomError(
                 .cancelled, "the task reading stream '\(self.method)' was cancelled",

@@ -50,32 +50,38 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     /// - Throws: as ``send(_:)``; items before the one that failed to encode were sent.
     public func send(contentsOf items: some Sequence<Item>) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
-        let (flags, codec) = (self.itemFlags, self.itemCodec)
         var buffer = ByteBuffer()
         var sizes: [Int] = []
         var iterator = items.makeIterator()
+        var position = 0  // in the items' own storage, when they have one
         var exhausted = false
+        let frames = StreamItemFrames(peer: self.peer, id: self.id, flags: self.itemFlags, codec: self.itemCodec, context: context)
         while !exhausted {
             if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
             // Encode up to 64 KiB of frames, then send them as credit allows.
             buffer.clear()
             sizes.removeAll(keepingCapacity: true)
-            while buffer.readableBytes < 64 << 10 {
-                guard let item = iterator.next() else {
-                    exhausted = true
-                    break
+            let contiguous: Void?
+            do {
+                // Straight from an array's storage: no iterator, no copy of each item.
+                contiguous = try items.withContiguousStorageIfAvailable { storage in
+                    while position < storage.count, buffer.readableBytes < Self.batchBytes {
+                        try appendStreamItem(storage[position], to: frames, into: &buffer, sizes: &sizes)
+                        position += 1
+                    }
+                    exhausted = position == storage.count
                 }
-                let start = buffer.writerIndex
-                do {
-                    try self.peer.appendFrame(
-                        into: &buffer, kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
-                        codec: codec, flags: flags)
-                } catch where (error.cause as? DescriptorError)?.isMissingAttachments == true {
-                    throw IntercomError(
-                        .invalidPayload, "send(contentsOf:) cannot carry descriptors: send items holding a UnixDescriptor one by one with send(_:)",
-                        context: context)
+            } catch {
+                throw error as? IntercomError ?? IntercomError(.invalidPayload, "\(error)", context: context)
+            }
+            if contiguous == nil {
+                while buffer.readableBytes < Self.batchBytes {
+                    guard let item = iterator.next() else {
+                        exhausted = true
+                        break
+                    }
+                    try appendStreamItem(item, to: frames, into: &buffer, sizes: &sizes)
                 }
-                sizes.append(buffer.writerIndex - start - FrameHeader.size)
             }
             var next = 0
             while next < sizes.count {
@@ -94,6 +100,9 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
             }
         }
     }
+
+    /// How many bytes of frames ``send(contentsOf:)`` encodes before it sends them.
+    private static var batchBytes: Int { 64 << 10 }
 
     /// The flags of this writer's item frames.
     private var itemFlags: FrameFlags {
@@ -143,6 +152,35 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
             throw IntercomError(.cancelled, "the stream was cancelled", context: context)
         }
     }
+}
+
+/// What every item frame of one ``StreamWriter/send(contentsOf:)`` shares.
+private struct StreamItemFrames {
+    let peer: Peer
+    let id: UInt64
+    let flags: FrameFlags
+    let codec: PayloadCodec?
+    let context: IntercomError.Context
+}
+
+/// Appends `item`'s frame to `buffer` and its payload size to `sizes`. A free
+/// function, not a method of the generic writer: unspecialised code calling a
+/// method of `StreamWriter<Item>` looks up that type's metadata on every call
+/// (a sixth of the producer's time per item).
+private func appendStreamItem<Item: Encodable>(
+    _ item: Item, to frames: StreamItemFrames, into buffer: inout ByteBuffer, sizes: inout [Int]
+) throws(IntercomError) {
+    let start = buffer.writerIndex
+    do {
+        try frames.peer.appendFrame(
+            into: &buffer, kind: .streamItem, id: frames.id, method: nil, timeout: nil, item, context: frames.context,
+            codec: frames.codec, flags: frames.flags)
+    } catch where (error.cause as? DescriptorError)?.isMissingAttachments == true {
+        throw IntercomError(
+            .invalidPayload, "send(contentsOf:) cannot carry descriptors: send items holding a UnixDescriptor one by one with send(_:)",
+            context: frames.context)
+    }
+    sizes.append(buffer.writerIndex - start - FrameHeader.size)
 }
 
 extension Router {
