@@ -17,7 +17,8 @@ extension Peer {
     ///
     /// The call starts when iteration starts. `timeout` covers the whole stream.
     /// Stopping early (leaving the loop, cancelling the task) cancels the
-    /// producer's handler; a handler that throws ends the iteration with its
+    /// producer's handler (a cancelled task's loop ends at once when it waits
+    /// for items, within 64 items when they are already here); a handler that throws ends the iteration with its
     /// error (typed, as for calls); the connection's end ends it with `peerLost`.
     public func stream<Request: Encodable & Sendable, Item: Decodable & Sendable>(
         _ method: String, _ request: Request, of itemType: Item.Type = Item.self, timeout: Duration? = nil

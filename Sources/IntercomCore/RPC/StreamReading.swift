@@ -127,7 +127,9 @@ struct StreamCursor: Sendable {
 /// call (``Peer/bidirectionalStream(_:_:sending:receiving:timeout:_:)``).
 ///
 /// Read it once, in order; items arrive under flow control, so the producer is
-/// suspended while nobody reads. Cancelling the reading task stops the stream.
+/// suspended while nobody reads. Cancelling the reading task stops the stream
+/// (seen at once by a reader waiting for items, within 64 items by one that
+/// has them already).
 public struct StreamItems<Item: Decodable & Sendable>: AsyncSequence, Sendable {
     /// The items.
     public typealias Element = Item
