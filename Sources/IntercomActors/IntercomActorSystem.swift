@@ -231,6 +231,9 @@ public final class IntercomActorSystem: DistributedActorSystem, Sendable {
     }
 
     private func peer(for endpoint: String) async throws -> Peer {
+        // A registered connection first: parsing the endpoint as an address on
+        // every call (`Endpoint(_:)` splits the string) was a tenth of the caller's time.
+        if let peer = self.state.withLock({ $0.peers[endpoint] }), !peer.isClosed { return peer }
         if let address = Endpoint(endpoint) { return try await self.peer(at: address, named: endpoint) }
         let (peer, handle) = self.state.withLock { state -> (Peer?, ServiceHandle?) in
             if let peer = state.peers[endpoint], !peer.isClosed { return (peer, nil) }

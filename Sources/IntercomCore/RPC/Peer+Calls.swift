@@ -17,7 +17,7 @@ extension Peer {
     ///   `invalidPayload`, `frameTooLarge`, `cancelled`, `closed`, …), or the handler's
     ///   own error if its type is in ``Configuration/remoteErrors``. Cancelling the
     ///   calling task sends a cancel frame and cancels the handler's task.
-    public func call<Request: Encodable, Response: Decodable>(
+    nonisolated(nonsending) public func call<Request: Encodable, Response: Decodable>(
         _ method: String,
         _ request: Request,
         returning: Response.Type = Response.self,
@@ -32,7 +32,7 @@ extension Peer {
     /// Calls `method` and waits for it to complete, ignoring any reply value.
     ///
     /// - Throws: as ``call(_:_:returning:timeout:)``.
-    public func call<Request: Encodable>(_ method: String, _ request: Request, timeout: Duration? = nil) async throws {
+    nonisolated(nonsending) public func call<Request: Encodable>(_ method: String, _ request: Request, timeout: Duration? = nil) async throws {
         _ = try await self.exchange(method, request, timeout: timeout ?? self.configuration.defaultCallTimeout)
     }
 
@@ -58,7 +58,7 @@ extension Peer {
     }
 
     /// Sends the frame of one call and waits for the frame that answers it.
-    func exchange<Request: Encodable>(
+    nonisolated(nonsending) func exchange<Request: Encodable>(
         _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil,
         id presetID: UInt64? = nil, flags: FrameFlags = []
     ) async throws -> Frame {
@@ -115,7 +115,7 @@ extension Peer {
     }
 
     /// Registers call `id` and sends its frame; returns the answer.
-    private func send(
+    nonisolated(nonsending) private func send(
         _ frame: ByteBuffer, descriptors: [Int32], as id: UInt64, _ pending: PendingCall, context: IntercomError.Context
     ) async throws -> Frame {
         try await withTaskCancellationHandler {
@@ -146,7 +146,7 @@ extension Peer {
 
     /// Waits for room in the outbound buffer. If the connection ended, throws why
     /// it ended (`peerLost` with the peer's name, or `closed`), not just that it did.
-    func waitUntilWritable(context: IntercomError.Context) async throws(IntercomError) {
+    nonisolated(nonsending) func waitUntilWritable(context: IntercomError.Context) async throws(IntercomError) {
         do {
             try await self.transport.waitUntilWritable()
         } catch {

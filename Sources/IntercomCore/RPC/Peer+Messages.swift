@@ -13,18 +13,18 @@ extension Peer {
     /// Suspends while the outbound buffer is full (the other side is not reading).
     ///
     /// - Throws: ``IntercomError`` `closed`/`peerLost`, `frameTooLarge`, `invalidPayload`.
-    public func send<Message: Encodable>(_ method: String, _ message: Message) async throws(IntercomError) {
+    nonisolated(nonsending) public func send<Message: Encodable>(_ method: String, _ message: Message) async throws(IntercomError) {
         try await self.sendMessage(method: method, message)
     }
 
     /// Sends a one-way message without a method name; it lands in the other side's inbox.
     ///
     /// - Throws: as ``send(_:_:)``.
-    public func send<Message: Encodable>(_ message: Message) async throws(IntercomError) {
+    nonisolated(nonsending) public func send<Message: Encodable>(_ message: Message) async throws(IntercomError) {
         try await self.sendMessage(method: nil, message)
     }
 
-    func sendMessage<Message: Encodable>(method: String?, _ message: Message) async throws(IntercomError) {
+    nonisolated(nonsending) func sendMessage<Message: Encodable>(method: String?, _ message: Message) async throws(IntercomError) {
         let context = IntercomError.Context(method: method, peer: self.remote.name)
         if let method, method.utf8.count > 255 {
             throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)

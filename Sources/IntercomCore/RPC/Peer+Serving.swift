@@ -102,18 +102,6 @@ extension Peer {
         var failure: (any Error)?
         let tap = self.router.flatMap { $0.traffic.isActive && !self.isMonitorConnection.load(ordering: .relaxed) ? $0.traffic : nil }
         let arrived = tap == nil ? nil : Optional((Date(), ContinuousClock.now))
-        defer {
-            if let tap, let arrived {
-                self.tapped(call, isCall: isCall, reply: reply, failure: failure, arrived: arrived, into: tap)
-            }
-            if let metrics = self.metrics, let started, isCall {
-                // A stranger's made-up method names count as one: the metrics stay bounded.
-                let method = self.router?.hasOwnHandler(for: call.method) == true ? call.method : "(unknown)"
-                metrics.record(
-                    .server, method: method, out: reply.map(FrameHeader.payloadLength(ofFrameIn:)) ?? 0,
-                    in: call.payload.readableBytes, duration: .now - started, error: failure)
-            }
-        }
         do {
             guard let handler = self.router?.handler(for: call.method) else {
                 let registered = self.router?.methods ?? []
@@ -148,6 +136,16 @@ extension Peer {
                 self.logger.warning(
                     "handler of one-way message failed", metadata: ["method": "\(call.method)", "error": "\(error)"])
             }
+        }
+        // Recorded before the reply leaves: a caller that has its reply and then
+        // asks for the metrics (or looks at a monitor) sees this call counted.
+        if let tap, let arrived { self.tapped(call, isCall: isCall, reply: reply, failure: failure, arrived: arrived, into: tap) }
+        if let metrics = self.metrics, let started, isCall {
+            // A stranger's made-up method names count as one: the metrics stay bounded.
+            let method = self.router?.hasOwnHandler(for: call.method) == true ? call.method : "(unknown)"
+            metrics.record(
+                .server, method: method, out: reply.map(FrameHeader.payloadLength(ofFrameIn:)) ?? 0,
+                in: call.payload.readableBytes, duration: .now - started, error: failure)
         }
         var held = held
         if let reply, !self.transmitIfWritable(reply) {
