@@ -79,6 +79,43 @@ import Testing
         }
     }
 
+    /// A receiver of batches that waits gets what arrives as one batch, in order
+    /// (not the first message alone); its timeout passes on the virtual clock;
+    /// once the connection ends it gets what was left, then the end.
+    @Test func aWaitingBatchReceiverGetsTheBatchWholeAndItsTimeout() async throws {
+        try await withResourceCheck {
+            let connection = try await InMemoryConnection.open()
+            let first = Task(executorPreference: connection.second.executor) {
+                try await connection.second.receiveMessages(timeout: .seconds(10))
+            }
+            await connection.settle()
+            try await connection.first.send(contentsOf: Array(0..<100))
+            await connection.settle()
+            #expect(try await first.value.map { try $0.decode(as: Int.self) } == Array(0..<100))
+
+            let ended = Locked(false)
+            let empty = Task(executorPreference: connection.second.executor) {
+                defer { ended.withLock { $0 = true } }
+                return try await connection.second.receiveMessages(timeout: .seconds(5))
+            }
+            await connection.settle()
+            await connection.advanceTime(by: .seconds(4))
+            #expect(!ended.withLock { $0 }, "still waiting after 4 of its 5 seconds")
+            await connection.advanceTime(by: .seconds(1))
+            let timedOut = await #expect(throws: IntercomError.self) { _ = try await empty.value }
+            #expect(timedOut?.code == .timeout)
+
+            try await connection.first.send(contentsOf: [7, 8])
+            await connection.settle()
+            await connection.first.close()
+            await connection.settle()
+            #expect(try await connection.second.receiveMessages(timeout: .seconds(1)).map { try $0.decode(as: Int.self) } == [7, 8])
+            let end = await #expect(throws: IntercomError.self) { _ = try await connection.second.receiveMessages(timeout: .seconds(1)) }
+            #expect(end?.code == .closed || end?.code == .peerLost, "\(String(describing: end))")
+            await connection.close()
+        }
+    }
+
     /// A 30-second timeout passes when the test says so: the call fails with
     /// `timeout` and the handler is cancelled at the same virtual instant.
     @Test func aCallTimesOutAtItsVirtualDeadlineAndTheHandlerIsCancelled() async throws {

@@ -308,20 +308,22 @@ final class Inbox: Sendable {
     /// Waits for at least one message, then takes up to `limit` in all under one lock.
     func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
         let limit = max(1, limit)
-        let (ready, resume) = self.state.withLock { state -> ([InboundMessage], Bool) in
-            let messages = state.take(upTo: limit)
-            return (messages, !messages.isEmpty && state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
+        while true {
+            let (ready, resume, ended) = self.state.withLock { state -> ([InboundMessage], Bool, IntercomError?) in
+                let messages = state.take(upTo: limit)
+                return (messages, !messages.isEmpty && state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity), state.ended)
+            }
+            if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
+            if !ready.isEmpty { return ready }
+            if let ended { throw ended }
+            // Nothing queued: wait until a batch is, then take it whole. (Waiting as a
+            // receiver of one message had the arriving batch split — the first
+            // message handed over, the rest copied — and joined again: two copies
+            // of every message.) Another receiver may take it first: then wait again.
+            guard try await self.waitUntilQueued(timeout: timeout) else {
+                throw IntercomError(.timeout, "no message arrived within \(timeout ?? .zero)")
+            }
         }
-        if resume { self.transport?.setReadingPaused(false, reason: .inboxFull) }
-        if !ready.isEmpty { return ready }
-        // Nothing queued: wait for the first, then take what came with it.
-        let first = try await self.next(timeout: timeout)
-        let (more, resumeAfter) = self.state.withLock { state -> ([InboundMessage], Bool) in
-            let messages = state.take(upTo: limit - 1)
-            return (messages, state.resumesReading(capacity: self.capacity, byteCapacity: self.byteCapacity))
-        }
-        if resumeAfter { self.transport?.setReadingPaused(false, reason: .inboxFull) }
-        return [first] + more
     }
 
     /// Whether a message is queued now, or the stream has ended (so receiving
