@@ -164,7 +164,7 @@ final class StreamCredit: Sendable {
 
     /// Takes an item's bytes of credit, waiting for the consumer while there is none.
     /// `acquire(0)` waits only until the stream is open (its end may follow then).
-    func acquire(_ bytes: Int) async throws {
+    nonisolated(nonsending) func acquire(_ bytes: Int) async throws {
         // The common case: credit left, no suspension.
         let taken = self.state.withLock { state -> Bool in
             guard state.ended == nil, state.available > 0 || (bytes == 0 && state.opened) else { return false }
@@ -206,7 +206,7 @@ final class StreamCredit: Sendable {
     /// Takes credit for as many of the items (their payload sizes, in order) as
     /// it covers now — each may start while credit is above zero — waiting for
     /// the consumer while it covers none. Returns how many (at least one).
-    func acquire(upTo sizes: ArraySlice<Int>) async throws -> Int {
+    nonisolated(nonsending) func acquire(upTo sizes: ArraySlice<Int>) async throws -> Int {
         var taken = self.take(upTo: sizes)
         if taken > 0 { return taken }
         try await self.acquire(sizes.first!)

@@ -28,7 +28,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     /// - Throws: ``IntercomError`` `cancelled` when the consumer stopped (or the
     ///   deadline passed, or the call ended), `peerLost`/`closed` when the
     ///   connection ended, `invalidPayload` if the item does not encode.
-    public func send(_ item: Item) async throws(IntercomError) {
+    nonisolated(nonsending) public func send(_ item: Item) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         // A cancelled producer stops at its next item, credit or not.
         if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
@@ -48,7 +48,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     /// may not hold descriptors (send those one by one).
     ///
     /// - Throws: as ``send(_:)``; items before the one that failed to encode were sent.
-    public func send(contentsOf items: some Sequence<Item>) async throws(IntercomError) {
+    nonisolated(nonsending) public func send(contentsOf items: some Sequence<Item>) async throws(IntercomError) {
         let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         var buffer = ByteBuffer()
         var sizes: [Int] = []
@@ -143,7 +143,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
         self.peer.sendInputEnd(self.id)
     }
 
-    private func take(_ bytes: Int, context: IntercomError.Context) async throws(IntercomError) {
+    nonisolated(nonsending) private func take(_ bytes: Int, context: IntercomError.Context) async throws(IntercomError) {
         do {
             try await self.credit.acquire(bytes)
         } catch let error as IntercomError {
