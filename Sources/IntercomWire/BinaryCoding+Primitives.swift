@@ -52,19 +52,7 @@ extension ByteBuffer {
     /// storage (two writes, each checked, cost more than the copy of a small payload).
     mutating func writeLengthPrefixed(_ bytes: UnsafeRawBufferPointer) {
         self.writeWithUnsafeMutableBytes(minimumWritableBytes: bytes.count + 10) { out in
-            var count = UInt64(bytes.count)
-            var offset = 0
-            while count >= 0x80 {
-                out[offset] = UInt8(truncatingIfNeeded: count) | 0x80
-                count >>= 7
-                offset += 1
-            }
-            out[offset] = UInt8(count)
-            offset += 1
-            if let source = bytes.baseAddress, bytes.count > 0 {
-                out.baseAddress!.advanced(by: offset).copyMemory(from: source, byteCount: bytes.count)
-            }
-            return offset + bytes.count
+            storeLengthPrefixed(bytes, in: out, at: 0)
         }
     }
 
@@ -325,4 +313,24 @@ extension URL: BinaryEncodableSpecial, BinaryDecodableSpecial {
         guard let url = URL(string: string) else { throw decoder.corrupted("'\(string)' is not a valid URL") }
         return url
     }
+}
+
+/// Stores `bytes` after their count as a varint at `offset` of `out` (which has
+/// room for them and 10 bytes more); returns the offset after them. The binary
+/// codec's encoding of a byte array.
+@inline(__always)
+func storeLengthPrefixed(_ bytes: UnsafeRawBufferPointer, in out: UnsafeMutableRawBufferPointer, at start: Int) -> Int {
+    var count = UInt64(bytes.count)
+    var offset = start
+    while count >= 0x80 {
+        out[offset] = UInt8(truncatingIfNeeded: count) | 0x80
+        count >>= 7
+        offset += 1
+    }
+    out[offset] = UInt8(count)
+    offset += 1
+    if let source = bytes.baseAddress, bytes.count > 0 {
+        out.baseAddress!.advanced(by: offset).copyMemory(from: source, byteCount: bytes.count)
+    }
+    return offset + bytes.count
 }

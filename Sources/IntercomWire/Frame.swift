@@ -171,19 +171,7 @@ public enum FrameHeader {
     ) -> Int {
         var payloadLength = 0
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.size + 10 + bytes.count) { raw in
-            var offset = Self.size
-            var count = UInt64(bytes.count)
-            while count >= 0x80 {
-                raw[offset] = UInt8(truncatingIfNeeded: count) | 0x80
-                count >>= 7
-                offset += 1
-            }
-            raw[offset] = UInt8(count)
-            offset += 1
-            if let source = bytes.baseAddress, bytes.count > 0 {
-                raw.baseAddress!.advanced(by: offset).copyMemory(from: source, byteCount: bytes.count)
-            }
-            payloadLength = offset - Self.size + bytes.count
+            payloadLength = storeLengthPrefixed(bytes, in: raw, at: Self.size) - Self.size
             raw.storeBytes(of: Self.magic.0, toByteOffset: 0, as: UInt8.self)
             raw.storeBytes(of: Self.magic.1, toByteOffset: 1, as: UInt8.self)
             raw.storeBytes(of: Self.currentVersion, toByteOffset: 2, as: UInt8.self)
