@@ -236,7 +236,7 @@ final class Inbox: Sendable {
         return message
     }
 
-    func next(timeout: Duration?) async throws(IntercomError) -> InboundMessage {
+    nonisolated(nonsending) func next(timeout: Duration?) async throws(IntercomError) -> InboundMessage {
         enum Immediate { case message(InboundMessage, resume: Bool), failure(IntercomError) }
         let immediate = self.state.withLock { state -> Immediate? in
             if let message = state.popFirst() {
@@ -273,7 +273,7 @@ final class Inbox: Sendable {
     /// under is resumed — or answers at once if `register` returns an outcome
     /// (checked under the lock, so nothing arriving meanwhile is missed). After
     /// `timeout`, `expired` ends the wait; on cancellation, `cancelled` does.
-    private func suspend<T: Sendable>(
+    nonisolated(nonsending) private func suspend<T: Sendable>(
         timeout: Duration?,
         expired: @escaping @Sendable (Inbox, UInt64) -> Void,
         cancelled: @escaping @Sendable (Inbox, UInt64) -> Void,
@@ -306,7 +306,7 @@ final class Inbox: Sendable {
     }
 
     /// Waits for at least one message, then takes up to `limit` in all under one lock.
-    func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
+    nonisolated(nonsending) func nextBatch(limit: Int, timeout: Duration?) async throws(IntercomError) -> [InboundMessage] {
         let limit = max(1, limit)
         while true {
             let (ready, resume, ended) = self.state.withLock { state -> ([InboundMessage], Bool, IntercomError?) in
@@ -339,7 +339,7 @@ final class Inbox: Sendable {
 
     /// Waits until a message is queued, without taking it: true then, false if
     /// none came within `timeout`; throws once the stream ended with nothing left.
-    func waitUntilQueued(timeout: Duration?) async throws(IntercomError) -> Bool {
+    nonisolated(nonsending) func waitUntilQueued(timeout: Duration?) async throws(IntercomError) -> Bool {
         let now = self.state.withLock { state -> Result<Bool, IntercomError>? in
             if state.count > 0 { return .success(true) }
             if let ended = state.ended { return .failure(ended) }

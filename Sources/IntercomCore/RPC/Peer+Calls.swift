@@ -73,7 +73,7 @@ extension Peer {
         let id = presetID ?? self.nextCallID.add(1, ordering: .relaxed).oldValue
         let frame: ByteBuffer
         var descriptors: [Int32] = []
-        var outgoing: (span: any Span, carrier: [String: String])?
+        var outgoing: OutgoingSpan?
         if let jsonArgument {
             var buffer = ByteBuffer()
             let mark = FrameHeader.begin(
@@ -156,13 +156,14 @@ extension Peer {
     }
 
     func encodeFrame<Value: Encodable>(
-        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
-        codec: PayloadCodec? = nil, flags: FrameFlags = [], trace: [String: String]? = nil
+        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value,
+        context: @autoclosure () -> IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = [],
+        trace: [String: String]? = nil
     ) throws(IntercomError) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(128)
         try self.appendFrame(
-            into: &buffer, kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec,
+            into: &buffer, kind: kind, id: id, method: method, timeout: timeout, value, context: context(), codec: codec,
             flags: flags, trace: trace)
         return buffer
     }

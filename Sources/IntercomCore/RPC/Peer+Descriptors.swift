@@ -15,12 +15,13 @@ extension Peer {
     ///   descriptor and this connection cannot pass them (TCP, TLS, an older
     ///   peer) — before anything is sent.
     func encodeFrameCarryingDescriptors<Value: Encodable>(
-        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value, context: IntercomError.Context,
-        codec: PayloadCodec? = nil, flags: FrameFlags = [], trace: [String: String]? = nil
+        kind: FrameKind, id: UInt64, method: String?, timeout: Duration?, _ value: Value,
+        context: @autoclosure () -> IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = [],
+        trace: [String: String]? = nil
     ) throws(IntercomError) -> (frame: ByteBuffer, descriptors: [Int32]) {
         do {
             let frame = try self.encodeFrame(
-                kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec, flags: flags,
+                kind: kind, id: id, method: method, timeout: timeout, value, context: context(), codec: codec, flags: flags,
                 trace: trace)
             return (frame, [])
         } catch where (error.cause as? DescriptorError)?.isMissingAttachments == true {
@@ -29,7 +30,7 @@ extension Peer {
                     .invalidPayload,
                     "\(Value.self) holds a UnixDescriptor, and descriptors cannot travel on this connection (\(self.transport.medium)): "
                         + "only between processes of one host (socket pairs and Unix sockets)",
-                    context: context)
+                    context: context())
             }
         }
         let outgoing = OutgoingDescriptors()
@@ -37,7 +38,7 @@ extension Peer {
             do throws(IntercomError) {
                 return .success(
                     try self.encodeFrame(
-                        kind: kind, id: id, method: method, timeout: timeout, value, context: context, codec: codec,
+                        kind: kind, id: id, method: method, timeout: timeout, value, context: context(), codec: codec,
                         flags: flags.union(.descriptors), trace: trace))
             } catch {
                 return .failure(error)

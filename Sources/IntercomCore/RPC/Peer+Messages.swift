@@ -25,23 +25,25 @@ extension Peer {
     }
 
     nonisolated(nonsending) func sendMessage<Message: Encodable>(method: String?, _ message: Message) async throws(IntercomError) {
-        let context = IntercomError.Context(method: method, peer: self.remote.name)
+        // The error context is made only when there is an error: copying the
+        // peer's name per message showed in the profile of many small sends.
         if let method, method.utf8.count > 255 {
-            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: .init(method: method, peer: self.remote.name))
         }
         // A message is traced as a `producer` span that ends once it is handed over.
         let outgoing = method.flatMap { self.startOutgoingSpan($0, kind: .producer) }
         defer { outgoing?.span.end() }
         let (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
-            kind: .message, id: 0, method: method, timeout: nil, message, context: context, trace: outgoing?.carrier)
+            kind: .message, id: 0, method: method, timeout: nil, message, context: .init(method: method, peer: self.remote.name),
+            trace: outgoing?.carrier)
         guard descriptors.isEmpty else {
-            try await self.waitUntilWritable(context: context)
+            try await self.waitUntilWritable(context: .init(method: method, peer: self.remote.name))
             try self.transmit(frame, descriptors: descriptors)
             return
         }
         while !self.transmitIfWritable(frame) {
             // Over the watermark, or closed (then this throws closed/peerLost).
-            try await self.waitUntilWritable(context: context)
+            try await self.waitUntilWritable(context: .init(method: method, peer: self.remote.name))
         }
     }
 
@@ -125,7 +127,7 @@ extension Peer {
     ///   ``Configuration/defaultReceiveTimeout`` (by default: as long as it takes).
     /// - Throws: ``IntercomError`` `timeout` if nothing arrives in time,
     ///   `invalidPayload` if the message is not a `type` (the message is consumed).
-    public func receive<T: Decodable>(as type: T.Type = T.self, timeout: Duration? = nil) async throws(IntercomError) -> T {
+    nonisolated(nonsending) public func receive<T: Decodable>(as type: T.Type = T.self, timeout: Duration? = nil) async throws(IntercomError) -> T {
         let message = try await self.receiveMessage(timeout: timeout)
         return try message.decode(as: T.self)
     }
@@ -133,7 +135,7 @@ extension Peer {
     /// Waits for the next unsolicited message, still encoded.
     ///
     /// - Throws: as ``receive(as:timeout:)``.
-    public func receiveMessage(timeout: Duration? = nil) async throws(IntercomError) -> InboundMessage {
+    nonisolated(nonsending) public func receiveMessage(timeout: Duration? = nil) async throws(IntercomError) -> InboundMessage {
         try await self.inbox.next(timeout: timeout ?? self.configuration.defaultReceiveTimeout)
     }
 
@@ -145,7 +147,7 @@ extension Peer {
     /// the fastest way to drain a busy inbox.
     ///
     /// - Throws: as ``receive(as:timeout:)``.
-    public func receiveMessages(limit: Int = Peer.defaultReceiveLimit, timeout: Duration? = nil) async throws(IntercomError) -> [InboundMessage] {
+    nonisolated(nonsending) public func receiveMessages(limit: Int = Peer.defaultReceiveLimit, timeout: Duration? = nil) async throws(IntercomError) -> [InboundMessage] {
         try await self.inbox.nextBatch(limit: limit, timeout: timeout ?? self.configuration.defaultReceiveTimeout)
     }
 

@@ -53,7 +53,7 @@ struct TraceContextExtractor: Extractor {
 extension Peer {
     /// Starts the span of a call or message this side sends; returns it with
     /// the context to put in the frame.
-    func startOutgoingSpan(_ method: String, kind: SpanKind) -> (span: any Span, carrier: [String: String])? {
+    func startOutgoingSpan(_ method: String, kind: SpanKind) -> OutgoingSpan? {
         guard let tracer = self.tracer else { return nil }
         let span = tracer.startSpan(method, context: ServiceContext.current ?? .topLevel, ofKind: kind)
         span.attributes["rpc.system"] = "intercom"
@@ -61,7 +61,7 @@ extension Peer {
         span.attributes["intercom.peer"] = self.remote.name
         var carrier: [String: String] = [:]
         tracer.inject(span.context, into: &carrier, using: TraceContextInjector())
-        return (span, carrier)
+        return OutgoingSpan(span: span, carrier: carrier)
     }
 
     /// Runs `body` in the span of a call or message that arrived with `carrier`.
@@ -105,4 +105,12 @@ extension Span {
         }
         self.end()
     }
+}
+
+/// The span of an outgoing call, message or event, and its context to send along.
+/// A struct, not a tuple: an optional tuple holding an existential is handled
+/// through runtime metadata on every send, traced or not.
+struct OutgoingSpan {
+    let span: any Span
+    let carrier: [String: String]
 }
