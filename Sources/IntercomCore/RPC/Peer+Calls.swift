@@ -160,12 +160,34 @@ extension Peer {
         context: @autoclosure () -> IntercomError.Context, codec: PayloadCodec? = nil, flags: FrameFlags = [],
         trace: [String: String]? = nil
     ) throws(IntercomError) -> ByteBuffer {
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(128)
+        var buffer = self.takeFrameBuffer()
         try self.appendFrame(
             into: &buffer, kind: kind, id: id, method: method, timeout: timeout, value, context: context(), codec: codec,
             flags: flags, trace: trace)
         return buffer
+    }
+
+    /// An empty buffer for a frame: the one a sent frame left behind, or a new one.
+    /// Reusing it is always safe — a buffer the transport still holds is copied on
+    /// write by `clear()` — and saves an allocation per frame when the transport
+    /// copied it out at once (shared memory); see ``recycleFrameBuffer(_:)``.
+    func takeFrameBuffer() -> ByteBuffer {
+        guard var buffer = self.spareFrameBuffer.withLock({ $0.take() }) else {
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(128)
+            return buffer
+        }
+        buffer.clear()
+        return buffer
+    }
+
+    /// Keeps a sent frame's buffer for the next frame, if it is small (a large
+    /// one is not held on to) and none is kept yet.
+    func recycleFrameBuffer(_ buffer: consuming ByteBuffer) {
+        guard buffer.capacity <= 4096 else { return }
+        self.spareFrameBuffer.withLock { spare in
+            if spare == nil { spare = buffer }
+        }
     }
 
     /// Encodes one frame at the end of `buffer` (several frames may share one buffer

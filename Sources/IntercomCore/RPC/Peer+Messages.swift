@@ -45,6 +45,7 @@ extension Peer {
             // Over the watermark, or closed (then this throws closed/peerLost).
             try await self.waitUntilWritable(context: .init(method: method, peer: self.remote.name))
         }
+        self.recycleFrameBuffer(frame)
     }
 
     /// Sends one-way messages in order, as ``send(_:_:)`` would one by one, but

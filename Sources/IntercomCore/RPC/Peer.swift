@@ -52,6 +52,8 @@ public final class Peer: Sendable {
     let lateReplies = Atomic<Int>(0)
     /// Frames and bytes handed to the transport since the handshake (any thread, per send).
     let sent = TrafficCounter()
+    /// A small frame buffer to encode the next frame into (see ``takeFrameBuffer()``).
+    let spareFrameBuffer = Mutex<ByteBuffer?>(nil)
     /// Frames and bytes read since the handshake, published once per read batch.
     let received = TrafficCounter()
     let inbox: Inbox
