@@ -130,6 +130,7 @@ extension Peer {
                     if let armTimerAt { self.armCallTimer(at: armTimerAt) }
                     do throws(IntercomError) {
                         try self.transmit(frame, descriptors: descriptors)
+                        if descriptors.isEmpty { self.recycleFrameBuffer(frame) }
                     } catch {
                         // Nothing was sent: the call ends here.
                         let removal = self.withState { $0.callEnded(id) }

@@ -157,6 +157,7 @@ extension Peer {
             try? await self.transport.waitUntilWritable()
             self.transmit(reply)
         }
+        if let reply { self.recycleFrameBuffer(reply) }
         self.handlerFinished(id, isCall: isCall, released: held)
     }
 
@@ -208,11 +209,10 @@ extension Peer {
     func encodeReply(_ value: (any Encodable & Sendable)?, id: UInt64, method: String, codec: PayloadCodec)
         throws -> (frame: ByteBuffer, descriptors: [Int32])
     {
-        let context = IntercomError.Context(method: method, callID: id, peer: self.remote.name)
         guard let value else { return (FrameHeader.empty(kind: .reply, id: id), []) }
         return try self.encodeFrameCarryingDescriptors(
-            kind: .reply, id: id, method: nil, timeout: nil, value, context: context, codec: codec,
-            flags: self.answerFlags(for: codec))
+            kind: .reply, id: id, method: nil, timeout: nil, value, context: .init(method: method, callID: id, peer: self.remote.name),
+            codec: codec, flags: self.answerFlags(for: codec))
     }
 
     /// A call that came in another codec than the connection's (a JSON call,
