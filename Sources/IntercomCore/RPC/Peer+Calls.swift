@@ -147,12 +147,12 @@ extension Peer {
 
     /// Waits for room in the outbound buffer. If the connection ended, throws why
     /// it ended (`peerLost` with the peer's name, or `closed`), not just that it did.
-    nonisolated(nonsending) func waitUntilWritable(context: IntercomError.Context) async throws(IntercomError) {
+    nonisolated(nonsending) func waitUntilWritable(context: @autoclosure () -> IntercomError.Context) async throws(IntercomError) {
         do {
             try await self.transport.waitUntilWritable()
         } catch {
-            if let ended = self.withState({ $0.endReason }) { throw ended.with(context) }
-            throw error.with(context)
+            if let ended = self.withState({ $0.endReason }) { throw ended.with(context()) }
+            throw error.with(context())
         }
     }
 

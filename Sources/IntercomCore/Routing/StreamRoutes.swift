@@ -29,16 +29,16 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     ///   deadline passed, or the call ended), `peerLost`/`closed` when the
     ///   connection ended, `invalidPayload` if the item does not encode.
     nonisolated(nonsending) public func send(_ item: Item) async throws(IntercomError) {
-        let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         // A cancelled producer stops at its next item, credit or not.
-        if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
+        if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: self.errorContext) }
         let (frame, descriptors) = try self.peer.encodeFrameCarryingDescriptors(
-            kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: context,
+            kind: .streamItem, id: self.id, method: nil, timeout: nil, item, context: self.errorContext,
             codec: self.itemCodec, flags: self.itemFlags)
         // Credit counts payload bytes, as the receiver does.
-        try await self.take(FrameHeader.payloadLength(ofFrameIn: frame), context: context)
-        try await self.peer.waitUntilWritable(context: context)
+        try await self.take(FrameHeader.payloadLength(ofFrameIn: frame))
+        try await self.peer.waitUntilWritable(context: self.errorContext)
         try self.peer.transmit(frame, descriptors: descriptors)
+        if descriptors.isEmpty { self.peer.recycleFrameBuffer(frame) }
     }
 
     /// Sends many items in order, as ``send(_:)`` would one by one, but encoded
@@ -132,7 +132,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
         // handler must see the cancellation, not a normal end it could answer.
         if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
         do {
-            try await self.take(0, context: context)
+            try await self.take(0)
         } catch let error {
             // The call ended or the input was finished already: nothing to say.
             if error.code == .cancelled || error.code == .closed { return }
@@ -143,14 +143,20 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
         self.peer.sendInputEnd(self.id)
     }
 
-    nonisolated(nonsending) private func take(_ bytes: Int, context: IntercomError.Context) async throws(IntercomError) {
+    nonisolated(nonsending) private func take(_ bytes: Int) async throws(IntercomError) {
         do {
             try await self.credit.acquire(bytes)
         } catch let error as IntercomError {
-            throw error.with(context)
+            throw error.with(self.errorContext)
         } catch {
-            throw IntercomError(.cancelled, "the stream was cancelled", context: context)
+            throw IntercomError(.cancelled, "the stream was cancelled", context: self.errorContext)
         }
+    }
+
+    /// What an error of this writer names (made only for an error: per item,
+    /// copying the method's and the peer's names was measurable).
+    private var errorContext: IntercomError.Context {
+        IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
     }
 }
 
