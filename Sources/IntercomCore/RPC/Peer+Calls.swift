@@ -62,12 +62,13 @@ extension Peer {
         _ method: String?, _ request: Request, timeout: Duration, kind: FrameKind = .call, jsonArgument: String? = nil,
         id presetID: UInt64? = nil, flags: FrameFlags = []
     ) async throws -> Frame {
-        let context = IntercomError.Context(method: method, peer: self.remote.name)
+        // The error context is made only for an error (its strings are copied).
         if let method, method.utf8.count > 255 {
-            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: context)
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: self.errorContext(method: method))
         }
         guard timeout > .zero else {
-            throw IntercomError(.timeout, "call timed out before it was sent (timeout \(timeout))", context: context)
+            throw IntercomError(
+                .timeout, "call timed out before it was sent (timeout \(timeout))", context: self.errorContext(method: method))
         }
         let pending = PendingCall(method: method, timeout: timeout, deadline: Deadline(self.transport.now).advanced(by: timeout))
         let id = presetID ?? self.nextCallID.add(1, ordering: .relaxed).oldValue
@@ -85,7 +86,7 @@ extension Peer {
             outgoing = method.flatMap { self.startOutgoingSpan($0, kind: .client) }
             do {
                 (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
-                    kind: .call, id: id, method: method, timeout: timeout, request, context: context, flags: flags,
+                    kind: .call, id: id, method: method, timeout: timeout, request, context: self.errorContext(method: method), flags: flags,
                     trace: outgoing?.carrier)
             } catch {
                 outgoing?.span.end(failing: error)
@@ -96,14 +97,14 @@ extension Peer {
         }
         let metrics = kind == .call ? self.metrics : nil
         guard metrics != nil || outgoing != nil else {
-            try await self.waitUntilWritable(context: context)
-            return try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
+            try await self.waitUntilWritable(context: self.errorContext(method: method))
+            return try await self.send(frame, descriptors: descriptors, as: id, pending, method: method)
         }
         let start = ContinuousClock.now
         let sent = FrameHeader.payloadLength(ofFrameIn: frame)  // payload bytes, as the serving side counts them
         do {
-            try await self.waitUntilWritable(context: context)
-            let reply = try await self.send(frame, descriptors: descriptors, as: id, pending, context: context)
+            try await self.waitUntilWritable(context: self.errorContext(method: method))
+            let reply = try await self.send(frame, descriptors: descriptors, as: id, pending, method: method)
             outgoing?.span.end(failing: nil)
             metrics?.record(.client, method: method ?? "", out: sent, in: reply.payload.readableBytes, duration: .now - start, error: nil)
             return reply
@@ -116,16 +117,16 @@ extension Peer {
 
     /// Registers call `id` and sends its frame; returns the answer.
     nonisolated(nonsending) private func send(
-        _ frame: ByteBuffer, descriptors: [Int32], as id: UInt64, _ pending: PendingCall, context: IntercomError.Context
+        _ frame: ByteBuffer, descriptors: [Int32], as id: UInt64, _ pending: PendingCall, method: String?
     ) async throws -> Frame {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Frame, any Error>) in
                 pending.continuation = continuation  // before the call is published (registered)
                 switch self.withState({ $0.registerCall(id, pending) }) {
                 case .refuse(let reason):
-                    continuation.resume(throwing: reason.with(context))
+                    continuation.resume(throwing: reason.with(self.errorContext(method: method)))
                 case .cancelled:
-                    continuation.resume(throwing: IntercomError(.cancelled, "the calling task was cancelled", context: context))
+                    continuation.resume(throwing: IntercomError(.cancelled, "the calling task was cancelled", context: self.errorContext(method: method)))
                 case .send(let armTimerAt):
                     if let armTimerAt { self.armCallTimer(at: armTimerAt) }
                     do throws(IntercomError) {
@@ -135,7 +136,7 @@ extension Peer {
                         // Nothing was sent: the call ends here.
                         let removal = self.withState { $0.callEnded(id) }
                         for waiter in removal.drained { waiter(true) }
-                        continuation.resume(throwing: error.with(context))
+                        continuation.resume(throwing: error.with(self.errorContext(method: method)))
                     }
                 }
             }
@@ -143,6 +144,12 @@ extension Peer {
             pending.cancel()
             self.cancelCall(id)
         }
+    }
+
+    /// What an error of a call or message names: made where an error is thrown,
+    /// not per call (copying the peer's name each time showed in profiles).
+    func errorContext(method: String?) -> IntercomError.Context {
+        IntercomError.Context(method: method, peer: self.remote.name)
     }
 
     /// Waits for room in the outbound buffer. If the connection ended, throws why

@@ -25,25 +25,23 @@ extension Peer {
     }
 
     nonisolated(nonsending) func sendMessage<Message: Encodable>(method: String?, _ message: Message) async throws(IntercomError) {
-        // The error context is made only when there is an error: copying the
-        // peer's name per message showed in the profile of many small sends.
         if let method, method.utf8.count > 255 {
-            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: .init(method: method, peer: self.remote.name))
+            throw IntercomError(.invalidName, "method name is longer than 255 bytes", context: self.errorContext(method: method))
         }
         // A message is traced as a `producer` span that ends once it is handed over.
         let outgoing = method.flatMap { self.startOutgoingSpan($0, kind: .producer) }
         defer { outgoing?.span.end() }
         let (frame, descriptors) = try self.encodeFrameCarryingDescriptors(
-            kind: .message, id: 0, method: method, timeout: nil, message, context: .init(method: method, peer: self.remote.name),
+            kind: .message, id: 0, method: method, timeout: nil, message, context: self.errorContext(method: method),
             trace: outgoing?.carrier)
         guard descriptors.isEmpty else {
-            try await self.waitUntilWritable(context: .init(method: method, peer: self.remote.name))
+            try await self.waitUntilWritable(context: self.errorContext(method: method))
             try self.transmit(frame, descriptors: descriptors)
             return
         }
         while !self.transmitIfWritable(frame) {
             // Over the watermark, or closed (then this throws closed/peerLost).
-            try await self.waitUntilWritable(context: .init(method: method, peer: self.remote.name))
+            try await self.waitUntilWritable(context: self.errorContext(method: method))
         }
         self.recycleFrameBuffer(frame)
     }

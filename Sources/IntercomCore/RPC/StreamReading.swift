@@ -44,7 +44,7 @@ final class StreamReader: Sendable {
             case .items: return true
             case .ended(.success): return false
             case .ended(.failure(let error)): throw error
-            case .none:
+            case .nothingYet:
                 await withTaskCancellationHandler {
                     await self.inbox.wait()
                 } onCancel: {

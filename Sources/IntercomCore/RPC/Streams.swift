@@ -80,7 +80,7 @@ final class StreamInbox: Sendable {
         /// No item, and the stream ended so.
         case ended(Result<Void, any Error>)
         /// No item yet: ``wait()`` for one.
-        case none
+        case nothingYet
     }
 
     /// Moves every item here into `ready` (empty: the consumer handed out all it
@@ -91,7 +91,7 @@ final class StreamInbox: Sendable {
                 swap(&ready, &state.items)
                 return .items
             }
-            return state.end.map { .ended($0) } ?? .none
+            return state.end.map { .ended($0) } ?? .nothingYet
         }
     }
 

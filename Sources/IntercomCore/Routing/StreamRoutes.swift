@@ -49,15 +49,14 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     ///
     /// - Throws: as ``send(_:)``; items before the one that failed to encode were sent.
     nonisolated(nonsending) public func send(contentsOf items: some Sequence<Item>) async throws(IntercomError) {
-        let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         var buffer = ByteBuffer()
         var sizes: [Int] = []
         var iterator = items.makeIterator()
         var position = 0  // in the items' own storage, when they have one
         var exhausted = false
-        let frames = StreamItemFrames(peer: self.peer, id: self.id, flags: self.itemFlags, codec: self.itemCodec, context: context)
+        let frames = StreamItemFrames(peer: self.peer, id: self.id, flags: self.itemFlags, codec: self.itemCodec, context: self.errorContext)
         while !exhausted {
-            if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
+            if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: self.errorContext) }
             // Encode up to 64 KiB of frames, then send them as credit allows.
             buffer.clear()
             sizes.removeAll(keepingCapacity: true)
@@ -72,7 +71,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
                     exhausted = position == storage.count
                 }
             } catch {
-                throw error as? IntercomError ?? IntercomError(.invalidPayload, "\(error)", context: context)
+                throw error as? IntercomError ?? IntercomError(.invalidPayload, "an item did not encode: \(error)", context: self.errorContext)
             }
             if contiguous == nil {
                 while buffer.readableBytes < Self.batchBytes {
@@ -89,12 +88,12 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
                 do {
                     count = try await self.credit.acquire(upTo: sizes[next...])
                 } catch let error as IntercomError {
-                    throw error.with(context)
+                    throw error.with(self.errorContext)
                 } catch {
-                    throw IntercomError(.cancelled, "the stream was cancelled", context: context)
+                    throw IntercomError(.cancelled, "the stream was cancelled", context: self.errorContext)
                 }
                 let bytes = sizes[next..<(next + count)].reduce(0, +) + count * FrameHeader.size
-                try await self.peer.waitUntilWritable(context: context)
+                try await self.peer.waitUntilWritable(context: self.errorContext)
                 self.peer.transmit(buffer.readSlice(length: bytes)!, frames: count)
                 next += count
             }
@@ -123,14 +122,13 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
     /// - Throws: ``IntercomError`` `cancelled` when the calling task is cancelled
     ///   (the input is then not reported complete), `peerLost`/`closed`.
     public func finish() async throws(IntercomError) {
-        let context = IntercomError.Context(method: self.method, callID: self.id, peer: self.peer.remote.name)
         guard self.direction == .input else {
-            self.credit.end(IntercomError(.closed, "the stream was finished", context: context))
+            self.credit.end(IntercomError(.closed, "the stream was finished", context: self.errorContext))
             return
         }
         // A cancelled caller is abandoning the call: its input is not complete, and the
         // handler must see the cancellation, not a normal end it could answer.
-        if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: context) }
+        if Task.isCancelled { throw IntercomError(.cancelled, "the stream was cancelled", context: self.errorContext) }
         do {
             try await self.take(0)
         } catch let error {
@@ -139,7 +137,7 @@ public struct StreamWriter<Item: Encodable & Sendable>: Sendable {
             throw error
         }
         guard self.credit.finish() else { return }
-        try await self.peer.waitUntilWritable(context: context)
+        try await self.peer.waitUntilWritable(context: self.errorContext)
         self.peer.sendInputEnd(self.id)
     }
 
